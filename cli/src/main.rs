@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("coreflow: no subcommands yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,19 @@
+//! CoreFlow: generative models of matrix-valued data.
+//!
+//! Given N training matrices (m x n), CoreFlow learns shared orthonormal row
+//! and column bases U (m x r) and V (n x s) by optimisation on Stiefel
+//! manifolds, projects every sample to its core C = U^T X V, models the cores,
+//! and generates new matrices X = U C V^T.
+//!
+//! Layers, bottom to top: [`numerics`] (faer helpers and workspaces), the
+//! maths modules ([`subspace`]), the fitted [`model`], and the C ABI (`ffi`).
+
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod error;
+pub mod numerics;
+pub mod reduce;
+
+pub use batch::{Layout, MaskRef, MatrixBatch, MatrixBatchMut};
+pub use error::{Error, ErrorKind, Result};
