@@ -147,7 +147,11 @@ pub struct MatrixBatch<'a> {
 impl<'a> MatrixBatch<'a> {
     /// A view of `data` with element (0, 0, 0) at `data[base]`.
     pub fn new(data: &'a [f64], base: usize, layout: Layout) -> Result<Self> {
-        layout.check_within(base, data.len(), "data")?;
+        Self::new_named(data, base, layout, "data")
+    }
+    /// As [`MatrixBatch::new`], with `what` naming the argument in errors.
+    pub(crate) fn new_named(data: &'a [f64], base: usize, layout: Layout, what: &str) -> Result<Self> {
+        layout.check_within(base, data.len(), what)?;
         Ok(Self {
             data,
             mask: None,
@@ -330,10 +334,14 @@ impl<'a> MatrixBatchMut<'a> {
     /// A writable view of `data` with element (0, 0, 0) at `data[base]`.
     /// Fails when elements would lie outside `data` or alias each other.
     pub fn new(data: &'a mut [f64], base: usize, layout: Layout) -> Result<Self> {
-        layout.check_within(base, data.len(), "out")?;
+        Self::new_named(data, base, layout, "out")
+    }
+    /// As [`MatrixBatchMut::new`], with `what` naming the argument in errors.
+    pub(crate) fn new_named(data: &'a mut [f64], base: usize, layout: Layout, what: &str) -> Result<Self> {
+        layout.check_within(base, data.len(), what)?;
         if !layout.is_non_aliasing() {
             return Err(Error::shape(format!(
-                "out: strides ({}, {}, {}) make distinct output elements alias",
+                "{what}: strides ({}, {}, {}) make distinct output elements alias",
                 layout.sample_stride, layout.row_stride, layout.col_stride
             )));
         }
@@ -404,7 +412,7 @@ impl<'a> MatrixBatchMut<'a> {
             )
         }
     }
-    /// The first `count` matrices as a shorter batch (for chunked calls).
+    /// Reborrows the batch for a shorter lifetime.
     pub fn rb_mut(&mut self) -> MatrixBatchMut<'_> {
         MatrixBatchMut {
             data: self.data,

@@ -17,3 +17,8 @@ pub mod reduce;
 
 pub use batch::{Layout, MaskRef, MatrixBatch, MatrixBatchMut};
 pub use error::{Error, ErrorKind, Result};
+pub mod ffi;
+pub mod model;
+pub mod subspace;
+
+pub use model::{FitOptions, Model, ModelInfo, Progress, Stage};

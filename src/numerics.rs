@@ -17,7 +17,7 @@ pub use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 pub use faer::Par;
 
 /// Alignment of every temporary carved from a workspace (one cache line).
-pub const ALIGN: usize = 64;
+pub(crate) const ALIGN: usize = 64;
 
 /// The number of worker threads that `threads` stands for (0 = all cores).
 pub fn resolve_threads(threads: usize) -> usize {

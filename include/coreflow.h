@@ -1,0 +1,672 @@
+/*
+ * CoreFlow C API: generative models of matrix-valued data.
+ *
+ * Generated from the Rust sources by cbindgen; do not edit by hand.
+ * Conventions (ownership, threads, workspaces, errors): see README.md,
+ * section "API conventions".
+ */
+
+#ifndef COREFLOW_H
+#define COREFLOW_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/**
+ * ABI version of this header; compare with `coreflow_abi_version()`.
+ */
+#define COREFLOW_ABI_VERSION 1
+
+/**
+ * A fitted model (opaque). Immutable after fitting: any number of threads
+ * may use one model at the same time, each with its own workspace.
+ */
+typedef struct coreflow_model coreflow_model;
+
+/**
+ * Subspace refinement method (32-bit; values below).
+ */
+typedef int32_t coreflow_subspace_method;
+
+/**
+ * Pairing of noise and data in flow matching (32-bit; values below).
+ */
+typedef int32_t coreflow_coupling;
+
+/**
+ * Stage of a progress report (32-bit; values below).
+ */
+typedef int32_t coreflow_stage;
+
+/**
+ * A progress report, passed to the progress callback.
+ */
+typedef struct coreflow_progress {
+    /**
+     * `sizeof(coreflow_progress)` as the library knows it.
+     */
+    size_t struct_size;
+    /**
+     * Which stage is running (`COREFLOW_STAGE_*`).
+     */
+    coreflow_stage stage;
+    /**
+     * Iterations (or optimiser steps) done so far in this stage.
+     */
+    uint64_t iteration;
+    /**
+     * The stage's iteration limit.
+     */
+    uint64_t total;
+    /**
+     * Subspace objective, completion objective or flow loss.
+     */
+    double loss;
+} coreflow_progress;
+
+/**
+ * Progress callback: return 0 to continue, nonzero to cancel the fit
+ * (which then returns `COREFLOW_ERR_CANCELLED`). Called on the thread that
+ * called `coreflow_fit`.
+ */
+typedef int32_t (*coreflow_progress_fn)(void *user, const struct coreflow_progress *progress);
+
+/**
+ * Which model the cores get (32-bit; values below).
+ */
+typedef int32_t coreflow_core_model;
+
+/**
+ * Options of `coreflow_fit`. Fill with `coreflow_fit_options_init`, then
+ * change the fields you need.
+ */
+typedef struct coreflow_fit_options {
+    /**
+     * `sizeof(coreflow_fit_options)`; set by `coreflow_fit_options_init`.
+     */
+    size_t struct_size;
+    /**
+     * Rank r of the row basis; 0 = choose by `energy`.
+     */
+    uint32_t rank_rows;
+    /**
+     * Rank s of the column basis; 0 = choose by `energy`.
+     */
+    uint32_t rank_cols;
+    /**
+     * Fraction of the Gram trace a chosen rank must hold, in (0, 1]; default 0.99.
+     */
+    double energy;
+    /**
+     * Nonzero: subtract the entrywise mean; default 0.
+     */
+    uint8_t center;
+    /**
+     * Nonzero: NaN entries stand for missing ones; default 0.
+     */
+    uint8_t nan_is_missing;
+    /**
+     * `COREFLOW_SUBSPACE_METHOD_*`; default HOOI.
+     */
+    coreflow_subspace_method subspace_method;
+    /**
+     * Iteration limit of the subspace refinement; default 100.
+     */
+    uint32_t subspace_max_iter;
+    /**
+     * Relative objective increase counted as converged; default 1e-10.
+     */
+    double subspace_tol;
+    /**
+     * Iteration limit of the completion of missing entries; default 100.
+     */
+    uint32_t completion_max_iter;
+    /**
+     * Relative objective decrease counted as converged; default 1e-8.
+     */
+    double completion_tol;
+    /**
+     * Ridge on the cores in the masked fit (dimensionless); default 1e-8.
+     */
+    double ridge;
+    /**
+     * Width of the hidden layers of the velocity network; default 256.
+     */
+    uint32_t flow_hidden;
+    /**
+     * Number of hidden layers; default 3.
+     */
+    uint32_t flow_layers;
+    /**
+     * Number of sinusoidal time frequencies; default 16.
+     */
+    uint32_t flow_time_freqs;
+    /**
+     * Fraction of the core variance the flow block holds; default 0.999.
+     */
+    double flow_energy;
+    /**
+     * Upper bound on the flow block dimension; 0 = no bound.
+     */
+    uint32_t flow_max_dim;
+    /**
+     * Optimiser steps of the flow; 0 = fit the geometry only; default 0.
+     */
+    uint32_t flow_steps;
+    /**
+     * Minibatch size of flow training; default 128.
+     */
+    uint32_t batch_size;
+    /**
+     * Peak learning rate; default 1e-2.
+     */
+    double learning_rate;
+    /**
+     * Decoupled weight decay; default 0.
+     */
+    double weight_decay;
+    /**
+     * Decay of the moving average of the weights; default 0.999.
+     */
+    double ema_decay;
+    /**
+     * `COREFLOW_COUPLING_*`; default INDEPENDENT.
+     */
+    coreflow_coupling coupling;
+    /**
+     * Seed of every random choice of the fit; default 0.
+     */
+    uint64_t seed;
+    /**
+     * Worker threads for fitting; 0 = all cores (the default).
+     */
+    uint32_t threads;
+    /**
+     * Progress callback, or NULL.
+     */
+    coreflow_progress_fn progress;
+    /**
+     * Passed unchanged to `progress`.
+     */
+    void *progress_user;
+    /**
+     * `COREFLOW_CORE_MODEL_*`; default AUTO.
+     */
+    coreflow_core_model core_model;
+    /**
+     * Fraction of samples held out for the diagnostics; default 0.2.
+     */
+    double holdout_fraction;
+} coreflow_fit_options;
+
+/**
+ * ODE solver for sampling and scoring (32-bit; values below).
+ */
+typedef int32_t coreflow_solver;
+
+/**
+ * Options of sampling and scoring. Fill with `coreflow_sample_options_init`.
+ */
+typedef struct coreflow_sample_options {
+    /**
+     * `sizeof(coreflow_sample_options)`; set by `coreflow_sample_options_init`.
+     */
+    size_t struct_size;
+    /**
+     * `COREFLOW_SOLVER_*`; default RK4.
+     */
+    coreflow_solver solver;
+    /**
+     * Fixed steps of EULER, HEUN and RK4; default 16.
+     */
+    uint32_t steps;
+    /**
+     * Relative tolerance of DOPRI5; default 1e-5.
+     */
+    double rtol;
+    /**
+     * Absolute tolerance of DOPRI5; default 1e-5.
+     */
+    double atol;
+} coreflow_sample_options;
+
+/**
+ * Result of every fallible function: `COREFLOW_OK` (0) or an error code.
+ * Values are fixed and never reused.
+ */
+typedef int32_t coreflow_status;
+
+/**
+ * A read-only batch of `count` matrices of `rows x cols` doubles: element
+ * `(i, r, c)` is `data[i * sample_stride + r * row_stride + c * col_stride]`
+ * (strides in elements, may be negative). A NumPy C-order `(N, m, n)` array
+ * has strides `(m*n, n, 1)`; a Julia `(m, n, N)` array has `(m*n, 1, m)`.
+ */
+typedef struct coreflow_matrices {
+    /**
+     * Element (0, 0, 0).
+     */
+    const double *data;
+    /**
+     * NULL = every entry observed; otherwise nonzero = observed, addressed
+     * with the same strides as `data`.
+     */
+    const uint8_t *mask;
+    /**
+     * Number of matrices.
+     */
+    size_t count;
+    /**
+     * Rows of each matrix.
+     */
+    size_t rows;
+    /**
+     * Columns of each matrix.
+     */
+    size_t cols;
+    /**
+     * Distance in elements between consecutive matrices.
+     */
+    ptrdiff_t sample_stride;
+    /**
+     * Distance in elements between consecutive rows.
+     */
+    ptrdiff_t row_stride;
+    /**
+     * Distance in elements between consecutive columns.
+     */
+    ptrdiff_t col_stride;
+} coreflow_matrices;
+
+/**
+ * Summary of a fitted model, filled by `coreflow_model_get_info`. Set
+ * `struct_size = sizeof(coreflow_model_info)` before the call.
+ */
+typedef struct coreflow_model_info {
+    /**
+     * `sizeof(coreflow_model_info)`, set by the caller.
+     */
+    size_t struct_size;
+    /**
+     * Rows m of each matrix.
+     */
+    size_t rows;
+    /**
+     * Columns n of each matrix.
+     */
+    size_t cols;
+    /**
+     * Rank r of the row basis U.
+     */
+    size_t rank_rows;
+    /**
+     * Rank s of the column basis V.
+     */
+    size_t rank_cols;
+    /**
+     * Core dimension r * s.
+     */
+    size_t core_dim;
+    /**
+     * Dimension of the flow block (0 without a flow).
+     */
+    size_t flow_dim;
+    /**
+     * 1 when the mean was subtracted.
+     */
+    uint8_t centered;
+    /**
+     * 1 when a flow was trained.
+     */
+    uint8_t has_flow;
+    /**
+     * Width of the hidden layers (0 without a flow).
+     */
+    uint32_t flow_hidden;
+    /**
+     * Number of hidden layers (0 without a flow).
+     */
+    uint32_t flow_layers;
+    /**
+     * Number of training matrices.
+     */
+    size_t train_count;
+    /**
+     * Fraction of the (centered) training energy the cores hold.
+     */
+    double explained_energy;
+    /**
+     * Final flow training loss (NaN without a flow).
+     */
+    double final_loss;
+    /**
+     * Subspace refinement iterations performed.
+     */
+    uint32_t subspace_iterations;
+    /**
+     * 1 when the subspace refinement met its stopping rule.
+     */
+    uint8_t subspace_converged;
+    /**
+     * Final subspace objective sum ||U^T (X_i - Xbar) V||^2.
+     */
+    double subspace_objective;
+} coreflow_model_info;
+
+/**
+ * Operations that take a workspace (32-bit; values below).
+ */
+typedef int32_t coreflow_op;
+
+/**
+ * A writable batch of matrices, addressed like [`coreflow_matrices`].
+ * Distinct elements must not share memory (checked).
+ */
+typedef struct coreflow_matrices_mut {
+    /**
+     * Element (0, 0, 0).
+     */
+    double *data;
+    /**
+     * Number of matrices.
+     */
+    size_t count;
+    /**
+     * Rows of each matrix.
+     */
+    size_t rows;
+    /**
+     * Columns of each matrix.
+     */
+    size_t cols;
+    /**
+     * Distance in elements between consecutive matrices.
+     */
+    ptrdiff_t sample_stride;
+    /**
+     * Distance in elements between consecutive rows.
+     */
+    ptrdiff_t row_stride;
+    /**
+     * Distance in elements between consecutive columns.
+     */
+    ptrdiff_t col_stride;
+} coreflow_matrices_mut;
+
+/**
+ * `coreflow_sample`.
+ */
+#define COREFLOW_OP_SAMPLE 0
+
+/**
+ * `coreflow_encode`.
+ */
+#define COREFLOW_OP_ENCODE 1
+
+/**
+ * `coreflow_decode`.
+ */
+#define COREFLOW_OP_DECODE 2
+
+/**
+ * `coreflow_log_prob`.
+ */
+#define COREFLOW_OP_LOG_PROB 3
+
+/**
+ * `coreflow_complete`.
+ */
+#define COREFLOW_OP_COMPLETE 4
+
+/**
+ * Block-exact alternating eigen-updates (HOOI); the default.
+ */
+#define COREFLOW_SUBSPACE_METHOD_HOOI 0
+
+/**
+ * Riemannian conjugate gradient on the product of Stiefel manifolds.
+ */
+#define COREFLOW_SUBSPACE_METHOD_RIEMANNIAN 1
+
+/**
+ * Independent pairs (the default).
+ */
+#define COREFLOW_COUPLING_INDEPENDENT 0
+
+/**
+ * Exact optimal-transport assignment within each minibatch.
+ */
+#define COREFLOW_COUPLING_MINIBATCH_OT 1
+
+/**
+ * Explicit Euler, fixed steps.
+ */
+#define COREFLOW_SOLVER_EULER 0
+
+/**
+ * Heun (explicit trapezoid), fixed steps.
+ */
+#define COREFLOW_SOLVER_HEUN 1
+
+/**
+ * Classical fourth-order Runge-Kutta, fixed steps (the default).
+ */
+#define COREFLOW_SOLVER_RK4 2
+
+/**
+ * Dormand-Prince 5(4), adaptive steps controlled by rtol and atol.
+ */
+#define COREFLOW_SOLVER_DOPRI5 3
+
+/**
+ * Fitting the row and column subspaces.
+ */
+#define COREFLOW_STAGE_SUBSPACE 0
+
+/**
+ * Iterative completion of missing entries.
+ */
+#define COREFLOW_STAGE_COMPLETION 1
+
+/**
+ * Training the flow on the cores.
+ */
+#define COREFLOW_STAGE_FLOW 2
+
+/**
+ * Flow, or the Gaussian fallback when the flow block is too large for the
+ * number of samples (the default).
+ */
+#define COREFLOW_CORE_MODEL_AUTO 0
+
+/**
+ * Always the flow.
+ */
+#define COREFLOW_CORE_MODEL_FLOW 1
+
+/**
+ * Always a full-covariance Gaussian on all core coordinates.
+ */
+#define COREFLOW_CORE_MODEL_GAUSSIAN 2
+
+/**
+ * Success.
+ */
+#define COREFLOW_OK 0
+
+/**
+ * A required pointer argument was NULL.
+ */
+#define COREFLOW_ERR_NULL 1
+
+/**
+ * An argument is outside its documented domain.
+ */
+#define COREFLOW_ERR_INVALID_ARGUMENT 2
+
+/**
+ * Dimensions or strides are inconsistent.
+ */
+#define COREFLOW_ERR_SHAPE 3
+
+/**
+ * NaN or infinity where finite values are required.
+ */
+#define COREFLOW_ERR_NON_FINITE 4
+
+/**
+ * The workspace is smaller than `coreflow_workspace_size` reported.
+ */
+#define COREFLOW_ERR_WORKSPACE 5
+
+/**
+ * Reading or writing a file failed.
+ */
+#define COREFLOW_ERR_IO 6
+
+/**
+ * A serialized model is corrupt or truncated.
+ */
+#define COREFLOW_ERR_FORMAT 7
+
+/**
+ * A serialized model or a struct has an unsupported version.
+ */
+#define COREFLOW_ERR_VERSION 8
+
+/**
+ * The progress callback asked to stop.
+ */
+#define COREFLOW_ERR_CANCELLED 9
+
+/**
+ * A computation produced a non-finite value or failed to converge.
+ */
+#define COREFLOW_ERR_NUMERICAL 10
+
+/**
+ * The model cannot do this (e.g. sampling from a geometry-only model).
+ */
+#define COREFLOW_ERR_UNSUPPORTED 11
+
+/**
+ * A bug in the library (a caught panic or a broken invariant).
+ */
+#define COREFLOW_ERR_INTERNAL 99
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * The ABI version of the library (`COREFLOW_ABI_VERSION` it was built with).
+ * Never allocates. Thread-safe.
+ */
+uint32_t coreflow_abi_version(void);
+
+/**
+ * The library version, e.g. "0.1.0". Ownership: a static string, never freed.
+ * Never allocates. Thread-safe.
+ */
+const char *coreflow_version(void);
+
+/**
+ * Fills `opts` with the defaults and sets `opts->struct_size`. NULL is
+ * ignored. Never allocates. Thread-safe.
+ */
+void coreflow_fit_options_init(struct coreflow_fit_options *opts);
+
+/**
+ * Fills `o` with the defaults (RK4, 16 steps) and sets `o->struct_size`.
+ * NULL is ignored. Never allocates. Thread-safe.
+ */
+void coreflow_sample_options_init(struct coreflow_sample_options *o);
+
+/**
+ * Fits a model to `train` and stores a new handle in `*out`.
+ *
+ * Returns `COREFLOW_OK`, or an error status with `*out` untouched.
+ * Ownership: the caller owns `*out` and releases it with
+ * `coreflow_model_free`; `train` is only read during the call.
+ * Allocates (once, before its loops). Uses up to `opts->threads` threads.
+ * Thread-safe (calls on different threads are independent).
+ */
+coreflow_status coreflow_fit(const struct coreflow_matrices *train, const struct coreflow_fit_options *opts, struct coreflow_model **out);
+
+/**
+ * Releases a model. NULL is ignored. Thread-safe as long as no other
+ * thread still uses the model.
+ */
+void coreflow_model_free(struct coreflow_model *model);
+
+/**
+ * Writes the model summary into `*out`; the caller sets
+ * `out->struct_size = sizeof(coreflow_model_info)` first.
+ * Returns `COREFLOW_OK` or an error status. Never allocates. Thread-safe.
+ */
+coreflow_status coreflow_model_get_info(const struct coreflow_model *m, struct coreflow_model_info *out);
+
+/**
+ * Copies U (rows x rank_rows) into `u` and V (cols x rank_cols) into `v`,
+ * both column-major. Returns `COREFLOW_OK` or an error status.
+ * Ownership: the caller owns both buffers. Never allocates. Thread-safe.
+ */
+coreflow_status coreflow_model_subspaces(const struct coreflow_model *m, double *u, double *v);
+
+/**
+ * Copies the subtracted mean (rows x cols, column-major) into `mean`;
+ * zeros when the model is not centered. Returns `COREFLOW_OK` or an error
+ * status. Ownership: the caller owns `mean`. Never allocates. Thread-safe.
+ */
+coreflow_status coreflow_model_mean(const struct coreflow_model *m, double *mean);
+
+/**
+ * Stores in `*bytes` the workspace size that serves any call of `op` on
+ * model `m` with at most `count` matrices and options `o` (NULL = defaults).
+ * Any pointer alignment of the workspace is accepted.
+ * Returns `COREFLOW_OK` or an error status. Never allocates. Thread-safe.
+ */
+coreflow_status coreflow_workspace_size(const struct coreflow_model *m, coreflow_op op, size_t count, const struct coreflow_sample_options *o, size_t *bytes);
+
+/**
+ * Writes the cores `C_j = U^T (X_j - Xbar) V` of the matrices of `in` into
+ * `cores`: `in->count` blocks of `rank_rows * rank_cols` values, each the
+ * column-major core. `ws` is a workspace of `ws_bytes` bytes
+ * (`coreflow_workspace_size` with `COREFLOW_OP_ENCODE`).
+ * Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
+ * buffers. Never allocates; runs on the calling thread only. Thread-safe.
+ */
+coreflow_status coreflow_encode(const struct coreflow_model *m, const struct coreflow_matrices *in_, double *cores, void *ws, size_t ws_bytes);
+
+/**
+ * Writes `X_j = U C_j V^T + Xbar` into the matrices of `out` from `cores`
+ * (`out->count` column-major cores of `rank_rows * rank_cols` values).
+ * `ws` is a workspace of `ws_bytes` bytes (`COREFLOW_OP_DECODE`).
+ * Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
+ * buffers. Never allocates; runs on the calling thread only. Thread-safe.
+ */
+coreflow_status coreflow_decode(const struct coreflow_model *m, const double *cores, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
+
+/**
+ * The message of the last failed call on the calling thread: names the bad
+ * argument and the reason. Returns "" when the last call succeeded.
+ *
+ * Ownership: the string belongs to the library; it stays valid until the
+ * next CoreFlow call on the same thread. Never allocates. Thread-safe (one
+ * message per thread).
+ */
+const char *coreflow_last_error_message(void);
+
+/**
+ * A static name for a status code, e.g. "COREFLOW_ERR_SHAPE"; unknown codes
+ * give "COREFLOW_UNKNOWN_STATUS".
+ *
+ * Ownership: a static string, never freed. Never allocates. Thread-safe.
+ */
+const char *coreflow_status_name(coreflow_status status);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+#endif  /* COREFLOW_H */

@@ -1,0 +1,652 @@
+//! Incomplete data: masked fitting by iterative completion, and completion
+//! of new matrices under a fitted model (DESIGN.md section 4).
+//!
+//! # Masked fit
+//!
+//! Objective, with P_i keeping the observed entries of sample i:
+//!
+//! ```text
+//! F(U, V, {C_i}) = sum_i ||P_i(X_i - U C_i V^T)||^2 + lambda sum_i ||C_i||^2.
+//! ```
+//!
+//! Missing entries start at the mean of the observed entries of their column
+//! (over all samples; the row mean where a column is never observed; the
+//! global mean where neither is). Then, an EM / majorise-minimise scheme:
+//!
+//! 1. E-step: `Z_i = P_i(X_i) + P_i^perp(U C_i V^T)`;
+//! 2. M-step on the completed `Z_i`: a HOOI sweep (default) or several
+//!    Riemannian conjugate-gradient steps from the current bases;
+//! 3. cores `C_i = U^T Z_i V / (1 + lambda)`.
+//!
+//! With `Z` fixed, `G = sum ||Z_i - U C_i V^T||^2 + lambda ||C_i||^2` equals F
+//! at the current iterate (the missing residuals are zero) and majorises F
+//! everywhere; minimising C in closed form leaves
+//! `G = sum ||Z_i||^2 - sum ||U^T Z_i V||^2 / (1 + lambda)`, which the
+//! M-step decreases. So F never increases. Iteration stops when the relative
+//! decrease of F is below `tol`, or after `max_iter` rounds.
+//!
+//! With centering, the mean is taken over the observed entries of each
+//! position (the initial fill where a position is never observed), and the
+//! scheme runs on `X_i - Xbar`.
+//!
+//! # Completing a new matrix
+//!
+//! The MAP core under the Gaussian prior of the training cores
+//! (`c ~ N(mu, Sigma)`, `Sigma = L L^T`) and noise variance `sigma^2`
+//! estimated from the training residuals:
+//!
+//! ```text
+//! min_c ||P(Y - U C V^T)||^2 / sigma^2 + (c - mu)^T Sigma^-1 (c - mu).
+//! ```
+//!
+//! With `c = mu + L z` this is the well-conditioned system
+//! `(I + L^T A^T P A L / sigma^2) z = L^T A^T P (Y - A mu) / sigma^2`,
+//! `A c = U C V^T`, solved by conjugate gradients (each product costs two
+//! small matrix products with U and V). The result is
+//! `P(Y) + P^perp(U C V^T)`: observed entries come back bitwise unchanged.
+
+use crate::batch::{MaskRef, MatrixBatch};
+use crate::error::{Error, Result};
+use crate::numerics::{self, gemm, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch, MemBuffer, MemStack, Par, StackReq};
+use crate::reduce::Reducer;
+use crate::subspace::{self, SubspaceMethod, SubspaceOptions};
+use faer::prelude::{Reborrow, ReborrowMut};
+use faer::{Accum, Mat, MatMut, MatRef};
+
+/// Which entries of a matrix are observed.
+#[derive(Copy, Clone, Debug)]
+pub enum Observed<'a> {
+    /// Every entry.
+    All,
+    /// Nonzero mask entries.
+    Mask(MaskRef<'a>),
+    /// Every entry that is not NaN.
+    NotNan,
+}
+
+impl Observed<'_> {
+    #[inline]
+    fn at(&self, x: MatRef<'_, f64>, i: usize, j: usize) -> bool {
+        match self {
+            Observed::All => true,
+            Observed::Mask(m) => m.observed(i, j),
+            Observed::NotNan => !x[(i, j)].is_nan(),
+        }
+    }
+}
+
+/// The observation pattern of sample `i` of a batch.
+pub fn observed_of<'a>(data: &MatrixBatch<'a>, i: usize, nan_is_missing: bool) -> Observed<'a> {
+    match data.mask(i) {
+        Some(m) => Observed::Mask(m),
+        None if nan_is_missing => Observed::NotNan,
+        None => Observed::All,
+    }
+}
+
+/// Checks that observed values are finite (NaN allowed only where missing).
+pub fn check_observed_finite(data: &MatrixBatch, nan_is_missing: bool, what: &str) -> Result<()> {
+    for i in 0..data.count() {
+        let x = data.sample(i);
+        let obs = observed_of(data, i, nan_is_missing);
+        for c in 0..data.cols() {
+            for r in 0..data.rows() {
+                let v = x[(r, c)];
+                let ok = if obs.at(x, r, c) { v.is_finite() } else { !v.is_infinite() || matches!(obs, Observed::Mask(_)) };
+                if !ok {
+                    let hint = if v.is_nan() && !nan_is_missing {
+                        " (set nan_is_missing to treat NaN as missing)"
+                    } else {
+                        ""
+                    };
+                    return Err(Error::non_finite(format!(
+                        "{what}: matrix {i} has the non-finite value {v} at row {r}, column {c}{hint}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Options of the masked fit.
+#[derive(Clone, Debug)]
+pub struct CompletionOptions {
+    /// Round limit of the iterative completion, at least 1. Default 100.
+    pub max_iter: usize,
+    /// Relative decrease of F counted as converged, non-negative. Default 1e-8.
+    pub tol: f64,
+    /// Ridge lambda on the cores (dimensionless), non-negative. Default 1e-8.
+    pub ridge: f64,
+    /// NaN entries stand for missing ones (when no mask is given).
+    pub nan_is_missing: bool,
+    /// Riemannian inner steps per round when the M-step is Riemannian.
+    /// Default 10 (one step per round converges about 10x slower).
+    pub inner_steps: usize,
+}
+
+impl Default for CompletionOptions {
+    fn default() -> Self {
+        Self {
+            max_iter: 100,
+            tol: 1e-8,
+            ridge: 1e-8,
+            nan_is_missing: false,
+            inner_steps: 10,
+        }
+    }
+}
+
+impl CompletionOptions {
+    /// Checks every option; the message names the field.
+    pub fn check(&self) -> Result<()> {
+        if self.max_iter == 0 {
+            return Err(Error::invalid("opts.completion_max_iter: must be at least 1"));
+        }
+        if !(self.tol >= 0.0) || !self.tol.is_finite() {
+            return Err(Error::invalid(format!(
+                "opts.completion_tol: {} must be finite and non-negative",
+                self.tol
+            )));
+        }
+        if !(self.ridge >= 0.0) || !self.ridge.is_finite() {
+            return Err(Error::invalid(format!(
+                "opts.ridge: {} must be finite and non-negative",
+                self.ridge
+            )));
+        }
+        if self.inner_steps == 0 {
+            return Err(Error::invalid("opts.inner_steps: must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// The result of a masked fit.
+#[derive(Clone, Debug)]
+pub struct CompletionFit {
+    /// Row basis (canonical).
+    pub u: Mat<f64>,
+    /// Column basis (canonical).
+    pub v: Mat<f64>,
+    /// The subtracted mean, when centering.
+    pub mean: Option<Mat<f64>>,
+    /// Completed training matrices minus the mean, C-order (N, m, n).
+    pub completed: Vec<f64>,
+    /// F after every round (the masked objective never increases).
+    pub history: Vec<f64>,
+    /// Rounds performed.
+    pub iterations: usize,
+    /// Whether the relative decrease fell below `tol`.
+    pub converged: bool,
+    /// Number of observed entries over all samples.
+    pub observed_count: f64,
+    /// Sum of squared residuals on the observed entries at the end.
+    pub residual_ss: f64,
+    /// HOSVD spectra of the initially filled data.
+    pub row_eigenvalues: Vec<f64>,
+    /// HOSVD spectra of the initially filled data.
+    pub col_eigenvalues: Vec<f64>,
+}
+
+/// Fills the owned buffer `z` (C-order) with the observed values and the
+/// initial fill of section 4, and returns (mean or None, observed count).
+fn initial_fill(
+    data: &MatrixBatch,
+    nan_is_missing: bool,
+    center: bool,
+    z: &mut [f64],
+    reducer: &dyn Reducer,
+) -> Result<(Option<Mat<f64>>, f64)> {
+    let (count, m, n) = (data.count(), data.rows(), data.cols());
+    // Per-position sums and counts of observed values, completed across
+    // participants in one reduction: [pos sums (m n) | pos counts (m n)].
+    let mut stats = vec![0.0; 2 * m * n];
+    for i in 0..count {
+        let x = data.sample(i);
+        let obs = observed_of(data, i, nan_is_missing);
+        for b in 0..n {
+            for a in 0..m {
+                if obs.at(x, a, b) {
+                    stats[a + b * m] += x[(a, b)];
+                    stats[m * n + a + b * m] += 1.0;
+                }
+            }
+        }
+    }
+    reducer.sum_in_place(&mut stats)?;
+    let (sums, counts) = stats.split_at(m * n);
+    let total_obs: f64 = counts.iter().sum();
+    if total_obs == 0.0 {
+        return Err(Error::invalid("train: no entry of any matrix is observed"));
+    }
+    let global = sums.iter().sum::<f64>() / total_obs;
+    let col_mean: Vec<Option<f64>> = (0..n)
+        .map(|b| {
+            let (s, c) = (0..m).fold((0.0, 0.0), |(s, c), a| (s + sums[a + b * m], c + counts[a + b * m]));
+            (c > 0.0).then(|| s / c)
+        })
+        .collect();
+    let row_mean: Vec<Option<f64>> = (0..m)
+        .map(|a| {
+            let (s, c) = (0..n).fold((0.0, 0.0), |(s, c), b| (s + sums[a + b * m], c + counts[a + b * m]));
+            (c > 0.0).then(|| s / c)
+        })
+        .collect();
+    let fill = |a: usize, b: usize| col_mean[b].or(row_mean[a]).unwrap_or(global);
+    let mean = center.then(|| {
+        Mat::from_fn(m, n, |a, b| {
+            let c = counts[a + b * m];
+            if c > 0.0 {
+                sums[a + b * m] / c
+            } else {
+                fill(a, b)
+            }
+        })
+    });
+    for i in 0..count {
+        let x = data.sample(i);
+        let obs = observed_of(data, i, nan_is_missing);
+        let zi = &mut z[i * m * n..(i + 1) * m * n];
+        for a in 0..m {
+            for b in 0..n {
+                let v = if obs.at(x, a, b) { x[(a, b)] } else { fill(a, b) };
+                zi[a * n + b] = v - mean.as_ref().map_or(0.0, |mm| mm[(a, b)]);
+            }
+        }
+    }
+    Ok((mean, total_obs))
+}
+
+/// Workspace for [`e_step`].
+pub fn e_step_scratch(rows: usize, cols: usize, rank_rows: usize, rank_cols: usize) -> StackReq {
+    StackReq::all_of(&[
+        temp_mat_scratch::<f64>(rank_rows, rank_cols),
+        temp_mat_scratch::<f64>(rows, rank_cols),
+        temp_mat_scratch::<f64>(rows, cols),
+    ])
+}
+
+/// One E-step over all local samples: with `C_i = U^T Z_i V / (1 + lambda)`,
+/// evaluates the masked objective F and replaces the missing entries of
+/// `Z_i` by those of `U C_i V^T`. `z` holds the centered completed data in
+/// C-order; `data` the original observations. Returns the local
+/// `(F, observed residual sum of squares)`.
+#[allow(clippy::too_many_arguments)]
+pub fn e_step(
+    data: &MatrixBatch,
+    nan_is_missing: bool,
+    mean: Option<MatRef<'_, f64>>,
+    z: &mut [f64],
+    u: MatRef<'_, f64>,
+    v: MatRef<'_, f64>,
+    ridge: f64,
+    stack: &mut MemStack,
+) -> (f64, f64) {
+    let (count, m, n) = (data.count(), data.rows(), data.cols());
+    let (r, s) = (u.ncols(), v.ncols());
+    let (mut c, stack) = temp_mat_zeroed::<f64>(r, s, stack);
+    let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
+    let (mut pred, _) = temp_mat_zeroed::<f64>(m, n, stack);
+    let (mut f, mut rss) = (0.0, 0.0);
+    for i in 0..count {
+        let zi = MatMut::from_row_major_slice_mut(&mut z[i * m * n..(i + 1) * m * n], m, n);
+        gemm(t.rb_mut(), Accum::Replace, zi.rb(), v, 1.0, Par::Seq);
+        gemm(c.rb_mut(), Accum::Replace, u.transpose(), t.rb(), 1.0 / (1.0 + ridge), Par::Seq);
+        f += ridge * c.squared_norm_l2();
+        gemm(t.rb_mut(), Accum::Replace, u, c.rb(), 1.0, Par::Seq);
+        gemm(pred.rb_mut(), Accum::Replace, t.rb(), v.transpose(), 1.0, Par::Seq);
+        let x = data.sample(i);
+        let obs = observed_of(data, i, nan_is_missing);
+        let mut zi = zi;
+        for a in 0..m {
+            for b in 0..n {
+                if obs.at(x, a, b) {
+                    let centered = x[(a, b)] - mean.map_or(0.0, |mm| mm[(a, b)]);
+                    let d = centered - pred[(a, b)];
+                    rss += d * d;
+                } else {
+                    zi[(a, b)] = pred[(a, b)];
+                }
+            }
+        }
+    }
+    (f + rss, rss)
+}
+
+/// Fits U, V to incomplete data by iterative completion (see the module
+/// docs). `sub` gives the ranks, energy, centering, M-step method and
+/// threads; `progress(round, max_rounds, F)` returns false to cancel.
+pub fn fit_masked(
+    data: &MatrixBatch,
+    sub: &SubspaceOptions,
+    opts: &CompletionOptions,
+    reducer: &dyn Reducer,
+    progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+) -> Result<CompletionFit> {
+    opts.check()?;
+    let (count, m, n) = (data.count(), data.rows(), data.cols());
+    if count == 0 {
+        return Err(Error::invalid("train: the batch holds no matrix (count is 0)"));
+    }
+    let checked = sub.check(m, n)?;
+    let sub = checked.options().clone();
+    check_observed_finite(data, opts.nan_is_missing, "train")?;
+    let par = numerics::par_for_threads(sub.threads);
+
+    // The one allocation of the fit's size: the completed matrices.
+    let mut z = vec![0.0; count * m * n];
+    let (mean, observed_count) = initial_fill(data, opts.nan_is_missing, sub.center, &mut z, reducer)?;
+    let zb = |z: &[f64]| -> MatrixBatch<'_> { MatrixBatch::from_c_order(z, count, m, n).expect("owned C-order buffer") };
+
+    // HOSVD of the filled matrices (already centered: no mean here).
+    let mut row_vecs = Mat::<f64>::zeros(m, m);
+    let mut col_vecs = Mat::<f64>::zeros(n, n);
+    let mut row_vals = vec![0.0; m];
+    let mut col_vals = vec![0.0; n];
+    {
+        let mut buf = MemBuffer::new(subspace::hosvd_init_scratch(m, n, par));
+        subspace::hosvd_init(
+            &zb(&z),
+            None,
+            row_vecs.as_mut(),
+            &mut row_vals,
+            col_vecs.as_mut(),
+            &mut col_vals,
+            reducer,
+            par,
+            MemStack::new(&mut buf),
+        )?;
+    }
+    let r = if sub.rank_rows == 0 { subspace::rank_by_energy(&row_vals, sub.energy) } else { sub.rank_rows };
+    let s = if sub.rank_cols == 0 { subspace::rank_by_energy(&col_vals, sub.energy) } else { sub.rank_cols };
+    let mut u = row_vecs.get(.., ..r).to_owned();
+    let mut v = col_vecs.get(.., ..s).to_owned();
+    drop((row_vecs, col_vecs));
+
+    let m_step_req = match sub.method {
+        SubspaceMethod::Hooi => subspace::hooi_sweep_scratch(count, m, n, r, s, par),
+        SubspaceMethod::Riemannian => subspace::riemannian_solve_scratch(count, m, n, r, s, par),
+    };
+    let mut buf = MemBuffer::new(StackReq::any_of(&[m_step_req, e_step_scratch(m, n, r, s)]));
+    let stack = MemStack::new(&mut buf);
+
+    let mut history = Vec::with_capacity(opts.max_iter + 1);
+    let mut converged = false;
+    let mut iterations = 0;
+    let mut rss = 0.0;
+    let mut f_prev = f64::INFINITY;
+    loop {
+        let (f_local, rss_local) = e_step(data, opts.nan_is_missing, mean.as_ref().map(|x| x.as_ref()), &mut z, u.as_ref(), v.as_ref(), opts.ridge, stack);
+        let mut fr = [f_local, rss_local];
+        reducer.sum_in_place(&mut fr)?;
+        let f = fr[0];
+        rss = fr[1];
+        if !f.is_finite() {
+            return Err(Error::numerical("masked objective became non-finite"));
+        }
+        history.push(f);
+        if !progress(iterations, opts.max_iter, f) {
+            return Err(Error::cancelled("completion"));
+        }
+        if f_prev.is_finite() && (f_prev - f) <= opts.tol * f_prev.abs().max(f64::MIN_POSITIVE) {
+            converged = true;
+            break;
+        }
+        if iterations == opts.max_iter {
+            break;
+        }
+        f_prev = f;
+        match sub.method {
+            SubspaceMethod::Hooi => {
+                subspace::hooi_sweep(&zb(&z), None, u.as_mut(), v.as_mut(), reducer, par, stack)?;
+            }
+            SubspaceMethod::Riemannian => {
+                subspace::riemannian_solve(
+                    &zb(&z),
+                    None,
+                    u.as_mut(),
+                    v.as_mut(),
+                    opts.inner_steps,
+                    0.0,
+                    0.0,
+                    reducer,
+                    &mut |_, _| true,
+                    par,
+                    stack,
+                )?;
+            }
+        }
+        iterations += 1;
+    }
+
+    // Canonical basis on the completed data.
+    let mut cbuf = MemBuffer::new(subspace::canonicalize_scratch(m, n, r, s, par));
+    subspace::canonicalize(&zb(&z), None, u.as_mut(), v.as_mut(), reducer, par, MemStack::new(&mut cbuf))?;
+    Ok(CompletionFit {
+        u,
+        v,
+        mean,
+        completed: z,
+        history,
+        iterations,
+        converged,
+        observed_count,
+        residual_ss: rss,
+        row_eigenvalues: row_vals,
+        col_eigenvalues: col_vals,
+    })
+}
+
+/// The Gaussian prior of the cores and the noise level, for completing new
+/// matrices.
+#[derive(Clone, Debug)]
+pub struct CorePrior {
+    /// Mean of the training cores (column-major vec, length d).
+    pub mean: Vec<f64>,
+    /// Lower Cholesky factor L of the regularised core covariance (d x d).
+    pub chol: Mat<f64>,
+    /// Noise variance per observed entry, from the training residuals.
+    pub noise_var: f64,
+}
+
+impl CorePrior {
+    /// From the training cores (N x d, one core per row), the residual sum
+    /// of squares on the observed training entries and their count. The
+    /// covariance is regularised by `1e-6 x` its mean variance (and an
+    /// absolute floor) so that L exists; the noise variance is floored at
+    /// `1e-12 x` the mean core energy per entry.
+    pub fn from_cores(cores: MatRef<'_, f64>, residual_ss: f64, observed: f64, entries_per_matrix: usize, reducer: &dyn Reducer) -> Result<CorePrior> {
+        let (n_local, d) = cores.shape();
+        let mut stats = vec![0.0; d + d * d + 1];
+        for i in 0..n_local {
+            for k in 0..d {
+                stats[k] += cores[(i, k)];
+            }
+        }
+        stats[d + d * d] = n_local as f64;
+        // First pass: the mean (one reduction), second: the scatter.
+        let mut first = stats[..d].to_vec();
+        first.push(n_local as f64);
+        reducer.sum_in_place(&mut first)?;
+        let n = first[d];
+        if n < 1.0 {
+            return Err(Error::invalid("train: no matrix to estimate the core prior from"));
+        }
+        let mean: Vec<f64> = first[..d].iter().map(|s| s / n).collect();
+        let mut scatter = Mat::<f64>::zeros(d, d);
+        let centered = Mat::from_fn(n_local, d, |i, k| cores[(i, k)] - mean[k]);
+        numerics::syrk_lower(scatter.as_mut(), Accum::Replace, centered.transpose(), 1.0, Par::Seq);
+        let mut flat: Vec<f64> = (0..d * d).map(|k| scatter[(k % d, k / d)]).collect();
+        reducer.sum_in_place(&mut flat)?;
+        let denom = (n - 1.0).max(1.0);
+        let mut cov = Mat::from_fn(d, d, |a, b| {
+            let (i, j) = if a >= b { (a, b) } else { (b, a) };
+            flat[i + j * d] / denom
+        });
+        let mean_var = (0..d).map(|k| cov[(k, k)]).sum::<f64>() / d as f64;
+        let delta = (1e-6 * mean_var).max(1e-300);
+        for k in 0..d {
+            cov[(k, k)] += delta;
+        }
+        let chol = cov
+            .llt(faer::Side::Lower)
+            .map_err(|_| Error::numerical("core covariance is not positive definite"))?
+            .L()
+            .to_owned();
+        let floor = 1e-12 * (mean_var * d as f64 / entries_per_matrix as f64).max(f64::MIN_POSITIVE);
+        let noise_var = if observed > 0.0 { (residual_ss / observed).max(floor) } else { floor };
+        Ok(CorePrior { mean, chol, noise_var })
+    }
+}
+
+/// Workspace for [`complete_one`].
+pub fn complete_one_scratch(rows: usize, cols: usize, rank_rows: usize, rank_cols: usize) -> StackReq {
+    let d = rank_rows * rank_cols;
+    StackReq::all_of(&[
+        temp_slice_scratch::<f64>(6 * d),
+        temp_mat_scratch::<f64>(rows, rank_cols),
+        temp_mat_scratch::<f64>(rows, cols),
+    ])
+}
+
+/// Maximum conjugate-gradient iterations of [`complete_one`].
+const CG_MAX_ITER: usize = 500;
+
+/// Completes one matrix: `out = P(Y) + P^perp(Xbar + U C V^T)` with the MAP
+/// core C (module docs). `y` may hold anything at missing entries (NaN
+/// included); `out` may not alias `y`. Never allocates. Returns the number
+/// of conjugate-gradient iterations.
+#[allow(clippy::too_many_arguments)]
+pub fn complete_one(
+    u: MatRef<'_, f64>,
+    v: MatRef<'_, f64>,
+    mean: Option<MatRef<'_, f64>>,
+    prior: &CorePrior,
+    y: MatRef<'_, f64>,
+    obs: Observed<'_>,
+    mut out: MatMut<'_, f64>,
+    stack: &mut MemStack,
+) -> Result<usize> {
+    let (m, n) = y.shape();
+    let (r, s) = (u.ncols(), v.ncols());
+    let d = r * s;
+    let (buf, stack) = temp_slice(6 * d, 0.0f64, stack);
+    let (z, rest) = buf.split_at_mut(d);
+    let (res, rest) = rest.split_at_mut(d);
+    let (p, rest) = rest.split_at_mut(d);
+    let (kp, rest) = rest.split_at_mut(d);
+    let (c, w) = rest.split_at_mut(d);
+    let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
+    let (mut full, _) = temp_mat_zeroed::<f64>(m, n, stack);
+    let sigma2 = prior.noise_var;
+    let l = prior.chol.as_ref();
+
+    // full <- P(A c) for a core vector c; then w <- A^T full = vec(U^T full V).
+    let mut apply_ptpa = |c: &[f64], w: &mut [f64], t: &mut MatMut<'_, f64>, full: &mut MatMut<'_, f64>| {
+        let cm = MatRef::from_column_major_slice(c, r, s);
+        gemm(t.rb_mut(), Accum::Replace, u, cm, 1.0, Par::Seq);
+        gemm(full.rb_mut(), Accum::Replace, t.rb(), v.transpose(), 1.0, Par::Seq);
+        for b in 0..n {
+            for a in 0..m {
+                if !obs.at(y, a, b) {
+                    full[(a, b)] = 0.0;
+                }
+            }
+        }
+        project_to_core(u, v, full.rb(), w, t);
+    };
+
+    // Right-hand side: L^T A^T P (Y - Xbar - A mu) / sigma^2.
+    apply_ptpa(&prior.mean, w, &mut t, &mut full);
+    for b in 0..n {
+        for a in 0..m {
+            full[(a, b)] = if obs.at(y, a, b) { y[(a, b)] - mean.map_or(0.0, |mm| mm[(a, b)]) } else { 0.0 };
+        }
+    }
+    project_to_core(u, v, full.rb(), c, &mut t);
+    for k in 0..d {
+        c[k] = (c[k] - w[k]) / sigma2;
+    }
+    lt_mul(l, c, res); // res = b (z starts at 0, so the residual is b)
+    p.copy_from_slice(res);
+    let b_norm = dot(res, res).sqrt();
+    let mut rr = b_norm * b_norm;
+    let mut iters = 0;
+    if b_norm > 0.0 {
+        while iters < CG_MAX_ITER {
+            // kp = p + L^T A^T P A L p / sigma^2
+            l_mul(l, p, c);
+            apply_ptpa(c, w, &mut t, &mut full);
+            lt_mul(l, w, kp);
+            for k in 0..d {
+                kp[k] = p[k] + kp[k] / sigma2;
+            }
+            let alpha = rr / dot(p, kp);
+            for k in 0..d {
+                z[k] += alpha * p[k];
+                res[k] -= alpha * kp[k];
+            }
+            iters += 1;
+            let rr_new = dot(res, res);
+            if rr_new.sqrt() <= 1e-12 * b_norm {
+                break;
+            }
+            let beta = rr_new / rr;
+            rr = rr_new;
+            for k in 0..d {
+                p[k] = res[k] + beta * p[k];
+            }
+        }
+    }
+    // c = mu + L z, prediction = Xbar + U C V^T.
+    l_mul(l, z, c);
+    for k in 0..d {
+        c[k] += prior.mean[k];
+    }
+    let cm = MatRef::from_column_major_slice(c, r, s);
+    gemm(t.rb_mut(), Accum::Replace, u, cm, 1.0, Par::Seq);
+    gemm(full.rb_mut(), Accum::Replace, t.rb(), v.transpose(), 1.0, Par::Seq);
+    for b in 0..n {
+        for a in 0..m {
+            out[(a, b)] = if obs.at(y, a, b) {
+                y[(a, b)]
+            } else {
+                let x = full[(a, b)] + mean.map_or(0.0, |mm| mm[(a, b)]);
+                if !x.is_finite() {
+                    return Err(Error::numerical("completion produced a non-finite value"));
+                }
+                x
+            };
+        }
+    }
+    Ok(iters)
+}
+
+/// `w <- vec(U^T x V)` (column-major r x s), with `t` an m x s temporary.
+fn project_to_core(u: MatRef<'_, f64>, v: MatRef<'_, f64>, x: MatRef<'_, f64>, w: &mut [f64], t: &mut MatMut<'_, f64>) {
+    let (r, s) = (u.ncols(), v.ncols());
+    gemm(t.rb_mut(), Accum::Replace, x, v, 1.0, Par::Seq);
+    let wm = MatMut::from_column_major_slice_mut(w, r, s);
+    gemm(wm, Accum::Replace, u.transpose(), t.rb(), 1.0, Par::Seq);
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `out <- L x` for lower-triangular L.
+fn l_mul(l: MatRef<'_, f64>, x: &[f64], out: &mut [f64]) {
+    let d = x.len();
+    let xm = MatRef::from_column_major_slice(x, d, 1);
+    let om = MatMut::from_column_major_slice_mut(out, d, 1);
+    gemm(om, Accum::Replace, l, xm, 1.0, Par::Seq);
+}
+
+/// `out <- L^T x`.
+fn lt_mul(l: MatRef<'_, f64>, x: &[f64], out: &mut [f64]) {
+    let d = x.len();
+    let xm = MatRef::from_column_major_slice(x, d, 1);
+    let om = MatMut::from_column_major_slice_mut(out, d, 1);
+    gemm(om, Accum::Replace, l.transpose(), xm, 1.0, Par::Seq);
+}

@@ -1,0 +1,312 @@
+//! The exported functions.
+
+use super::options::*;
+use super::status::{boundary, boundary_void, coreflow_status};
+use super::views::*;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::numerics::{MemStack, StackReq};
+use std::ffi::{c_char, c_void};
+use std::mem::MaybeUninit;
+
+/// ABI version of this header; compare with `coreflow_abi_version()`.
+pub const COREFLOW_ABI_VERSION: u32 = 1;
+
+/// Tag of a live model handle: a cheap check that a pointer is a model.
+const MODEL_MAGIC: u64 = 0x434f_5245_464c_4f57; // "COREFLOW"
+
+/// A fitted model (opaque). Immutable after fitting: any number of threads
+/// may use one model at the same time, each with its own workspace.
+pub struct coreflow_model {
+    magic: u64,
+    model: Model,
+}
+
+/// Type-checked view of a handle.
+unsafe fn model_ref<'a>(m: *const coreflow_model) -> Result<&'a Model> {
+    if m.is_null() {
+        return Err(null("m"));
+    }
+    if (m as usize) % std::mem::align_of::<coreflow_model>() != 0 || (*m).magic != MODEL_MAGIC {
+        return Err(Error::invalid(
+            "m: not a live coreflow_model (freed, or not a model handle)",
+        ));
+    }
+    Ok(&(*m).model)
+}
+
+fn into_handle(model: Model) -> *mut coreflow_model {
+    Box::into_raw(Box::new(coreflow_model {
+        magic: MODEL_MAGIC,
+        model,
+    }))
+}
+
+/// A workspace view over the caller's buffer (any alignment).
+unsafe fn workspace<'a>(ws: *mut c_void, ws_bytes: usize) -> Result<&'a mut MemStack> {
+    if ws.is_null() {
+        if ws_bytes != 0 {
+            return Err(null("ws"));
+        }
+        return Ok(MemStack::new(&mut []));
+    }
+    Ok(MemStack::new(std::slice::from_raw_parts_mut(
+        ws as *mut MaybeUninit<u8>,
+        ws_bytes,
+    )))
+}
+
+/// The ABI version of the library (`COREFLOW_ABI_VERSION` it was built with).
+/// Never allocates. Thread-safe.
+#[no_mangle]
+pub extern "C" fn coreflow_abi_version() -> u32 {
+    COREFLOW_ABI_VERSION
+}
+
+/// The library version, e.g. "0.1.0". Ownership: a static string, never freed.
+/// Never allocates. Thread-safe.
+#[no_mangle]
+pub extern "C" fn coreflow_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
+/// Fills `opts` with the defaults and sets `opts->struct_size`. NULL is
+/// ignored. Never allocates. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_fit_options_init(opts: *mut coreflow_fit_options) {
+    boundary_void(|| {
+        if !opts.is_null() {
+            opts.write(fit_options_default());
+        }
+    })
+}
+
+/// Fills `o` with the defaults (RK4, 16 steps) and sets `o->struct_size`.
+/// NULL is ignored. Never allocates. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_sample_options_init(o: *mut coreflow_sample_options) {
+    boundary_void(|| {
+        if !o.is_null() {
+            o.write(sample_options_default());
+        }
+    })
+}
+
+/// Fits a model to `train` and stores a new handle in `*out`.
+///
+/// Returns `COREFLOW_OK`, or an error status with `*out` untouched.
+/// Ownership: the caller owns `*out` and releases it with
+/// `coreflow_model_free`; `train` is only read during the call.
+/// Allocates (once, before its loops). Uses up to `opts->threads` threads.
+/// Thread-safe (calls on different threads are independent).
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_fit(
+    train: *const coreflow_matrices,
+    opts: *const coreflow_fit_options,
+    out: *mut *mut coreflow_model,
+) -> coreflow_status {
+    boundary(|| {
+        let batch = batch_from_c(train, "train")?;
+        let copts = read_fit_options(opts)?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let fopts = to_fit_options(&copts)?;
+        let model = match copts.progress {
+            None => Model::fit(&batch, &fopts)?,
+            Some(cb) => {
+                let user = copts.progress_user;
+                Model::fit_with_progress(&batch, &fopts, &mut |p| {
+                    let cp = to_c_progress(p);
+                    cb(user, &cp) == 0
+                })?
+            }
+        };
+        out.write(into_handle(model));
+        Ok(())
+    })
+}
+
+/// Releases a model. NULL is ignored. Thread-safe as long as no other
+/// thread still uses the model.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_model_free(model: *mut coreflow_model) {
+    boundary_void(|| {
+        if model.is_null() || model_ref(model).is_err() {
+            return;
+        }
+        (*model).magic = 0;
+        drop(Box::from_raw(model));
+    })
+}
+
+/// Writes the model summary into `*out`; the caller sets
+/// `out->struct_size = sizeof(coreflow_model_info)` first.
+/// Returns `COREFLOW_OK` or an error status. Never allocates. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_model_get_info(
+    m: *const coreflow_model,
+    out: *mut coreflow_model_info,
+) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        write_model_info(out, model.info())
+    })
+}
+
+/// Copies U (rows x rank_rows) into `u` and V (cols x rank_cols) into `v`,
+/// both column-major. Returns `COREFLOW_OK` or an error status.
+/// Ownership: the caller owns both buffers. Never allocates. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_model_subspaces(
+    m: *const coreflow_model,
+    u: *mut f64,
+    v: *mut f64,
+) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        if u.is_null() {
+            return Err(null("u"));
+        }
+        if v.is_null() {
+            return Err(null("v"));
+        }
+        for (src, dst) in [(model.u(), u), (model.v(), v)] {
+            let (rows, cols) = src.shape();
+            let out = std::slice::from_raw_parts_mut(dst, rows * cols);
+            for j in 0..cols {
+                for i in 0..rows {
+                    out[i + j * rows] = src[(i, j)];
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Copies the subtracted mean (rows x cols, column-major) into `mean`;
+/// zeros when the model is not centered. Returns `COREFLOW_OK` or an error
+/// status. Ownership: the caller owns `mean`. Never allocates. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_model_mean(m: *const coreflow_model, mean: *mut f64) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        if mean.is_null() {
+            return Err(null("mean"));
+        }
+        let info = model.info();
+        let out = std::slice::from_raw_parts_mut(mean, info.rows * info.cols);
+        match model.mean() {
+            Some(x) => {
+                for j in 0..info.cols {
+                    for i in 0..info.rows {
+                        out[i + j * info.rows] = x[(i, j)];
+                    }
+                }
+            }
+            None => out.fill(0.0),
+        }
+        Ok(())
+    })
+}
+
+/// Operations that take a workspace (32-bit; values below).
+pub type coreflow_op = i32;
+/// `coreflow_sample`.
+pub const COREFLOW_OP_SAMPLE: coreflow_op = 0;
+/// `coreflow_encode`.
+pub const COREFLOW_OP_ENCODE: coreflow_op = 1;
+/// `coreflow_decode`.
+pub const COREFLOW_OP_DECODE: coreflow_op = 2;
+/// `coreflow_log_prob`.
+pub const COREFLOW_OP_LOG_PROB: coreflow_op = 3;
+/// `coreflow_complete`.
+pub const COREFLOW_OP_COMPLETE: coreflow_op = 4;
+
+fn op_scratch(model: &Model, op: coreflow_op, count: usize, _o: &coreflow_sample_options) -> Result<StackReq> {
+    match op {
+        COREFLOW_OP_ENCODE => Ok(model.encode_scratch(count)),
+        COREFLOW_OP_DECODE => Ok(model.decode_scratch(count)),
+        COREFLOW_OP_SAMPLE | COREFLOW_OP_LOG_PROB | COREFLOW_OP_COMPLETE => Err(Error::unsupported(format!(
+            "op: operation {op} is not available in this build"
+        ))),
+        _ => Err(Error::invalid(format!("op: {op} is not a COREFLOW_OP_* value"))),
+    }
+}
+
+/// Stores in `*bytes` the workspace size that serves any call of `op` on
+/// model `m` with at most `count` matrices and options `o` (NULL = defaults).
+/// Any pointer alignment of the workspace is accepted.
+/// Returns `COREFLOW_OK` or an error status. Never allocates. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_workspace_size(
+    m: *const coreflow_model,
+    op: coreflow_op,
+    count: usize,
+    o: *const coreflow_sample_options,
+    bytes: *mut usize,
+) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        let so = read_sample_options(o)?;
+        if bytes.is_null() {
+            return Err(null("bytes"));
+        }
+        let req = op_scratch(model, op, count, &so)?;
+        bytes.write(req.unaligned_bytes_required());
+        Ok(())
+    })
+}
+
+/// Writes the cores `C_j = U^T (X_j - Xbar) V` of the matrices of `input` into
+/// `cores`: `input->count` blocks of `rank_rows * rank_cols` values, each the
+/// column-major core. `ws` is a workspace of `ws_bytes` bytes
+/// (`coreflow_workspace_size` with `COREFLOW_OP_ENCODE`).
+/// Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
+/// buffers. Never allocates; runs on the calling thread only. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_encode(
+    m: *const coreflow_model,
+    input: *const coreflow_matrices,
+    cores: *mut f64,
+    ws: *mut c_void,
+    ws_bytes: usize,
+) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        let batch = batch_from_c(input, "input")?;
+        let n = batch.count() * model.core_dim();
+        if cores.is_null() && n > 0 {
+            return Err(null("cores"));
+        }
+        let stack = workspace(ws, ws_bytes)?;
+        let out: &mut [f64] = if n == 0 { &mut [] } else { std::slice::from_raw_parts_mut(cores, n) };
+        model.encode(&batch, out, stack)
+    })
+}
+
+/// Writes `X_j = U C_j V^T + Xbar` into the matrices of `out` from `cores`
+/// (`out->count` column-major cores of `rank_rows * rank_cols` values).
+/// `ws` is a workspace of `ws_bytes` bytes (`COREFLOW_OP_DECODE`).
+/// Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
+/// buffers. Never allocates; runs on the calling thread only. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_decode(
+    m: *const coreflow_model,
+    cores: *const f64,
+    out: *mut coreflow_matrices_mut,
+    ws: *mut c_void,
+    ws_bytes: usize,
+) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        let mut batch = batch_mut_from_c(out, "out")?;
+        let n = batch.count() * model.core_dim();
+        if cores.is_null() && n > 0 {
+            return Err(null("cores"));
+        }
+        let stack = workspace(ws, ws_bytes)?;
+        let input: &[f64] = if n == 0 { &[] } else { std::slice::from_raw_parts(cores, n) };
+        model.decode(input, &mut batch, stack)
+    })
+}

@@ -1,0 +1,396 @@
+//! Option, progress and info structs of the C ABI, and their checked reading.
+//!
+//! Every struct that crosses the boundary by pointer starts with
+//! `size_t struct_size`. The library reads (or writes) only the fields that
+//! lie within `struct_size`, so a host compiled against an older header
+//! keeps working: fields it lacks get their defaults.
+
+use super::views::null;
+use crate::error::{Error, Result};
+use crate::model::{FitOptions, ModelInfo, Progress, Stage};
+use crate::subspace::SubspaceMethod;
+use std::ffi::c_void;
+use std::mem::{offset_of, size_of};
+
+/// Subspace refinement method (32-bit; values below).
+pub type coreflow_subspace_method = i32;
+/// Block-exact alternating eigen-updates (HOOI); the default.
+pub const COREFLOW_SUBSPACE_METHOD_HOOI: coreflow_subspace_method = 0;
+/// Riemannian conjugate gradient on the product of Stiefel manifolds.
+pub const COREFLOW_SUBSPACE_METHOD_RIEMANNIAN: coreflow_subspace_method = 1;
+
+/// Pairing of noise and data in flow matching (32-bit; values below).
+pub type coreflow_coupling = i32;
+/// Independent pairs (the default).
+pub const COREFLOW_COUPLING_INDEPENDENT: coreflow_coupling = 0;
+/// Exact optimal-transport assignment within each minibatch.
+pub const COREFLOW_COUPLING_MINIBATCH_OT: coreflow_coupling = 1;
+
+/// ODE solver for sampling and scoring (32-bit; values below).
+pub type coreflow_solver = i32;
+/// Explicit Euler, fixed steps.
+pub const COREFLOW_SOLVER_EULER: coreflow_solver = 0;
+/// Heun (explicit trapezoid), fixed steps.
+pub const COREFLOW_SOLVER_HEUN: coreflow_solver = 1;
+/// Classical fourth-order Runge-Kutta, fixed steps (the default).
+pub const COREFLOW_SOLVER_RK4: coreflow_solver = 2;
+/// Dormand-Prince 5(4), adaptive steps controlled by rtol and atol.
+pub const COREFLOW_SOLVER_DOPRI5: coreflow_solver = 3;
+
+/// Stage of a progress report (32-bit; values below).
+pub type coreflow_stage = i32;
+/// Fitting the row and column subspaces.
+pub const COREFLOW_STAGE_SUBSPACE: coreflow_stage = 0;
+/// Iterative completion of missing entries.
+pub const COREFLOW_STAGE_COMPLETION: coreflow_stage = 1;
+/// Training the flow on the cores.
+pub const COREFLOW_STAGE_FLOW: coreflow_stage = 2;
+
+/// Which model the cores get (32-bit; values below).
+pub type coreflow_core_model = i32;
+/// Flow, or the Gaussian fallback when the flow block is too large for the
+/// number of samples (the default).
+pub const COREFLOW_CORE_MODEL_AUTO: coreflow_core_model = 0;
+/// Always the flow.
+pub const COREFLOW_CORE_MODEL_FLOW: coreflow_core_model = 1;
+/// Always a full-covariance Gaussian on all core coordinates.
+pub const COREFLOW_CORE_MODEL_GAUSSIAN: coreflow_core_model = 2;
+
+/// A progress report, passed to the progress callback.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct coreflow_progress {
+    /// `sizeof(coreflow_progress)` as the library knows it.
+    pub struct_size: usize,
+    /// Which stage is running (`COREFLOW_STAGE_*`).
+    pub stage: coreflow_stage,
+    /// Iterations (or optimiser steps) done so far in this stage.
+    pub iteration: u64,
+    /// The stage's iteration limit.
+    pub total: u64,
+    /// Subspace objective, completion objective or flow loss.
+    pub loss: f64,
+}
+
+/// Progress callback: return 0 to continue, nonzero to cancel the fit
+/// (which then returns `COREFLOW_ERR_CANCELLED`). Called on the thread that
+/// called `coreflow_fit`.
+pub type coreflow_progress_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, progress: *const coreflow_progress) -> i32>;
+
+/// Options of `coreflow_fit`. Fill with `coreflow_fit_options_init`, then
+/// change the fields you need.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct coreflow_fit_options {
+    /// `sizeof(coreflow_fit_options)`; set by `coreflow_fit_options_init`.
+    pub struct_size: usize,
+    /// Rank r of the row basis; 0 = choose by `energy`.
+    pub rank_rows: u32,
+    /// Rank s of the column basis; 0 = choose by `energy`.
+    pub rank_cols: u32,
+    /// Fraction of the Gram trace a chosen rank must hold, in (0, 1]; default 0.99.
+    pub energy: f64,
+    /// Nonzero: subtract the entrywise mean; default 0.
+    pub center: u8,
+    /// Nonzero: NaN entries stand for missing ones; default 0.
+    pub nan_is_missing: u8,
+    /// `COREFLOW_SUBSPACE_METHOD_*`; default HOOI.
+    pub subspace_method: coreflow_subspace_method,
+    /// Iteration limit of the subspace refinement; default 100.
+    pub subspace_max_iter: u32,
+    /// Relative objective increase counted as converged; default 1e-10.
+    pub subspace_tol: f64,
+    /// Iteration limit of the completion of missing entries; default 100.
+    pub completion_max_iter: u32,
+    /// Relative objective decrease counted as converged; default 1e-8.
+    pub completion_tol: f64,
+    /// Ridge on the cores in the masked fit (dimensionless); default 1e-8.
+    pub ridge: f64,
+    /// Width of the hidden layers of the velocity network; default 256.
+    pub flow_hidden: u32,
+    /// Number of hidden layers; default 3.
+    pub flow_layers: u32,
+    /// Number of sinusoidal time frequencies; default 16.
+    pub flow_time_freqs: u32,
+    /// Fraction of the core variance the flow block holds; default 0.999.
+    pub flow_energy: f64,
+    /// Upper bound on the flow block dimension; 0 = no bound.
+    pub flow_max_dim: u32,
+    /// Optimiser steps of the flow; 0 = fit the geometry only; default 0.
+    pub flow_steps: u32,
+    /// Minibatch size of flow training; default 128.
+    pub batch_size: u32,
+    /// Peak learning rate; default 1e-2.
+    pub learning_rate: f64,
+    /// Decoupled weight decay; default 0.
+    pub weight_decay: f64,
+    /// Decay of the moving average of the weights; default 0.999.
+    pub ema_decay: f64,
+    /// `COREFLOW_COUPLING_*`; default INDEPENDENT.
+    pub coupling: coreflow_coupling,
+    /// Seed of every random choice of the fit; default 0.
+    pub seed: u64,
+    /// Worker threads for fitting; 0 = all cores (the default).
+    pub threads: u32,
+    /// Progress callback, or NULL.
+    pub progress: coreflow_progress_fn,
+    /// Passed unchanged to `progress`.
+    pub progress_user: *mut c_void,
+    /// `COREFLOW_CORE_MODEL_*`; default AUTO.
+    pub core_model: coreflow_core_model,
+    /// Fraction of samples held out for the diagnostics; default 0.2.
+    pub holdout_fraction: f64,
+}
+
+/// Smallest `struct_size` accepted for `coreflow_fit_options` (ABI v1).
+pub(crate) const FIT_OPTIONS_V1_SIZE: usize =
+    offset_of!(coreflow_fit_options, holdout_fraction) + size_of::<f64>();
+
+pub(crate) fn fit_options_default() -> coreflow_fit_options {
+    let d = FitOptions::default();
+    coreflow_fit_options {
+        struct_size: size_of::<coreflow_fit_options>(),
+        rank_rows: 0,
+        rank_cols: 0,
+        energy: d.energy,
+        center: 0,
+        nan_is_missing: 0,
+        subspace_method: COREFLOW_SUBSPACE_METHOD_HOOI,
+        subspace_max_iter: d.subspace_max_iter as u32,
+        subspace_tol: d.subspace_tol,
+        completion_max_iter: 100,
+        completion_tol: 1e-8,
+        ridge: 1e-8,
+        flow_hidden: 256,
+        flow_layers: 3,
+        flow_time_freqs: 16,
+        flow_energy: 0.999,
+        flow_max_dim: 0,
+        flow_steps: 0,
+        batch_size: 128,
+        learning_rate: 1e-2,
+        weight_decay: 0.0,
+        ema_decay: 0.999,
+        coupling: COREFLOW_COUPLING_INDEPENDENT,
+        seed: 0,
+        threads: 0,
+        progress: None,
+        progress_user: std::ptr::null_mut(),
+        core_model: COREFLOW_CORE_MODEL_AUTO,
+        holdout_fraction: 0.2,
+    }
+}
+
+/// Copies the first `struct_size` bytes of a host struct over the library's
+/// defaults, so fields an older host lacks keep their defaults.
+///
+/// # Safety
+/// `src` must be readable for `(*src).struct_size` bytes (at least `min`).
+unsafe fn read_versioned<T: Copy>(src: *const T, default: T, min: usize, what: &str) -> Result<T> {
+    let size = *(src as *const usize);
+    if size < min {
+        return Err(Error::invalid(format!(
+            "{what}->struct_size: {size} is smaller than the smallest supported size {min}; initialise the struct with its _init function"
+        )));
+    }
+    let mut out = default;
+    let n = size.min(size_of::<T>());
+    std::ptr::copy_nonoverlapping(src as *const u8, &mut out as *mut T as *mut u8, n);
+    *(&mut out as *mut T as *mut usize) = size_of::<T>();
+    Ok(out)
+}
+
+/// Reads and checks the host's options.
+///
+/// # Safety
+/// `opts` must be NULL or point to a struct of at least `struct_size` bytes.
+pub(crate) unsafe fn read_fit_options(opts: *const coreflow_fit_options) -> Result<coreflow_fit_options> {
+    if opts.is_null() {
+        return Err(null("opts"));
+    }
+    read_versioned(opts, fit_options_default(), FIT_OPTIONS_V1_SIZE, "opts")
+}
+
+/// Converts checked C options into the Rust options. Range checks of the
+/// values themselves happen once, in the Rust layer.
+pub(crate) fn to_fit_options(o: &coreflow_fit_options) -> Result<FitOptions> {
+    let subspace_method = match o.subspace_method {
+        COREFLOW_SUBSPACE_METHOD_HOOI => SubspaceMethod::Hooi,
+        COREFLOW_SUBSPACE_METHOD_RIEMANNIAN => SubspaceMethod::Riemannian,
+        x => {
+            return Err(Error::invalid(format!(
+                "opts->subspace_method: {x} is not a COREFLOW_SUBSPACE_METHOD_* value"
+            )))
+        }
+    };
+    if o.coupling != COREFLOW_COUPLING_INDEPENDENT && o.coupling != COREFLOW_COUPLING_MINIBATCH_OT {
+        return Err(Error::invalid(format!(
+            "opts->coupling: {} is not a COREFLOW_COUPLING_* value",
+            o.coupling
+        )));
+    }
+    if !(COREFLOW_CORE_MODEL_AUTO..=COREFLOW_CORE_MODEL_GAUSSIAN).contains(&o.core_model) {
+        return Err(Error::invalid(format!(
+            "opts->core_model: {} is not a COREFLOW_CORE_MODEL_* value",
+            o.core_model
+        )));
+    }
+    if o.nan_is_missing != 0 {
+        return Err(Error::unsupported(
+            "opts->nan_is_missing: fitting incomplete matrices is not available in this build",
+        ));
+    }
+    Ok(FitOptions {
+        rank_rows: o.rank_rows as usize,
+        rank_cols: o.rank_cols as usize,
+        energy: o.energy,
+        center: o.center != 0,
+        subspace_method,
+        subspace_max_iter: o.subspace_max_iter as usize,
+        subspace_tol: o.subspace_tol,
+        flow_steps: o.flow_steps as usize,
+        seed: o.seed,
+        threads: o.threads as usize,
+    })
+}
+
+pub(crate) fn stage_code(s: Stage) -> coreflow_stage {
+    match s {
+        Stage::Subspace => COREFLOW_STAGE_SUBSPACE,
+        Stage::Completion => COREFLOW_STAGE_COMPLETION,
+        Stage::Flow => COREFLOW_STAGE_FLOW,
+    }
+}
+
+pub(crate) fn to_c_progress(p: &Progress) -> coreflow_progress {
+    coreflow_progress {
+        struct_size: size_of::<coreflow_progress>(),
+        stage: stage_code(p.stage),
+        iteration: p.iteration,
+        total: p.total,
+        loss: p.loss,
+    }
+}
+
+/// Summary of a fitted model, filled by `coreflow_model_get_info`. Set
+/// `struct_size = sizeof(coreflow_model_info)` before the call.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct coreflow_model_info {
+    /// `sizeof(coreflow_model_info)`, set by the caller.
+    pub struct_size: usize,
+    /// Rows m of each matrix.
+    pub rows: usize,
+    /// Columns n of each matrix.
+    pub cols: usize,
+    /// Rank r of the row basis U.
+    pub rank_rows: usize,
+    /// Rank s of the column basis V.
+    pub rank_cols: usize,
+    /// Core dimension r * s.
+    pub core_dim: usize,
+    /// Dimension of the flow block (0 without a flow).
+    pub flow_dim: usize,
+    /// 1 when the mean was subtracted.
+    pub centered: u8,
+    /// 1 when a flow was trained.
+    pub has_flow: u8,
+    /// Width of the hidden layers (0 without a flow).
+    pub flow_hidden: u32,
+    /// Number of hidden layers (0 without a flow).
+    pub flow_layers: u32,
+    /// Number of training matrices.
+    pub train_count: usize,
+    /// Fraction of the (centered) training energy the cores hold.
+    pub explained_energy: f64,
+    /// Final flow training loss (NaN without a flow).
+    pub final_loss: f64,
+    /// Subspace refinement iterations performed.
+    pub subspace_iterations: u32,
+    /// 1 when the subspace refinement met its stopping rule.
+    pub subspace_converged: u8,
+    /// Final subspace objective sum ||U^T (X_i - Xbar) V||^2.
+    pub subspace_objective: f64,
+}
+
+/// Smallest `struct_size` accepted for `coreflow_model_info` (ABI v1).
+pub(crate) const MODEL_INFO_V1_SIZE: usize = offset_of!(coreflow_model_info, final_loss) + size_of::<f64>();
+
+/// Writes `info` into the host's struct, only the fields within its `struct_size`.
+///
+/// # Safety
+/// `out` must be NULL or writable for `(*out).struct_size` bytes.
+pub(crate) unsafe fn write_model_info(out: *mut coreflow_model_info, info: &ModelInfo) -> Result<()> {
+    if out.is_null() {
+        return Err(null("out"));
+    }
+    let size = *(out as *const usize);
+    if size < MODEL_INFO_V1_SIZE {
+        return Err(Error::invalid(format!(
+            "out->struct_size: {size} is smaller than the smallest supported size {MODEL_INFO_V1_SIZE}; set it to sizeof(coreflow_model_info)"
+        )));
+    }
+    let full = coreflow_model_info {
+        struct_size: size.min(size_of::<coreflow_model_info>()),
+        rows: info.rows,
+        cols: info.cols,
+        rank_rows: info.rank_rows,
+        rank_cols: info.rank_cols,
+        core_dim: info.core_dim,
+        flow_dim: info.flow_dim,
+        centered: info.centered as u8,
+        has_flow: info.has_flow as u8,
+        flow_hidden: 0,
+        flow_layers: 0,
+        train_count: info.train_count,
+        explained_energy: info.explained_energy,
+        final_loss: info.final_loss,
+        subspace_iterations: info.subspace_iterations.min(u32::MAX as usize) as u32,
+        subspace_converged: info.subspace_converged as u8,
+        subspace_objective: info.subspace_objective,
+    };
+    let n = size.min(size_of::<coreflow_model_info>());
+    std::ptr::copy_nonoverlapping(&full as *const _ as *const u8, out as *mut u8, n);
+    Ok(())
+}
+
+/// Options of sampling and scoring. Fill with `coreflow_sample_options_init`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct coreflow_sample_options {
+    /// `sizeof(coreflow_sample_options)`; set by `coreflow_sample_options_init`.
+    pub struct_size: usize,
+    /// `COREFLOW_SOLVER_*`; default RK4.
+    pub solver: coreflow_solver,
+    /// Fixed steps of EULER, HEUN and RK4; default 16.
+    pub steps: u32,
+    /// Relative tolerance of DOPRI5; default 1e-5.
+    pub rtol: f64,
+    /// Absolute tolerance of DOPRI5; default 1e-5.
+    pub atol: f64,
+}
+
+pub(crate) fn sample_options_default() -> coreflow_sample_options {
+    coreflow_sample_options {
+        struct_size: size_of::<coreflow_sample_options>(),
+        solver: COREFLOW_SOLVER_RK4,
+        steps: 16,
+        rtol: 1e-5,
+        atol: 1e-5,
+    }
+}
+
+/// Smallest `struct_size` accepted for `coreflow_sample_options` (ABI v1).
+pub(crate) const SAMPLE_OPTIONS_V1_SIZE: usize = size_of::<coreflow_sample_options>();
+
+/// Reads the host's sample options; NULL means the defaults.
+///
+/// # Safety
+/// `o` must be NULL or readable for `(*o).struct_size` bytes.
+pub(crate) unsafe fn read_sample_options(o: *const coreflow_sample_options) -> Result<coreflow_sample_options> {
+    if o.is_null() {
+        return Ok(sample_options_default());
+    }
+    read_versioned(o, sample_options_default(), SAMPLE_OPTIONS_V1_SIZE, "o")
+}

@@ -1,0 +1,260 @@
+/*
+ * Exercises the C ABI through the shared library: fitting on a planted
+ * low-rank set, model access, encode/decode, and every documented error path.
+ * Compiled with -std=c99 -Wall -Wextra -Wpedantic -Werror.
+ */
+#include "coreflow.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures = 0;
+static int checks = 0;
+
+#define CHECK(cond, ...)                                                                   \
+    do {                                                                                   \
+        checks++;                                                                          \
+        if (!(cond)) {                                                                     \
+            failures++;                                                                    \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);       \
+            fprintf(stderr, __VA_ARGS__);                                                  \
+            fprintf(stderr, "\n");                                                         \
+        }                                                                                  \
+    } while (0)
+
+/* Expects status `want` and a last-error message mentioning `arg`. */
+static void expect_error(coreflow_status got, coreflow_status want, const char *arg, int line) {
+    const char *msg = coreflow_last_error_message();
+    checks++;
+    if (got != want || msg == NULL || strstr(msg, arg) == NULL) {
+        failures++;
+        fprintf(stderr, "line %d: expected %s naming '%s', got %s: '%s'\n", line,
+                coreflow_status_name(want), arg, coreflow_status_name(got), msg ? msg : "(null)");
+    }
+}
+#define EXPECT_ERROR(call, want, arg) expect_error((call), (want), (arg), __LINE__)
+
+/* xorshift64* and Box-Muller: a small seeded Gaussian source. */
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static double uniform01(void) {
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return ((rng_state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
+}
+static double gaussian(void) {
+    double u = uniform01(), v = uniform01();
+    if (u < 1e-300) u = 1e-300;
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+/* Orthonormal columns by modified Gram-Schmidt (column-major m x r). */
+static void random_orthonormal(double *q, size_t m, size_t r) {
+    for (size_t j = 0; j < r; j++) {
+        for (size_t i = 0; i < m; i++) q[i + j * m] = gaussian();
+        for (size_t k = 0; k < j; k++) {
+            double d = 0;
+            for (size_t i = 0; i < m; i++) d += q[i + k * m] * q[i + j * m];
+            for (size_t i = 0; i < m; i++) q[i + j * m] -= d * q[i + k * m];
+        }
+        double n = 0;
+        for (size_t i = 0; i < m; i++) n += q[i + j * m] * q[i + j * m];
+        n = sqrt(n);
+        for (size_t i = 0; i < m; i++) q[i + j * m] /= n;
+    }
+}
+
+enum { N = 60, M = 24, NC = 18, R = 3, S = 2 };
+
+static int progress_calls = 0;
+static int32_t count_progress(void *user, const coreflow_progress *p) {
+    (void)user;
+    if (p->stage == COREFLOW_STAGE_SUBSPACE) progress_calls++;
+    return 0;
+}
+static int32_t cancel_progress(void *user, const coreflow_progress *p) {
+    (void)user;
+    (void)p;
+    return 1;
+}
+
+static coreflow_matrices c_order_view(const double *data, size_t count) {
+    coreflow_matrices v;
+    v.data = data;
+    v.mask = NULL;
+    v.count = count;
+    v.rows = M;
+    v.cols = NC;
+    v.sample_stride = M * NC;
+    v.row_stride = NC;
+    v.col_stride = 1;
+    return v;
+}
+
+int main(void) {
+    /* Planted data X_i = U* C_i V*^T, C-order (N, M, NC), and a column-major copy. */
+    static double ustar[M * R], vstar[NC * S], x[N * M * NC], xf[N * M * NC];
+    random_orthonormal(ustar, M, R);
+    random_orthonormal(vstar, NC, S);
+    for (size_t i = 0; i < N; i++) {
+        double c[R * S];
+        for (size_t k = 0; k < R * S; k++) c[k] = gaussian() * (double)(R * S - k);
+        for (size_t a = 0; a < M; a++)
+            for (size_t b = 0; b < NC; b++) {
+                double s = 0;
+                for (size_t p = 0; p < R; p++)
+                    for (size_t q = 0; q < S; q++)
+                        s += ustar[a + p * M] * c[p + q * R] * vstar[b + q * NC];
+                x[(i * M + a) * NC + b] = s;
+                xf[a + M * (b + NC * i)] = s;
+            }
+    }
+
+    CHECK(coreflow_abi_version() == COREFLOW_ABI_VERSION, "abi version %u", coreflow_abi_version());
+    CHECK(strlen(coreflow_version()) > 0, "empty version");
+    CHECK(strcmp(coreflow_status_name(COREFLOW_ERR_SHAPE), "COREFLOW_ERR_SHAPE") == 0, "status name");
+    CHECK(strcmp(coreflow_status_name(12345), "COREFLOW_UNKNOWN_STATUS") == 0, "unknown status");
+
+    coreflow_fit_options opts;
+    coreflow_fit_options_init(&opts);
+    CHECK(opts.struct_size == sizeof opts, "struct_size %zu", opts.struct_size);
+    CHECK(opts.energy == 0.99 && opts.subspace_method == COREFLOW_SUBSPACE_METHOD_HOOI, "defaults");
+    opts.rank_rows = R;
+    opts.rank_cols = S;
+    opts.threads = 1;
+    opts.progress = count_progress;
+
+    coreflow_matrices train = c_order_view(x, N);
+    coreflow_model *model = NULL;
+    coreflow_status st = coreflow_fit(&train, &opts, &model);
+    CHECK(st == COREFLOW_OK && model != NULL, "fit: %s %s", coreflow_status_name(st),
+          coreflow_last_error_message());
+    if (model == NULL) return 1;
+    CHECK(progress_calls > 0, "progress never called");
+    CHECK(strcmp(coreflow_last_error_message(), "") == 0, "message after success");
+
+    coreflow_model_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    CHECK(coreflow_model_get_info(model, &info) == COREFLOW_OK, "get_info");
+    CHECK(info.rows == M && info.cols == NC && info.rank_rows == R && info.rank_cols == S, "dims");
+    CHECK(info.core_dim == R * S && info.train_count == N && info.has_flow == 0, "info");
+    CHECK(fabs(info.explained_energy - 1.0) < 1e-10, "explained %g", info.explained_energy);
+
+    /* Subspaces: orthonormal and spanning the planted ones. */
+    static double u[M * R], v[NC * S], mean[M * NC];
+    CHECK(coreflow_model_subspaces(model, u, v) == COREFLOW_OK, "subspaces");
+    double err = 0;
+    for (size_t a = 0; a < M; a++)
+        for (size_t b = 0; b < M; b++) {
+            double p = 0, q = 0;
+            for (size_t k = 0; k < R; k++) {
+                p += u[a + k * M] * u[b + k * M];
+                q += ustar[a + k * M] * ustar[b + k * M];
+            }
+            err += (p - q) * (p - q);
+        }
+    CHECK(sqrt(err / (2.0 * R)) < 1e-8, "subspace distance %g", sqrt(err / (2.0 * R)));
+    CHECK(coreflow_model_mean(model, mean) == COREFLOW_OK && mean[0] == 0.0, "mean of uncentered");
+
+    /* Encode/decode: X inside the span comes back. */
+    size_t ws_bytes = 0;
+    CHECK(coreflow_workspace_size(model, COREFLOW_OP_ENCODE, 4, NULL, &ws_bytes) == COREFLOW_OK, "ws");
+    size_t dec_bytes = 0;
+    CHECK(coreflow_workspace_size(model, COREFLOW_OP_DECODE, 4, NULL, &dec_bytes) == COREFLOW_OK, "ws");
+    if (dec_bytes > ws_bytes) ws_bytes = dec_bytes;
+    unsigned char *ws = malloc(ws_bytes + 1);
+    double cores[4 * R * S];
+    static double back[4 * M * NC];
+    coreflow_matrices four = c_order_view(x, 4);
+    /* An odd address: any alignment is accepted. */
+    CHECK(coreflow_encode(model, &four, cores, ws + 1, ws_bytes) == COREFLOW_OK, "encode: %s",
+          coreflow_last_error_message());
+    coreflow_matrices_mut out = {back, 4, M, NC, 1, 4 * M, 4}; /* interleaved layout */
+    CHECK(coreflow_decode(model, cores, &out, ws + 1, ws_bytes) == COREFLOW_OK, "decode: %s",
+          coreflow_last_error_message());
+    double num = 0, den = 0;
+    for (size_t i = 0; i < 4; i++)
+        for (size_t a = 0; a < M; a++)
+            for (size_t b = 0; b < NC; b++) {
+                double d = back[i + 4 * M * b + 4 * a] - x[(i * M + a) * NC + b];
+                num += d * d;
+                den += x[(i * M + a) * NC + b] * x[(i * M + a) * NC + b];
+            }
+    CHECK(sqrt(num / den) < 1e-12, "round trip %g", sqrt(num / den));
+
+    /* Column-major (M, NC, N) data gives the same model. */
+    coreflow_matrices trainf = {xf, NULL, N, M, NC, M * NC, 1, M};
+    coreflow_model *model_f = NULL;
+    CHECK(coreflow_fit(&trainf, &opts, &model_f) == COREFLOW_OK, "fit col-major");
+    static double uf[M * R], vf[NC * S];
+    coreflow_model_subspaces(model_f, uf, vf);
+    double du = 0;
+    for (size_t k = 0; k < M * R; k++) du = fmax(du, fabs(uf[k] - u[k]));
+    for (size_t k = 0; k < NC * S; k++) du = fmax(du, fabs(vf[k] - v[k]));
+    CHECK(du < 1e-10, "layouts differ by %g", du);
+    coreflow_model_free(model_f);
+
+    /* Bad input: each with its own status and a message naming the argument. */
+    coreflow_model *bad = NULL;
+    EXPECT_ERROR(coreflow_fit(NULL, &opts, &bad), COREFLOW_ERR_NULL, "train");
+    EXPECT_ERROR(coreflow_fit(&train, NULL, &bad), COREFLOW_ERR_NULL, "opts");
+    EXPECT_ERROR(coreflow_fit(&train, &opts, NULL), COREFLOW_ERR_NULL, "out");
+    coreflow_matrices empty = c_order_view(x, 0);
+    EXPECT_ERROR(coreflow_fit(&empty, &opts, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "train");
+    coreflow_matrices zero_dim = c_order_view(x, N);
+    zero_dim.cols = 0;
+    EXPECT_ERROR(coreflow_fit(&zero_dim, &opts, &bad), COREFLOW_ERR_SHAPE, "train");
+    coreflow_fit_options big = opts;
+    big.rank_rows = M + 1;
+    EXPECT_ERROR(coreflow_fit(&train, &big, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "rank_rows");
+    coreflow_fit_options small = opts;
+    small.struct_size = 8;
+    EXPECT_ERROR(coreflow_fit(&train, &small, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "struct_size");
+    coreflow_fit_options flow = opts;
+    flow.flow_steps = 10;
+    EXPECT_ERROR(coreflow_fit(&train, &flow, &bad), COREFLOW_ERR_UNSUPPORTED, "flow_steps");
+    coreflow_fit_options method = opts;
+    method.subspace_method = 7;
+    EXPECT_ERROR(coreflow_fit(&train, &method, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "subspace_method");
+    coreflow_fit_options cancel = opts;
+    cancel.progress = cancel_progress;
+    EXPECT_ERROR(coreflow_fit(&train, &cancel, &bad), COREFLOW_ERR_CANCELLED, "cancel");
+    double saved = x[5];
+    x[5] = NAN;
+    EXPECT_ERROR(coreflow_fit(&train, &opts, &bad), COREFLOW_ERR_NON_FINITE, "train");
+    x[5] = INFINITY;
+    EXPECT_ERROR(coreflow_encode(model, &four, cores, ws, ws_bytes), COREFLOW_ERR_NON_FINITE, "input");
+    x[5] = saved;
+    CHECK(bad == NULL, "out written on failure");
+
+    EXPECT_ERROR(coreflow_encode(NULL, &four, cores, ws, ws_bytes), COREFLOW_ERR_NULL, "m");
+    EXPECT_ERROR(coreflow_encode(model, NULL, cores, ws, ws_bytes), COREFLOW_ERR_NULL, "input");
+    EXPECT_ERROR(coreflow_encode(model, &four, NULL, ws, ws_bytes), COREFLOW_ERR_NULL, "cores");
+    EXPECT_ERROR(coreflow_encode(model, &four, cores, NULL, 64), COREFLOW_ERR_NULL, "ws");
+    EXPECT_ERROR(coreflow_encode(model, &four, cores, ws, 8), COREFLOW_ERR_WORKSPACE, "ws_bytes");
+    coreflow_matrices wrong = four;
+    wrong.rows = M - 1;
+    wrong.sample_stride = (M - 1) * NC;
+    EXPECT_ERROR(coreflow_encode(model, &wrong, cores, ws, ws_bytes), COREFLOW_ERR_SHAPE, "input");
+    coreflow_matrices_mut alias = {back, 4, M, NC, 0, NC, 1};
+    EXPECT_ERROR(coreflow_decode(model, cores, &alias, ws, ws_bytes), COREFLOW_ERR_SHAPE, "out");
+    coreflow_matrices_mut alias2 = {back, 2, M, NC, M * NC, 1, 1};
+    EXPECT_ERROR(coreflow_decode(model, cores, &alias2, ws, ws_bytes), COREFLOW_ERR_SHAPE, "alias");
+    EXPECT_ERROR(coreflow_workspace_size(model, 42, 1, NULL, &ws_bytes), COREFLOW_ERR_INVALID_ARGUMENT, "op");
+    EXPECT_ERROR(coreflow_workspace_size(model, COREFLOW_OP_ENCODE, 1, NULL, NULL), COREFLOW_ERR_NULL, "bytes");
+    coreflow_model_info tiny;
+    tiny.struct_size = 4;
+    EXPECT_ERROR(coreflow_model_get_info(model, &tiny), COREFLOW_ERR_INVALID_ARGUMENT, "struct_size");
+    EXPECT_ERROR(coreflow_model_subspaces(model, NULL, v), COREFLOW_ERR_NULL, "u");
+    EXPECT_ERROR(coreflow_model_mean(model, NULL), COREFLOW_ERR_NULL, "mean");
+
+    coreflow_model_free(NULL);
+    coreflow_model_free(model);
+    free(ws);
+
+    printf("%d passed, %d failed\n", checks - failures, failures);
+    return failures == 0 ? 0 : 1;
+}
