@@ -14,6 +14,8 @@ pub mod batch;
 pub mod error;
 pub mod numerics;
 pub mod reduce;
+pub mod subspace;
 
 pub use batch::{Layout, MaskRef, MatrixBatch, MatrixBatchMut};
 pub use error::{Error, ErrorKind, Result};
+pub use subspace::{SubspaceFit, SubspaceMethod, SubspaceOptions};
