@@ -6,19 +6,21 @@
 //! and generates new matrices X = U C V^T.
 //!
 //! Layers, bottom to top: [`numerics`] (faer helpers and workspaces), the
-//! maths modules ([`subspace`]), the fitted [`model`], and the C ABI (`ffi`).
+//! maths modules ([`subspace`], [`completion`]), the fitted [`model`], and
+//! the C ABI ([`ffi`]).
 
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod completion;
 pub mod error;
+pub mod ffi;
+pub mod model;
 pub mod numerics;
 pub mod reduce;
+pub mod subspace;
 
 pub use batch::{Layout, MaskRef, MatrixBatch, MatrixBatchMut};
 pub use error::{Error, ErrorKind, Result};
-pub mod ffi;
-pub mod model;
-pub mod subspace;
-
 pub use model::{FitOptions, Model, ModelInfo, Progress, Stage};
+pub use subspace::{SubspaceFit, SubspaceMethod, SubspaceOptions};

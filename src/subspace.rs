@@ -1,0 +1,2024 @@
+//! Subspace fitting on complete data (DESIGN.md section 3).
+//!
+//! Given N matrices X_1..X_N (m x n), find orthonormal U (m x r) and V (n x s)
+//! maximising
+//!
+//! ```text
+//! f(U, V) = sum_i ||U^T X_i V||^2     over St(m, r) x St(n, s),
+//! ```
+//!
+//! which is the same as minimising the projection error
+//! `sum_i ||X_i - U U^T X_i V V^T||^2`. With centering, X_i is replaced by
+//! X_i - M everywhere, M the entrywise mean; the data are never copied:
+//! `sum (X_i - M)(X_i - M)^T = sum X_i X_i^T - N M M^T` for the Gram matrices
+//! and `Y_i = X_i V - M V`, `W_i = X_i^T U - M^T U` for the projected blocks.
+//!
+//! # Steps
+//!
+//! * **HOSVD initialisation** ([`hosvd_init`]): U0 = top-r eigenvectors of
+//!   `A = sum X_i X_i^T`, V0 = top-s eigenvectors of `B = sum X_i^T X_i`.
+//!   A and B are symmetric rank-k products (lower triangle) computed on the
+//!   caller's data: C-order batches stack vertically into one `(N m) x n`
+//!   matrix S with `B = S^T S`, column-major batches horizontally into one
+//!   `m x (N n)` matrix H with `A = H H^T`; the other Gram matrix (or both, for
+//!   other layouts) is accumulated sample by sample.
+//! * **HOOI** ([`hooi_sweep`], the default method): `U <- top-r eigenvectors
+//!   of sum Y_i Y_i^T` with `Y_i = X_i V`, then `V <- top-s eigenvectors of
+//!   sum W_i W_i^T` with `W_i = X_i^T U` (new U). The blocks Y_i are the
+//!   columns of one `m x (N s)` buffer, so each Gram matrix is one syrk. Each
+//!   block step maximises f exactly over one factor, so f never decreases.
+//!   After a sweep, f is the sum of the top-s eigenvalues of the second Gram
+//!   matrix.
+//! * **Riemannian conjugate gradient** ([`riemannian_solve`]): Euclidean
+//!   gradients `G_U = 2 sum Y_i (Y_i^T U)`, `G_V = 2 sum W_i (W_i^T V)`,
+//!   Riemannian gradients for the embedded metric
+//!   `grad_U = G_U - U sym(U^T G_U)`, search directions by Polak–Ribière+
+//!   conjugate gradients with vector transport by projection, steps
+//!   `U+ = qf(U + t D_U)` (QR retraction) with `t` from an Armijo backtracking
+//!   line search (quadratic interpolation, Nocedal–Wright initial step). It
+//!   converges linearly; HOOI is faster for complete data, the Riemannian
+//!   solver is the building block of the masked updates.
+//! * **Stopping**: the relative increase of f is at most `tol` for 3
+//!   consecutive iterations (and, for the Riemannian method, the relative
+//!   gradient norm `||grad f|| / ||G||` is at most `gtol`), or `max_iter`
+//!   iterations ran (reported by `converged = false`).
+//! * **Canonical basis** ([`canonicalize`]): U is rotated to the eigenvectors
+//!   of `sum C_i C_i^T` and V to those of `sum C_i^T C_i` (descending), with
+//!   `C_i = U^T X_i V`; each column's entry of largest magnitude is made
+//!   positive. Where eigenvalues are (nearly) equal the rotation is
+//!   arbitrary: compare projectors there.
+//! * **Rank by energy** ([`rank_by_energy`]): when a rank is 0, the smallest r
+//!   whose top-r eigenvalues of A hold at least `energy` of `trace(A)`; the
+//!   same for s with B.
+//!
+//! Every sum over samples (mean, counts, Gram matrices, gradients,
+//! objectives, core statistics) is a local sum completed by a [`Reducer`].
+//!
+//! # Workspaces and threads
+//!
+//! Every kernel `verb_noun(..., par, stack)` has a `verb_noun_scratch(...)`
+//! partner; [`fit`] allocates its workspace once before its loops (once for
+//! the HOSVD stage and once, when the ranks are known, for the iterations).
+//! With `par` of degree T > 1 the per-sample loops run on T scoped threads
+//! (the calling thread is one of them), each writing its own column blocks
+//! or its own accumulator with sequential faer calls inside, and the large
+//! products use `par`. Two allocations are outside the workspace: spawning
+//! the scoped threads (std's thread bookkeeping, only when T > 1), and faer's
+//! per-thread packing cache for matrix products, allocated on a thread's
+//! first product; the HOSVD stage before the loops is that first product for
+//! the calling thread and faer's pool. With one thread nothing allocates
+//! inside an iteration.
+//!
+//! Centering by `sum X_i X_i^T - N M M^T` loses about
+//! `eps * (||M|| / spread)^2` in relative accuracy of A and B when the mean is
+//! much larger than the spread of the data; the iterations are not affected
+//! (they subtract `M V` and `M^T U` explicitly).
+
+use crate::batch::MatrixBatch;
+use crate::error::{Error, Result};
+use crate::numerics::{
+    self, gemm, syrk_lower, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch,
+    MemBuffer, MemStack, Par, StackReq,
+};
+use crate::reduce::{sum_scalar, Reducer};
+use faer::prelude::{Reborrow, ReborrowMut};
+use faer::{Accum, Mat, MatMut, MatRef};
+use std::ops::Range;
+
+/// How the subspaces are refined after the HOSVD initialisation.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum SubspaceMethod {
+    /// Alternating exact block maximisation (higher-order orthogonal
+    /// iteration). Converges in a few iterations; the default.
+    #[default]
+    Hooi,
+    /// Riemannian conjugate gradient on St(m, r) x St(n, s) with the QR
+    /// retraction. Converges linearly and typically needs tens to hundreds
+    /// of iterations (raise `max_iter` accordingly).
+    Riemannian,
+}
+
+/// Options of the subspace fit.
+#[derive(Clone, Debug)]
+pub struct SubspaceOptions {
+    /// Row rank r (columns of U); 0 = choose by `energy`.
+    pub rank_rows: usize,
+    /// Column rank s (columns of V); 0 = choose by `energy`.
+    pub rank_cols: usize,
+    /// Fraction of `trace(A)` (resp. `trace(B)`) that a rank chosen by energy
+    /// keeps, in (0, 1]. Default 0.99.
+    pub energy: f64,
+    /// Subtract the entrywise mean of the samples first. Default false.
+    pub center: bool,
+    /// Refinement method. Default [`SubspaceMethod::Hooi`].
+    pub method: SubspaceMethod,
+    /// Iteration cap, at least 1. Default 100, ample for HOOI (which
+    /// typically stops after 3-10 iterations); the Riemannian method
+    /// typically needs 50-500 iterations to reach the default `gtol`.
+    pub max_iter: usize,
+    /// Stop when the relative increase of the objective is at most `tol` for
+    /// 3 consecutive iterations. Default 1e-10; non-negative.
+    pub tol: f64,
+    /// Riemannian method only: also require the relative gradient norm
+    /// `||grad f|| / ||G||` (Riemannian over Euclidean gradient, both factors)
+    /// to be at most `gtol`. Default 1e-8; non-negative.
+    pub gtol: f64,
+    /// Worker threads; 0 = all cores. Default 0.
+    pub threads: usize,
+}
+
+impl Default for SubspaceOptions {
+    fn default() -> Self {
+        Self {
+            rank_rows: 0,
+            rank_cols: 0,
+            energy: 0.99,
+            center: false,
+            method: SubspaceMethod::Hooi,
+            max_iter: 100,
+            tol: 1e-10,
+            gtol: 1e-8,
+            threads: 0,
+        }
+    }
+}
+
+/// Subspace options validated against the matrix dimensions.
+#[derive(Clone, Debug)]
+pub struct CheckedSubspaceOptions {
+    opts: SubspaceOptions,
+    rows: usize,
+    cols: usize,
+}
+
+impl CheckedSubspaceOptions {
+    /// The validated options.
+    pub fn options(&self) -> &SubspaceOptions {
+        &self.opts
+    }
+    /// Rows m of the matrices the options were checked against.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Columns n of the matrices the options were checked against.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+impl SubspaceOptions {
+    /// Validates the options for `rows x cols` matrices. Each invalid option
+    /// gives its own error naming the field, e.g.
+    /// `"opts.rank_rows: 300 exceeds rows (200)"`.
+    pub fn check(&self, rows: usize, cols: usize) -> Result<CheckedSubspaceOptions> {
+        if self.rank_rows > rows {
+            return Err(Error::invalid(format!(
+                "opts.rank_rows: {} exceeds rows ({rows})",
+                self.rank_rows
+            )));
+        }
+        if self.rank_cols > cols {
+            return Err(Error::invalid(format!(
+                "opts.rank_cols: {} exceeds cols ({cols})",
+                self.rank_cols
+            )));
+        }
+        if !(self.energy > 0.0 && self.energy <= 1.0) {
+            return Err(Error::invalid(format!(
+                "opts.energy: {} is outside (0, 1]",
+                self.energy
+            )));
+        }
+        if self.max_iter == 0 {
+            return Err(Error::invalid("opts.max_iter: must be at least 1 (got 0)"));
+        }
+        if self.tol.is_nan() || self.tol < 0.0 {
+            return Err(Error::invalid(format!(
+                "opts.tol: {} is not a non-negative number",
+                self.tol
+            )));
+        }
+        if self.gtol.is_nan() || self.gtol < 0.0 {
+            return Err(Error::invalid(format!(
+                "opts.gtol: {} is not a non-negative number",
+                self.gtol
+            )));
+        }
+        Ok(CheckedSubspaceOptions {
+            opts: self.clone(),
+            rows,
+            cols,
+        })
+    }
+}
+
+/// The result of [`fit`].
+#[derive(Clone, Debug)]
+pub struct SubspaceFit {
+    /// Row basis U (m x r, orthonormal columns) in the canonical basis.
+    pub u: Mat<f64>,
+    /// Column basis V (n x s, orthonormal columns) in the canonical basis.
+    pub v: Mat<f64>,
+    /// The entrywise mean M (m x n) when centered.
+    pub mean: Option<Mat<f64>>,
+    /// `sum_i ||U^T (X_i - M) V||^2` at the returned U, V.
+    pub objective: f64,
+    /// `sum_i ||X_i - M||^2`; `objective / total_energy` is the fraction of
+    /// the energy the subspaces keep.
+    pub total_energy: f64,
+    /// Iterations of the refinement method.
+    pub iterations: usize,
+    /// True when the stopping rule was met before `max_iter`.
+    pub converged: bool,
+    /// The objective after the initialisation and after every iteration.
+    pub history: Vec<f64>,
+    /// All eigenvalues of A = sum (X_i - M)(X_i - M)^T, descending.
+    pub row_eigenvalues: Vec<f64>,
+    /// All eigenvalues of B = sum (X_i - M)^T (X_i - M), descending.
+    pub col_eigenvalues: Vec<f64>,
+}
+
+// ---------------------------------------------------------------------------
+// Parallel helpers.
+
+/// A raw view of a buffer shared by scoped workers that write disjoint parts.
+#[derive(Copy, Clone)]
+struct SharedBuf {
+    ptr: *mut f64,
+    len: usize,
+}
+
+// SAFETY: workers only build views of disjoint elements (checked by the
+// callers' index arithmetic) and the scope joins them before the buffer's
+// borrow ends.
+unsafe impl Send for SharedBuf {}
+unsafe impl Sync for SharedBuf {}
+
+impl SharedBuf {
+    fn new(buf: &mut [f64]) -> Self {
+        Self {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
+
+    /// A strided view starting at `offset`.
+    ///
+    /// # Safety
+    /// The view must lie inside the buffer and no two live views may share
+    /// an element.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn mat(
+        &self,
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        rs: isize,
+        cs: isize,
+    ) -> MatMut<'_, f64> {
+        debug_assert!(offset <= self.len);
+        MatMut::from_raw_parts_mut(self.ptr.add(offset), rows, cols, rs, cs)
+    }
+
+    /// A contiguous column-major `rows x cols` block starting at `offset`.
+    ///
+    /// # Safety
+    /// As for [`SharedBuf::mat`].
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn block(&self, offset: usize, rows: usize, cols: usize) -> MatMut<'_, f64> {
+        debug_assert!(offset + rows * cols <= self.len);
+        self.mat(offset, rows, cols, 1, rows as isize)
+    }
+}
+
+/// Number of workers for `par` on `count` items.
+fn workers(par: Par, count: usize) -> usize {
+    par.degree().clamp(1, count.max(1))
+}
+
+/// Worker `k` of `parts` gets this contiguous part of `0..count`.
+fn part(count: usize, parts: usize, k: usize) -> Range<usize> {
+    count * k / parts..count * (k + 1) / parts
+}
+
+/// Runs `f(k, range_k)` for `k < threads` on scoped threads (worker 0 is the
+/// calling thread), the ranges splitting `0..count` into contiguous parts.
+fn parallel_for(count: usize, threads: usize, f: &(dyn Fn(usize, Range<usize>) + Sync)) {
+    let t = threads.clamp(1, count.max(1));
+    if t == 1 {
+        f(0, 0..count);
+        return;
+    }
+    std::thread::scope(|scope| {
+        for k in 1..t {
+            scope.spawn(move || f(k, part(count, t, k)));
+        }
+        f(0, part(count, t, 0));
+    });
+}
+
+/// A contiguous column-major matrix as one slice, or `None`.
+fn as_slice_mut<'a>(m: &'a mut MatMut<'_, f64>) -> Option<&'a mut [f64]> {
+    if m.row_stride() == 1 && (m.ncols() <= 1 || m.col_stride() == m.nrows() as isize) {
+        // SAFETY: the view is contiguous column-major (checked above) and the
+        // returned slice borrows it mutably.
+        Some(unsafe { std::slice::from_raw_parts_mut(m.as_ptr_mut(), m.nrows() * m.ncols()) })
+    } else {
+        None
+    }
+}
+
+/// Completes a local sum held in a contiguous temporary across participants.
+fn reduce_mat(reducer: &dyn Reducer, mut m: MatMut<'_, f64>) -> Result<()> {
+    let buf = as_slice_mut(&mut m)
+        .ok_or_else(|| Error::internal("reduction buffer is not contiguous"))?;
+    reducer.sum_in_place(buf)
+}
+
+/// `dst += src` on the lower triangles of two square matrices.
+fn add_lower(mut dst: MatMut<'_, f64>, src: MatRef<'_, f64>) {
+    for j in 0..dst.ncols() {
+        for i in j..dst.nrows() {
+            dst[(i, j)] += src[(i, j)];
+        }
+    }
+}
+
+/// `dst += src`, visiting `src` in its storage order.
+fn add_into(mut dst: MatMut<'_, f64>, src: MatRef<'_, f64>) {
+    if src.col_stride().unsigned_abs() < src.row_stride().unsigned_abs() {
+        for i in 0..src.nrows() {
+            for j in 0..src.ncols() {
+                dst[(i, j)] += src[(i, j)];
+            }
+        }
+    } else {
+        for j in 0..src.ncols() {
+            for i in 0..src.nrows() {
+                dst[(i, j)] += src[(i, j)];
+            }
+        }
+    }
+}
+
+/// Adds parts `1..t` of `buf` (each `len` long) onto part 0 and returns it.
+fn sum_parts(buf: &mut [f64], len: usize, t: usize) -> &mut [f64] {
+    let (first, rest) = buf.split_at_mut(len);
+    for k in 1..t {
+        for (a, b) in first.iter_mut().zip(&rest[(k - 1) * len..k * len]) {
+            *a += *b;
+        }
+    }
+    first
+}
+
+/// Squared Frobenius norm of a contiguous column-major temporary.
+fn sum_sq(m: MatRef<'_, f64>) -> f64 {
+    m.squared_norm_l2()
+}
+
+// ---------------------------------------------------------------------------
+// Mean.
+
+/// Workspace for [`sample_mean`].
+pub fn sample_mean_scratch(rows: usize, cols: usize, par: Par) -> StackReq {
+    temp_slice_scratch::<f64>(rows * cols * par.degree().max(1))
+}
+
+/// The entrywise mean `M = (1/N) sum_i X_i` into `mean` (m x n); the sum and
+/// the count N go through `reducer`.
+pub fn sample_mean(
+    data: &MatrixBatch,
+    mut mean: MatMut<'_, f64>,
+    reducer: &dyn Reducer,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<()> {
+    let (count, m, n) = (data.count(), data.rows(), data.cols());
+    if mean.nrows() != m || mean.ncols() != n {
+        return Err(Error::shape(format!(
+            "mean: {} x {}, expected {m} x {n}",
+            mean.nrows(),
+            mean.ncols()
+        )));
+    }
+    let t = workers(par, count);
+    let len = m * n;
+    let (acc, _) = temp_slice(len * t, 0.0f64, stack);
+    {
+        let shared = SharedBuf::new(acc);
+        parallel_for(count, t, &|k, range| {
+            // SAFETY: worker k owns accumulator k.
+            let mut a = unsafe { shared.block(k * len, m, n) };
+            for i in range {
+                add_into(a.rb_mut(), data.sample(i));
+            }
+        });
+    }
+    let sum = sum_parts(acc, len, t);
+    reducer.sum_in_place(sum)?;
+    let total_count = sum_scalar(reducer, count as f64)?;
+    if total_count <= 0.0 {
+        return Err(Error::invalid(
+            "train: the batch holds no matrix (count is 0)",
+        ));
+    }
+    let scale = 1.0 / total_count;
+    for j in 0..n {
+        for i in 0..m {
+            mean[(i, j)] = scale * sum[i + j * m];
+        }
+    }
+    Ok(())
+}
+
+/// The error for a non-finite Gram diagonal: the precise location when a
+/// local value is NaN or infinite, otherwise an overflow.
+fn non_finite_data(data: &MatrixBatch) -> Error {
+    match data.check_finite("train") {
+        Err(e) => e,
+        Ok(()) => Error::non_finite(
+            "train: sums of squares are not finite (values too large, or non-finite values of another participant)",
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Gram matrices and the HOSVD.
+
+/// Local lower triangles of `A = sum X_i X_i^T` and `B = sum X_i^T X_i`:
+/// one syrk on the stacked samples for the Gram matrix the layout allows,
+/// per-sample accumulation (worker 0 into `a`/`b`, the others into `acc`)
+/// for the rest.
+fn local_grams(
+    data: &MatrixBatch,
+    mut a: MatMut<'_, f64>,
+    mut b: MatMut<'_, f64>,
+    acc: &mut [f64],
+    par: Par,
+) {
+    let (count, m, n) = (data.count(), data.rows(), data.cols());
+    let vertical = data.vertical_stack();
+    let horizontal = if vertical.is_none() {
+        data.horizontal_stack()
+    } else {
+        None
+    };
+    if let Some(s) = vertical {
+        // B = S^T S with S the (N m) x n vertical stack.
+        syrk_lower(b.rb_mut(), Accum::Replace, s.transpose(), 1.0, par);
+    }
+    if let Some(h) = horizontal {
+        // A = H H^T with H the m x (N n) horizontal stack.
+        syrk_lower(a.rb_mut(), Accum::Replace, h, 1.0, par);
+    }
+    let need_a = horizontal.is_none();
+    let need_b = vertical.is_none();
+    if !(need_a || need_b) {
+        return;
+    }
+    if need_a {
+        a.fill(0.0);
+    }
+    if need_b {
+        b.fill(0.0);
+    }
+    let t = workers(par, count);
+    let part_len = m * m + n * n;
+    // Temporaries carved by `hosvd_init` are contiguous.
+    let shared_a = SharedBuf::new(as_slice_mut(&mut a).expect("contiguous Gram temporary"));
+    let shared_b = SharedBuf::new(as_slice_mut(&mut b).expect("contiguous Gram temporary"));
+    let shared_acc = SharedBuf::new(acc);
+    parallel_for(count, t, &|k, range| {
+        // SAFETY: worker 0 owns `a` and `b`, worker k > 0 owns part k - 1 of `acc`.
+        let (mut ak, mut bk) = unsafe {
+            if k == 0 {
+                (shared_a.block(0, m, m), shared_b.block(0, n, n))
+            } else {
+                let off = (k - 1) * part_len;
+                (
+                    shared_acc.block(off, m, m),
+                    shared_acc.block(off + m * m, n, n),
+                )
+            }
+        };
+        if k > 0 {
+            ak.fill(0.0);
+            bk.fill(0.0);
+        }
+        for i in range {
+            let x = data.sample(i);
+            if need_a {
+                syrk_lower(ak.rb_mut(), Accum::Add, x, 1.0, Par::Seq);
+            }
+            if need_b {
+                syrk_lower(bk.rb_mut(), Accum::Add, x.transpose(), 1.0, Par::Seq);
+            }
+        }
+    });
+    for k in 1..t {
+        let off = (k - 1) * part_len;
+        // SAFETY: the workers have joined; these views do not overlap `a`, `b`.
+        let (ak, bk) = unsafe {
+            (
+                shared_acc.block(off, m, m),
+                shared_acc.block(off + m * m, n, n),
+            )
+        };
+        if need_a {
+            add_lower(a.rb_mut(), ak.rb());
+        }
+        if need_b {
+            add_lower(b.rb_mut(), bk.rb());
+        }
+    }
+}
+
+/// Workspace for [`hosvd_init`].
+pub fn hosvd_init_scratch(rows: usize, cols: usize, par: Par) -> StackReq {
+    let (m, n) = (rows, cols);
+    let t = par.degree().max(1);
+    StackReq::all_of(&[
+        temp_mat_scratch::<f64>(m, m),
+        temp_mat_scratch::<f64>(n, n),
+        temp_slice_scratch::<f64>((t - 1) * (m * m + n * n)),
+        StackReq::any_of(&[
+            numerics::eigh_descending_scratch(m, par),
+            numerics::eigh_descending_scratch(n, par),
+        ]),
+    ])
+}
+
+/// HOSVD: all eigenvectors and eigenvalues (descending) of
+/// `A = sum (X_i - M)(X_i - M)^T` into `row_vecs` (m x m), `row_vals` (m) and
+/// of `B = sum (X_i - M)^T (X_i - M)` into `col_vecs` (n x n), `col_vals`
+/// (n). U0 and V0 are the leading columns. `mean` is M when centering.
+#[allow(clippy::too_many_arguments)]
+pub fn hosvd_init(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    row_vecs: MatMut<'_, f64>,
+    row_vals: &mut [f64],
+    col_vecs: MatMut<'_, f64>,
+    col_vals: &mut [f64],
+    reducer: &dyn Reducer,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<()> {
+    let (count, m, n) = (data.count(), data.rows(), data.cols());
+    check_square("row_vecs", row_vecs.rb(), m)?;
+    check_square("col_vecs", col_vecs.rb(), n)?;
+    check_len("row_vals", row_vals.len(), m)?;
+    check_len("col_vals", col_vals.len(), n)?;
+    check_mean(mean, m, n)?;
+    let t = par.degree().max(1);
+    let (mut a, stack) = temp_mat_zeroed::<f64>(m, m, stack);
+    let (mut b, stack) = temp_mat_zeroed::<f64>(n, n, stack);
+    let (acc, stack) = temp_slice((t - 1) * (m * m + n * n), 0.0f64, stack);
+    local_grams(data, a.rb_mut(), b.rb_mut(), acc, par);
+    reduce_mat(reducer, a.rb_mut())?;
+    reduce_mat(reducer, b.rb_mut())?;
+    // A NaN or infinity anywhere in the data reaches the diagonal of A.
+    if (0..m).any(|i| !a[(i, i)].is_finite()) || (0..n).any(|j| !b[(j, j)].is_finite()) {
+        return Err(non_finite_data(data));
+    }
+    if let Some(mean) = mean {
+        let total = sum_scalar(reducer, count as f64)?;
+        syrk_lower(a.rb_mut(), Accum::Add, mean, -total, par);
+        syrk_lower(b.rb_mut(), Accum::Add, mean.transpose(), -total, par);
+    }
+    numerics::eigh_descending(a.rb(), row_vecs, row_vals, par, stack)?;
+    numerics::eigh_descending(b.rb(), col_vecs, col_vals, par, stack)?;
+    Ok(())
+}
+
+/// The smallest k whose leading `k` eigenvalues (descending; negative
+/// rounding values count as 0) hold at least `energy` of their sum, with a
+/// rounding allowance of `len * eps` of the sum so that `energy = 1` selects
+/// the numerical rank. At least 1.
+pub fn rank_by_energy(eigenvalues: &[f64], energy: f64) -> usize {
+    let total: f64 = eigenvalues.iter().map(|v| v.max(0.0)).sum();
+    if !(total > 0.0) {
+        return 1;
+    }
+    let target = energy * total - eigenvalues.len() as f64 * f64::EPSILON * total;
+    let mut cum = 0.0;
+    for (k, v) in eigenvalues.iter().enumerate() {
+        cum += v.max(0.0);
+        if cum >= target {
+            return k + 1;
+        }
+    }
+    eigenvalues.len().max(1)
+}
+
+fn check_square(what: &str, a: MatRef<'_, f64>, n: usize) -> Result<()> {
+    if a.nrows() != n || a.ncols() != n {
+        return Err(Error::shape(format!(
+            "{what}: {} x {}, expected {n} x {n}",
+            a.nrows(),
+            a.ncols()
+        )));
+    }
+    Ok(())
+}
+
+fn check_len(what: &str, len: usize, expected: usize) -> Result<()> {
+    if len != expected {
+        return Err(Error::shape(format!(
+            "{what}: {len} values, expected {expected}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_mean(mean: Option<MatRef<'_, f64>>, m: usize, n: usize) -> Result<()> {
+    if let Some(mean) = mean {
+        if mean.nrows() != m || mean.ncols() != n {
+            return Err(Error::shape(format!(
+                "mean: {} x {}, expected {m} x {n}",
+                mean.nrows(),
+                mean.ncols()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks U (m x r) and V (n x s) against the data and returns (r, s).
+fn check_bases(
+    data: &MatrixBatch,
+    u: MatRef<'_, f64>,
+    v: MatRef<'_, f64>,
+) -> Result<(usize, usize)> {
+    let (m, n) = (data.rows(), data.cols());
+    if u.nrows() != m || u.ncols() == 0 || u.ncols() > m {
+        return Err(Error::shape(format!(
+            "u: {} x {}, expected {m} rows and 1 to {m} columns",
+            u.nrows(),
+            u.ncols()
+        )));
+    }
+    if v.nrows() != n || v.ncols() == 0 || v.ncols() > n {
+        return Err(Error::shape(format!(
+            "v: {} x {}, expected {n} rows and 1 to {n} columns",
+            v.nrows(),
+            v.ncols()
+        )));
+    }
+    if data.count() == 0 {
+        return Err(Error::invalid(
+            "train: the batch holds no matrix (count is 0)",
+        ));
+    }
+    Ok((u.ncols(), v.ncols()))
+}
+
+// ---------------------------------------------------------------------------
+// Projected blocks Y_i = X_i V - M V and W_i = X_i^T U - M^T U.
+
+/// Workspace for [`block_products`] with `p x k` blocks.
+fn block_products_scratch(p: usize, k: usize) -> StackReq {
+    temp_mat_scratch::<f64>(p, k)
+}
+
+/// Writes the blocks `Z_i = X_i Q - M Q` (or, with `transpose`,
+/// `Z_i = X_i^T Q - M^T Q`) of all samples into `out` as one `p x (N k)`
+/// column-major matrix whose column `c N + i` is column c of Z_i. With that
+/// column order the blocks of a stacked layout come out of one product with
+/// the stacked samples; other layouts are done sample by sample.
+#[allow(clippy::too_many_arguments)]
+fn block_products(
+    data: &MatrixBatch,
+    transpose: bool,
+    mean: Option<MatRef<'_, f64>>,
+    q: MatRef<'_, f64>,
+    out: &mut [f64],
+    par: Par,
+    stack: &mut MemStack,
+) {
+    let count = data.count();
+    let (p, k) = (if transpose { data.cols() } else { data.rows() }, q.ncols());
+    let sample = |i: usize| {
+        let x = data.sample(i);
+        if transpose {
+            x.transpose()
+        } else {
+            x
+        }
+    };
+    let mean = mean.map(|mm| if transpose { mm.transpose() } else { mm });
+    let (mut mq, _) = temp_mat_zeroed::<f64>(p, k, stack);
+    if let Some(mm) = mean {
+        gemm(mq.rb_mut(), Accum::Replace, mm, q, 1.0, Par::Seq);
+    }
+    let mq = mq.rb();
+    let out = &mut out[..p * count * k];
+    let stacked = if transpose {
+        data.horizontal_stack().map(|h| h.transpose())
+    } else {
+        data.vertical_stack()
+    };
+    if let Some(st) = stacked {
+        // Row i p + a of the (N p) x k product is row a of Z_i; column-major,
+        // that is column c N + i of the p x (N k) matrix.
+        let z = MatMut::from_column_major_slice_mut(out, count * p, k);
+        gemm(z, Accum::Replace, st, q, 1.0, par);
+        if mean.is_some() {
+            let shared = SharedBuf::new(out);
+            parallel_for(k, workers(par, k), &|_, cols| {
+                for c in cols {
+                    // SAFETY: column c of every Z_i is this worker's contiguous range.
+                    let mut z = unsafe { shared.block(c * count * p, p, count) };
+                    for i in 0..count {
+                        for a in 0..p {
+                            z[(a, i)] -= mq[(a, c)];
+                        }
+                    }
+                }
+            });
+        }
+    } else {
+        let shared = SharedBuf::new(out);
+        let centered = mean.is_some();
+        parallel_for(count, workers(par, count), &|_, range| {
+            for i in range {
+                // SAFETY: Z_i's columns (c N + i) belong to sample i only.
+                let mut z = unsafe { shared.mat(i * p, p, k, 1, (count * p) as isize) };
+                gemm(z.rb_mut(), Accum::Replace, sample(i), q, 1.0, Par::Seq);
+                if centered {
+                    for c in 0..k {
+                        for a in 0..p {
+                            z[(a, c)] -= mq[(a, c)];
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The top `out.ncols()` eigenvectors of `sum_i Z_i Z_i^T` (one syrk on the
+/// `p x (N k)` block matrix in `blocks`, reduced) into `out`, all eigenvalues
+/// into `vals`.
+#[allow(clippy::too_many_arguments)]
+fn top_block_eigenvectors(
+    blocks: &[f64],
+    p: usize,
+    ncols: usize,
+    out: MatMut<'_, f64>,
+    mut gram: MatMut<'_, f64>,
+    vals: &mut [f64],
+    reducer: &dyn Reducer,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<()> {
+    let z = MatRef::from_column_major_slice(&blocks[..p * ncols], p, ncols);
+    syrk_lower(gram.rb_mut(), Accum::Replace, z, 1.0, par);
+    reduce_mat(reducer, gram.rb_mut())?;
+    numerics::top_eigenvectors(gram.rb(), out, vals, par, stack)
+}
+
+// ---------------------------------------------------------------------------
+// HOOI.
+
+fn big_len(count: usize, rows: usize, cols: usize, rank_rows: usize, rank_cols: usize) -> usize {
+    (rows * count * rank_cols).max(cols * count * rank_rows)
+}
+
+/// Workspace of the HOOI loop without its block buffer.
+fn hooi_small_scratch(
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    par: Par,
+) -> StackReq {
+    let (m, n) = (rows, cols);
+    StackReq::all_of(&[
+        temp_mat_scratch::<f64>(m, m),
+        temp_mat_scratch::<f64>(n, n),
+        temp_slice_scratch::<f64>(m),
+        temp_slice_scratch::<f64>(n),
+        temp_mat_scratch::<f64>(m, rank_rows),
+        StackReq::any_of(&[
+            block_products_scratch(m, rank_cols),
+            block_products_scratch(n, rank_rows),
+            numerics::top_eigenvectors_scratch(m, par),
+            numerics::top_eigenvectors_scratch(n, par),
+        ]),
+    ])
+}
+
+/// Workspace for [`hooi_sweep`].
+pub fn hooi_sweep_scratch(
+    count: usize,
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    par: Par,
+) -> StackReq {
+    StackReq::all_of(&[
+        temp_slice_scratch::<f64>(big_len(count, rows, cols, rank_rows, rank_cols)),
+        hooi_small_scratch(rows, cols, rank_rows, rank_cols, par),
+    ])
+}
+
+/// One HOOI sweep: `U <- top-r eigenvectors of sum Y_i Y_i^T` (`Y_i = (X_i -
+/// M) V`), then `V <- top-s eigenvectors of sum W_i W_i^T` (`W_i = (X_i -
+/// M)^T U`, new U). Returns the objective at the new (U, V), the sum of the
+/// top-s eigenvalues of the second Gram matrix.
+#[allow(clippy::too_many_arguments)]
+pub fn hooi_sweep(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    u: MatMut<'_, f64>,
+    v: MatMut<'_, f64>,
+    reducer: &dyn Reducer,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<f64> {
+    let (r, s) = check_bases(data, u.rb(), v.rb())?;
+    check_mean(mean, data.rows(), data.cols())?;
+    let (count, m, n) = (data.count(), data.rows(), data.cols());
+    let (big, stack) = temp_slice(big_len(count, m, n, r, s), 0.0f64, stack);
+    let mut hooi = Hooi::new(m, n, r, stack);
+    let mut u = u;
+    hooi.rows_gram(data, mean, v.rb(), big, reducer, par)?;
+    hooi.rows_update(u.rb_mut(), par)?;
+    hooi.cols_update(data, mean, u.rb(), v, big, reducer, par)
+}
+
+/// The temporaries of the HOOI steps, carved once.
+struct Hooi<'s> {
+    gram_rows: MatMut<'s, f64>,
+    gram_cols: MatMut<'s, f64>,
+    vals_rows: &'s mut [f64],
+    vals_cols: &'s mut [f64],
+    gu: MatMut<'s, f64>,
+    stack: &'s mut MemStack,
+}
+
+impl<'s> Hooi<'s> {
+    fn new(m: usize, n: usize, r: usize, stack: &'s mut MemStack) -> Self {
+        let (gram_rows, stack) = temp_mat_zeroed::<f64>(m, m, stack);
+        let (gram_cols, stack) = temp_mat_zeroed::<f64>(n, n, stack);
+        let (vals_rows, stack) = temp_slice(m, 0.0f64, stack);
+        let (vals_cols, stack) = temp_slice(n, 0.0f64, stack);
+        let (gu, stack) = temp_mat_zeroed::<f64>(m, r, stack);
+        Self {
+            gram_rows,
+            gram_cols,
+            vals_rows,
+            vals_cols,
+            gu,
+            stack,
+        }
+    }
+
+    /// `sum Y_i Y_i^T` (lower triangle, reduced) with `Y_i = (X_i - M) V`.
+    #[allow(clippy::too_many_arguments)]
+    fn rows_gram(
+        &mut self,
+        data: &MatrixBatch,
+        mean: Option<MatRef<'_, f64>>,
+        v: MatRef<'_, f64>,
+        big: &mut [f64],
+        reducer: &dyn Reducer,
+        par: Par,
+    ) -> Result<()> {
+        let (count, m) = (data.count(), data.rows());
+        block_products(data, false, mean, v, big, par, self.stack);
+        let y =
+            MatRef::from_column_major_slice(&big[..m * count * v.ncols()], m, count * v.ncols());
+        syrk_lower(self.gram_rows.rb_mut(), Accum::Replace, y, 1.0, par);
+        reduce_mat(reducer, self.gram_rows.rb_mut())
+    }
+
+    /// `f = trace(U^T (sum Y_i Y_i^T) U)` from the Gram matrix of `rows_gram`.
+    fn objective_from_rows_gram(&mut self, u: MatRef<'_, f64>, par: Par) -> f64 {
+        numerics::mirror_lower(self.gram_rows.rb_mut());
+        gemm(
+            self.gu.rb_mut(),
+            Accum::Replace,
+            self.gram_rows.rb(),
+            u,
+            1.0,
+            par,
+        );
+        let mut f = 0.0;
+        for j in 0..u.ncols() {
+            for i in 0..u.nrows() {
+                f += u[(i, j)] * self.gu[(i, j)];
+            }
+        }
+        f
+    }
+
+    /// `U <-` top-r eigenvectors of the Gram matrix of `rows_gram`.
+    fn rows_update(&mut self, u: MatMut<'_, f64>, par: Par) -> Result<()> {
+        numerics::top_eigenvectors(self.gram_rows.rb(), u, self.vals_rows, par, self.stack)
+    }
+
+    /// `V <-` top-s eigenvectors of `sum W_i W_i^T`, `W_i = (X_i - M)^T U`;
+    /// returns the objective (sum of the top-s eigenvalues). Leaves the
+    /// blocks W_i in `big`.
+    #[allow(clippy::too_many_arguments)]
+    fn cols_update(
+        &mut self,
+        data: &MatrixBatch,
+        mean: Option<MatRef<'_, f64>>,
+        u: MatRef<'_, f64>,
+        v: MatMut<'_, f64>,
+        big: &mut [f64],
+        reducer: &dyn Reducer,
+        par: Par,
+    ) -> Result<f64> {
+        let (count, n, r, s) = (data.count(), data.cols(), u.ncols(), v.ncols());
+        block_products(data, true, mean, u, big, par, self.stack);
+        top_block_eigenvectors(
+            big,
+            n,
+            count * r,
+            v,
+            self.gram_cols.rb_mut(),
+            self.vals_cols,
+            reducer,
+            par,
+            self.stack,
+        )?;
+        Ok(self.vals_cols[..s].iter().sum())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cores: objective, projection, canonical basis.
+
+/// Where the cores `C_i` come from.
+#[derive(Copy, Clone)]
+enum CoreSource<'a> {
+    /// `C_i = U^T X_i V - U^T M V` from the data.
+    Data,
+    /// `C_i = W_i^T V` from the blocks `W_i = X_i^T U - M^T U` in the
+    /// `n x (N r)` layout of `block_products`.
+    Left(&'a [f64]),
+}
+
+fn for_each_core_scratch(rows: usize, rank_rows: usize, rank_cols: usize, par: Par) -> StackReq {
+    let t = par.degree().max(1);
+    StackReq::all_of(&[
+        temp_mat_scratch::<f64>(rows, rank_cols),
+        temp_mat_scratch::<f64>(rank_rows, rank_cols),
+        temp_slice_scratch::<f64>(t * (rows * rank_cols + rank_rows * rank_cols)),
+    ])
+}
+
+/// Calls `f(k, i, C_i)` for every sample i on worker k (of at most
+/// `par.degree()`), with C_i (r x s) in a per-worker temporary.
+#[allow(clippy::too_many_arguments)]
+fn for_each_core(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    u: MatRef<'_, f64>,
+    v: MatRef<'_, f64>,
+    source: CoreSource<'_>,
+    par: Par,
+    stack: &mut MemStack,
+    f: &(dyn Fn(usize, usize, MatRef<'_, f64>) + Sync),
+) {
+    let (count, m, n, r, s) = (data.count(), data.rows(), data.cols(), u.ncols(), v.ncols());
+    let t = workers(par, count);
+    let (mut mv, stack) = temp_mat_zeroed::<f64>(m, s, stack);
+    let (mut umv, stack) = temp_mat_zeroed::<f64>(r, s, stack);
+    let centered = matches!(source, CoreSource::Data) && mean.is_some();
+    if let (true, Some(mm)) = (centered, mean) {
+        gemm(mv.rb_mut(), Accum::Replace, mm, v, 1.0, Par::Seq);
+        gemm(
+            umv.rb_mut(),
+            Accum::Replace,
+            u.transpose(),
+            mv.rb(),
+            1.0,
+            Par::Seq,
+        );
+    }
+    let umv = umv.rb();
+    let per = m * s + r * s;
+    let (tmp, _) = temp_slice(t * per, 0.0f64, stack);
+    let shared = SharedBuf::new(tmp);
+    parallel_for(count, t, &|k, range| {
+        // SAFETY: worker k owns part k of `tmp`.
+        let (mut y, mut c) = unsafe {
+            (
+                shared.block(k * per, m, s),
+                shared.block(k * per + m * s, r, s),
+            )
+        };
+        for i in range {
+            match source {
+                CoreSource::Data => {
+                    gemm(y.rb_mut(), Accum::Replace, data.sample(i), v, 1.0, Par::Seq);
+                    gemm(
+                        c.rb_mut(),
+                        Accum::Replace,
+                        u.transpose(),
+                        y.rb(),
+                        1.0,
+                        Par::Seq,
+                    );
+                    if centered {
+                        for b in 0..s {
+                            for a in 0..r {
+                                c[(a, b)] -= umv[(a, b)];
+                            }
+                        }
+                    }
+                }
+                CoreSource::Left(w) => {
+                    assert!(w.len() >= n * count * r);
+                    // SAFETY: W_i is columns c N + i (c < r) of the n x (N r)
+                    // matrix in `w`, inside the slice (asserted above).
+                    let wi = unsafe {
+                        MatRef::from_raw_parts(w.as_ptr().add(i * n), n, r, 1, (count * n) as isize)
+                    };
+                    gemm(c.rb_mut(), Accum::Replace, wi.transpose(), v, 1.0, Par::Seq);
+                }
+            }
+            f(k, i, c.rb());
+        }
+    });
+}
+
+/// Workspace for [`objective`].
+pub fn objective_scratch(
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    par: Par,
+) -> StackReq {
+    let _ = cols;
+    StackReq::all_of(&[
+        temp_slice_scratch::<f64>(par.degree().max(1)),
+        for_each_core_scratch(rows, rank_rows, rank_cols, par),
+    ])
+}
+
+/// The objective `f(U, V) = sum_i ||U^T (X_i - M) V||^2` (one pass over the
+/// data, reduced).
+pub fn objective(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    u: MatRef<'_, f64>,
+    v: MatRef<'_, f64>,
+    reducer: &dyn Reducer,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<f64> {
+    check_bases(data, u, v)?;
+    check_mean(mean, data.rows(), data.cols())?;
+    let t = par.degree().max(1);
+    let (parts, stack) = temp_slice(t, 0.0f64, stack);
+    let shared = SharedBuf::new(parts);
+    for_each_core(
+        data,
+        mean,
+        u,
+        v,
+        CoreSource::Data,
+        par,
+        stack,
+        &|k, _, c| {
+            // SAFETY: worker k owns element k.
+            let mut fk = unsafe { shared.block(k, 1, 1) };
+            fk[(0, 0)] += sum_sq(c);
+        },
+    );
+    let local: f64 = parts.iter().sum();
+    sum_scalar(reducer, local)
+}
+
+/// Workspace for [`project_cores`].
+pub fn project_cores_scratch(
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    par: Par,
+) -> StackReq {
+    let _ = cols;
+    for_each_core_scratch(rows, rank_rows, rank_cols, par)
+}
+
+/// The cores `C_i = U^T (X_i - M) V` of all samples into `cores`: `count`
+/// blocks of `r * s` values, each the column-major r x s core.
+#[allow(clippy::too_many_arguments)]
+pub fn project_cores(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    u: MatRef<'_, f64>,
+    v: MatRef<'_, f64>,
+    cores: &mut [f64],
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<()> {
+    let (r, s) = check_bases(data, u, v)?;
+    check_mean(mean, data.rows(), data.cols())?;
+    check_len("cores", cores.len(), data.count() * r * s)?;
+    let shared = SharedBuf::new(cores);
+    for_each_core(
+        data,
+        mean,
+        u,
+        v,
+        CoreSource::Data,
+        par,
+        stack,
+        &|_, i, c| {
+            // SAFETY: core i is written by the worker that handles sample i only.
+            unsafe { shared.block(i * r * s, r, s) }.copy_from(c);
+        },
+    );
+    Ok(())
+}
+
+fn rotate_scratch(p: usize, k: usize) -> StackReq {
+    StackReq::all_of(&[
+        temp_mat_scratch::<f64>(k, k),
+        temp_slice_scratch::<f64>(k),
+        temp_mat_scratch::<f64>(p, k),
+        numerics::eigh_descending_scratch(k, Par::Seq),
+    ])
+}
+
+/// `basis <- basis Q` with Q the eigenvectors of `gram` (lower triangle,
+/// descending), then the sign rule.
+fn rotate_to_eigenbasis(
+    mut basis: MatMut<'_, f64>,
+    gram: MatRef<'_, f64>,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<()> {
+    let (p, k) = basis.shape();
+    let (mut q, stack) = temp_mat_zeroed::<f64>(k, k, stack);
+    let (vals, stack) = temp_slice(k, 0.0f64, stack);
+    let (mut rotated, stack) = temp_mat_zeroed::<f64>(p, k, stack);
+    numerics::eigh_descending(gram, q.rb_mut(), vals, Par::Seq, stack)?;
+    gemm(
+        rotated.rb_mut(),
+        Accum::Replace,
+        basis.rb(),
+        q.rb(),
+        1.0,
+        par,
+    );
+    basis.copy_from(rotated.rb());
+    numerics::fix_column_signs(basis);
+    Ok(())
+}
+
+fn canonical_scratch(
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    par: Par,
+) -> StackReq {
+    let t = par.degree().max(1);
+    StackReq::all_of(&[
+        temp_slice_scratch::<f64>(t * (rank_rows * rank_rows + rank_cols * rank_cols)),
+        StackReq::any_of(&[
+            for_each_core_scratch(rows, rank_rows, rank_cols, par),
+            rotate_scratch(rows, rank_rows),
+            rotate_scratch(cols, rank_cols),
+        ]),
+    ])
+}
+
+/// Rotates U, V to the canonical basis from the cores of `source`; returns
+/// the objective `trace(sum C_i C_i^T)`.
+#[allow(clippy::too_many_arguments)]
+fn canonical_rotation(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    u: MatMut<'_, f64>,
+    v: MatMut<'_, f64>,
+    source: CoreSource<'_>,
+    reducer: &dyn Reducer,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<f64> {
+    let (r, s) = (u.ncols(), v.ncols());
+    let (rr, ss) = (r * r, s * s);
+    let t = par.degree().max(1);
+    let (acc, stack) = temp_slice(t * (rr + ss), 0.0f64, stack);
+    {
+        let shared = SharedBuf::new(acc);
+        for_each_core(
+            data,
+            mean,
+            u.rb(),
+            v.rb(),
+            source,
+            par,
+            stack,
+            &|k, _, c| {
+                // SAFETY: worker k owns part k of `acc`.
+                let (cct, ctc) = unsafe {
+                    (
+                        shared.block(k * (rr + ss), r, r),
+                        shared.block(k * (rr + ss) + rr, s, s),
+                    )
+                };
+                syrk_lower(cct, Accum::Add, c, 1.0, Par::Seq);
+                syrk_lower(ctc, Accum::Add, c.transpose(), 1.0, Par::Seq);
+            },
+        );
+    }
+    let sums = sum_parts(acc, rr + ss, t);
+    reducer.sum_in_place(sums)?;
+    let cct = MatRef::from_column_major_slice(&sums[..rr], r, r);
+    let ctc = MatRef::from_column_major_slice(&sums[rr..], s, s);
+    let objective: f64 = (0..r).map(|a| cct[(a, a)]).sum();
+    rotate_to_eigenbasis(u, cct, par, stack)?;
+    rotate_to_eigenbasis(v, ctc, par, stack)?;
+    Ok(objective)
+}
+
+/// Workspace for [`canonicalize`].
+pub fn canonicalize_scratch(
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    par: Par,
+) -> StackReq {
+    canonical_scratch(rows, cols, rank_rows, rank_cols, par)
+}
+
+/// Rotates U to the eigenvectors of `sum C_i C_i^T` and V to those of
+/// `sum C_i^T C_i` (descending, `C_i = U^T (X_i - M) V`), then makes the
+/// entry of largest magnitude of every column positive (lowest index on
+/// ties). Returns the objective `sum ||C_i||^2`. One pass over the data.
+pub fn canonicalize(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    u: MatMut<'_, f64>,
+    v: MatMut<'_, f64>,
+    reducer: &dyn Reducer,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<f64> {
+    check_bases(data, u.rb(), v.rb())?;
+    check_mean(mean, data.rows(), data.cols())?;
+    canonical_rotation(data, mean, u, v, CoreSource::Data, reducer, par, stack)
+}
+
+// ---------------------------------------------------------------------------
+// Riemannian conjugate gradient.
+
+/// Columns of the block matrix per chunk of the gradient products (a
+/// `rows x CHUNK` block stays in the L2 cache).
+const CHUNK: usize = 256;
+
+fn chunk_acc_len(p: usize, k: usize) -> usize {
+    p * k + CHUNK * k + 1
+}
+
+/// Local `f = ||Z^T Q||^2` and, when `grad` is given, `grad <- Z (Z^T Q)`
+/// (local) for the `p x ncols` block matrix Z in `blocks`, chunk by chunk.
+fn chunked_products(
+    blocks: &[f64],
+    p: usize,
+    ncols: usize,
+    q: MatRef<'_, f64>,
+    grad: Option<MatMut<'_, f64>>,
+    acc: &mut [f64],
+    par: Par,
+) -> f64 {
+    let k = q.ncols();
+    let nchunks = ncols.div_ceil(CHUNK);
+    let t = workers(par, nchunks);
+    let per = chunk_acc_len(p, k);
+    let z = MatRef::from_column_major_slice(&blocks[..p * ncols], p, ncols);
+    let want_grad = grad.is_some();
+    let acc = &mut acc[..t * per];
+    let shared = SharedBuf::new(acc);
+    parallel_for(nchunks, t, &|w, range| {
+        // SAFETY: worker w owns part w of `acc`.
+        let (mut g, mut pt, mut fw) = unsafe {
+            (
+                shared.block(w * per, p, k),
+                shared.block(w * per + p * k, CHUNK, k),
+                shared.block(w * per + p * k + CHUNK * k, 1, 1),
+            )
+        };
+        g.fill(0.0);
+        let mut f = 0.0;
+        for chunk in range {
+            let c0 = chunk * CHUNK;
+            let len = CHUNK.min(ncols - c0);
+            let zc = z.subcols(c0, len);
+            let mut pc = pt.rb_mut().subrows_mut(0, len);
+            gemm(
+                pc.rb_mut(),
+                Accum::Replace,
+                zc.transpose(),
+                q,
+                1.0,
+                Par::Seq,
+            );
+            f += sum_sq(pc.rb());
+            if want_grad {
+                gemm(g.rb_mut(), Accum::Add, zc, pc.rb(), 1.0, Par::Seq);
+            }
+        }
+        fw[(0, 0)] = f;
+    });
+    let mut f = 0.0;
+    for w in 0..t {
+        f += acc[w * per + p * k + CHUNK * k];
+    }
+    if let Some(mut grad) = grad {
+        grad.copy_from(MatRef::from_column_major_slice(&acc[..p * k], p, k));
+        for w in 1..t {
+            let gw = MatRef::from_column_major_slice(&acc[w * per..w * per + p * k], p, k);
+            add_into(grad.rb_mut(), gw);
+        }
+    }
+    f
+}
+
+/// Y pass: returns `f(U, V)` and, when asked, the Euclidean gradient
+/// `G_U = 2 sum Y_i Y_i^T U` (reduced) into `gu` (contiguous m x r).
+#[allow(clippy::too_many_arguments)]
+fn evaluate_rows(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    u: MatRef<'_, f64>,
+    v: MatRef<'_, f64>,
+    big: &mut [f64],
+    gu: Option<MatMut<'_, f64>>,
+    acc: &mut [f64],
+    reducer: &dyn Reducer,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<f64> {
+    let (count, m, s) = (data.count(), data.rows(), v.ncols());
+    block_products(data, false, mean, v, big, par, stack);
+    let mut gu = gu;
+    let f = chunked_products(
+        big,
+        m,
+        count * s,
+        u,
+        gu.as_mut().map(|g| g.rb_mut()),
+        acc,
+        par,
+    );
+    if let Some(mut g) = gu {
+        reduce_mat(reducer, g.rb_mut())?;
+        scale(g, 2.0);
+    }
+    sum_scalar(reducer, f)
+}
+
+/// W pass: the Euclidean gradient `G_V = 2 sum W_i W_i^T V` (reduced) into
+/// `gv` (contiguous n x s). Leaves the blocks W_i in `big`.
+#[allow(clippy::too_many_arguments)]
+fn evaluate_cols(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    u: MatRef<'_, f64>,
+    v: MatRef<'_, f64>,
+    big: &mut [f64],
+    mut gv: MatMut<'_, f64>,
+    acc: &mut [f64],
+    reducer: &dyn Reducer,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<()> {
+    let (count, n, r) = (data.count(), data.cols(), u.ncols());
+    block_products(data, true, mean, u, big, par, stack);
+    chunked_products(big, n, count * r, v, Some(gv.rb_mut()), acc, par);
+    reduce_mat(reducer, gv.rb_mut())?;
+    scale(gv, 2.0);
+    Ok(())
+}
+
+fn scale(mut a: MatMut<'_, f64>, alpha: f64) {
+    for j in 0..a.ncols() {
+        for i in 0..a.nrows() {
+            a[(i, j)] *= alpha;
+        }
+    }
+}
+
+fn dot(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> f64 {
+    let mut s = 0.0;
+    for j in 0..a.ncols() {
+        for i in 0..a.nrows() {
+            s += a[(i, j)] * b[(i, j)];
+        }
+    }
+    s
+}
+
+/// `g <- g - q sym(q^T g)`: projection onto the tangent space of the
+/// Stiefel manifold at q (embedded metric). `tmp` holds at least k x k.
+fn project_tangent(q: MatRef<'_, f64>, mut g: MatMut<'_, f64>, tmp: MatMut<'_, f64>) {
+    let k = q.ncols();
+    let mut s = tmp.submatrix_mut(0, 0, k, k);
+    gemm(
+        s.rb_mut(),
+        Accum::Replace,
+        q.transpose(),
+        g.rb(),
+        1.0,
+        Par::Seq,
+    );
+    numerics::symmetrize(s.rb_mut());
+    gemm(g.rb_mut(), Accum::Add, q, s.rb(), -1.0, Par::Seq);
+}
+
+/// `a <- qf(b + t d)`.
+fn retract_step(
+    mut a: MatMut<'_, f64>,
+    b: MatRef<'_, f64>,
+    d: MatRef<'_, f64>,
+    t: f64,
+    stack: &mut MemStack,
+) {
+    for j in 0..a.ncols() {
+        for i in 0..a.nrows() {
+            a[(i, j)] = b[(i, j)] + t * d[(i, j)];
+        }
+    }
+    numerics::retract_qr(a, Par::Seq, stack);
+}
+
+/// Outcome of [`riemannian_solve`].
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct RiemannianReport {
+    /// Iterations run.
+    pub iterations: usize,
+    /// True when the stopping rule was met.
+    pub converged: bool,
+    /// The objective at the returned (U, V).
+    pub objective: f64,
+    /// The relative gradient norm `||grad f|| / ||G||` there.
+    pub gradient_norm: f64,
+}
+
+fn riemannian_small_scratch(
+    count: usize,
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    par: Par,
+) -> StackReq {
+    let _ = count;
+    let (m, n, r, s) = (rows, cols, rank_rows, rank_cols);
+    let t = par.degree().max(1);
+    let k = r.max(s);
+    StackReq::all_of(&[
+        temp_mat_scratch::<f64>(m, r).array(4),
+        temp_mat_scratch::<f64>(n, s).array(4),
+        temp_mat_scratch::<f64>(k, k),
+        temp_slice_scratch::<f64>(t * chunk_acc_len(m, r).max(chunk_acc_len(n, s))),
+        StackReq::any_of(&[
+            block_products_scratch(m, s),
+            block_products_scratch(n, r),
+            numerics::retract_qr_scratch(m, r, Par::Seq),
+            numerics::retract_qr_scratch(n, s, Par::Seq),
+        ]),
+    ])
+}
+
+/// Workspace for [`riemannian_solve`].
+pub fn riemannian_solve_scratch(
+    count: usize,
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    par: Par,
+) -> StackReq {
+    StackReq::all_of(&[
+        temp_slice_scratch::<f64>(big_len(count, rows, cols, rank_rows, rank_cols)),
+        riemannian_small_scratch(count, rows, cols, rank_rows, rank_cols, par),
+    ])
+}
+
+/// Maximises f over St(m, r) x St(n, s) from (U, V) by Riemannian conjugate
+/// gradients (see the module docs) until the relative increase of f is at
+/// most `tol` for 3 consecutive iterations and the relative gradient norm is
+/// at most `gtol`, or `max_iter` iterations ran. `on_iteration(k, f)` is
+/// called with k = 0 at the start and after every iteration; returning
+/// false cancels (`ErrorKind::Cancelled`).
+#[allow(clippy::too_many_arguments)]
+pub fn riemannian_solve(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    u: MatMut<'_, f64>,
+    v: MatMut<'_, f64>,
+    max_iter: usize,
+    tol: f64,
+    gtol: f64,
+    reducer: &dyn Reducer,
+    on_iteration: &mut dyn FnMut(usize, f64) -> bool,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<RiemannianReport> {
+    let (r, s) = check_bases(data, u.rb(), v.rb())?;
+    check_mean(mean, data.rows(), data.cols())?;
+    let (big, stack) = temp_slice(
+        big_len(data.count(), data.rows(), data.cols(), r, s),
+        0.0f64,
+        stack,
+    );
+    riemannian_loop(
+        data,
+        mean,
+        u,
+        v,
+        max_iter,
+        tol,
+        gtol,
+        big,
+        reducer,
+        on_iteration,
+        par,
+        stack,
+    )
+}
+
+/// Armijo sufficient-increase constant.
+const ARMIJO_C1: f64 = 1e-4;
+/// Line-search trials before giving up (no increase at working precision).
+const MAX_BACKTRACKS: usize = 40;
+
+#[allow(clippy::too_many_arguments)]
+fn riemannian_loop(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    mut u: MatMut<'_, f64>,
+    mut v: MatMut<'_, f64>,
+    max_iter: usize,
+    tol: f64,
+    gtol: f64,
+    big: &mut [f64],
+    reducer: &dyn Reducer,
+    on_iteration: &mut dyn FnMut(usize, f64) -> bool,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<RiemannianReport> {
+    let (m, n, r, s) = (data.rows(), data.cols(), u.ncols(), v.ncols());
+    let t = par.degree().max(1);
+    let k = r.max(s);
+    let (mut ut, stack) = temp_mat_zeroed::<f64>(m, r, stack);
+    let (mut gu, stack) = temp_mat_zeroed::<f64>(m, r, stack);
+    let (mut gut, stack) = temp_mat_zeroed::<f64>(m, r, stack);
+    let (mut du, stack) = temp_mat_zeroed::<f64>(m, r, stack);
+    let (mut vt, stack) = temp_mat_zeroed::<f64>(n, s, stack);
+    let (mut gv, stack) = temp_mat_zeroed::<f64>(n, s, stack);
+    let (mut gvt, stack) = temp_mat_zeroed::<f64>(n, s, stack);
+    let (mut dv, stack) = temp_mat_zeroed::<f64>(n, s, stack);
+    let (mut tmp, stack) = temp_mat_zeroed::<f64>(k, k, stack);
+    let (acc, stack) = temp_slice(
+        t * chunk_acc_len(m, r).max(chunk_acc_len(n, s)),
+        0.0f64,
+        stack,
+    );
+
+    // Start on the manifold (qf(U) = U when U is already orthonormal).
+    numerics::retract_qr(u.rb_mut(), Par::Seq, stack);
+    numerics::retract_qr(v.rb_mut(), Par::Seq, stack);
+    let mut f = evaluate_rows(
+        data,
+        mean,
+        u.rb(),
+        v.rb(),
+        big,
+        Some(gu.rb_mut()),
+        acc,
+        reducer,
+        par,
+        stack,
+    )?;
+    evaluate_cols(
+        data,
+        mean,
+        u.rb(),
+        v.rb(),
+        big,
+        gv.rb_mut(),
+        acc,
+        reducer,
+        par,
+        stack,
+    )?;
+    let mut euclid2 = sum_sq(gu.rb()) + sum_sq(gv.rb());
+    project_tangent(u.rb(), gu.rb_mut(), tmp.rb_mut());
+    project_tangent(v.rb(), gv.rb_mut(), tmp.rb_mut());
+    let mut grad2 = sum_sq(gu.rb()) + sum_sq(gv.rb());
+    let rel_grad = |g2: f64, e2: f64| if e2 > 0.0 { (g2 / e2).sqrt() } else { 0.0 };
+    if !on_iteration(0, f) {
+        return Err(Error::cancelled("subspace"));
+    }
+    du.copy_from(gu.rb());
+    dv.copy_from(gv.rb());
+    let mut step_prev = 0.0;
+    let mut slope_prev = 0.0;
+    let mut stop = StopRule::new(tol);
+    let mut iterations = 0;
+    let mut converged = false;
+    for it in 1..=max_iter {
+        if grad2 == 0.0 {
+            converged = true;
+            break;
+        }
+        let mut slope = dot(gu.rb(), du.rb()) + dot(gv.rb(), dv.rb());
+        if !(slope > 0.0) {
+            // Not an ascent direction: restart along the gradient.
+            du.copy_from(gu.rb());
+            dv.copy_from(gv.rb());
+            slope = grad2;
+        }
+        // Nocedal–Wright: expect the same first-order change as last time.
+        let mut step = if step_prev > 0.0 && slope_prev > 0.0 {
+            step_prev * slope_prev / slope
+        } else {
+            1.0 / euclid2.sqrt()
+        };
+        let slack = 16.0 * f64::EPSILON * f.abs();
+        let mut f_trial = f;
+        let mut accepted = false;
+        for _ in 0..MAX_BACKTRACKS {
+            retract_step(ut.rb_mut(), u.rb(), du.rb(), step, stack);
+            retract_step(vt.rb_mut(), v.rb(), dv.rb(), step, stack);
+            f_trial = evaluate_rows(
+                data,
+                mean,
+                ut.rb(),
+                vt.rb(),
+                big,
+                Some(gut.rb_mut()),
+                acc,
+                reducer,
+                par,
+                stack,
+            )?;
+            if f_trial.is_finite() && f_trial >= f + ARMIJO_C1 * step * slope - slack {
+                accepted = true;
+                break;
+            }
+            // Quadratic model through f, the slope and f_trial.
+            let curvature = (f_trial - f - slope * step) / (step * step);
+            let next = if curvature < 0.0 && curvature.is_finite() {
+                -slope / (2.0 * curvature)
+            } else {
+                0.5 * step
+            };
+            step = next.clamp(0.02 * step, 0.5 * step);
+        }
+        if !accepted {
+            // No increase left at working precision.
+            converged = rel_grad(grad2, euclid2) <= gtol;
+            break;
+        }
+        evaluate_cols(
+            data,
+            mean,
+            ut.rb(),
+            vt.rb(),
+            big,
+            gvt.rb_mut(),
+            acc,
+            reducer,
+            par,
+            stack,
+        )?;
+        euclid2 = sum_sq(gut.rb()) + sum_sq(gvt.rb());
+        project_tangent(ut.rb(), gut.rb_mut(), tmp.rb_mut());
+        project_tangent(vt.rb(), gvt.rb_mut(), tmp.rb_mut());
+        let grad2_new = sum_sq(gut.rb()) + sum_sq(gvt.rb());
+        // Transport the old gradient and direction by projection.
+        project_tangent(ut.rb(), gu.rb_mut(), tmp.rb_mut());
+        project_tangent(vt.rb(), gv.rb_mut(), tmp.rb_mut());
+        project_tangent(ut.rb(), du.rb_mut(), tmp.rb_mut());
+        project_tangent(vt.rb(), dv.rb_mut(), tmp.rb_mut());
+        // Polak–Ribière+.
+        let beta = ((grad2_new - dot(gut.rb(), gu.rb()) - dot(gvt.rb(), gv.rb())) / grad2).max(0.0);
+        for j in 0..r {
+            for i in 0..m {
+                du[(i, j)] = gut[(i, j)] + beta * du[(i, j)];
+            }
+        }
+        for j in 0..s {
+            for i in 0..n {
+                dv[(i, j)] = gvt[(i, j)] + beta * dv[(i, j)];
+            }
+        }
+        gu.copy_from(gut.rb());
+        gv.copy_from(gvt.rb());
+        u.copy_from(ut.rb());
+        v.copy_from(vt.rb());
+        let f_old = f;
+        f = f_trial;
+        grad2 = grad2_new;
+        step_prev = step;
+        slope_prev = slope;
+        iterations = it;
+        if !on_iteration(it, f) {
+            return Err(Error::cancelled("subspace"));
+        }
+        if stop.update(f_old, f) && rel_grad(grad2, euclid2) <= gtol {
+            converged = true;
+            break;
+        }
+    }
+    Ok(RiemannianReport {
+        iterations,
+        converged,
+        objective: f,
+        gradient_norm: rel_grad(grad2, euclid2),
+    })
+}
+
+/// Workspace for [`riemannian_gradient`].
+pub fn riemannian_gradient_scratch(
+    count: usize,
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    par: Par,
+) -> StackReq {
+    riemannian_solve_scratch(count, rows, cols, rank_rows, rank_cols, par)
+}
+
+/// The objective f(U, V) and its Riemannian gradients (embedded metric)
+/// `grad_U = G_U - U sym(U^T G_U)` with `G_U = 2 sum Y_i Y_i^T U` into
+/// `grad_u` (m x r), and likewise `grad_v` (n x s). Two passes over the data.
+#[allow(clippy::too_many_arguments)]
+pub fn riemannian_gradient(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    u: MatRef<'_, f64>,
+    v: MatRef<'_, f64>,
+    mut grad_u: MatMut<'_, f64>,
+    mut grad_v: MatMut<'_, f64>,
+    reducer: &dyn Reducer,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<f64> {
+    let (r, s) = check_bases(data, u, v)?;
+    check_mean(mean, data.rows(), data.cols())?;
+    let (m, n) = (data.rows(), data.cols());
+    if grad_u.shape() != (m, r) || grad_v.shape() != (n, s) {
+        return Err(Error::shape(format!(
+            "grad_u, grad_v: {:?} and {:?}, expected ({m}, {r}) and ({n}, {s})",
+            grad_u.shape(),
+            grad_v.shape()
+        )));
+    }
+    let t = par.degree().max(1);
+    let (big, stack) = temp_slice(big_len(data.count(), m, n, r, s), 0.0f64, stack);
+    let (mut gu, stack) = temp_mat_zeroed::<f64>(m, r, stack);
+    let (mut gv, stack) = temp_mat_zeroed::<f64>(n, s, stack);
+    let (mut tmp, stack) = temp_mat_zeroed::<f64>(r.max(s), r.max(s), stack);
+    let (acc, stack) = temp_slice(
+        t * chunk_acc_len(m, r).max(chunk_acc_len(n, s)),
+        0.0f64,
+        stack,
+    );
+    let f = evaluate_rows(
+        data,
+        mean,
+        u,
+        v,
+        big,
+        Some(gu.rb_mut()),
+        acc,
+        reducer,
+        par,
+        stack,
+    )?;
+    evaluate_cols(data, mean, u, v, big, gv.rb_mut(), acc, reducer, par, stack)?;
+    project_tangent(u, gu.rb_mut(), tmp.rb_mut());
+    project_tangent(v, gv.rb_mut(), tmp.rb_mut());
+    grad_u.copy_from(gu.rb());
+    grad_v.copy_from(gv.rb());
+    Ok(f)
+}
+
+// ---------------------------------------------------------------------------
+// The fit.
+
+/// Relative increase `(new - old) / |old|` (0 when both are 0).
+fn relative_increase(old: f64, new: f64) -> f64 {
+    if old != 0.0 {
+        (new - old) / old.abs()
+    } else if new == old {
+        0.0
+    } else {
+        f64::INFINITY
+    }
+}
+
+/// Counts consecutive iterations whose relative increase is at most `tol`.
+struct StopRule {
+    tol: f64,
+    streak: usize,
+}
+
+impl StopRule {
+    /// Consecutive small increases required.
+    const STREAK: usize = 3;
+
+    fn new(tol: f64) -> Self {
+        Self { tol, streak: 0 }
+    }
+
+    /// Records one iteration; true once the last `STREAK` were small.
+    fn update(&mut self, old: f64, new: f64) -> bool {
+        if relative_increase(old, new) <= self.tol {
+            self.streak += 1;
+        } else {
+            self.streak = 0;
+        }
+        self.streak >= Self::STREAK
+    }
+}
+
+/// Fits U and V to the complete samples in `data` (DESIGN.md section 3):
+/// optional centering, HOSVD initialisation, ranks by energy where a rank is
+/// 0, HOOI or Riemannian refinement, canonical basis.
+///
+/// `progress(iteration, max_iter, objective)` is called after every
+/// iteration (from 1); returning false stops the fit with
+/// `ErrorKind::Cancelled`. Every sum over samples goes through `reducer`.
+/// Batches with a mask are refused (the completion fit handles them).
+pub fn fit(
+    data: &MatrixBatch,
+    opts: &SubspaceOptions,
+    reducer: &dyn Reducer,
+    progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+) -> Result<SubspaceFit> {
+    let (count, m, n) = (data.count(), data.rows(), data.cols());
+    let checked = opts.check(m, n)?;
+    let opts = checked.options();
+    if count == 0 {
+        return Err(Error::invalid(
+            "train: the batch holds no matrix (count is 0)",
+        ));
+    }
+    if data.has_mask() {
+        return Err(Error::unsupported(
+            "train: has a mask; incomplete data is fitted with masked updates and completion",
+        ));
+    }
+    let par = numerics::par_for_threads(opts.threads);
+
+    // HOSVD stage (its products also warm faer's per-thread packing caches).
+    let mut mean = opts.center.then(|| Mat::<f64>::zeros(m, n));
+    let mut row_vecs = Mat::<f64>::zeros(m, m);
+    let mut col_vecs = Mat::<f64>::zeros(n, n);
+    let mut row_eigenvalues = vec![0.0; m];
+    let mut col_eigenvalues = vec![0.0; n];
+    {
+        let mut buf = MemBuffer::new(StackReq::any_of(&[
+            sample_mean_scratch(m, n, par),
+            hosvd_init_scratch(m, n, par),
+        ]));
+        let stack = MemStack::new(&mut buf);
+        if let Some(mean) = mean.as_mut() {
+            sample_mean(data, mean.as_mut(), reducer, par, stack)?;
+        }
+        hosvd_init(
+            data,
+            mean.as_ref().map(|x| x.as_ref()),
+            row_vecs.as_mut(),
+            &mut row_eigenvalues,
+            col_vecs.as_mut(),
+            &mut col_eigenvalues,
+            reducer,
+            par,
+            stack,
+        )?;
+    }
+    let r = if opts.rank_rows > 0 {
+        opts.rank_rows
+    } else {
+        rank_by_energy(&row_eigenvalues, opts.energy)
+    };
+    let s = if opts.rank_cols > 0 {
+        opts.rank_cols
+    } else {
+        rank_by_energy(&col_eigenvalues, opts.energy)
+    };
+    let mut u = row_vecs.get(.., ..r).to_owned();
+    let mut v = col_vecs.get(.., ..s).to_owned();
+    drop((row_vecs, col_vecs));
+    let total_energy: f64 = row_eigenvalues.iter().sum();
+    let mean_ref = mean.as_ref().map(|x| x.as_ref());
+
+    // Refinement: one workspace for the loop and the canonical rotation.
+    let len = big_len(count, m, n, r, s);
+    let mut buf = MemBuffer::new(StackReq::all_of(&[
+        temp_slice_scratch::<f64>(len),
+        StackReq::any_of(&[
+            hooi_small_scratch(m, n, r, s, par),
+            riemannian_small_scratch(count, m, n, r, s, par),
+            canonical_scratch(m, n, r, s, par),
+        ]),
+    ]));
+    let stack = MemStack::new(&mut buf);
+    let (big, stack) = temp_slice(len, 0.0f64, stack);
+    let mut history = Vec::with_capacity(opts.max_iter + 1);
+    let max_iter = opts.max_iter;
+    let (iterations, converged) = match opts.method {
+        SubspaceMethod::Hooi => {
+            let mut hooi = Hooi::new(m, n, r, stack);
+            hooi.rows_gram(data, mean_ref, v.as_ref(), big, reducer, par)?;
+            let mut f = hooi.objective_from_rows_gram(u.as_ref(), par);
+            history.push(f);
+            let mut stop = StopRule::new(opts.tol);
+            let mut outcome = (max_iter, false);
+            for it in 1..=max_iter {
+                if it > 1 {
+                    hooi.rows_gram(data, mean_ref, v.as_ref(), big, reducer, par)?;
+                }
+                hooi.rows_update(u.as_mut(), par)?;
+                let f_new =
+                    hooi.cols_update(data, mean_ref, u.as_ref(), v.as_mut(), big, reducer, par)?;
+                history.push(f_new);
+                if !f_new.is_finite() {
+                    return Err(Error::numerical(
+                        "subspace: the objective became non-finite",
+                    ));
+                }
+                if !progress(it, max_iter, f_new) {
+                    return Err(Error::cancelled("subspace"));
+                }
+                let done = stop.update(f, f_new);
+                f = f_new;
+                if done {
+                    outcome = (it, true);
+                    break;
+                }
+            }
+            // `big` holds W_i = (X_i - M)^T U for the final U.
+            outcome
+        }
+        SubspaceMethod::Riemannian => {
+            let report = riemannian_loop(
+                data,
+                mean_ref,
+                u.as_mut(),
+                v.as_mut(),
+                max_iter,
+                opts.tol,
+                opts.gtol,
+                big,
+                reducer,
+                &mut |k, f| {
+                    history.push(f);
+                    k == 0 || progress(k, max_iter, f)
+                },
+                par,
+                stack,
+            )?;
+            block_products(data, true, mean_ref, u.as_ref(), big, par, stack);
+            (report.iterations, report.converged)
+        }
+    };
+    let objective = canonical_rotation(
+        data,
+        mean_ref,
+        u.as_mut(),
+        v.as_mut(),
+        CoreSource::Left(big),
+        reducer,
+        par,
+        stack,
+    )?;
+    if !objective.is_finite() {
+        return Err(Error::numerical("subspace: the objective is not finite"));
+    }
+    Ok(SubspaceFit {
+        u,
+        v,
+        mean,
+        objective,
+        total_energy,
+        iterations,
+        converged,
+        history,
+        row_eigenvalues,
+        col_eigenvalues,
+    })
+}
