@@ -20,8 +20,12 @@ fn normal(rng: &mut Xoshiro256PlusPlus) -> f64 {
 fn main() -> Result<(), coreflow::Error> {
     let (count, rows, cols, r, s, noise) = (500, 200, 200, 8, 6, 1e-3);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
-    let u_true = Mat::from_fn(rows, r, |_, _| normal(&mut rng)).qr().compute_thin_Q();
-    let v_true = Mat::from_fn(cols, s, |_, _| normal(&mut rng)).qr().compute_thin_Q();
+    let u_true = Mat::from_fn(rows, r, |_, _| normal(&mut rng))
+        .qr()
+        .compute_thin_Q();
+    let v_true = Mat::from_fn(cols, s, |_, _| normal(&mut rng))
+        .qr()
+        .compute_thin_Q();
     let mut data = vec![0.0; count * rows * cols];
     for i in 0..count {
         let c = Mat::from_fn(r, s, |a, b| normal(&mut rng) * (1.0 + (a * s + b) as f64));
@@ -35,7 +39,12 @@ fn main() -> Result<(), coreflow::Error> {
     println!("data: {count} matrices of {rows} x {cols}, planted ranks {r} x {s}, noise {noise}");
 
     let train = MatrixBatch::from_c_order(&data, count, rows, cols)?;
-    let opts = FitOptions { rank_rows: 0, rank_cols: 0, energy: 0.999, ..Default::default() };
+    let opts = FitOptions {
+        rank_rows: 0,
+        rank_cols: 0,
+        energy: 0.999,
+        ..Default::default()
+    };
     let t = Instant::now();
     let model = Model::fit(&train, &opts)?;
     let info = model.info();

@@ -629,14 +629,14 @@ coreflow_status coreflow_model_mean(const struct coreflow_model *m, double *mean
 coreflow_status coreflow_workspace_size(const struct coreflow_model *m, coreflow_op op, size_t count, const struct coreflow_sample_options *o, size_t *bytes);
 
 /**
- * Writes the cores `C_j = U^T (X_j - Xbar) V` of the matrices of `in` into
- * `cores`: `in->count` blocks of `rank_rows * rank_cols` values, each the
+ * Writes the cores `C_j = U^T (X_j - Xbar) V` of the matrices of `input` into
+ * `cores`: `input->count` blocks of `rank_rows * rank_cols` values, each the
  * column-major core. `ws` is a workspace of `ws_bytes` bytes
  * (`coreflow_workspace_size` with `COREFLOW_OP_ENCODE`).
  * Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
  * buffers. Never allocates; runs on the calling thread only. Thread-safe.
  */
-coreflow_status coreflow_encode(const struct coreflow_model *m, const struct coreflow_matrices *in_, double *cores, void *ws, size_t ws_bytes);
+coreflow_status coreflow_encode(const struct coreflow_model *m, const struct coreflow_matrices *input, double *cores, void *ws, size_t ws_bytes);
 
 /**
  * Writes `X_j = U C_j V^T + Xbar` into the matrices of `out` from `cores`

@@ -150,7 +150,12 @@ impl<'a> MatrixBatch<'a> {
         Self::new_named(data, base, layout, "data")
     }
     /// As [`MatrixBatch::new`], with `what` naming the argument in errors.
-    pub(crate) fn new_named(data: &'a [f64], base: usize, layout: Layout, what: &str) -> Result<Self> {
+    pub(crate) fn new_named(
+        data: &'a [f64],
+        base: usize,
+        layout: Layout,
+        what: &str,
+    ) -> Result<Self> {
         layout.check_within(base, data.len(), what)?;
         Ok(Self {
             data,
@@ -337,7 +342,12 @@ impl<'a> MatrixBatchMut<'a> {
         Self::new_named(data, base, layout, "out")
     }
     /// As [`MatrixBatchMut::new`], with `what` naming the argument in errors.
-    pub(crate) fn new_named(data: &'a mut [f64], base: usize, layout: Layout, what: &str) -> Result<Self> {
+    pub(crate) fn new_named(
+        data: &'a mut [f64],
+        base: usize,
+        layout: Layout,
+        what: &str,
+    ) -> Result<Self> {
         layout.check_within(base, data.len(), what)?;
         if !layout.is_non_aliasing() {
             return Err(Error::shape(format!(

@@ -47,7 +47,10 @@
 
 use crate::batch::{MaskRef, MatrixBatch};
 use crate::error::{Error, Result};
-use crate::numerics::{self, gemm, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch, MemBuffer, MemStack, Par, StackReq};
+use crate::numerics::{
+    self, gemm, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch, MemBuffer,
+    MemStack, Par, StackReq,
+};
 use crate::reduce::Reducer;
 use crate::subspace::{self, SubspaceMethod, SubspaceOptions};
 use faer::prelude::{Reborrow, ReborrowMut};
@@ -92,7 +95,11 @@ pub fn check_observed_finite(data: &MatrixBatch, nan_is_missing: bool, what: &st
         for c in 0..data.cols() {
             for r in 0..data.rows() {
                 let v = x[(r, c)];
-                let ok = if obs.at(x, r, c) { v.is_finite() } else { !v.is_infinite() || matches!(obs, Observed::Mask(_)) };
+                let ok = if obs.at(x, r, c) {
+                    v.is_finite()
+                } else {
+                    !v.is_infinite() || matches!(obs, Observed::Mask(_))
+                };
                 if !ok {
                     let hint = if v.is_nan() && !nan_is_missing {
                         " (set nan_is_missing to treat NaN as missing)"
@@ -141,7 +148,9 @@ impl CompletionOptions {
     /// Checks every option; the message names the field.
     pub fn check(&self) -> Result<()> {
         if self.max_iter == 0 {
-            return Err(Error::invalid("opts.completion_max_iter: must be at least 1"));
+            return Err(Error::invalid(
+                "opts.completion_max_iter: must be at least 1",
+            ));
         }
         if !(self.tol >= 0.0) || !self.tol.is_finite() {
             return Err(Error::invalid(format!(
@@ -223,13 +232,17 @@ fn initial_fill(
     let global = sums.iter().sum::<f64>() / total_obs;
     let col_mean: Vec<Option<f64>> = (0..n)
         .map(|b| {
-            let (s, c) = (0..m).fold((0.0, 0.0), |(s, c), a| (s + sums[a + b * m], c + counts[a + b * m]));
+            let (s, c) = (0..m).fold((0.0, 0.0), |(s, c), a| {
+                (s + sums[a + b * m], c + counts[a + b * m])
+            });
             (c > 0.0).then(|| s / c)
         })
         .collect();
     let row_mean: Vec<Option<f64>> = (0..m)
         .map(|a| {
-            let (s, c) = (0..n).fold((0.0, 0.0), |(s, c), b| (s + sums[a + b * m], c + counts[a + b * m]));
+            let (s, c) = (0..n).fold((0.0, 0.0), |(s, c), b| {
+                (s + sums[a + b * m], c + counts[a + b * m])
+            });
             (c > 0.0).then(|| s / c)
         })
         .collect();
@@ -250,12 +263,20 @@ fn initial_fill(
         let zi = &mut z[i * m * n..(i + 1) * m * n];
         for a in 0..m {
             for b in 0..n {
-                let v = if obs.at(x, a, b) { x[(a, b)] } else { fill(a, b) };
+                let v = if obs.at(x, a, b) {
+                    x[(a, b)]
+                } else {
+                    fill(a, b)
+                };
                 zi[a * n + b] = v - mean.as_ref().map_or(0.0, |mm| mm[(a, b)]);
             }
         }
     }
     Ok((mean, total_obs))
+}
+
+fn c_order_batch(z: &[f64], count: usize, m: usize, n: usize) -> MatrixBatch<'_> {
+    MatrixBatch::from_c_order(z, count, m, n).expect("internal: owned C-order buffer")
 }
 
 /// Workspace for [`e_step`].
@@ -292,10 +313,24 @@ pub fn e_step(
     for i in 0..count {
         let zi = MatMut::from_row_major_slice_mut(&mut z[i * m * n..(i + 1) * m * n], m, n);
         gemm(t.rb_mut(), Accum::Replace, zi.rb(), v, 1.0, Par::Seq);
-        gemm(c.rb_mut(), Accum::Replace, u.transpose(), t.rb(), 1.0 / (1.0 + ridge), Par::Seq);
+        gemm(
+            c.rb_mut(),
+            Accum::Replace,
+            u.transpose(),
+            t.rb(),
+            1.0 / (1.0 + ridge),
+            Par::Seq,
+        );
         f += ridge * c.squared_norm_l2();
         gemm(t.rb_mut(), Accum::Replace, u, c.rb(), 1.0, Par::Seq);
-        gemm(pred.rb_mut(), Accum::Replace, t.rb(), v.transpose(), 1.0, Par::Seq);
+        gemm(
+            pred.rb_mut(),
+            Accum::Replace,
+            t.rb(),
+            v.transpose(),
+            1.0,
+            Par::Seq,
+        );
         let x = data.sample(i);
         let obs = observed_of(data, i, nan_is_missing);
         let mut zi = zi;
@@ -327,7 +362,9 @@ pub fn fit_masked(
     opts.check()?;
     let (count, m, n) = (data.count(), data.rows(), data.cols());
     if count == 0 {
-        return Err(Error::invalid("train: the batch holds no matrix (count is 0)"));
+        return Err(Error::invalid(
+            "train: the batch holds no matrix (count is 0)",
+        ));
     }
     let checked = sub.check(m, n)?;
     let sub = checked.options().clone();
@@ -336,8 +373,8 @@ pub fn fit_masked(
 
     // The one allocation of the fit's size: the completed matrices.
     let mut z = vec![0.0; count * m * n];
-    let (mean, observed_count) = initial_fill(data, opts.nan_is_missing, sub.center, &mut z, reducer)?;
-    let zb = |z: &[f64]| -> MatrixBatch<'_> { MatrixBatch::from_c_order(z, count, m, n).expect("owned C-order buffer") };
+    let (mean, observed_count) =
+        initial_fill(data, opts.nan_is_missing, sub.center, &mut z, reducer)?;
 
     // HOSVD of the filled matrices (already centered: no mean here).
     let mut row_vecs = Mat::<f64>::zeros(m, m);
@@ -347,7 +384,7 @@ pub fn fit_masked(
     {
         let mut buf = MemBuffer::new(subspace::hosvd_init_scratch(m, n, par));
         subspace::hosvd_init(
-            &zb(&z),
+            &c_order_batch(&z, count, m, n),
             None,
             row_vecs.as_mut(),
             &mut row_vals,
@@ -358,8 +395,16 @@ pub fn fit_masked(
             MemStack::new(&mut buf),
         )?;
     }
-    let r = if sub.rank_rows == 0 { subspace::rank_by_energy(&row_vals, sub.energy) } else { sub.rank_rows };
-    let s = if sub.rank_cols == 0 { subspace::rank_by_energy(&col_vals, sub.energy) } else { sub.rank_cols };
+    let r = if sub.rank_rows == 0 {
+        subspace::rank_by_energy(&row_vals, sub.energy)
+    } else {
+        sub.rank_rows
+    };
+    let s = if sub.rank_cols == 0 {
+        subspace::rank_by_energy(&col_vals, sub.energy)
+    } else {
+        sub.rank_cols
+    };
     let mut u = row_vecs.get(.., ..r).to_owned();
     let mut v = col_vecs.get(.., ..s).to_owned();
     drop((row_vecs, col_vecs));
@@ -374,10 +419,19 @@ pub fn fit_masked(
     let mut history = Vec::with_capacity(opts.max_iter + 1);
     let mut converged = false;
     let mut iterations = 0;
-    let mut rss = 0.0;
+    let mut rss;
     let mut f_prev = f64::INFINITY;
     loop {
-        let (f_local, rss_local) = e_step(data, opts.nan_is_missing, mean.as_ref().map(|x| x.as_ref()), &mut z, u.as_ref(), v.as_ref(), opts.ridge, stack);
+        let (f_local, rss_local) = e_step(
+            data,
+            opts.nan_is_missing,
+            mean.as_ref().map(|x| x.as_ref()),
+            &mut z,
+            u.as_ref(),
+            v.as_ref(),
+            opts.ridge,
+            stack,
+        );
         let mut fr = [f_local, rss_local];
         reducer.sum_in_place(&mut fr)?;
         let f = fr[0];
@@ -399,11 +453,19 @@ pub fn fit_masked(
         f_prev = f;
         match sub.method {
             SubspaceMethod::Hooi => {
-                subspace::hooi_sweep(&zb(&z), None, u.as_mut(), v.as_mut(), reducer, par, stack)?;
+                subspace::hooi_sweep(
+                    &c_order_batch(&z, count, m, n),
+                    None,
+                    u.as_mut(),
+                    v.as_mut(),
+                    reducer,
+                    par,
+                    stack,
+                )?;
             }
             SubspaceMethod::Riemannian => {
                 subspace::riemannian_solve(
-                    &zb(&z),
+                    &c_order_batch(&z, count, m, n),
                     None,
                     u.as_mut(),
                     v.as_mut(),
@@ -422,7 +484,15 @@ pub fn fit_masked(
 
     // Canonical basis on the completed data.
     let mut cbuf = MemBuffer::new(subspace::canonicalize_scratch(m, n, r, s, par));
-    subspace::canonicalize(&zb(&z), None, u.as_mut(), v.as_mut(), reducer, par, MemStack::new(&mut cbuf))?;
+    subspace::canonicalize(
+        &c_order_batch(&z, count, m, n),
+        None,
+        u.as_mut(),
+        v.as_mut(),
+        reducer,
+        par,
+        MemStack::new(&mut cbuf),
+    )?;
     Ok(CompletionFit {
         u,
         v,
@@ -456,7 +526,13 @@ impl CorePrior {
     /// covariance is regularised by `1e-6 x` its mean variance (and an
     /// absolute floor) so that L exists; the noise variance is floored at
     /// `1e-12 x` the mean core energy per entry.
-    pub fn from_cores(cores: MatRef<'_, f64>, residual_ss: f64, observed: f64, entries_per_matrix: usize, reducer: &dyn Reducer) -> Result<CorePrior> {
+    pub fn from_cores(
+        cores: MatRef<'_, f64>,
+        residual_ss: f64,
+        observed: f64,
+        entries_per_matrix: usize,
+        reducer: &dyn Reducer,
+    ) -> Result<CorePrior> {
         let (n_local, d) = cores.shape();
         let mut stats = vec![0.0; d + d * d + 1];
         for i in 0..n_local {
@@ -471,12 +547,20 @@ impl CorePrior {
         reducer.sum_in_place(&mut first)?;
         let n = first[d];
         if n < 1.0 {
-            return Err(Error::invalid("train: no matrix to estimate the core prior from"));
+            return Err(Error::invalid(
+                "train: no matrix to estimate the core prior from",
+            ));
         }
         let mean: Vec<f64> = first[..d].iter().map(|s| s / n).collect();
         let mut scatter = Mat::<f64>::zeros(d, d);
         let centered = Mat::from_fn(n_local, d, |i, k| cores[(i, k)] - mean[k]);
-        numerics::syrk_lower(scatter.as_mut(), Accum::Replace, centered.transpose(), 1.0, Par::Seq);
+        numerics::syrk_lower(
+            scatter.as_mut(),
+            Accum::Replace,
+            centered.transpose(),
+            1.0,
+            Par::Seq,
+        );
         let mut flat: Vec<f64> = (0..d * d).map(|k| scatter[(k % d, k / d)]).collect();
         reducer.sum_in_place(&mut flat)?;
         let denom = (n - 1.0).max(1.0);
@@ -494,14 +578,28 @@ impl CorePrior {
             .map_err(|_| Error::numerical("core covariance is not positive definite"))?
             .L()
             .to_owned();
-        let floor = 1e-12 * (mean_var * d as f64 / entries_per_matrix as f64).max(f64::MIN_POSITIVE);
-        let noise_var = if observed > 0.0 { (residual_ss / observed).max(floor) } else { floor };
-        Ok(CorePrior { mean, chol, noise_var })
+        let floor =
+            1e-12 * (mean_var * d as f64 / entries_per_matrix as f64).max(f64::MIN_POSITIVE);
+        let noise_var = if observed > 0.0 {
+            (residual_ss / observed).max(floor)
+        } else {
+            floor
+        };
+        Ok(CorePrior {
+            mean,
+            chol,
+            noise_var,
+        })
     }
 }
 
 /// Workspace for [`complete_one`].
-pub fn complete_one_scratch(rows: usize, cols: usize, rank_rows: usize, rank_cols: usize) -> StackReq {
+pub fn complete_one_scratch(
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+) -> StackReq {
     let d = rank_rows * rank_cols;
     StackReq::all_of(&[
         temp_slice_scratch::<f64>(6 * d),
@@ -543,25 +641,37 @@ pub fn complete_one(
     let l = prior.chol.as_ref();
 
     // full <- P(A c) for a core vector c; then w <- A^T full = vec(U^T full V).
-    let mut apply_ptpa = |c: &[f64], w: &mut [f64], t: &mut MatMut<'_, f64>, full: &mut MatMut<'_, f64>| {
-        let cm = MatRef::from_column_major_slice(c, r, s);
-        gemm(t.rb_mut(), Accum::Replace, u, cm, 1.0, Par::Seq);
-        gemm(full.rb_mut(), Accum::Replace, t.rb(), v.transpose(), 1.0, Par::Seq);
-        for b in 0..n {
-            for a in 0..m {
-                if !obs.at(y, a, b) {
-                    full[(a, b)] = 0.0;
+    let apply_ptpa =
+        |c: &[f64], w: &mut [f64], t: &mut MatMut<'_, f64>, full: &mut MatMut<'_, f64>| {
+            let cm = MatRef::from_column_major_slice(c, r, s);
+            gemm(t.rb_mut(), Accum::Replace, u, cm, 1.0, Par::Seq);
+            gemm(
+                full.rb_mut(),
+                Accum::Replace,
+                t.as_ref(),
+                v.transpose(),
+                1.0,
+                Par::Seq,
+            );
+            for b in 0..n {
+                for a in 0..m {
+                    if !obs.at(y, a, b) {
+                        full[(a, b)] = 0.0;
+                    }
                 }
             }
-        }
-        project_to_core(u, v, full.rb(), w, t);
-    };
+            project_to_core(u, v, full.as_ref(), w, t);
+        };
 
     // Right-hand side: L^T A^T P (Y - Xbar - A mu) / sigma^2.
     apply_ptpa(&prior.mean, w, &mut t, &mut full);
     for b in 0..n {
         for a in 0..m {
-            full[(a, b)] = if obs.at(y, a, b) { y[(a, b)] - mean.map_or(0.0, |mm| mm[(a, b)]) } else { 0.0 };
+            full[(a, b)] = if obs.at(y, a, b) {
+                y[(a, b)] - mean.map_or(0.0, |mm| mm[(a, b)])
+            } else {
+                0.0
+            };
         }
     }
     project_to_core(u, v, full.rb(), c, &mut t);
@@ -606,7 +716,14 @@ pub fn complete_one(
     }
     let cm = MatRef::from_column_major_slice(c, r, s);
     gemm(t.rb_mut(), Accum::Replace, u, cm, 1.0, Par::Seq);
-    gemm(full.rb_mut(), Accum::Replace, t.rb(), v.transpose(), 1.0, Par::Seq);
+    gemm(
+        full.rb_mut(),
+        Accum::Replace,
+        t.rb(),
+        v.transpose(),
+        1.0,
+        Par::Seq,
+    );
     for b in 0..n {
         for a in 0..m {
             out[(a, b)] = if obs.at(y, a, b) {
@@ -624,11 +741,17 @@ pub fn complete_one(
 }
 
 /// `w <- vec(U^T x V)` (column-major r x s), with `t` an m x s temporary.
-fn project_to_core(u: MatRef<'_, f64>, v: MatRef<'_, f64>, x: MatRef<'_, f64>, w: &mut [f64], t: &mut MatMut<'_, f64>) {
+fn project_to_core(
+    u: MatRef<'_, f64>,
+    v: MatRef<'_, f64>,
+    x: MatRef<'_, f64>,
+    w: &mut [f64],
+    t: &mut MatMut<'_, f64>,
+) {
     let (r, s) = (u.ncols(), v.ncols());
     gemm(t.rb_mut(), Accum::Replace, x, v, 1.0, Par::Seq);
     let wm = MatMut::from_column_major_slice_mut(w, r, s);
-    gemm(wm, Accum::Replace, u.transpose(), t.rb(), 1.0, Par::Seq);
+    gemm(wm, Accum::Replace, u.transpose(), t.as_ref(), 1.0, Par::Seq);
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {

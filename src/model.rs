@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::numerics::{self, check_workspace, temp_mat_zeroed, MemStack, StackReq};
 use crate::reduce::{LocalReducer, Reducer};
 use crate::subspace::{self, SubspaceMethod, SubspaceOptions};
-use faer::prelude::Reborrow;
+use faer::prelude::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 
 /// The stage a progress report comes from.
@@ -259,7 +259,12 @@ impl Model {
 
     /// Cores `C_j = U^T (X_j - Xbar) V` of every matrix of `input`, written
     /// column-major into `cores` (`count * r * s` values). Never allocates.
-    pub fn encode(&self, input: &MatrixBatch, cores: &mut [f64], stack: &mut MemStack) -> Result<()> {
+    pub fn encode(
+        &self,
+        input: &MatrixBatch,
+        cores: &mut [f64],
+        stack: &mut MemStack,
+    ) -> Result<()> {
         self.check_shape(input.rows(), input.cols(), "input")?;
         let d = self.core_dim();
         let need = input.count() * d;
@@ -280,9 +285,23 @@ impl Model {
         let (r, s) = (self.info.rank_rows, self.info.rank_cols);
         let (mut t, _) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
         for j in 0..input.count() {
-            numerics::gemm(t.rb_mut(), Accum::Replace, input.sample(j), self.v.as_ref(), 1.0, Par::Seq);
+            numerics::gemm(
+                t.rb_mut(),
+                Accum::Replace,
+                input.sample(j),
+                self.v.as_ref(),
+                1.0,
+                Par::Seq,
+            );
             let mut c = MatMut::from_column_major_slice_mut(&mut cores[j * d..(j + 1) * d], r, s);
-            numerics::gemm(c.rb_mut(), Accum::Replace, self.u.transpose(), t.rb(), 1.0, Par::Seq);
+            numerics::gemm(
+                c.rb_mut(),
+                Accum::Replace,
+                self.u.transpose(),
+                t.rb(),
+                1.0,
+                Par::Seq,
+            );
             if let Some(mc) = &self.mean_core {
                 for b in 0..s {
                     for a in 0..r {
@@ -302,7 +321,12 @@ impl Model {
 
     /// Matrices `X_j = U C_j V^T + Xbar` from column-major cores
     /// (`out.count() * r * s` values). Never allocates.
-    pub fn decode(&self, cores: &[f64], out: &mut MatrixBatchMut, stack: &mut MemStack) -> Result<()> {
+    pub fn decode(
+        &self,
+        cores: &[f64],
+        out: &mut MatrixBatchMut,
+        stack: &mut MemStack,
+    ) -> Result<()> {
         self.check_shape(out.rows(), out.cols(), "out")?;
         let d = self.core_dim();
         let need = out.count() * d;
@@ -326,14 +350,35 @@ impl Model {
         let (mut t, _) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
         for j in 0..out.count() {
             let c = MatRef::from_column_major_slice(&cores[j * d..(j + 1) * d], r, s);
-            numerics::gemm(t.rb_mut(), Accum::Replace, self.u.as_ref(), c, 1.0, Par::Seq);
+            numerics::gemm(
+                t.rb_mut(),
+                Accum::Replace,
+                self.u.as_ref(),
+                c,
+                1.0,
+                Par::Seq,
+            );
             let mut x = out.sample_mut(j);
             match &self.mean {
                 Some(m) => {
                     x.copy_from(m);
-                    numerics::gemm(x.rb_mut(), Accum::Add, t.rb(), self.v.transpose(), 1.0, Par::Seq);
+                    numerics::gemm(
+                        x.rb_mut(),
+                        Accum::Add,
+                        t.rb(),
+                        self.v.transpose(),
+                        1.0,
+                        Par::Seq,
+                    );
                 }
-                None => numerics::gemm(x.rb_mut(), Accum::Replace, t.rb(), self.v.transpose(), 1.0, Par::Seq),
+                None => numerics::gemm(
+                    x.rb_mut(),
+                    Accum::Replace,
+                    t.rb(),
+                    self.v.transpose(),
+                    1.0,
+                    Par::Seq,
+                ),
             }
         }
         Ok(())

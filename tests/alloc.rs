@@ -35,7 +35,10 @@ fn allocs() -> usize {
 
 /// Allocations between consecutive progress reports of the subspace stage,
 /// i.e. inside each iteration after the first.
-fn allocations_per_iteration(method: coreflow::subspace::SubspaceMethod, threads: usize) -> Vec<usize> {
+fn allocations_per_iteration(
+    method: coreflow::subspace::SubspaceMethod,
+    threads: usize,
+) -> Vec<usize> {
     let p = planted(60, 40, 30, 5, 4, 1e-2, 21);
     let batch = MatrixBatch::from_c_order(&p.data, p.count, p.rows, p.cols).unwrap();
     let opts = FitOptions {
@@ -66,29 +69,58 @@ fn allocations_per_iteration(method: coreflow::subspace::SubspaceMethod, threads
 #[test]
 fn hooi_iterations_do_not_allocate() {
     let d = allocations_per_iteration(coreflow::subspace::SubspaceMethod::Hooi, 1);
-    assert!(d.iter().all(|&x| x == 0), "allocations per iteration: {d:?}");
+    assert!(
+        d.iter().all(|&x| x == 0),
+        "allocations per iteration: {d:?}"
+    );
 }
 
 #[test]
 fn riemannian_iterations_do_not_allocate() {
     let d = allocations_per_iteration(coreflow::subspace::SubspaceMethod::Riemannian, 1);
-    assert!(d.iter().all(|&x| x == 0), "allocations per iteration: {d:?}");
+    assert!(
+        d.iter().all(|&x| x == 0),
+        "allocations per iteration: {d:?}"
+    );
 }
 
 #[test]
 fn encode_and_decode_do_not_allocate() {
     let p = planted(20, 30, 24, 3, 3, 1e-3, 22);
     let batch = MatrixBatch::from_c_order(&p.data, p.count, p.rows, p.cols).unwrap();
-    let opts = FitOptions { rank_rows: 3, rank_cols: 3, threads: 1, ..Default::default() };
+    let opts = FitOptions {
+        rank_rows: 3,
+        rank_cols: 3,
+        threads: 1,
+        ..Default::default()
+    };
     let model = Model::fit(&batch, &opts).unwrap();
     let mut cores = vec![0.0; p.count * model.core_dim()];
     let mut out = vec![0.0; p.data.len()];
-    let mut buf = MemBuffer::new(model.encode_scratch(p.count).or(model.decode_scratch(p.count)));
-    // Warm-up call: the matrix product kernels size a per-thread cache once.
-    model.encode(&batch, &mut cores, MemStack::new(&mut buf)).unwrap();
-    let before = allocs();
-    model.encode(&batch, &mut cores, MemStack::new(&mut buf)).unwrap();
+    let mut buf = MemBuffer::new(
+        model
+            .encode_scratch(p.count)
+            .or(model.decode_scratch(p.count)),
+    );
+    // Warm-up calls: the matrix product kernels size a per-thread cache once.
+    model
+        .encode(&batch, &mut cores, MemStack::new(&mut buf))
+        .unwrap();
     let mut ob = MatrixBatchMut::from_c_order(&mut out, p.count, p.rows, p.cols).unwrap();
-    model.decode(&cores, &mut ob, MemStack::new(&mut buf)).unwrap();
-    assert_eq!(allocs() - before, 0);
+    model
+        .decode(&cores, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
+    let before = allocs();
+    model
+        .encode(&batch, &mut cores, MemStack::new(&mut buf))
+        .unwrap();
+    let mid = allocs();
+    model
+        .decode(&cores, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
+    assert_eq!(
+        (mid - before, allocs() - mid),
+        (0, 0),
+        "allocations in (encode, decode)"
+    );
 }

@@ -9,7 +9,12 @@ use faer::Mat;
 
 fn fit(data: &[f64], n: usize, m: usize, k: usize, r: usize, s: usize) -> Model {
     let batch = MatrixBatch::from_c_order(data, n, m, k).unwrap();
-    let opts = FitOptions { rank_rows: r, rank_cols: s, threads: 1, ..Default::default() };
+    let opts = FitOptions {
+        rank_rows: r,
+        rank_cols: s,
+        threads: 1,
+        ..Default::default()
+    };
     Model::fit(&batch, &opts).unwrap()
 }
 
@@ -20,11 +25,19 @@ fn decode_of_encode_is_the_projection() {
     let batch = MatrixBatch::from_c_order(&p.data, p.count, p.rows, p.cols).unwrap();
     let d = model.core_dim();
     let mut cores = vec![0.0; p.count * d];
-    let mut buf = MemBuffer::new(model.encode_scratch(p.count).or(model.decode_scratch(p.count)));
-    model.encode(&batch, &mut cores, MemStack::new(&mut buf)).unwrap();
+    let mut buf = MemBuffer::new(
+        model
+            .encode_scratch(p.count)
+            .or(model.decode_scratch(p.count)),
+    );
+    model
+        .encode(&batch, &mut cores, MemStack::new(&mut buf))
+        .unwrap();
     let mut out = vec![0.0; p.data.len()];
     let mut ob = MatrixBatchMut::from_c_order(&mut out, p.count, p.rows, p.cols).unwrap();
-    model.decode(&cores, &mut ob, MemStack::new(&mut buf)).unwrap();
+    model
+        .decode(&cores, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
     let (u, v) = (model.u(), model.v());
     for i in 0..p.count {
         let x = batch.sample(i);
@@ -41,11 +54,19 @@ fn matrices_inside_the_span_come_back_exactly() {
     assert!(subspace_distance(model.u(), p.u.as_ref()) < 1e-8);
     let batch = MatrixBatch::from_c_order(&p.data, p.count, p.rows, p.cols).unwrap();
     let mut cores = vec![0.0; p.count * model.core_dim()];
-    let mut buf = MemBuffer::new(model.encode_scratch(p.count).or(model.decode_scratch(p.count)));
-    model.encode(&batch, &mut cores, MemStack::new(&mut buf)).unwrap();
+    let mut buf = MemBuffer::new(
+        model
+            .encode_scratch(p.count)
+            .or(model.decode_scratch(p.count)),
+    );
+    model
+        .encode(&batch, &mut cores, MemStack::new(&mut buf))
+        .unwrap();
     let mut out = vec![0.0; p.data.len()];
     let mut ob = MatrixBatchMut::from_col_major(&mut out, p.rows, p.cols, p.count).unwrap();
-    model.decode(&cores, &mut ob, MemStack::new(&mut buf)).unwrap();
+    model
+        .decode(&cores, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
     for i in 0..p.count {
         let x = batch.sample(i);
         let err = (ob.sample(i) - x).norm_l2() / x.norm_l2();
@@ -60,7 +81,13 @@ fn centered_model_adds_the_mean_back() {
         *x += 5.0 + ((k % (20 * 16)) as f64).sin();
     }
     let batch = MatrixBatch::from_c_order(&p.data, p.count, p.rows, p.cols).unwrap();
-    let opts = FitOptions { rank_rows: 3, rank_cols: 3, center: true, threads: 1, ..Default::default() };
+    let opts = FitOptions {
+        rank_rows: 3,
+        rank_cols: 3,
+        center: true,
+        threads: 1,
+        ..Default::default()
+    };
     let model = Model::fit(&batch, &opts).unwrap();
     let mean = model.mean().expect("centered model has a mean");
     let mut expect = Mat::<f64>::zeros(p.rows, p.cols);
@@ -72,9 +99,14 @@ fn centered_model_adds_the_mean_back() {
     // The mean of the cores of the training set is zero.
     let mut cores = vec![0.0; p.count * model.core_dim()];
     let mut buf = MemBuffer::new(model.encode_scratch(p.count));
-    model.encode(&batch, &mut cores, MemStack::new(&mut buf)).unwrap();
+    model
+        .encode(&batch, &mut cores, MemStack::new(&mut buf))
+        .unwrap();
     for k in 0..model.core_dim() {
-        let m: f64 = (0..p.count).map(|i| cores[i * model.core_dim() + k]).sum::<f64>() / p.count as f64;
+        let m: f64 = (0..p.count)
+            .map(|i| cores[i * model.core_dim() + k])
+            .sum::<f64>()
+            / p.count as f64;
         assert!(m.abs() < 1e-10, "core mean {m}");
     }
 }
@@ -86,20 +118,61 @@ fn encode_and_decode_check_their_arguments() {
     let batch = MatrixBatch::from_c_order(&p.data, p.count, p.rows, p.cols).unwrap();
     let mut cores = vec![0.0; p.count * 4];
     let mut tiny = MemBuffer::new(coreflow::numerics::StackReq::new::<u8>(8));
-    let e = model.encode(&batch, &mut cores, MemStack::new(&mut tiny)).unwrap_err();
+    let e = model
+        .encode(&batch, &mut cores, MemStack::new(&mut tiny))
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Workspace);
     let mut buf = MemBuffer::new(model.encode_scratch(p.count));
-    let e = model.encode(&batch, &mut cores[1..], MemStack::new(&mut buf)).unwrap_err();
+    let e = model
+        .encode(&batch, &mut cores[1..], MemStack::new(&mut buf))
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Shape);
     assert!(e.message().starts_with("cores"));
     let other = MatrixBatch::from_c_order(&p.data[..9 * 12 * 9], 9, 9, 12).unwrap();
-    let e = model.encode(&other, &mut cores[..36], MemStack::new(&mut buf)).unwrap_err();
+    let e = model
+        .encode(&other, &mut cores[..36], MemStack::new(&mut buf))
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Shape);
     let mut bad = cores.clone();
     bad[3] = f64::NAN;
     let mut out = vec![0.0; p.data.len()];
     let mut ob = MatrixBatchMut::from_c_order(&mut out, p.count, p.rows, p.cols).unwrap();
-    let e = model.decode(&bad, &mut ob, MemStack::new(&mut buf)).unwrap_err();
+    let e = model
+        .decode(&bad, &mut ob, MemStack::new(&mut buf))
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NonFinite);
     assert!(out.iter().all(|&x| x == 0.0), "output written on failure");
+}
+
+#[test]
+fn c_order_and_column_major_batches_give_the_same_model() {
+    let p = planted(60, 24, 18, 3, 2, 1e-3, 15);
+    let mut f = vec![0.0; p.data.len()];
+    for i in 0..p.count {
+        for a in 0..p.rows {
+            for b in 0..p.cols {
+                f[a + p.rows * (b + p.cols * i)] = p.data[(i * p.rows + a) * p.cols + b];
+            }
+        }
+    }
+    let opts = FitOptions {
+        rank_rows: 3,
+        rank_cols: 2,
+        threads: 1,
+        ..Default::default()
+    };
+    let bc = MatrixBatch::from_c_order(&p.data, p.count, p.rows, p.cols).unwrap();
+    let bf = MatrixBatch::from_col_major(&f, p.rows, p.cols, p.count).unwrap();
+    let mc = Model::fit(&bc, &opts).unwrap();
+    let mf = Model::fit(&bf, &opts).unwrap();
+    assert!(
+        (mc.u() - mf.u()).norm_max() < 1e-10,
+        "U differs by {}",
+        (mc.u() - mf.u()).norm_max()
+    );
+    assert!(
+        (mc.v() - mf.v()).norm_max() < 1e-10,
+        "V differs by {}",
+        (mc.v() - mf.v()).norm_max()
+    );
 }

@@ -188,7 +188,10 @@ pub unsafe extern "C" fn coreflow_model_subspaces(
 /// zeros when the model is not centered. Returns `COREFLOW_OK` or an error
 /// status. Ownership: the caller owns `mean`. Never allocates. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn coreflow_model_mean(m: *const coreflow_model, mean: *mut f64) -> coreflow_status {
+pub unsafe extern "C" fn coreflow_model_mean(
+    m: *const coreflow_model,
+    mean: *mut f64,
+) -> coreflow_status {
     boundary(|| {
         let model = model_ref(m)?;
         if mean.is_null() {
@@ -223,14 +226,21 @@ pub const COREFLOW_OP_LOG_PROB: coreflow_op = 3;
 /// `coreflow_complete`.
 pub const COREFLOW_OP_COMPLETE: coreflow_op = 4;
 
-fn op_scratch(model: &Model, op: coreflow_op, count: usize, _o: &coreflow_sample_options) -> Result<StackReq> {
+fn op_scratch(
+    model: &Model,
+    op: coreflow_op,
+    count: usize,
+    _o: &coreflow_sample_options,
+) -> Result<StackReq> {
     match op {
         COREFLOW_OP_ENCODE => Ok(model.encode_scratch(count)),
         COREFLOW_OP_DECODE => Ok(model.decode_scratch(count)),
-        COREFLOW_OP_SAMPLE | COREFLOW_OP_LOG_PROB | COREFLOW_OP_COMPLETE => Err(Error::unsupported(format!(
-            "op: operation {op} is not available in this build"
+        COREFLOW_OP_SAMPLE | COREFLOW_OP_LOG_PROB | COREFLOW_OP_COMPLETE => Err(
+            Error::unsupported(format!("op: operation {op} is not available in this build")),
+        ),
+        _ => Err(Error::invalid(format!(
+            "op: {op} is not a COREFLOW_OP_* value"
         ))),
-        _ => Err(Error::invalid(format!("op: {op} is not a COREFLOW_OP_* value"))),
     }
 }
 
@@ -280,7 +290,11 @@ pub unsafe extern "C" fn coreflow_encode(
             return Err(null("cores"));
         }
         let stack = workspace(ws, ws_bytes)?;
-        let out: &mut [f64] = if n == 0 { &mut [] } else { std::slice::from_raw_parts_mut(cores, n) };
+        let out: &mut [f64] = if n == 0 {
+            &mut []
+        } else {
+            std::slice::from_raw_parts_mut(cores, n)
+        };
         model.encode(&batch, out, stack)
     })
 }
@@ -306,7 +320,11 @@ pub unsafe extern "C" fn coreflow_decode(
             return Err(null("cores"));
         }
         let stack = workspace(ws, ws_bytes)?;
-        let input: &[f64] = if n == 0 { &[] } else { std::slice::from_raw_parts(cores, n) };
+        let input: &[f64] = if n == 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(cores, n)
+        };
         model.decode(input, &mut batch, stack)
     })
 }

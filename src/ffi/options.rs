@@ -205,7 +205,9 @@ unsafe fn read_versioned<T: Copy>(src: *const T, default: T, min: usize, what: &
 ///
 /// # Safety
 /// `opts` must be NULL or point to a struct of at least `struct_size` bytes.
-pub(crate) unsafe fn read_fit_options(opts: *const coreflow_fit_options) -> Result<coreflow_fit_options> {
+pub(crate) unsafe fn read_fit_options(
+    opts: *const coreflow_fit_options,
+) -> Result<coreflow_fit_options> {
     if opts.is_null() {
         return Err(null("opts"));
     }
@@ -315,13 +317,17 @@ pub struct coreflow_model_info {
 }
 
 /// Smallest `struct_size` accepted for `coreflow_model_info` (ABI v1).
-pub(crate) const MODEL_INFO_V1_SIZE: usize = offset_of!(coreflow_model_info, final_loss) + size_of::<f64>();
+pub(crate) const MODEL_INFO_V1_SIZE: usize =
+    offset_of!(coreflow_model_info, final_loss) + size_of::<f64>();
 
 /// Writes `info` into the host's struct, only the fields within its `struct_size`.
 ///
 /// # Safety
 /// `out` must be NULL or writable for `(*out).struct_size` bytes.
-pub(crate) unsafe fn write_model_info(out: *mut coreflow_model_info, info: &ModelInfo) -> Result<()> {
+pub(crate) unsafe fn write_model_info(
+    out: *mut coreflow_model_info,
+    info: &ModelInfo,
+) -> Result<()> {
     if out.is_null() {
         return Err(null("out"));
     }
@@ -388,7 +394,9 @@ pub(crate) const SAMPLE_OPTIONS_V1_SIZE: usize = size_of::<coreflow_sample_optio
 ///
 /// # Safety
 /// `o` must be NULL or readable for `(*o).struct_size` bytes.
-pub(crate) unsafe fn read_sample_options(o: *const coreflow_sample_options) -> Result<coreflow_sample_options> {
+pub(crate) unsafe fn read_sample_options(
+    o: *const coreflow_sample_options,
+) -> Result<coreflow_sample_options> {
     if o.is_null() {
         return Ok(sample_options_default());
     }

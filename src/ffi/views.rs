@@ -93,9 +93,19 @@ fn layout_of(count: usize, rows: usize, cols: usize, ss: isize, rs: isize, cs: i
 /// # Safety
 /// `m` must point to a valid `coreflow_matrices` whose `data` (and `mask`,
 /// when non-NULL) are readable at every addressed element for `'a`.
-pub(crate) unsafe fn batch_from_c<'a>(m: *const coreflow_matrices, what: &str) -> Result<MatrixBatch<'a>> {
+pub(crate) unsafe fn batch_from_c<'a>(
+    m: *const coreflow_matrices,
+    what: &str,
+) -> Result<MatrixBatch<'a>> {
     let m = m.as_ref().ok_or_else(|| null(what))?;
-    let layout = layout_of(m.count, m.rows, m.cols, m.sample_stride, m.row_stride, m.col_stride);
+    let layout = layout_of(
+        m.count,
+        m.rows,
+        m.cols,
+        m.sample_stride,
+        m.row_stride,
+        m.col_stride,
+    );
     let (lo, len, base) = extent(&layout, what)?;
     if len == 0 {
         return MatrixBatch::new_named(&[], 0, layout, what);
@@ -118,9 +128,19 @@ pub(crate) unsafe fn batch_from_c<'a>(m: *const coreflow_matrices, what: &str) -
 /// # Safety
 /// `m` must point to a valid `coreflow_matrices_mut` whose `data` is writable
 /// at every addressed element for `'a` and not accessed otherwise meanwhile.
-pub(crate) unsafe fn batch_mut_from_c<'a>(m: *mut coreflow_matrices_mut, what: &str) -> Result<MatrixBatchMut<'a>> {
+pub(crate) unsafe fn batch_mut_from_c<'a>(
+    m: *mut coreflow_matrices_mut,
+    what: &str,
+) -> Result<MatrixBatchMut<'a>> {
     let m = m.as_ref().ok_or_else(|| null(what))?;
-    let layout = layout_of(m.count, m.rows, m.cols, m.sample_stride, m.row_stride, m.col_stride);
+    let layout = layout_of(
+        m.count,
+        m.rows,
+        m.cols,
+        m.sample_stride,
+        m.row_stride,
+        m.col_stride,
+    );
     let (lo, len, base) = extent(&layout, what)?;
     if len == 0 {
         return MatrixBatchMut::new_named(&mut [], 0, layout, what);

@@ -172,14 +172,14 @@ int main(void) {
     /* An odd address: any alignment is accepted. */
     CHECK(coreflow_encode(model, &four, cores, ws + 1, ws_bytes) == COREFLOW_OK, "encode: %s",
           coreflow_last_error_message());
-    coreflow_matrices_mut out = {back, 4, M, NC, 1, 4 * M, 4}; /* interleaved layout */
+    coreflow_matrices_mut out = {back, 4, M, NC, 1, 4, 4 * M}; /* interleaved: sample index fastest */
     CHECK(coreflow_decode(model, cores, &out, ws + 1, ws_bytes) == COREFLOW_OK, "decode: %s",
           coreflow_last_error_message());
     double num = 0, den = 0;
     for (size_t i = 0; i < 4; i++)
         for (size_t a = 0; a < M; a++)
             for (size_t b = 0; b < NC; b++) {
-                double d = back[i + 4 * M * b + 4 * a] - x[(i * M + a) * NC + b];
+                double d = back[i + 4 * (a + M * b)] - x[(i * M + a) * NC + b];
                 num += d * d;
                 den += x[(i * M + a) * NC + b] * x[(i * M + a) * NC + b];
             }

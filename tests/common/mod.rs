@@ -39,14 +39,24 @@ pub struct Planted {
     pub cols: usize,
 }
 
-pub fn planted(count: usize, rows: usize, cols: usize, r: usize, s: usize, noise: f64, seed: u64) -> Planted {
+pub fn planted(
+    count: usize,
+    rows: usize,
+    cols: usize,
+    r: usize,
+    s: usize,
+    noise: f64,
+    seed: u64,
+) -> Planted {
     let mut rng = Rng::new(seed);
     let u = orthonormal(rows, r, &mut rng);
     let v = orthonormal(cols, s, &mut rng);
     let mut data = vec![0.0; count * rows * cols];
     for i in 0..count {
         // Decaying core scales give a clear spectrum.
-        let c = Mat::from_fn(r, s, |a, b| rng.normal() * (1.0 + (r * s - (a + b * r)) as f64));
+        let c = Mat::from_fn(r, s, |a, b| {
+            rng.normal() * (1.0 + (r * s - (a + b * r)) as f64)
+        });
         let x = &u * &c * v.transpose();
         for a in 0..rows {
             for b in 0..cols {
@@ -54,7 +64,14 @@ pub fn planted(count: usize, rows: usize, cols: usize, r: usize, s: usize, noise
             }
         }
     }
-    Planted { data, u, v, count, rows, cols }
+    Planted {
+        data,
+        u,
+        v,
+        count,
+        rows,
+        cols,
+    }
 }
 
 /// ||U U^T - W W^T|| / sqrt(2 r).
