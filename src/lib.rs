@@ -11,7 +11,9 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod datasets;
 pub mod error;
+pub mod metrics;
 pub mod numerics;
 pub mod reduce;
 
