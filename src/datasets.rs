@@ -830,3 +830,309 @@ pub fn planted_low_rank(spec: &PlantedSpec) -> Result<Planted> {
         cores,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::numerics::{eigh_descending, eigh_descending_scratch, mirror_lower, syrk_lower};
+
+    fn small(d: Dataset, count: usize, seed: u64, noise: f64) -> MatrixSet {
+        let spec = DatasetSpec {
+            count,
+            rows: 24,
+            cols: 30,
+            noise,
+            seed,
+            threads: 1,
+        };
+        d.generate(&spec).unwrap()
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for d in Dataset::ALL {
+            assert_eq!(Dataset::from_name(d.name()).unwrap(), d);
+            assert_eq!(d.to_string().parse::<Dataset>().unwrap(), d);
+        }
+        assert_eq!(Dataset::from_name("WAVES").unwrap(), Dataset::Waves);
+        let err = Dataset::from_name("stripes").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(err.message().starts_with("name:"));
+    }
+
+    #[test]
+    fn normals_have_unit_moments() {
+        let mut rng = Rng::seed_from_u64(1);
+        let n = 200_000;
+        let (mut s1, mut s2, mut s4) = (0.0, 0.0, 0.0);
+        for _ in 0..n {
+            let z = rng.normal();
+            s1 += z;
+            s2 += z * z;
+            s4 += z * z * z * z;
+        }
+        let nf = n as f64;
+        assert!((s1 / nf).abs() < 5.0 / nf.sqrt());
+        assert!((s2 / nf - 1.0).abs() < 5.0 * 2f64.sqrt() / nf.sqrt());
+        assert!((s4 / nf - 3.0).abs() < 0.1);
+        let mut counts = [0usize; 3];
+        for _ in 0..30_000 {
+            counts[rng.below(3) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (c as f64 - 10_000.0).abs() < 500.0));
+    }
+
+    #[test]
+    fn generation_is_deterministic_and_prefix_stable() {
+        for d in Dataset::ALL {
+            let a = small(d, 7, 42, 0.01);
+            assert_eq!(a.data.len(), 7 * 24 * 30);
+            assert_eq!((a.count, a.rows, a.cols), (7, 24, 30));
+            assert_eq!(a, small(d, 7, 42, 0.01), "{d}");
+            assert_ne!(a, small(d, 7, 43, 0.01), "{d}");
+            // The first samples do not depend on the count or the threads.
+            let b = small(d, 3, 42, 0.01);
+            assert_eq!(&a.data[..b.data.len()], &b.data[..]);
+            let spec = DatasetSpec {
+                threads: 3,
+                ..DatasetSpec::new(7, 24, 30, 42)
+            };
+            assert_eq!(d.generate(&spec).unwrap(), a);
+            // Noise sits on top of the same clean samples.
+            let clean = small(d, 7, 42, 0.0);
+            let dev = a.data.iter().zip(&clean.data).map(|(x, y)| (x - y).abs());
+            assert!(dev.fold(0.0, f64::max) < 0.01 * 6.0);
+        }
+        // Different sets under one seed have different palettes.
+        assert_ne!(
+            small(Dataset::Blobs, 2, 0, 0.0).data,
+            small(Dataset::Bands, 2, 0, 0.0).data
+        );
+    }
+
+    #[test]
+    fn clean_values_lie_in_their_ranges() {
+        let bounds = [
+            (Dataset::Blobs, 0.0, 6.0),
+            (Dataset::Bands, 0.0, 4.5),
+            (Dataset::Waves, -3.0, 3.0),
+            (Dataset::Crosshatch, 0.0, 16.0),
+        ];
+        for (d, lo, hi) in bounds {
+            let s = small(d, 40, 5, 0.0);
+            for i in 0..s.count {
+                let x = s.sample(i);
+                let (mut mn, mut mx) = (f64::INFINITY, f64::NEG_INFINITY);
+                for r in 0..s.rows {
+                    for c in 0..s.cols {
+                        mn = mn.min(x[(r, c)]);
+                        mx = mx.max(x[(r, c)]);
+                    }
+                }
+                assert!(
+                    mn >= lo - 1e-12 && mx <= hi + 1e-12,
+                    "{d} sample {i}: [{mn}, {mx}]"
+                );
+                if d != Dataset::Crosshatch {
+                    // Every sample has at least one component of amplitude
+                    // >= 0.5 (a crosshatch may have no line on).
+                    assert!(mx - mn > 0.2, "{d} sample {i} is flat");
+                }
+            }
+        }
+    }
+
+    /// Eigenvalues (descending) of sum_i X_i X_i^T, or of sum_i X_i^T X_i.
+    fn gram_spectrum(s: &MatrixSet, transpose: bool) -> Vec<f64> {
+        let k = if transpose { s.cols } else { s.rows };
+        let mut g = Mat::<f64>::zeros(k, k);
+        for i in 0..s.count {
+            let x = if transpose {
+                s.sample(i).transpose()
+            } else {
+                s.sample(i)
+            };
+            syrk_lower(g.as_mut(), Accum::Add, x, 1.0, Par::Seq);
+        }
+        mirror_lower(g.as_mut());
+        let mut vecs = Mat::<f64>::zeros(k, k);
+        let mut vals = vec![0.0; k];
+        let mut buf = MemBuffer::new(eigh_descending_scratch(k, Par::Seq));
+        eigh_descending(
+            g.as_ref(),
+            vecs.as_mut(),
+            &mut vals,
+            Par::Seq,
+            MemStack::new(&mut buf),
+        )
+        .unwrap();
+        vals
+    }
+
+    #[test]
+    fn waves_have_rank_six_on_each_side() {
+        let s = small(Dataset::Waves, 30, 3, 0.0);
+        for transpose in [false, true] {
+            let ev = gram_spectrum(&s, transpose);
+            assert!(ev[5] > 1e-3 * ev[0], "{ev:?}");
+            assert!(ev[6] < 1e-12 * ev[0], "{ev:?}");
+        }
+        // With the default noise the gap remains.
+        let s = small(Dataset::Waves, 30, 3, 0.01);
+        let ev = gram_spectrum(&s, false);
+        assert!(ev[6] < 1e-3 * ev[5], "{ev:?}");
+    }
+
+    #[test]
+    fn mcar_rate_is_within_sampling_error() {
+        let (count, m, n, rho) = (10, 50, 50, 0.3);
+        let mask = mcar_mask(count, m, n, rho, 9).unwrap();
+        assert_eq!(mask.len(), count * m * n);
+        assert!(mask.iter().all(|&v| v <= 1));
+        let missing = mask.iter().filter(|&&v| v == 0).count() as f64 / mask.len() as f64;
+        let sd = (rho * (1.0 - rho) / mask.len() as f64).sqrt();
+        assert!((missing - rho).abs() < 5.0 * sd, "{missing}");
+        assert_eq!(mask, mcar_mask(count, m, n, rho, 9).unwrap());
+        assert_ne!(mask, mcar_mask(count, m, n, rho, 10).unwrap());
+        assert!(mcar_mask(2, 3, 3, 0.0, 1).unwrap().iter().all(|&v| v == 1));
+        assert!(mcar_mask(2, 3, 3, 1.0, 1).unwrap().iter().all(|&v| v == 0));
+        let err = mcar_mask(2, 3, 3, 1.5, 1).unwrap_err();
+        assert!(err.message().starts_with("rate:"));
+    }
+
+    #[test]
+    fn block_masks_cover_the_requested_fraction() {
+        let (count, m, n) = (40, 30, 40);
+        let mask = block_mask(count, m, n, 0.1, 0.3, 4).unwrap();
+        assert_eq!(mask, block_mask(count, m, n, 0.1, 0.3, 4).unwrap());
+        let mut fractions = Vec::new();
+        for s in mask.chunks_exact(m * n) {
+            let f = s.iter().filter(|&&v| v == 0).count() as f64 / (m * n) as f64;
+            assert!(
+                (0.1 - 0.5 / (m * n) as f64..=0.3 + 0.5 / (m * n) as f64).contains(&f),
+                "{f}"
+            );
+            fractions.push(f);
+            // Missing entries come in blocks: most missing entries have a
+            // missing neighbour in their row.
+            let mut paired = 0;
+            let mut total = 0;
+            for r in 0..m {
+                for c in 0..n {
+                    if s[r * n + c] == 0 {
+                        total += 1;
+                        let left = c > 0 && s[r * n + c - 1] == 0;
+                        let right = c + 1 < n && s[r * n + c + 1] == 0;
+                        paired += usize::from(left || right);
+                    }
+                }
+            }
+            assert!(paired as f64 > 0.9 * total as f64);
+        }
+        let spread = fractions.iter().fold(0.0f64, |a, &f| a.max(f))
+            - fractions.iter().fold(1.0f64, |a, &f| a.min(f));
+        assert!(spread > 0.05, "fractions should vary between samples");
+        // A fixed fraction is met exactly.
+        let mask = block_mask(3, 7, 9, 0.25, 0.25, 1).unwrap();
+        for s in mask.chunks_exact(63) {
+            assert_eq!(s.iter().filter(|&&v| v == 0).count(), 16); // round(0.25 * 63)
+        }
+        assert!(block_mask(2, 5, 5, 1.0, 1.0, 2)
+            .unwrap()
+            .iter()
+            .all(|&v| v == 0));
+        let err = block_mask(2, 5, 5, 0.3, 0.2, 2).unwrap_err();
+        assert!(err.message().starts_with("max_fraction:"));
+    }
+
+    #[test]
+    fn planted_data_match_their_truth() {
+        let spec = PlantedSpec::new(6, 20, 15, 3, 4, 11);
+        let p = planted_low_rank(&spec).unwrap();
+        let eye = |k| Mat::<f64>::identity(k, k);
+        assert!((p.u.transpose() * &p.u - eye(3)).norm_max() < 1e-14);
+        assert!((p.v.transpose() * &p.v - eye(4)).norm_max() < 1e-14);
+        assert_eq!(p.cores.len(), 6 * 12);
+        for i in 0..6 {
+            let e = p.data.sample(i) - p.signal(i);
+            // Noise 0.01 per entry: the rms residual is close to it.
+            let rms = e.norm_l2() / (300f64).sqrt();
+            assert!((rms - 0.01).abs() < 0.003, "{rms}");
+            // The core is recovered from the clean signal.
+            let c = p.u.transpose() * p.signal(i) * &p.v;
+            assert!((c - p.core(i)).norm_max() < 1e-13);
+        }
+        let again = planted_low_rank(&spec).unwrap();
+        assert_eq!(again.data, p.data);
+        assert_eq!(again.u, p.u);
+        let clean = planted_low_rank(&PlantedSpec { noise: 0.0, ..spec }).unwrap();
+        for i in 0..6 {
+            assert!((clean.data.sample(i) - clean.signal(i)).norm_max() < 1e-14);
+        }
+    }
+
+    #[test]
+    fn planted_core_distributions() {
+        let base = PlantedSpec::new(400, 8, 8, 2, 3, 3);
+        let decaying = PlantedSpec {
+            core: CoreDistribution::Decaying { decay: 0.5 },
+            ..base
+        };
+        let p = planted_low_rank(&decaying).unwrap();
+        // Var of entry (a, b) is decay^(2(a + b)): entry (1, 2) has 1/64.
+        let var =
+            |a: usize, b: usize| (0..400).map(|i| p.core(i)[(a, b)].powi(2)).sum::<f64>() / 400.0;
+        assert!((var(0, 0) - 1.0).abs() < 0.25);
+        assert!((var(1, 2) * 64.0 - 1.0).abs() < 0.25);
+        let mixture = PlantedSpec {
+            core: CoreDistribution::Mixture {
+                components: 2,
+                spread: 0.0,
+            },
+            ..base
+        };
+        let p = planted_low_rank(&mixture).unwrap();
+        let mut distinct: Vec<Vec<u64>> = (0..400)
+            .map(|i| {
+                p.cores[i * 6..(i + 1) * 6]
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            })
+            .collect();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 2);
+        let bad = PlantedSpec {
+            rank_rows: 9,
+            ..base
+        };
+        let err = planted_low_rank(&bad).unwrap_err();
+        assert!(err.message().starts_with("spec.rank_rows:"));
+    }
+
+    #[test]
+    fn invalid_specs_are_refused() {
+        let err = Dataset::Blobs
+            .generate(&DatasetSpec::new(2, 0, 5, 1))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Shape);
+        let err = Dataset::Blobs
+            .generate(&DatasetSpec::new(2, 5, 5, 1).with_noise(f64::NAN))
+            .unwrap_err();
+        assert!(err.message().starts_with("spec.noise:"));
+        let err = Dataset::Waves
+            .generate(&DatasetSpec::new(usize::MAX, 5, 5, 1))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Shape);
+        let empty = Dataset::Waves
+            .generate(&DatasetSpec::new(0, 5, 5, 1))
+            .unwrap();
+        assert_eq!(empty.batch().count(), 0);
+        let one = Dataset::Bands
+            .generate(&DatasetSpec::new(2, 1, 1, 1))
+            .unwrap();
+        assert!(one.data.iter().all(|v| v.is_finite()));
+    }
+}
