@@ -19,7 +19,7 @@ fn bench_evaluate(c: &mut Criterion) {
             .generate(&DatasetSpec::new(count, size, size, 2))
             .unwrap();
         let opts = EvalOptions::default();
-        group.measurement_time(Duration::from_secs(if size > 100 { 60 } else { 5 }));
+        group.measurement_time(Duration::from_secs(if size > 100 { 70 } else { 5 }));
         group.bench_function(format!("{count}_vs_{count}_of_{size}x{size}"), |b| {
             b.iter(|| {
                 evaluate(

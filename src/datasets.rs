@@ -169,7 +169,7 @@ impl MatrixSet {
     pub fn batch_with_mask<'a>(&'a self, mask: &'a [u8]) -> Result<MatrixBatch<'a>> {
         self.batch().with_mask(mask)
     }
-    /// Matrix `i`.
+    /// Matrix `i`. Panics if `i >= count`.
     pub fn sample(&self, i: usize) -> MatRef<'_, f64> {
         let len = self.rows * self.cols;
         MatRef::from_row_major_slice(&self.data[i * len..(i + 1) * len], self.rows, self.cols)

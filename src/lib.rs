@@ -18,4 +18,6 @@ pub mod numerics;
 pub mod reduce;
 
 pub use batch::{Layout, MaskRef, MatrixBatch, MatrixBatchMut};
+pub use datasets::{Dataset, DatasetSpec, MatrixSet};
 pub use error::{Error, ErrorKind, Result};
+pub use metrics::{EvalOptions, Metrics};

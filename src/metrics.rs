@@ -14,9 +14,10 @@
 //!   Indices whose real mean is below `1e-9` times the first are skipped
 //!   (rank-deficient data), so sets of any scale compare.
 //! - **MMD²** (unbiased) with the Gaussian kernel `k_h(x, y) = exp(-||x - y||² / (2 h²))`
-//!   on `vec(X)`:
-//!   `MMD² = 1/(NA(NA-1)) sum_{i!=j} k(a_i, a_j) + 1/(NB(NB-1)) sum_{i!=j} k(b_i, b_j)
-//!   - 2/(NA NB) sum_{i,j} k(a_i, b_j)`, averaged over `h in {h0/2, h0, 2 h0}`,
+//!   on `vec(X)`,
+//!   `MMD² = S_AA / (NA (NA-1)) + S_BB / (NB (NB-1)) - 2 S_AB / (NA NB)`
+//!   with `S_AA = sum_{i != j} k(a_i, a_j)`, `S_BB` likewise and
+//!   `S_AB = sum_{i, j} k(a_i, b_j)`, averaged over `h in {h0/2, h0, 2 h0}`,
 //!   `h0` the median of the `||z_p - z_q||`, `p < q`, over the pooled set
 //!   (the mean of the two middle values for an even number of pairs). The
 //!   squared distances come from Gram matrices, `||x - y||² = <x,x> + <y,y> - 2<x,y>`
@@ -997,6 +998,23 @@ mod tests {
         let xm = MatRef::from_row_major_slice(&x, 3, 5);
         assert!((r - xm * xm.transpose()).norm_max() < 1e-14);
         assert!((k - xm.transpose() * xm).norm_max() < 1e-14);
+    }
+
+    #[test]
+    fn singular_values_are_descending_per_sample() {
+        // diag(3, 1, 2) and its negative, 3 x 4 with a zero column.
+        let mut d = vec![0.0; 2 * 12];
+        for (k, v) in [3.0, 1.0, 2.0].into_iter().enumerate() {
+            d[k * 4 + k] = v;
+            d[12 + k * 4 + k] = -v;
+        }
+        let s = singular_values(&batch(&d, 2, 3, 4), Par::Seq).unwrap();
+        assert_eq!(s.shape(), (2, 3));
+        for i in 0..2 {
+            for (k, v) in [3.0, 2.0, 1.0].into_iter().enumerate() {
+                assert!((s[(i, k)] - v).abs() < 1e-15);
+            }
+        }
     }
 
     #[test]
