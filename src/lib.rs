@@ -6,21 +6,26 @@
 //! and generates new matrices X = U C V^T.
 //!
 //! Layers, bottom to top: [`numerics`] (faer helpers and workspaces), the
-//! maths modules ([`subspace`], [`completion`]), the fitted [`model`], and
+//! maths modules ([`subspace`], [`completion`], [`metrics`],
+//! [`datasets`]), the fitted [`model`], and
 //! the C ABI ([`ffi`]).
 
 #![warn(missing_docs)]
 
 pub mod batch;
 pub mod completion;
+pub mod datasets;
 pub mod error;
 pub mod ffi;
+pub mod metrics;
 pub mod model;
 pub mod numerics;
 pub mod reduce;
 pub mod subspace;
 
 pub use batch::{Layout, MaskRef, MatrixBatch, MatrixBatchMut};
+pub use datasets::{Dataset, DatasetSpec, MatrixSet};
 pub use error::{Error, ErrorKind, Result};
+pub use metrics::{EvalOptions, Metrics};
 pub use model::{FitOptions, Model, ModelInfo, Progress, Stage};
 pub use subspace::{SubspaceFit, SubspaceMethod, SubspaceOptions};
