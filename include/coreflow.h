@@ -12,10 +12,33 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define PALETTE 1
+
+#define SAMPLES 2
+
+#define MCAR 3
+
+#define BLOCKS 4
+
+#define PLANTED_TRUTH 5
+
+#define PLANTED_SAMPLES 6
+
 /**
  * ABI version of this header; compare with `coreflow_abi_version()`.
  */
 #define COREFLOW_ABI_VERSION 1
+
+/**
+ * Singular values whose mean in the real set is below this fraction of the
+ * first are skipped by the top-k spectrum distance.
+ */
+#define TOPK_RELATIVE_CUTOFF 1e-9
+
+/**
+ * The synthetic data sets of DESIGN.md section 7.
+ */
+typedef struct Dataset Dataset;
 
 /**
  * A fitted model (opaque). Immutable after fitting: any number of threads
@@ -351,6 +374,26 @@ typedef struct coreflow_model_info {
      * Final subspace objective sum ||U^T (X_i - Xbar) V||^2.
      */
     double subspace_objective;
+    /**
+     * 1 when the training data had missing entries.
+     */
+    uint8_t masked;
+    /**
+     * Completion rounds performed (0 for complete data).
+     */
+    uint32_t completion_iterations;
+    /**
+     * 1 when the completion met its stopping rule (1 for complete data).
+     */
+    uint8_t completion_converged;
+    /**
+     * Final masked objective (NaN for complete data).
+     */
+    double completion_objective;
+    /**
+     * Noise variance per entry estimated from the training residuals.
+     */
+    double noise_variance;
 } coreflow_model_info;
 
 /**
@@ -392,6 +435,8 @@ typedef struct coreflow_matrices_mut {
      */
     ptrdiff_t col_stride;
 } coreflow_matrices_mut;
+
+
 
 /**
  * `coreflow_sample`.
@@ -646,6 +691,17 @@ coreflow_status coreflow_encode(const struct coreflow_model *m, const struct cor
  * buffers. Never allocates; runs on the calling thread only. Thread-safe.
  */
 coreflow_status coreflow_decode(const struct coreflow_model *m, const double *cores, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
+
+/**
+ * Completes partially observed matrices: `out` receives each matrix of
+ * `partial` with its missing entries (mask zero, or NaN when
+ * `partial->mask` is NULL) replaced by the model's MAP completion; observed
+ * entries are copied bitwise. `out` must not overlap `partial`. `ws` is a
+ * workspace of `ws_bytes` bytes (`COREFLOW_OP_COMPLETE`).
+ * Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
+ * buffers. Never allocates; runs on the calling thread only. Thread-safe.
+ */
+coreflow_status coreflow_complete(const struct coreflow_model *m, const struct coreflow_matrices *partial, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
 
 /**
  * The message of the last failed call on the calling thread: names the bad

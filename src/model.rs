@@ -10,8 +10,9 @@
 //! `cores[j * r * s .. (j + 1) * r * s]`, entry `(a, b)` at `a + b * r`.
 
 use crate::batch::{MatrixBatch, MatrixBatchMut};
+use crate::completion::{self, CompletionOptions, CorePrior};
 use crate::error::{Error, Result};
-use crate::numerics::{self, check_workspace, temp_mat_zeroed, MemStack, StackReq};
+use crate::numerics::{self, check_workspace, temp_mat_zeroed, MemBuffer, MemStack, StackReq};
 use crate::reduce::{LocalReducer, Reducer};
 use crate::subspace::{self, SubspaceMethod, SubspaceOptions};
 use faer::prelude::{Reborrow, ReborrowMut};
@@ -59,6 +60,16 @@ pub struct FitOptions {
     pub subspace_max_iter: usize,
     /// Relative objective increase that counts as converged (default 1e-10).
     pub subspace_tol: f64,
+    /// NaN entries stand for missing ones when no mask is given (default
+    /// false: NaN is an error).
+    pub nan_is_missing: bool,
+    /// Round limit of the iterative completion (default 100).
+    pub completion_max_iter: usize,
+    /// Relative decrease of the masked objective counted as converged
+    /// (default 1e-8).
+    pub completion_tol: f64,
+    /// Ridge lambda on the cores in the masked fit (default 1e-8).
+    pub ridge: f64,
     /// Optimiser steps of the flow; 0 fits the geometry only (default 0
     /// until a core model is requested).
     pub flow_steps: usize,
@@ -71,6 +82,7 @@ pub struct FitOptions {
 impl Default for FitOptions {
     fn default() -> Self {
         let s = SubspaceOptions::default();
+        let c = CompletionOptions::default();
         Self {
             rank_rows: 0,
             rank_cols: 0,
@@ -79,6 +91,10 @@ impl Default for FitOptions {
             subspace_method: SubspaceMethod::Hooi,
             subspace_max_iter: s.max_iter,
             subspace_tol: s.tol,
+            nan_is_missing: false,
+            completion_max_iter: c.max_iter,
+            completion_tol: c.tol,
+            ridge: c.ridge,
             flow_steps: 0,
             seed: 0,
             threads: 0,
@@ -98,6 +114,15 @@ impl FitOptions {
             tol: self.subspace_tol,
             threads: self.threads,
             ..SubspaceOptions::default()
+        }
+    }
+    fn completion_options(&self) -> CompletionOptions {
+        CompletionOptions {
+            max_iter: self.completion_max_iter,
+            tol: self.completion_tol,
+            ridge: self.ridge,
+            nan_is_missing: self.nan_is_missing,
+            ..CompletionOptions::default()
         }
     }
 }
@@ -131,8 +156,19 @@ pub struct ModelInfo {
     pub subspace_iterations: usize,
     /// Whether the subspace refinement met its stopping rule.
     pub subspace_converged: bool,
-    /// Final subspace objective sum ||U^T (X_i - Xbar) V||^2.
+    /// Final subspace objective sum ||U^T (X_i - Xbar) V||^2 (on the
+    /// completed matrices for incomplete data).
     pub subspace_objective: f64,
+    /// Whether the training data had missing entries.
+    pub masked: bool,
+    /// Completion rounds performed (0 for complete data).
+    pub completion_iterations: usize,
+    /// Whether the completion met its stopping rule (true for complete data).
+    pub completion_converged: bool,
+    /// Final masked objective F (NaN for complete data).
+    pub completion_objective: f64,
+    /// Noise variance per entry estimated from the training residuals.
+    pub noise_variance: f64,
 }
 
 /// A fitted CoreFlow model. Immutable; `Send + Sync`.
@@ -143,7 +179,36 @@ pub struct Model {
     mean: Option<Mat<f64>>,
     /// U^T Xbar V, subtracted in `encode` so that centering needs no copy.
     mean_core: Option<Mat<f64>>,
+    /// Gaussian prior of the training cores and the noise level, for
+    /// completing new matrices.
+    prior: CorePrior,
     info: ModelInfo,
+}
+
+impl ModelInfo {
+    fn empty() -> Self {
+        ModelInfo {
+            rows: 0,
+            cols: 0,
+            rank_rows: 0,
+            rank_cols: 0,
+            core_dim: 0,
+            flow_dim: 0,
+            centered: false,
+            has_flow: false,
+            train_count: 0,
+            explained_energy: f64::NAN,
+            final_loss: f64::NAN,
+            subspace_iterations: 0,
+            subspace_converged: false,
+            subspace_objective: f64::NAN,
+            masked: false,
+            completion_iterations: 0,
+            completion_converged: true,
+            completion_objective: f64::NAN,
+            noise_variance: f64::NAN,
+        }
+    }
 }
 
 impl Model {
@@ -175,47 +240,127 @@ impl Model {
                 "opts.flow_steps: the flow stage is not available in this build; use 0 to fit the geometry only",
             ));
         }
-        if train.has_mask() {
-            return Err(Error::unsupported(
-                "train.mask: fitting incomplete matrices is not available in this build",
-            ));
-        }
+        let (m, n) = (train.rows(), train.cols());
         let sub_opts = opts.subspace_options();
-        let fit = subspace::fit(train, &sub_opts, reducer, &mut |it, total, obj| {
+        let masked = train.has_mask() || opts.nan_is_missing;
+        let par = numerics::par_for_threads(opts.threads);
+        let mut subspace_progress = |it: usize, total: usize, obj: f64| {
             progress(&Progress {
                 stage: Stage::Subspace,
                 iteration: it as u64,
                 total: total as u64,
                 loss: obj,
             })
-        })?;
-        let mean_core = fit.mean.as_ref().map(|m| fit.u.transpose() * m * &fit.v);
-        let (r, s) = (fit.u.ncols(), fit.v.ncols());
-        let info = ModelInfo {
-            rows: train.rows(),
-            cols: train.cols(),
-            rank_rows: r,
-            rank_cols: s,
-            core_dim: r * s,
-            flow_dim: 0,
-            centered: fit.mean.is_some(),
-            has_flow: false,
-            train_count: crate::reduce::sum_scalar(reducer, train.count() as f64)? as usize,
-            explained_energy: if fit.total_energy > 0.0 {
-                fit.objective / fit.total_energy
-            } else {
-                1.0
-            },
-            final_loss: f64::NAN,
-            subspace_iterations: fit.iterations,
-            subspace_converged: fit.converged,
-            subspace_objective: fit.objective,
         };
+        // Geometry, then the training cores (N x d, one core per row).
+        let (u, v, mean, cores, residual_ss, observed, mut info);
+        if masked {
+            let fit = completion::fit_masked(
+                train,
+                &sub_opts,
+                &opts.completion_options(),
+                reducer,
+                &mut |it, total, f| {
+                    progress(&Progress {
+                        stage: Stage::Completion,
+                        iteration: it as u64,
+                        total: total as u64,
+                        loss: f,
+                    })
+                },
+            )?;
+            let count = train.count();
+            let z = MatrixBatch::from_c_order(&fit.completed, count, m, n)?;
+            let (r, s) = (fit.u.ncols(), fit.v.ncols());
+            let mut c = vec![0.0; count * r * s];
+            let mut buf = MemBuffer::new(subspace::project_cores_scratch(m, n, r, s, par));
+            subspace::project_cores(
+                &z,
+                None,
+                fit.u.as_ref(),
+                fit.v.as_ref(),
+                &mut c,
+                par,
+                MemStack::new(&mut buf),
+            )?;
+            let energy =
+                crate::reduce::sum_scalar(reducer, fit.completed.iter().map(|x| x * x).sum())?;
+            let objective = crate::reduce::sum_scalar(reducer, c.iter().map(|x| x * x).sum())?;
+            info = ModelInfo {
+                subspace_iterations: 0,
+                subspace_converged: true,
+                subspace_objective: objective,
+                explained_energy: if energy > 0.0 {
+                    objective / energy
+                } else {
+                    1.0
+                },
+                masked: true,
+                completion_iterations: fit.iterations,
+                completion_converged: fit.converged,
+                completion_objective: fit.history.last().copied().unwrap_or(f64::NAN),
+                ..ModelInfo::empty()
+            };
+            (u, v, mean, cores, residual_ss, observed) = (
+                fit.u,
+                fit.v,
+                fit.mean,
+                c,
+                fit.residual_ss,
+                fit.observed_count,
+            );
+        } else {
+            // Checked here for the message's hint about missing entries.
+            completion::check_observed_finite(train, false, "train")?;
+            let fit = subspace::fit(train, &sub_opts, reducer, &mut subspace_progress)?;
+            let (r, s) = (fit.u.ncols(), fit.v.ncols());
+            let mut c = vec![0.0; train.count() * r * s];
+            let mut buf = MemBuffer::new(subspace::project_cores_scratch(m, n, r, s, par));
+            subspace::project_cores(
+                train,
+                fit.mean.as_ref().map(|x| x.as_ref()),
+                fit.u.as_ref(),
+                fit.v.as_ref(),
+                &mut c,
+                par,
+                MemStack::new(&mut buf),
+            )?;
+            info = ModelInfo {
+                subspace_iterations: fit.iterations,
+                subspace_converged: fit.converged,
+                subspace_objective: fit.objective,
+                explained_energy: if fit.total_energy > 0.0 {
+                    fit.objective / fit.total_energy
+                } else {
+                    1.0
+                },
+                ..ModelInfo::empty()
+            };
+            let n_total = crate::reduce::sum_scalar(reducer, train.count() as f64)?;
+            (residual_ss, observed) = (
+                (fit.total_energy - fit.objective).max(0.0),
+                n_total * (m * n) as f64,
+            );
+            (u, v, mean, cores) = (fit.u, fit.v, fit.mean, c);
+        }
+        let (r, s) = (u.ncols(), v.ncols());
+        let core_mat = MatRef::from_row_major_slice(&cores, train.count(), r * s);
+        let prior = CorePrior::from_cores(core_mat, residual_ss, observed, m * n, reducer)?;
+        let mean_core = mean.as_ref().map(|x| u.transpose() * x * &v);
+        info.rows = m;
+        info.cols = n;
+        info.rank_rows = r;
+        info.rank_cols = s;
+        info.core_dim = r * s;
+        info.centered = mean.is_some();
+        info.train_count = crate::reduce::sum_scalar(reducer, train.count() as f64)? as usize;
+        info.noise_variance = prior.noise_var;
         Ok(Model {
-            u: fit.u,
-            v: fit.v,
-            mean: fit.mean,
+            u,
+            v,
+            mean,
             mean_core,
+            prior,
             info,
         })
     }
@@ -380,6 +525,54 @@ impl Model {
                     Par::Seq,
                 ),
             }
+        }
+        Ok(())
+    }
+
+    /// Workspace for [`Model::complete`] of up to `count` matrices.
+    pub fn complete_scratch(&self, count: usize) -> StackReq {
+        let _ = count;
+        completion::complete_one_scratch(
+            self.info.rows,
+            self.info.cols,
+            self.info.rank_rows,
+            self.info.rank_cols,
+        )
+    }
+
+    /// Completes partially observed matrices: missing entries (mask zero, or
+    /// NaN when `partial` has no mask) get those of `Xbar + U C V^T` with the
+    /// MAP core C under the Gaussian prior of the training cores; observed
+    /// entries are copied bitwise. Never allocates.
+    pub fn complete(
+        &self,
+        partial: &MatrixBatch,
+        out: &mut MatrixBatchMut,
+        stack: &mut MemStack,
+    ) -> Result<()> {
+        self.check_shape(partial.rows(), partial.cols(), "partial")?;
+        self.check_shape(out.rows(), out.cols(), "out")?;
+        if out.count() != partial.count() {
+            return Err(Error::shape(format!(
+                "out: holds {} matrices, partial has {}",
+                out.count(),
+                partial.count()
+            )));
+        }
+        completion::check_observed_finite(partial, true, "partial")?;
+        check_workspace(self.complete_scratch(partial.count()), stack)?;
+        for j in 0..partial.count() {
+            let obs = completion::observed_of(partial, j, true);
+            completion::complete_one(
+                self.u.as_ref(),
+                self.v.as_ref(),
+                self.mean.as_ref().map(|x| x.as_ref()),
+                &self.prior,
+                partial.sample(j),
+                obs,
+                out.sample_mut(j),
+                stack,
+            )?;
         }
         Ok(())
     }

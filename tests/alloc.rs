@@ -1,5 +1,7 @@
 //! Proves with a counting global allocator that the hot paths never
-//! allocate: a subspace iteration, encode and decode.
+//! allocate: subspace iterations, completion rounds, encode, decode and
+//! complete. Allocations are counted per thread (the tests of this file run
+//! concurrently, and single-threaded fits run on the test's own thread).
 
 mod common;
 
@@ -7,21 +9,28 @@ use common::planted;
 use coreflow::numerics::{MemBuffer, MemStack};
 use coreflow::{FitOptions, MatrixBatch, MatrixBatchMut, Model, Stage};
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn bump() {
+    // `try_with`: the allocator may run while the thread-local is torn down.
+    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        bump();
         System.alloc(l)
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         System.dealloc(p, l)
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        bump();
         System.realloc(p, l, n)
     }
 }
@@ -30,7 +39,7 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn allocs() -> usize {
-    ALLOCS.load(Ordering::SeqCst)
+    ALLOCS.with(|c| c.get())
 }
 
 /// Allocations between consecutive progress reports of the subspace stage,
@@ -123,4 +132,57 @@ fn encode_and_decode_do_not_allocate() {
         (0, 0),
         "allocations in (encode, decode)"
     );
+}
+
+#[test]
+fn completion_rounds_and_complete_do_not_allocate() {
+    let (count, m, n) = (50, 30, 24);
+    let p = planted(count, m, n, 3, 3, 1e-2, 23);
+    let mask = coreflow::datasets::mcar_mask(count, m, n, 0.3, 24).unwrap();
+    let batch = MatrixBatch::from_c_order(&p.data, count, m, n)
+        .unwrap()
+        .with_mask(&mask)
+        .unwrap();
+    for method in [
+        coreflow::SubspaceMethod::Hooi,
+        coreflow::SubspaceMethod::Riemannian,
+    ] {
+        let opts = FitOptions {
+            rank_rows: 3,
+            rank_cols: 3,
+            completion_tol: 0.0,
+            completion_max_iter: 8,
+            subspace_method: method,
+            threads: 1,
+            ..Default::default()
+        };
+        let mut marks: [usize; 64] = [0; 64];
+        let mut k = 0usize;
+        let model = Model::fit_with_progress(&batch, &opts, &mut |pr| {
+            if pr.stage == Stage::Completion && k < marks.len() {
+                marks[k] = allocs();
+                k += 1;
+            }
+            true
+        })
+        .unwrap();
+        assert!(k >= 6);
+        let d: Vec<usize> = (2..k).map(|j| marks[j] - marks[j - 1]).collect();
+        assert!(
+            d.iter().all(|&x| x == 0),
+            "{method:?}: allocations per round {d:?}"
+        );
+
+        let mut out = vec![0.0; p.data.len()];
+        let mut ob = MatrixBatchMut::from_c_order(&mut out, count, m, n).unwrap();
+        let mut buf = MemBuffer::new(model.complete_scratch(count));
+        model
+            .complete(&batch, &mut ob, MemStack::new(&mut buf))
+            .unwrap();
+        let before = allocs();
+        model
+            .complete(&batch, &mut ob, MemStack::new(&mut buf))
+            .unwrap();
+        assert_eq!(allocs() - before, 0, "allocations in complete");
+    }
 }

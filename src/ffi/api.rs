@@ -235,9 +235,10 @@ fn op_scratch(
     match op {
         COREFLOW_OP_ENCODE => Ok(model.encode_scratch(count)),
         COREFLOW_OP_DECODE => Ok(model.decode_scratch(count)),
-        COREFLOW_OP_SAMPLE | COREFLOW_OP_LOG_PROB | COREFLOW_OP_COMPLETE => Err(
-            Error::unsupported(format!("op: operation {op} is not available in this build")),
-        ),
+        COREFLOW_OP_COMPLETE => Ok(model.complete_scratch(count)),
+        COREFLOW_OP_SAMPLE | COREFLOW_OP_LOG_PROB => Err(Error::unsupported(format!(
+            "op: operation {op} is not available in this build"
+        ))),
         _ => Err(Error::invalid(format!(
             "op: {op} is not a COREFLOW_OP_* value"
         ))),
@@ -326,5 +327,36 @@ pub unsafe extern "C" fn coreflow_decode(
             std::slice::from_raw_parts(cores, n)
         };
         model.decode(input, &mut batch, stack)
+    })
+}
+
+/// Completes partially observed matrices: `out` receives each matrix of
+/// `partial` with its missing entries (mask zero, or NaN when
+/// `partial->mask` is NULL) replaced by the model's MAP completion; observed
+/// entries are copied bitwise. `out` must not overlap `partial`. `ws` is a
+/// workspace of `ws_bytes` bytes (`COREFLOW_OP_COMPLETE`).
+/// Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
+/// buffers. Never allocates; runs on the calling thread only. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_complete(
+    m: *const coreflow_model,
+    partial: *const coreflow_matrices,
+    out: *mut coreflow_matrices_mut,
+    ws: *mut c_void,
+    ws_bytes: usize,
+) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        // Checked before the views exist: Rust may not hold a shared and an
+        // exclusive view of the same memory.
+        if !partial.is_null() && !out.is_null() && views_overlap(partial, out) {
+            return Err(Error::invalid(
+                "out: overlaps partial; complete into a separate buffer",
+            ));
+        }
+        let input = batch_from_c(partial, "partial")?;
+        let mut batch = batch_mut_from_c(out, "out")?;
+        let stack = workspace(ws, ws_bytes)?;
+        model.complete(&input, &mut batch, stack)
     })
 }

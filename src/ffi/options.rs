@@ -159,9 +159,9 @@ pub(crate) fn fit_options_default() -> coreflow_fit_options {
         subspace_method: COREFLOW_SUBSPACE_METHOD_HOOI,
         subspace_max_iter: d.subspace_max_iter as u32,
         subspace_tol: d.subspace_tol,
-        completion_max_iter: 100,
-        completion_tol: 1e-8,
-        ridge: 1e-8,
+        completion_max_iter: d.completion_max_iter as u32,
+        completion_tol: d.completion_tol,
+        ridge: d.ridge,
         flow_hidden: 256,
         flow_layers: 3,
         flow_time_freqs: 16,
@@ -238,11 +238,6 @@ pub(crate) fn to_fit_options(o: &coreflow_fit_options) -> Result<FitOptions> {
             o.core_model
         )));
     }
-    if o.nan_is_missing != 0 {
-        return Err(Error::unsupported(
-            "opts->nan_is_missing: fitting incomplete matrices is not available in this build",
-        ));
-    }
     Ok(FitOptions {
         rank_rows: o.rank_rows as usize,
         rank_cols: o.rank_cols as usize,
@@ -251,6 +246,10 @@ pub(crate) fn to_fit_options(o: &coreflow_fit_options) -> Result<FitOptions> {
         subspace_method,
         subspace_max_iter: o.subspace_max_iter as usize,
         subspace_tol: o.subspace_tol,
+        nan_is_missing: o.nan_is_missing != 0,
+        completion_max_iter: o.completion_max_iter as usize,
+        completion_tol: o.completion_tol,
+        ridge: o.ridge,
         flow_steps: o.flow_steps as usize,
         seed: o.seed,
         threads: o.threads as usize,
@@ -314,6 +313,16 @@ pub struct coreflow_model_info {
     pub subspace_converged: u8,
     /// Final subspace objective sum ||U^T (X_i - Xbar) V||^2.
     pub subspace_objective: f64,
+    /// 1 when the training data had missing entries.
+    pub masked: u8,
+    /// Completion rounds performed (0 for complete data).
+    pub completion_iterations: u32,
+    /// 1 when the completion met its stopping rule (1 for complete data).
+    pub completion_converged: u8,
+    /// Final masked objective (NaN for complete data).
+    pub completion_objective: f64,
+    /// Noise variance per entry estimated from the training residuals.
+    pub noise_variance: f64,
 }
 
 /// Smallest `struct_size` accepted for `coreflow_model_info` (ABI v1).
@@ -355,6 +364,11 @@ pub(crate) unsafe fn write_model_info(
         subspace_iterations: info.subspace_iterations.min(u32::MAX as usize) as u32,
         subspace_converged: info.subspace_converged as u8,
         subspace_objective: info.subspace_objective,
+        masked: info.masked as u8,
+        completion_iterations: info.completion_iterations.min(u32::MAX as usize) as u32,
+        completion_converged: info.completion_converged as u8,
+        completion_objective: info.completion_objective,
+        noise_variance: info.noise_variance,
     };
     let n = size.min(size_of::<coreflow_model_info>());
     std::ptr::copy_nonoverlapping(&full as *const _ as *const u8, out as *mut u8, n);

@@ -151,3 +151,42 @@ pub(crate) unsafe fn batch_mut_from_c<'a>(
     let data = std::slice::from_raw_parts_mut(m.data.offset(lo), len);
     MatrixBatchMut::new_named(data, base, layout, what)
 }
+
+/// The byte range `[lo, hi)` a view spans, or `None` when it is empty.
+fn span(data: usize, layout: &Layout) -> Option<(usize, usize)> {
+    let (lo, hi) = layout.offset_range()?;
+    let lo = data as i128 + 8 * lo;
+    let hi = data as i128 + 8 * (hi + 1);
+    Some((lo.max(0) as usize, hi.max(0) as usize))
+}
+
+/// True when the memory spans of an input and an output view intersect.
+///
+/// # Safety
+/// Both pointers must be valid (they were checked by the conversions).
+pub(crate) unsafe fn views_overlap(
+    a: *const coreflow_matrices,
+    b: *const coreflow_matrices_mut,
+) -> bool {
+    let (a, b) = (&*a, &*b);
+    let la = layout_of(
+        a.count,
+        a.rows,
+        a.cols,
+        a.sample_stride,
+        a.row_stride,
+        a.col_stride,
+    );
+    let lb = layout_of(
+        b.count,
+        b.rows,
+        b.cols,
+        b.sample_stride,
+        b.row_stride,
+        b.col_stride,
+    );
+    match (span(a.data as usize, &la), span(b.data as usize, &lb)) {
+        (Some((a0, a1)), Some((b0, b1))) => a0 < b1 && b0 < a1,
+        _ => false,
+    }
+}

@@ -197,6 +197,48 @@ int main(void) {
     CHECK(du < 1e-10, "layouts differ by %g", du);
     coreflow_model_free(model_f);
 
+    /* Incomplete data: a mask with 30 % missing, then completion of new matrices. */
+    static uint8_t mask[N * M * NC];
+    for (size_t k = 0; k < N * M * NC; k++) mask[k] = uniform01() >= 0.3;
+    coreflow_matrices masked = train;
+    masked.mask = mask;
+    coreflow_model *model_m = NULL;
+    CHECK(coreflow_fit(&masked, &opts, &model_m) == COREFLOW_OK, "masked fit: %s",
+          coreflow_last_error_message());
+    coreflow_model_info minfo;
+    memset(&minfo, 0, sizeof minfo);
+    minfo.struct_size = sizeof minfo;
+    coreflow_model_get_info(model_m, &minfo);
+    CHECK(minfo.masked == 1 && minfo.completion_iterations > 0, "masked info");
+    size_t comp_bytes = 0;
+    CHECK(coreflow_workspace_size(model_m, COREFLOW_OP_COMPLETE, 4, NULL, &comp_bytes) == COREFLOW_OK,
+          "ws complete");
+    unsigned char *cws = malloc(comp_bytes);
+    static double filled[4 * M * NC];
+    coreflow_matrices partial = masked;
+    partial.count = 4;
+    coreflow_matrices_mut fout = {filled, 4, M, NC, M * NC, NC, 1};
+    CHECK(coreflow_complete(model_m, &partial, &fout, cws, comp_bytes) == COREFLOW_OK, "complete: %s",
+          coreflow_last_error_message());
+    double cnum = 0, cden = 0;
+    int observed_kept = 1;
+    for (size_t k = 0; k < 4 * M * NC; k++) {
+        if (mask[k]) {
+            observed_kept &= filled[k] == x[k];
+        } else {
+            cnum += (filled[k] - x[k]) * (filled[k] - x[k]);
+            cden += x[k] * x[k];
+        }
+    }
+    CHECK(observed_kept, "observed entries changed");
+    CHECK(sqrt(cnum / cden) < 1e-6, "completion error %g", sqrt(cnum / cden));
+    coreflow_matrices_mut in_place = {x, 4, M, NC, M * NC, NC, 1};
+    EXPECT_ERROR(coreflow_complete(model_m, &partial, &in_place, cws, comp_bytes), COREFLOW_ERR_INVALID_ARGUMENT,
+                 "overlaps");
+    EXPECT_ERROR(coreflow_complete(model_m, &partial, &fout, cws, 16), COREFLOW_ERR_WORKSPACE, "ws_bytes");
+    free(cws);
+    coreflow_model_free(model_m);
+
     /* Bad input: each with its own status and a message naming the argument. */
     coreflow_model *bad = NULL;
     EXPECT_ERROR(coreflow_fit(NULL, &opts, &bad), COREFLOW_ERR_NULL, "train");
