@@ -360,3 +360,102 @@ pub unsafe extern "C" fn coreflow_complete(
         model.complete(&input, &mut batch, stack)
     })
 }
+
+/// Reads a NUL-terminated UTF-8 path argument.
+unsafe fn path_arg<'a>(path: *const c_char) -> Result<&'a str> {
+    if path.is_null() {
+        return Err(null("path"));
+    }
+    std::ffi::CStr::from_ptr(path)
+        .to_str()
+        .map_err(|_| Error::invalid("path: is not valid UTF-8"))
+}
+
+/// Writes the model to the file `path` (versioned, checksummed).
+/// Returns `COREFLOW_OK` or an error status (`COREFLOW_ERR_IO` when the file
+/// cannot be written). Allocates (the file image). Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_model_save(m: *const coreflow_model, path: *const c_char) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        model.save(path_arg(path)?)
+    })
+}
+
+/// Reads a model from the file `path` and stores a new handle in `*out`.
+/// Returns `COREFLOW_OK`, or an error status with `*out` untouched:
+/// `COREFLOW_ERR_IO` (unreadable file), `COREFLOW_ERR_FORMAT` (corrupt or
+/// truncated), `COREFLOW_ERR_VERSION` (newer format).
+/// Ownership: the caller owns `*out` (release with `coreflow_model_free`).
+/// Allocates. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_model_load(path: *const c_char, out: *mut *mut coreflow_model) -> coreflow_status {
+    boundary(|| {
+        let p = path_arg(path)?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let model = Model::load(p)?;
+        out.write(into_handle(model));
+        Ok(())
+    })
+}
+
+/// Serializes the model into `buf` (capacity `cap` bytes) and stores the
+/// image length in `*len`. With `buf` NULL, only `*len` is written (ask for
+/// the length first). A `cap` smaller than the length gives
+/// `COREFLOW_ERR_INVALID_ARGUMENT` and writes only `*len`.
+/// Returns `COREFLOW_OK` or an error status. Ownership: the caller owns
+/// `buf`. Allocates (a temporary image). Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_model_to_bytes(
+    m: *const coreflow_model,
+    buf: *mut u8,
+    cap: usize,
+    len: *mut usize,
+) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        if len.is_null() {
+            return Err(null("len"));
+        }
+        let image = model.to_bytes();
+        len.write(image.len());
+        if buf.is_null() {
+            return Ok(());
+        }
+        if cap < image.len() {
+            return Err(Error::invalid(format!(
+                "cap: {cap} bytes are too few, the model needs {} (written to *len)",
+                image.len()
+            )));
+        }
+        std::ptr::copy_nonoverlapping(image.as_ptr(), buf, image.len());
+        Ok(())
+    })
+}
+
+/// Reads a model from `len` bytes at `buf` and stores a new handle in
+/// `*out`. Returns `COREFLOW_OK`, or an error status with `*out` untouched
+/// (`COREFLOW_ERR_FORMAT`, `COREFLOW_ERR_VERSION`). Never reads outside
+/// `buf[0..len]`. Ownership: the caller owns `buf` and `*out`. Allocates.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_model_from_bytes(
+    buf: *const u8,
+    len: usize,
+    out: *mut *mut coreflow_model,
+) -> coreflow_status {
+    boundary(|| {
+        if buf.is_null() && len > 0 {
+            return Err(null("buf"));
+        }
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let data: &[u8] = if len == 0 { &[] } else { std::slice::from_raw_parts(buf, len) };
+        let model = Model::from_bytes(data)?;
+        out.write(into_handle(model));
+        Ok(())
+    })
+}

@@ -9,6 +9,10 @@
 //! Cores are stored column-major: core `j` of a batch occupies
 //! `cores[j * r * s .. (j + 1) * r * s]`, entry `(a, b)` at `a + b * r`.
 
+mod persist;
+
+pub use persist::FORMAT_VERSION;
+
 use crate::batch::{MatrixBatch, MatrixBatchMut};
 use crate::completion::{self, CompletionOptions, CorePrior};
 use crate::error::{Error, Result};
@@ -363,6 +367,35 @@ impl Model {
             prior,
             info,
         })
+    }
+
+    /// Assembles a model from validated parts (used by the model file reader).
+    fn from_parts(u: Mat<f64>, v: Mat<f64>, mean: Option<Mat<f64>>, prior: CorePrior, info: ModelInfo) -> Model {
+        let mean_core = mean.as_ref().map(|x| u.transpose() * x * &v);
+        Model { u, v, mean, mean_core, prior, info }
+    }
+
+    /// The model file image (little-endian, versioned, checksummed; see
+    /// the format in `model/persist.rs`). Loading it gives a model whose
+    /// every output is bitwise equal to this one's.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        persist::to_bytes(self)
+    }
+
+    /// Reads a model file image. Corrupt or truncated data give
+    /// `ErrorKind::Format`, a newer format `ErrorKind::Version`.
+    pub fn from_bytes(data: &[u8]) -> Result<Model> {
+        persist::from_bytes(data)
+    }
+
+    /// Writes the model file to `path` (`ErrorKind::Io` on failure).
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        persist::save(self, path.as_ref())
+    }
+
+    /// Reads a model file from `path`.
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Model> {
+        persist::load(path.as_ref())
     }
 
     /// The model summary.

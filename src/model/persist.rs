@@ -1,0 +1,311 @@
+//! The model file format (DESIGN.md section 10).
+//!
+//! Little-endian throughout:
+//!
+//! ```text
+//! header   "COREFLOW" (8 bytes), format version u32, reserved u32 (0)
+//! section  tag (4 ASCII bytes), payload length u64, payload     (repeated)
+//! trailer  CRC-32 (IEEE) of every preceding byte, u32
+//! ```
+//!
+//! Sections of version 1: `META` (sizes, flags and summary numbers, as two
+//! counted arrays of u64 and f64 so later versions can append fields),
+//! `BASU` (U, column-major), `BASV` (V), `MEAN` (Xbar, only when centered),
+//! `PRIO` (core prior: mean, Cholesky factor, noise variance) and, when the
+//! model has one, `CORE` (the core model). Unknown sections are skipped.
+//!
+//! Reading checks, in order: the magic (`Format`), the version (`Version`),
+//! the checksum (`Format`), then every section length against the bytes
+//! that remain and every array length against the sizes in `META`, so no
+//! allocation is ever sized by an unchecked length field.
+
+use super::{Model, ModelInfo};
+use crate::completion::CorePrior;
+use crate::error::{Error, ErrorKind, Result};
+use faer::Mat;
+use std::path::Path;
+
+const MAGIC: &[u8; 8] = b"COREFLOW";
+/// The format version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 16;
+
+fn format_err(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Format, msg)
+}
+
+struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn u32(&mut self, x: u32) {
+        self.buf.extend_from_slice(&x.to_le_bytes());
+    }
+    fn u64(&mut self, x: u64) {
+        self.buf.extend_from_slice(&x.to_le_bytes());
+    }
+    fn f64s(&mut self, xs: impl IntoIterator<Item = f64>) {
+        for x in xs {
+            self.buf.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    /// Writes a section whose payload `body` produces.
+    fn section(&mut self, tag: &[u8; 4], body: impl FnOnce(&mut Writer)) {
+        self.buf.extend_from_slice(tag);
+        let len_at = self.buf.len();
+        self.u64(0);
+        let start = self.buf.len();
+        body(self);
+        let len = (self.buf.len() - start) as u64;
+        self.buf[len_at..len_at + 8].copy_from_slice(&len.to_le_bytes());
+    }
+    fn mat(&mut self, m: &Mat<f64>) {
+        self.f64s((0..m.ncols()).flat_map(|j| (0..m.nrows()).map(move |i| m[(i, j)])));
+    }
+}
+
+/// A bounds-checked cursor over untrusted bytes.
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.data.len() - self.pos {
+            return Err(format_err(format!(
+                "model data: {} is truncated ({} bytes needed at offset {}, {} left)",
+                self.what,
+                n,
+                self.pos,
+                self.data.len() - self.pos
+            )));
+        }
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn f64(&mut self) -> Result<f64> {
+        Ok(f64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    /// `n` finite f64 values; `n` is checked against the remaining bytes
+    /// before anything is allocated.
+    fn f64s(&mut self, n: usize) -> Result<Vec<f64>> {
+        let bytes = n.checked_mul(8).ok_or_else(|| format_err("model data: array length overflows"))?;
+        let raw = self.take(bytes)?;
+        let v: Vec<f64> = raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(format_err(format!("model data: {} holds a non-finite value", self.what)));
+        }
+        Ok(v)
+    }
+    fn mat(&mut self, rows: usize, cols: usize) -> Result<Mat<f64>> {
+        let n = rows.checked_mul(cols).ok_or_else(|| format_err("model data: matrix size overflows"))?;
+        let v = self.f64s(n)?;
+        Ok(Mat::from_fn(rows, cols, |i, j| v[i + j * rows]))
+    }
+    fn done(&self) -> Result<()> {
+        if self.pos != self.data.len() {
+            return Err(format_err(format!(
+                "model data: section {} has {} unexpected trailing bytes",
+                self.what,
+                self.data.len() - self.pos
+            )));
+        }
+        Ok(())
+    }
+}
+
+const META_U64: usize = 9;
+const META_F64: usize = 5;
+
+/// Serializes a model (the whole file image).
+pub fn to_bytes(model: &Model) -> Vec<u8> {
+    let info = &model.info;
+    let mut w = Writer { buf: Vec::new() };
+    w.buf.extend_from_slice(MAGIC);
+    w.u32(FORMAT_VERSION);
+    w.u32(0);
+    w.section(b"META", |w| {
+        let flags = info.centered as u64
+            | (info.masked as u64) << 1
+            | (info.has_flow as u64) << 2
+            | (info.subspace_converged as u64) << 3
+            | (info.completion_converged as u64) << 4;
+        w.u32(META_U64 as u32);
+        w.u32(META_F64 as u32);
+        for x in [
+            info.rows,
+            info.cols,
+            info.rank_rows,
+            info.rank_cols,
+            info.train_count,
+            flags as usize,
+            info.subspace_iterations,
+            info.completion_iterations,
+            info.flow_dim,
+        ] {
+            w.u64(x as u64);
+        }
+        w.f64s([
+            info.explained_energy,
+            info.final_loss,
+            info.subspace_objective,
+            info.completion_objective,
+            info.noise_variance,
+        ]);
+    });
+    w.section(b"BASU", |w| w.mat(&model.u));
+    w.section(b"BASV", |w| w.mat(&model.v));
+    if let Some(mean) = &model.mean {
+        w.section(b"MEAN", |w| w.mat(mean));
+    }
+    w.section(b"PRIO", |w| {
+        w.f64s(model.prior.mean.iter().copied());
+        w.mat(&model.prior.chol);
+        w.f64s([model.prior.noise_var]);
+    });
+    let crc = crc32fast::hash(&w.buf);
+    w.u32(crc);
+    w.buf
+}
+
+/// Parses and validates a model file image.
+pub fn from_bytes(data: &[u8]) -> Result<Model> {
+    if data.len() < HEADER_LEN + 4 || &data[..8] != MAGIC {
+        return Err(format_err("model data: not a CoreFlow model (bad magic or too short)"));
+    }
+    let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
+    if version == 0 || version > FORMAT_VERSION {
+        return Err(Error::new(
+            ErrorKind::Version,
+            format!("model data: format version {version} is not supported (this build reads 1..={FORMAT_VERSION})"),
+        ));
+    }
+    let (body, trailer) = data.split_at(data.len() - 4);
+    let stored = u32::from_le_bytes(trailer.try_into().unwrap());
+    if crc32fast::hash(body) != stored {
+        return Err(format_err("model data: checksum mismatch (the data are corrupt or truncated)"));
+    }
+    if body[12..16] != [0; 4] {
+        return Err(format_err("model data: reserved header field is not zero"));
+    }
+    let mut sections: Vec<([u8; 4], &[u8])> = Vec::new();
+    let mut r = Reader { data: body, pos: HEADER_LEN, what: "section table" };
+    while r.pos < body.len() {
+        let tag: [u8; 4] = r.take(4)?.try_into().unwrap();
+        let len = r.u64()?;
+        let len = usize::try_from(len).map_err(|_| format_err("model data: section length overflows"))?;
+        sections.push((tag, r.take(len)?));
+    }
+    let find = |tag: &[u8; 4], what: &'static str| -> Result<Reader<'_>> {
+        let mut found = sections.iter().filter(|(t, _)| t == tag);
+        let (_, payload) = found
+            .next()
+            .ok_or_else(|| format_err(format!("model data: the required section {what} is missing")))?;
+        if found.next().is_some() {
+            return Err(format_err(format!("model data: section {what} appears twice")));
+        }
+        Ok(Reader { data: payload, pos: 0, what })
+    };
+    let has = |tag: &[u8; 4]| sections.iter().any(|(t, _)| t == tag);
+
+    let mut meta = find(b"META", "META")?;
+    let (nu, nf) = (meta.u32()? as usize, meta.u32()? as usize);
+    if nu < META_U64 || nf < META_F64 {
+        return Err(format_err("model data: META holds too few fields"));
+    }
+    let mut us = [0usize; META_U64];
+    for x in us.iter_mut() {
+        *x = usize::try_from(meta.u64()?).map_err(|_| format_err("model data: META size overflows"))?;
+    }
+    meta.take((nu - META_U64) * 8)?;
+    let mut fs = [0f64; META_F64];
+    for x in fs.iter_mut() {
+        *x = meta.f64()?;
+    }
+    meta.take((nf - META_F64) * 8)?;
+    meta.done()?;
+    let [rows, cols, r_rows, r_cols, train_count, flags, sub_iters, comp_iters, flow_dim] = us;
+    let centered = flags & 1 != 0;
+    if rows == 0 || cols == 0 || r_rows == 0 || r_cols == 0 || r_rows > rows || r_cols > cols {
+        return Err(format_err(format!(
+            "model data: inconsistent sizes {rows} x {cols} with ranks {r_rows} x {r_cols}"
+        )));
+    }
+    let d = r_rows * r_cols;
+    if flags & 1 << 2 != 0 {
+        return Err(Error::unsupported(
+            "model data: the model has a core model that this build cannot read",
+        ));
+    }
+    let mut ru = find(b"BASU", "BASU")?;
+    let u = ru.mat(rows, r_rows)?;
+    ru.done()?;
+    let mut rv = find(b"BASV", "BASV")?;
+    let v = rv.mat(cols, r_cols)?;
+    rv.done()?;
+    let mean = if centered {
+        let mut rm = find(b"MEAN", "MEAN")?;
+        let m = rm.mat(rows, cols)?;
+        rm.done()?;
+        Some(m)
+    } else {
+        if has(b"MEAN") {
+            return Err(format_err("model data: MEAN present in an uncentered model"));
+        }
+        None
+    };
+    let mut rp = find(b"PRIO", "PRIO")?;
+    let prior_mean = rp.f64s(d)?;
+    let chol = rp.mat(d, d)?;
+    let noise_var = rp.f64()?;
+    rp.done()?;
+    if !(noise_var > 0.0) {
+        return Err(format_err("model data: PRIO noise variance is not positive"));
+    }
+    let info = ModelInfo {
+        rows,
+        cols,
+        rank_rows: r_rows,
+        rank_cols: r_cols,
+        core_dim: d,
+        flow_dim,
+        centered,
+        has_flow: false,
+        train_count,
+        explained_energy: fs[0],
+        final_loss: fs[1],
+        subspace_iterations: sub_iters,
+        subspace_converged: flags & 1 << 3 != 0,
+        subspace_objective: fs[2],
+        masked: flags & 1 << 1 != 0,
+        completion_iterations: comp_iters,
+        completion_converged: flags & 1 << 4 != 0,
+        completion_objective: fs[3],
+        noise_variance: fs[4],
+    };
+    let prior = CorePrior { mean: prior_mean, chol, noise_var };
+    Ok(Model::from_parts(u, v, mean, prior, info))
+}
+
+/// Writes the model file to `path`.
+pub fn save(model: &Model, path: &Path) -> Result<()> {
+    std::fs::write(path, to_bytes(model))
+        .map_err(|e| Error::new(ErrorKind::Io, format!("path: cannot write {}: {e}", path.display())))
+}
+
+/// Reads a model file from `path`.
+pub fn load(path: &Path) -> Result<Model> {
+    let data = std::fs::read(path)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("path: cannot read {}: {e}", path.display())))?;
+    from_bytes(&data)
+}
