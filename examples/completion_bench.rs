@@ -34,7 +34,10 @@ fn held_out(p: &Planted, mask: &[u8], k: usize, mut fill: impl FnMut(usize, &mut
 }
 
 /// Seconds between consecutive progress reports of `stage`, from the second on.
-fn round_times(model_fit: impl FnOnce(&mut dyn FnMut(&coreflow::Progress) -> bool), stage: Stage) -> Vec<f64> {
+fn round_times(
+    model_fit: impl FnOnce(&mut dyn FnMut(&coreflow::Progress) -> bool),
+    stage: Stage,
+) -> Vec<f64> {
     let mut stamps = Vec::new();
     model_fit(&mut |p| {
         if p.stage == stage {
@@ -42,7 +45,11 @@ fn round_times(model_fit: impl FnOnce(&mut dyn FnMut(&coreflow::Progress) -> boo
         }
         true
     });
-    stamps.windows(2).skip(1).map(|w| (w[1] - w[0]).as_secs_f64()).collect()
+    stamps
+        .windows(2)
+        .skip(1)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -56,9 +63,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let (m, n, r, s, noise) = if quick { (60, 50, 5, 5, 1e-2) } else { (200, 200, 10, 10, 1e-2) };
+    let (m, n, r, s, noise) = if quick {
+        (60, 50, 5, 5, 1e-2)
+    } else {
+        (200, 200, 10, 10, 1e-2)
+    };
     let counts: &[usize] = if quick { &[100] } else { &[300, 1000] };
-    let threads = std::env::var("COREFLOW_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+    let threads = std::env::var("COREFLOW_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
     let eval = 100; // samples whose held-out entries are scored
     println!("planted {m} x {n}, ranks {r} x {s}, noise {noise}, MCAR; threads {threads} (0 = all); held-out error on {eval} samples\n");
     println!("| N | missing | rounds | fit s | dist U | dist V | completion error | true bases | ratio |");
@@ -70,8 +84,17 @@ fn main() {
         for rho in [0.0, 0.2, 0.4, 0.6] {
             let mask = mcar_mask(count, m, n, rho, 8).unwrap();
             let batch = MatrixBatch::from_c_order(&p.data.data, count, m, n).unwrap();
-            let batch = if rho > 0.0 { batch.with_mask(&mask).unwrap() } else { batch };
-            let opts = FitOptions { rank_rows: r, rank_cols: s, threads, ..Default::default() };
+            let batch = if rho > 0.0 {
+                batch.with_mask(&mask).unwrap()
+            } else {
+                batch
+            };
+            let opts = FitOptions {
+                rank_rows: r,
+                rank_cols: s,
+                threads,
+                ..Default::default()
+            };
             let t = Instant::now();
             let model = Model::fit(&batch, &opts).unwrap();
             let secs = t.elapsed().as_secs_f64();
@@ -80,13 +103,20 @@ fn main() {
             let (ours, truth) = if rho > 0.0 {
                 let mut buf = MemBuffer::new(model.complete_scratch(1));
                 let ours = held_out(&p, &mask, eval.min(count), |i, z| {
-                    let one = MatrixBatch::from_c_order(&p.data.data[i * m * n..(i + 1) * m * n], 1, m, n)
-                        .unwrap()
-                        .with_mask(&mask[i * m * n..(i + 1) * m * n])
-                        .unwrap();
+                    let one = MatrixBatch::from_c_order(
+                        &p.data.data[i * m * n..(i + 1) * m * n],
+                        1,
+                        m,
+                        n,
+                    )
+                    .unwrap()
+                    .with_mask(&mask[i * m * n..(i + 1) * m * n])
+                    .unwrap();
                     let mut out = vec![0.0; m * n];
                     let mut ob = MatrixBatchMut::from_c_order(&mut out, 1, m, n).unwrap();
-                    model.complete(&one, &mut ob, MemStack::new(&mut buf)).unwrap();
+                    model
+                        .complete(&one, &mut ob, MemStack::new(&mut buf))
+                        .unwrap();
                     *z = Mat::from_fn(m, n, |a, b| out[a * n + b]);
                 });
                 // The true bases with a weak prior: least squares on the
@@ -96,12 +126,18 @@ fn main() {
                     chol: Mat::<f64>::identity(r * s, r * s) * faer::Scale(1e3),
                     noise_var: noise * noise,
                 };
-                let mut buf = MemBuffer::new(coreflow::completion::complete_one_scratch(m, n, r, s));
+                let mut buf =
+                    MemBuffer::new(coreflow::completion::complete_one_scratch(m, n, r, s));
                 let truth = held_out(&p, &mask, eval.min(count), |i, z| {
-                    let one = MatrixBatch::from_c_order(&p.data.data[i * m * n..(i + 1) * m * n], 1, m, n)
-                        .unwrap()
-                        .with_mask(&mask[i * m * n..(i + 1) * m * n])
-                        .unwrap();
+                    let one = MatrixBatch::from_c_order(
+                        &p.data.data[i * m * n..(i + 1) * m * n],
+                        1,
+                        m,
+                        n,
+                    )
+                    .unwrap()
+                    .with_mask(&mask[i * m * n..(i + 1) * m * n])
+                    .unwrap();
                     complete_one(
                         p.u.as_ref(),
                         p.v.as_ref(),
@@ -119,7 +155,11 @@ fn main() {
                 (f64::NAN, f64::NAN)
             };
             let info = model.info();
-            let rounds = if info.masked { info.completion_iterations } else { info.subspace_iterations };
+            let rounds = if info.masked {
+                info.completion_iterations
+            } else {
+                info.subspace_iterations
+            };
             println!(
                 "| {count} | {:.0} % | {rounds} | {secs:.2} | {du:.2e} | {dv:.2e} | {ours:.4e} | {truth:.4e} | {:.3} |",
                 rho * 100.0,
@@ -140,8 +180,14 @@ fn main() {
             completion_max_iter: 8,
             ..Default::default()
         };
-        let hooi = median(round_times(|cb| drop(Model::fit_with_progress(&full, &o, cb).unwrap()), Stage::Subspace));
-        let comp = median(round_times(|cb| drop(Model::fit_with_progress(&masked, &o, cb).unwrap()), Stage::Completion));
+        let hooi = median(round_times(
+            |cb| drop(Model::fit_with_progress(&full, &o, cb).unwrap()),
+            Stage::Subspace,
+        ));
+        let comp = median(round_times(
+            |cb| drop(Model::fit_with_progress(&masked, &o, cb).unwrap()),
+            Stage::Completion,
+        ));
         println!(
             "\nN = {count}: one complete-data HOOI iteration {:.1} ms, one completion round {:.1} ms (ratio {:.2})\n",
             hooi * 1e3,

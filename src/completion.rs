@@ -279,19 +279,53 @@ fn c_order_batch(z: &[f64], count: usize, m: usize, n: usize) -> MatrixBatch<'_>
     MatrixBatch::from_c_order(z, count, m, n).expect("internal: owned C-order buffer")
 }
 
-/// Workspace for [`e_step`].
-pub fn e_step_scratch(rows: usize, cols: usize, rank_rows: usize, rank_cols: usize) -> StackReq {
+/// Workspace for [`e_step`] with `par` workers.
+pub fn e_step_scratch(
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    par: Par,
+) -> StackReq {
+    let t = par.degree().max(1);
+    StackReq::all_of(&[
+        temp_slice_scratch::<f64>(2 * t),
+        StackReq::new_aligned::<u8>(
+            e_step_worker_bytes(rows, cols, rank_rows, rank_cols) * t,
+            numerics::ALIGN,
+        ),
+    ])
+}
+
+/// Scratch bytes of one E-step worker (any alignment).
+fn e_step_worker_bytes(rows: usize, cols: usize, rank_rows: usize, rank_cols: usize) -> usize {
     StackReq::all_of(&[
         temp_mat_scratch::<f64>(rank_rows, rank_cols),
         temp_mat_scratch::<f64>(rows, rank_cols),
         temp_mat_scratch::<f64>(rows, cols),
     ])
+    .unaligned_bytes_required()
+}
+/// A raw pointer to the completed buffer, shared by workers that touch
+/// disjoint samples.
+#[derive(Copy, Clone)]
+struct SharedSlice(*mut f64, usize);
+// SAFETY: workers write disjoint sample blocks and the scope joins them.
+unsafe impl Send for SharedSlice {}
+unsafe impl Sync for SharedSlice {}
+
+impl SharedSlice {
+    // A method (not field access) so closures capture the whole Sync wrapper.
+    fn ptr(&self) -> *mut f64 {
+        self.0
+    }
 }
 
 /// One E-step over all local samples: with `C_i = U^T Z_i V / (1 + lambda)`,
 /// evaluates the masked objective F and replaces the missing entries of
-/// `Z_i` by those of `U C_i V^T`. `z` holds the centered completed data in
-/// C-order; `data` the original observations. Returns the local
+/// `Z_i` by those of `U C_i V^T` (only the missing entries are predicted).
+/// `z` holds the centered completed data in C-order; `data` the original
+/// observations. Samples are split over `par` workers. Returns the local
 /// `(F, observed residual sum of squares)`.
 #[allow(clippy::too_many_arguments)]
 pub fn e_step(
@@ -302,51 +336,83 @@ pub fn e_step(
     u: MatRef<'_, f64>,
     v: MatRef<'_, f64>,
     ridge: f64,
+    par: Par,
     stack: &mut MemStack,
 ) -> (f64, f64) {
     let (count, m, n) = (data.count(), data.rows(), data.cols());
     let (r, s) = (u.ncols(), v.ncols());
-    let (mut c, stack) = temp_mat_zeroed::<f64>(r, s, stack);
-    let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
-    let (mut pred, _) = temp_mat_zeroed::<f64>(m, n, stack);
-    let (mut f, mut rss) = (0.0, 0.0);
-    for i in 0..count {
-        let zi = MatMut::from_row_major_slice_mut(&mut z[i * m * n..(i + 1) * m * n], m, n);
-        gemm(t.rb_mut(), Accum::Replace, zi.rb(), v, 1.0, Par::Seq);
-        gemm(
-            c.rb_mut(),
-            Accum::Replace,
-            u.transpose(),
-            t.rb(),
-            1.0 / (1.0 + ridge),
-            Par::Seq,
-        );
-        f += ridge * c.squared_norm_l2();
-        gemm(t.rb_mut(), Accum::Replace, u, c.rb(), 1.0, Par::Seq);
-        gemm(
-            pred.rb_mut(),
-            Accum::Replace,
-            t.rb(),
-            v.transpose(),
-            1.0,
-            Par::Seq,
-        );
-        let x = data.sample(i);
-        let obs = observed_of(data, i, nan_is_missing);
-        let mut zi = zi;
-        for a in 0..m {
-            for b in 0..n {
-                if obs.at(x, a, b) {
-                    let centered = x[(a, b)] - mean.map_or(0.0, |mm| mm[(a, b)]);
-                    let d = centered - pred[(a, b)];
-                    rss += d * d;
-                } else {
-                    zi[(a, b)] = pred[(a, b)];
+    let t = par.degree().clamp(1, count.max(1));
+    // Per-worker partial sums and scratch, carved once from the workspace.
+    let (sums, stack) = temp_slice(2 * t, 0.0f64, stack);
+    let worker_bytes = e_step_worker_bytes(m, n, r, s);
+    let (scratch, _) = stack.make_aligned_uninit::<u8>(worker_bytes * t, numerics::ALIGN);
+    let shared_z = SharedSlice(z.as_mut_ptr(), z.len());
+    let shared_sums = SharedSlice(sums.as_mut_ptr(), sums.len());
+    let shared_scratch = SharedSlice(scratch.as_mut_ptr() as *mut f64, scratch.len());
+    numerics::parallel_parts(count, t, &|k, range| {
+        // SAFETY: worker k alone uses bytes [k w, (k + 1) w) of the scratch,
+        // sums[2k..2k+2] and the sample blocks of its range of z.
+        let ws = unsafe {
+            std::slice::from_raw_parts_mut(
+                (shared_scratch.ptr() as *mut std::mem::MaybeUninit<u8>).add(k * worker_bytes),
+                worker_bytes,
+            )
+        };
+        let stack = MemStack::new(ws);
+        let (mut c, stack) = temp_mat_zeroed::<f64>(r, s, stack);
+        let (mut t1, stack) = temp_mat_zeroed::<f64>(m, s, stack);
+        let (mut pred, _) = temp_mat_zeroed::<f64>(m, n, stack);
+        let (mut f, mut rss) = (0.0, 0.0);
+        for i in range {
+            debug_assert!((i + 1) * m * n <= shared_z.1);
+            let zi =
+                unsafe { std::slice::from_raw_parts_mut(shared_z.ptr().add(i * m * n), m * n) };
+            let zm = MatRef::from_row_major_slice(zi, m, n);
+            gemm(t1.rb_mut(), Accum::Replace, zm, v, 1.0, Par::Seq);
+            gemm(
+                c.rb_mut(),
+                Accum::Replace,
+                u.transpose(),
+                t1.rb(),
+                1.0 / (1.0 + ridge),
+                Par::Seq,
+            );
+            f += ridge * c.squared_norm_l2();
+            gemm(t1.rb_mut(), Accum::Replace, u, c.rb(), 1.0, Par::Seq);
+            gemm(
+                pred.rb_mut(),
+                Accum::Replace,
+                t1.rb(),
+                v.transpose(),
+                1.0,
+                Par::Seq,
+            );
+            let x = data.sample(i);
+            let obs = observed_of(data, i, nan_is_missing);
+            for a in 0..m {
+                let zrow = &mut zi[a * n..(a + 1) * n];
+                for (b, zab) in zrow.iter_mut().enumerate() {
+                    if obs.at(x, a, b) {
+                        let centered = x[(a, b)] - mean.map_or(0.0, |mm| mm[(a, b)]);
+                        let d = centered - pred[(a, b)];
+                        rss += d * d;
+                    } else {
+                        *zab = pred[(a, b)];
+                    }
                 }
             }
         }
+        unsafe {
+            *shared_sums.ptr().add(2 * k) = f + rss;
+            *shared_sums.ptr().add(2 * k + 1) = rss;
+        }
+    });
+    let (mut f, mut rss) = (0.0, 0.0);
+    for k in 0..t {
+        f += sums[2 * k];
+        rss += sums[2 * k + 1];
     }
-    (f + rss, rss)
+    (f, rss)
 }
 
 /// Fits U, V to incomplete data by iterative completion (see the module
@@ -413,7 +479,10 @@ pub fn fit_masked(
         SubspaceMethod::Hooi => subspace::hooi_sweep_scratch(count, m, n, r, s, par),
         SubspaceMethod::Riemannian => subspace::riemannian_solve_scratch(count, m, n, r, s, par),
     };
-    let mut buf = MemBuffer::new(StackReq::any_of(&[m_step_req, e_step_scratch(m, n, r, s)]));
+    let mut buf = MemBuffer::new(StackReq::any_of(&[
+        m_step_req,
+        e_step_scratch(m, n, r, s, par),
+    ]));
     let stack = MemStack::new(&mut buf);
 
     let mut history = Vec::with_capacity(opts.max_iter + 1);
@@ -430,6 +499,7 @@ pub fn fit_masked(
             u.as_ref(),
             v.as_ref(),
             opts.ridge,
+            par,
             stack,
         );
         let mut fr = [f_local, rss_local];

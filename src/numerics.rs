@@ -293,6 +293,32 @@ pub fn gemm(
     matmul(dst, beta, lhs, rhs, alpha, par);
 }
 
+/// The `k`-th of `parts` contiguous parts of `0..count`.
+pub fn part_range(count: usize, parts: usize, k: usize) -> std::ops::Range<usize> {
+    count * k / parts..count * (k + 1) / parts
+}
+
+/// Runs `f(k, range_k)` for `k < parts` on scoped threads (part 0 on the
+/// calling thread), the ranges splitting `0..count` into contiguous parts.
+/// With one part nothing is spawned (and nothing allocated).
+pub fn parallel_parts(
+    count: usize,
+    parts: usize,
+    f: &(dyn Fn(usize, std::ops::Range<usize>) + Sync),
+) {
+    let t = parts.clamp(1, count.max(1));
+    if t == 1 {
+        f(0, 0..count);
+        return;
+    }
+    std::thread::scope(|scope| {
+        for k in 1..t {
+            scope.spawn(move || f(k, part_range(count, t, k)));
+        }
+        f(0, part_range(count, t, 0));
+    });
+}
+
 /// Squared Frobenius norm.
 pub fn norm_sq(a: MatRef<'_, f64>) -> f64 {
     let mut s = 0.0;

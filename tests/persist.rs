@@ -10,8 +10,18 @@ fn fitted(center: bool, masked: bool) -> (Model, Vec<f64>, Vec<u8>) {
     let p = planted_low_rank(&spec).unwrap();
     let mask = mcar_mask(40, 40, 30, if masked { 0.3 } else { 0.0 }, 52).unwrap();
     let batch = MatrixBatch::from_c_order(&p.data.data, 40, 40, 30).unwrap();
-    let batch = if masked { batch.with_mask(&mask).unwrap() } else { batch };
-    let opts = FitOptions { rank_rows: 3, rank_cols: 3, center, threads: 1, ..Default::default() };
+    let batch = if masked {
+        batch.with_mask(&mask).unwrap()
+    } else {
+        batch
+    };
+    let opts = FitOptions {
+        rank_rows: 3,
+        rank_cols: 3,
+        center,
+        threads: 1,
+        ..Default::default()
+    };
     (Model::fit(&batch, &opts).unwrap(), p.data.data, mask)
 }
 
@@ -20,20 +30,38 @@ fn outputs(model: &Model, data: &[f64], mask: &[u8]) -> Vec<u64> {
     let (n, m, k) = (10, 40, 30);
     let batch = MatrixBatch::from_c_order(&data[..n * m * k], n, m, k).unwrap();
     let mut buf = MemBuffer::new(
-        model.encode_scratch(n).or(model.decode_scratch(n)).or(model.complete_scratch(n)),
+        model
+            .encode_scratch(n)
+            .or(model.decode_scratch(n))
+            .or(model.complete_scratch(n)),
     );
     let mut cores = vec![0.0; n * model.core_dim()];
-    model.encode(&batch, &mut cores, MemStack::new(&mut buf)).unwrap();
+    model
+        .encode(&batch, &mut cores, MemStack::new(&mut buf))
+        .unwrap();
     let mut dec = vec![0.0; n * m * k];
     model
-        .decode(&cores, &mut MatrixBatchMut::from_c_order(&mut dec, n, m, k).unwrap(), MemStack::new(&mut buf))
+        .decode(
+            &cores,
+            &mut MatrixBatchMut::from_c_order(&mut dec, n, m, k).unwrap(),
+            MemStack::new(&mut buf),
+        )
         .unwrap();
     let partial = batch.with_mask(&mask[..n * m * k]).unwrap();
     let mut comp = vec![0.0; n * m * k];
     model
-        .complete(&partial, &mut MatrixBatchMut::from_c_order(&mut comp, n, m, k).unwrap(), MemStack::new(&mut buf))
+        .complete(
+            &partial,
+            &mut MatrixBatchMut::from_c_order(&mut comp, n, m, k).unwrap(),
+            MemStack::new(&mut buf),
+        )
         .unwrap();
-    cores.iter().chain(&dec).chain(&comp).map(|x| x.to_bits()).collect()
+    cores
+        .iter()
+        .chain(&dec)
+        .chain(&comp)
+        .map(|x| x.to_bits())
+        .collect()
 }
 
 #[test]
@@ -47,7 +75,10 @@ fn save_and_load_reproduce_every_output_bitwise() {
         // Debug text: NaN fields (no flow, no missing data) compare equal there.
         assert_eq!(format!("{:?}", back.info()), format!("{:?}", model.info()));
         assert_eq!(outputs(&back, &data, &mask), expect);
-        let path = std::env::temp_dir().join(format!("coreflow-persist-{}-{center}-{masked}.cfm", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "coreflow-persist-{}-{center}-{masked}.cfm",
+            std::process::id()
+        ));
         model.save(&path).unwrap();
         let loaded = Model::load(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
@@ -64,7 +95,11 @@ fn rejected(kind: ErrorKind) -> bool {
 fn every_bit_flip_and_truncation_is_rejected() {
     let (model, _, _) = fitted(true, false);
     let bytes = model.to_bytes();
-    assert!(bytes.len() > 4096, "the model file should exceed 4 KiB for this test: {}", bytes.len());
+    assert!(
+        bytes.len() > 4096,
+        "the model file should exceed 4 KiB for this test: {}",
+        bytes.len()
+    );
     let mut damaged = bytes.clone();
     // Every bit of the first 4 KiB, then every 97th bit of the rest.
     let bits = (0..4096 * 8).chain((4096 * 8..bytes.len() * 8).step_by(97));

@@ -375,7 +375,10 @@ unsafe fn path_arg<'a>(path: *const c_char) -> Result<&'a str> {
 /// Returns `COREFLOW_OK` or an error status (`COREFLOW_ERR_IO` when the file
 /// cannot be written). Allocates (the file image). Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn coreflow_model_save(m: *const coreflow_model, path: *const c_char) -> coreflow_status {
+pub unsafe extern "C" fn coreflow_model_save(
+    m: *const coreflow_model,
+    path: *const c_char,
+) -> coreflow_status {
     boundary(|| {
         let model = model_ref(m)?;
         model.save(path_arg(path)?)
@@ -389,7 +392,10 @@ pub unsafe extern "C" fn coreflow_model_save(m: *const coreflow_model, path: *co
 /// Ownership: the caller owns `*out` (release with `coreflow_model_free`).
 /// Allocates. Thread-safe.
 #[no_mangle]
-pub unsafe extern "C" fn coreflow_model_load(path: *const c_char, out: *mut *mut coreflow_model) -> coreflow_status {
+pub unsafe extern "C" fn coreflow_model_load(
+    path: *const c_char,
+    out: *mut *mut coreflow_model,
+) -> coreflow_status {
     boundary(|| {
         let p = path_arg(path)?;
         if out.is_null() {
@@ -453,7 +459,11 @@ pub unsafe extern "C" fn coreflow_model_from_bytes(
         if out.is_null() {
             return Err(null("out"));
         }
-        let data: &[u8] = if len == 0 { &[] } else { std::slice::from_raw_parts(buf, len) };
+        let data: &[u8] = if len == 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(buf, len)
+        };
         let model = Model::from_bytes(data)?;
         out.write(into_handle(model));
         Ok(())

@@ -370,9 +370,22 @@ impl Model {
     }
 
     /// Assembles a model from validated parts (used by the model file reader).
-    fn from_parts(u: Mat<f64>, v: Mat<f64>, mean: Option<Mat<f64>>, prior: CorePrior, info: ModelInfo) -> Model {
+    fn from_parts(
+        u: Mat<f64>,
+        v: Mat<f64>,
+        mean: Option<Mat<f64>>,
+        prior: CorePrior,
+        info: ModelInfo,
+    ) -> Model {
         let mean_core = mean.as_ref().map(|x| u.transpose() * x * &v);
-        Model { u, v, mean, mean_core, prior, info }
+        Model {
+            u,
+            v,
+            mean,
+            mean_core,
+            prior,
+            info,
+        }
     }
 
     /// The model file image (little-endian, versioned, checksummed; see

@@ -99,16 +99,26 @@ impl<'a> Reader<'a> {
     /// `n` finite f64 values; `n` is checked against the remaining bytes
     /// before anything is allocated.
     fn f64s(&mut self, n: usize) -> Result<Vec<f64>> {
-        let bytes = n.checked_mul(8).ok_or_else(|| format_err("model data: array length overflows"))?;
+        let bytes = n
+            .checked_mul(8)
+            .ok_or_else(|| format_err("model data: array length overflows"))?;
         let raw = self.take(bytes)?;
-        let v: Vec<f64> = raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+        let v: Vec<f64> = raw
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         if v.iter().any(|x| !x.is_finite()) {
-            return Err(format_err(format!("model data: {} holds a non-finite value", self.what)));
+            return Err(format_err(format!(
+                "model data: {} holds a non-finite value",
+                self.what
+            )));
         }
         Ok(v)
     }
     fn mat(&mut self, rows: usize, cols: usize) -> Result<Mat<f64>> {
-        let n = rows.checked_mul(cols).ok_or_else(|| format_err("model data: matrix size overflows"))?;
+        let n = rows
+            .checked_mul(cols)
+            .ok_or_else(|| format_err("model data: matrix size overflows"))?;
         let v = self.f64s(n)?;
         Ok(Mat::from_fn(rows, cols, |i, j| v[i + j * rows]))
     }
@@ -181,7 +191,9 @@ pub fn to_bytes(model: &Model) -> Vec<u8> {
 /// Parses and validates a model file image.
 pub fn from_bytes(data: &[u8]) -> Result<Model> {
     if data.len() < HEADER_LEN + 4 || &data[..8] != MAGIC {
-        return Err(format_err("model data: not a CoreFlow model (bad magic or too short)"));
+        return Err(format_err(
+            "model data: not a CoreFlow model (bad magic or too short)",
+        ));
     }
     let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
     if version == 0 || version > FORMAT_VERSION {
@@ -193,28 +205,43 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
     let (body, trailer) = data.split_at(data.len() - 4);
     let stored = u32::from_le_bytes(trailer.try_into().unwrap());
     if crc32fast::hash(body) != stored {
-        return Err(format_err("model data: checksum mismatch (the data are corrupt or truncated)"));
+        return Err(format_err(
+            "model data: checksum mismatch (the data are corrupt or truncated)",
+        ));
     }
     if body[12..16] != [0; 4] {
         return Err(format_err("model data: reserved header field is not zero"));
     }
     let mut sections: Vec<([u8; 4], &[u8])> = Vec::new();
-    let mut r = Reader { data: body, pos: HEADER_LEN, what: "section table" };
+    let mut r = Reader {
+        data: body,
+        pos: HEADER_LEN,
+        what: "section table",
+    };
     while r.pos < body.len() {
         let tag: [u8; 4] = r.take(4)?.try_into().unwrap();
         let len = r.u64()?;
-        let len = usize::try_from(len).map_err(|_| format_err("model data: section length overflows"))?;
+        let len =
+            usize::try_from(len).map_err(|_| format_err("model data: section length overflows"))?;
         sections.push((tag, r.take(len)?));
     }
     let find = |tag: &[u8; 4], what: &'static str| -> Result<Reader<'_>> {
         let mut found = sections.iter().filter(|(t, _)| t == tag);
-        let (_, payload) = found
-            .next()
-            .ok_or_else(|| format_err(format!("model data: the required section {what} is missing")))?;
+        let (_, payload) = found.next().ok_or_else(|| {
+            format_err(format!(
+                "model data: the required section {what} is missing"
+            ))
+        })?;
         if found.next().is_some() {
-            return Err(format_err(format!("model data: section {what} appears twice")));
+            return Err(format_err(format!(
+                "model data: section {what} appears twice"
+            )));
         }
-        Ok(Reader { data: payload, pos: 0, what })
+        Ok(Reader {
+            data: payload,
+            pos: 0,
+            what,
+        })
     };
     let has = |tag: &[u8; 4]| sections.iter().any(|(t, _)| t == tag);
 
@@ -225,7 +252,8 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
     }
     let mut us = [0usize; META_U64];
     for x in us.iter_mut() {
-        *x = usize::try_from(meta.u64()?).map_err(|_| format_err("model data: META size overflows"))?;
+        *x = usize::try_from(meta.u64()?)
+            .map_err(|_| format_err("model data: META size overflows"))?;
     }
     meta.take((nu - META_U64) * 8)?;
     let mut fs = [0f64; META_F64];
@@ -260,7 +288,9 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
         Some(m)
     } else {
         if has(b"MEAN") {
-            return Err(format_err("model data: MEAN present in an uncentered model"));
+            return Err(format_err(
+                "model data: MEAN present in an uncentered model",
+            ));
         }
         None
     };
@@ -270,7 +300,9 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
     let noise_var = rp.f64()?;
     rp.done()?;
     if !(noise_var > 0.0) {
-        return Err(format_err("model data: PRIO noise variance is not positive"));
+        return Err(format_err(
+            "model data: PRIO noise variance is not positive",
+        ));
     }
     let info = ModelInfo {
         rows,
@@ -293,19 +325,31 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
         completion_objective: fs[3],
         noise_variance: fs[4],
     };
-    let prior = CorePrior { mean: prior_mean, chol, noise_var };
+    let prior = CorePrior {
+        mean: prior_mean,
+        chol,
+        noise_var,
+    };
     Ok(Model::from_parts(u, v, mean, prior, info))
 }
 
 /// Writes the model file to `path`.
 pub fn save(model: &Model, path: &Path) -> Result<()> {
-    std::fs::write(path, to_bytes(model))
-        .map_err(|e| Error::new(ErrorKind::Io, format!("path: cannot write {}: {e}", path.display())))
+    std::fs::write(path, to_bytes(model)).map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("path: cannot write {}: {e}", path.display()),
+        )
+    })
 }
 
 /// Reads a model file from `path`.
 pub fn load(path: &Path) -> Result<Model> {
-    let data = std::fs::read(path)
-        .map_err(|e| Error::new(ErrorKind::Io, format!("path: cannot read {}: {e}", path.display())))?;
+    let data = std::fs::read(path).map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("path: cannot read {}: {e}", path.display()),
+        )
+    })?;
     from_bytes(&data)
 }
