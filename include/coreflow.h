@@ -36,6 +36,11 @@
 #define TOPK_RELATIVE_CUTOFF 1e-9
 
 /**
+ * The format version this build writes and the newest it reads.
+ */
+#define FORMAT_VERSION 1
+
+/**
  * The synthetic data sets of DESIGN.md section 7.
  */
 typedef struct Dataset Dataset;
@@ -98,6 +103,11 @@ typedef int32_t (*coreflow_progress_fn)(void *user, const struct coreflow_progre
  * Which model the cores get (32-bit; values below).
  */
 typedef int32_t coreflow_core_model;
+
+/**
+ * Host allreduce callback (see `coreflow_fit_options.allreduce`).
+ */
+typedef int32_t (*coreflow_allreduce_fn)(void *user, double *buf, size_t len);
 
 /**
  * Options of `coreflow_fit`. Fill with `coreflow_fit_options_init`, then
@@ -220,6 +230,20 @@ typedef struct coreflow_fit_options {
      * Fraction of samples held out for the diagnostics; default 0.2.
      */
     double holdout_fraction;
+    /**
+     * Distributed fitting: NULL (the default) fits on this process's data
+     * alone; otherwise every sum over samples is completed by this callback,
+     * which must sum `buf[0..len]` element-wise across all processes in
+     * place (MPI_Allreduce with MPI_SUM) and return 0, or nonzero on
+     * failure (then the fit returns `COREFLOW_ERR_COMMUNICATION`). Every
+     * process passes its own shard and must return the same value from each
+     * call. Called on the thread that called `coreflow_fit`.
+     */
+    coreflow_allreduce_fn allreduce;
+    /**
+     * Passed unchanged to `allreduce`.
+     */
+    void *allreduce_user;
 } coreflow_fit_options;
 
 /**
@@ -595,6 +619,11 @@ typedef struct coreflow_matrices_mut {
 #define COREFLOW_ERR_UNSUPPORTED 11
 
 /**
+ * The host's allreduce callback returned nonzero (distributed fitting).
+ */
+#define COREFLOW_ERR_COMMUNICATION 12
+
+/**
  * A bug in the library (a caught panic or a broken invariant).
  */
 #define COREFLOW_ERR_INTERNAL 99
@@ -702,6 +731,42 @@ coreflow_status coreflow_decode(const struct coreflow_model *m, const double *co
  * buffers. Never allocates; runs on the calling thread only. Thread-safe.
  */
 coreflow_status coreflow_complete(const struct coreflow_model *m, const struct coreflow_matrices *partial, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
+
+/**
+ * Writes the model to the file `path` (versioned, checksummed).
+ * Returns `COREFLOW_OK` or an error status (`COREFLOW_ERR_IO` when the file
+ * cannot be written). Allocates (the file image). Thread-safe.
+ */
+coreflow_status coreflow_model_save(const struct coreflow_model *m, const char *path);
+
+/**
+ * Reads a model from the file `path` and stores a new handle in `*out`.
+ * Returns `COREFLOW_OK`, or an error status with `*out` untouched:
+ * `COREFLOW_ERR_IO` (unreadable file), `COREFLOW_ERR_FORMAT` (corrupt or
+ * truncated), `COREFLOW_ERR_VERSION` (newer format).
+ * Ownership: the caller owns `*out` (release with `coreflow_model_free`).
+ * Allocates. Thread-safe.
+ */
+coreflow_status coreflow_model_load(const char *path, struct coreflow_model **out);
+
+/**
+ * Serializes the model into `buf` (capacity `cap` bytes) and stores the
+ * image length in `*len`. With `buf` NULL, only `*len` is written (ask for
+ * the length first). A `cap` smaller than the length gives
+ * `COREFLOW_ERR_INVALID_ARGUMENT` and writes only `*len`.
+ * Returns `COREFLOW_OK` or an error status. Ownership: the caller owns
+ * `buf`. Allocates (a temporary image). Thread-safe.
+ */
+coreflow_status coreflow_model_to_bytes(const struct coreflow_model *m, uint8_t *buf, size_t cap, size_t *len);
+
+/**
+ * Reads a model from `len` bytes at `buf` and stores a new handle in
+ * `*out`. Returns `COREFLOW_OK`, or an error status with `*out` untouched
+ * (`COREFLOW_ERR_FORMAT`, `COREFLOW_ERR_VERSION`). Never reads outside
+ * `buf[0..len]`. Ownership: the caller owns `buf` and `*out`. Allocates.
+ * Thread-safe.
+ */
+coreflow_status coreflow_model_from_bytes(const uint8_t *buf, size_t len, struct coreflow_model **out);
 
 /**
  * The message of the last failed call on the calling thread: names the bad

@@ -32,6 +32,8 @@ pub enum ErrorKind {
     Numerical,
     /// The model cannot perform the requested operation.
     Unsupported,
+    /// The host's allreduce callback reported a failure.
+    Communication,
     /// A bug: a broken internal invariant or a caught panic.
     Internal,
 }
@@ -51,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Numerical => "numerical failure",
             ErrorKind::Unsupported => "unsupported operation",
+            ErrorKind::Communication => "communication failure",
             ErrorKind::Internal => "internal error",
         }
     }

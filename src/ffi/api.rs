@@ -6,6 +6,7 @@ use super::views::*;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::numerics::{MemStack, StackReq};
+use crate::reduce::{CallbackReducer, LocalReducer};
 use std::ffi::{c_char, c_void};
 use std::mem::MaybeUninit;
 
@@ -112,14 +113,16 @@ pub unsafe extern "C" fn coreflow_fit(
             return Err(null("out"));
         }
         let fopts = to_fit_options(&copts)?;
-        let model = match copts.progress {
-            None => Model::fit(&batch, &fopts)?,
-            Some(cb) => {
-                let user = copts.progress_user;
-                Model::fit_with_progress(&batch, &fopts, &mut |p| {
-                    let cp = to_c_progress(p);
-                    cb(user, &cp) == 0
-                })?
+        let user = copts.progress_user;
+        let mut progress = |p: &crate::model::Progress| match copts.progress {
+            None => true,
+            Some(cb) => cb(user, &to_c_progress(p)) == 0,
+        };
+        let model = match copts.allreduce {
+            None => Model::fit_with_reducer(&batch, &fopts, &LocalReducer, &mut progress)?,
+            Some(f) => {
+                let reducer = CallbackReducer::new(f, copts.allreduce_user);
+                Model::fit_with_reducer(&batch, &fopts, &reducer, &mut progress)?
             }
         };
         out.write(into_handle(model));

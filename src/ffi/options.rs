@@ -141,7 +141,21 @@ pub struct coreflow_fit_options {
     pub core_model: coreflow_core_model,
     /// Fraction of samples held out for the diagnostics; default 0.2.
     pub holdout_fraction: f64,
+    /// Distributed fitting: NULL (the default) fits on this process's data
+    /// alone; otherwise every sum over samples is completed by this callback,
+    /// which must sum `buf[0..len]` element-wise across all processes in
+    /// place (MPI_Allreduce with MPI_SUM) and return 0, or nonzero on
+    /// failure (then the fit returns `COREFLOW_ERR_COMMUNICATION`). Every
+    /// process passes its own shard and must return the same value from each
+    /// call. Called on the thread that called `coreflow_fit`.
+    pub allreduce: coreflow_allreduce_fn,
+    /// Passed unchanged to `allreduce`.
+    pub allreduce_user: *mut c_void,
 }
+
+/// Host allreduce callback (see `coreflow_fit_options.allreduce`).
+pub type coreflow_allreduce_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, buf: *mut f64, len: usize) -> i32>;
 
 /// Smallest `struct_size` accepted for `coreflow_fit_options` (ABI v1).
 pub(crate) const FIT_OPTIONS_V1_SIZE: usize =
@@ -179,6 +193,8 @@ pub(crate) fn fit_options_default() -> coreflow_fit_options {
         progress_user: std::ptr::null_mut(),
         core_model: COREFLOW_CORE_MODEL_AUTO,
         holdout_fraction: 0.2,
+        allreduce: None,
+        allreduce_user: std::ptr::null_mut(),
     }
 }
 

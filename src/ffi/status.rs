@@ -33,6 +33,8 @@ pub const COREFLOW_ERR_CANCELLED: coreflow_status = 9;
 pub const COREFLOW_ERR_NUMERICAL: coreflow_status = 10;
 /// The model cannot do this (e.g. sampling from a geometry-only model).
 pub const COREFLOW_ERR_UNSUPPORTED: coreflow_status = 11;
+/// The host's allreduce callback returned nonzero (distributed fitting).
+pub const COREFLOW_ERR_COMMUNICATION: coreflow_status = 12;
 /// A bug in the library (a caught panic or a broken invariant).
 pub const COREFLOW_ERR_INTERNAL: coreflow_status = 99;
 
@@ -49,6 +51,7 @@ pub(crate) fn status_of(kind: ErrorKind) -> coreflow_status {
         ErrorKind::Cancelled => COREFLOW_ERR_CANCELLED,
         ErrorKind::Numerical => COREFLOW_ERR_NUMERICAL,
         ErrorKind::Unsupported => COREFLOW_ERR_UNSUPPORTED,
+        ErrorKind::Communication => COREFLOW_ERR_COMMUNICATION,
         _ => COREFLOW_ERR_INTERNAL,
     }
 }
@@ -141,6 +144,7 @@ pub extern "C" fn coreflow_status_name(status: coreflow_status) -> *const c_char
         COREFLOW_ERR_CANCELLED => c"COREFLOW_ERR_CANCELLED",
         COREFLOW_ERR_NUMERICAL => c"COREFLOW_ERR_NUMERICAL",
         COREFLOW_ERR_UNSUPPORTED => c"COREFLOW_ERR_UNSUPPORTED",
+        COREFLOW_ERR_COMMUNICATION => c"COREFLOW_ERR_COMMUNICATION",
         COREFLOW_ERR_INTERNAL => c"COREFLOW_ERR_INTERNAL",
         _ => c"COREFLOW_UNKNOWN_STATUS",
     };

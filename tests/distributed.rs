@@ -1,0 +1,168 @@
+//! Distributed fitting through the reduction hook: shards fitted by
+//! participants that sum through an allreduce give the model of the whole
+//! set. Processes are simulated by threads with a barrier-based allreduce.
+
+use coreflow::datasets::{mcar_mask, planted_low_rank, PlantedSpec};
+use coreflow::reduce::Reducer;
+use coreflow::{Error, ErrorKind, FitOptions, MatrixBatch, Model};
+use std::sync::{Barrier, Mutex};
+
+/// An in-process allreduce among `p` participants: each deposits its buffer,
+/// then every participant sums the deposits in participant order (so all
+/// get bitwise the same sums, as with MPI's deterministic reductions).
+struct ThreadAllreduce {
+    slots: Vec<Mutex<Vec<f64>>>,
+    barrier: Barrier,
+    fail_at_call: Option<usize>,
+}
+
+struct Participant<'a> {
+    shared: &'a ThreadAllreduce,
+    rank: usize,
+    calls: Mutex<usize>,
+}
+
+impl Reducer for Participant<'_> {
+    fn sum_in_place(&self, buf: &mut [f64]) -> coreflow::Result<()> {
+        let mut calls = self.calls.lock().unwrap();
+        *calls += 1;
+        if Some(*calls) == self.shared.fail_at_call {
+            // Every participant fails on the same call, as the contract asks.
+            return Err(Error::new(
+                ErrorKind::Communication,
+                "allreduce: simulated failure",
+            ));
+        }
+        *self.shared.slots[self.rank].lock().unwrap() = buf.to_vec();
+        self.shared.barrier.wait();
+        buf.fill(0.0);
+        for slot in &self.shared.slots {
+            for (b, x) in buf.iter_mut().zip(slot.lock().unwrap().iter()) {
+                *b += x;
+            }
+        }
+        self.shared.barrier.wait();
+        Ok(())
+    }
+}
+
+/// Fits `p` shards of `data` (C-order, split by samples) in parallel.
+fn fit_sharded(
+    data: &[f64],
+    mask: Option<&[u8]>,
+    count: usize,
+    m: usize,
+    n: usize,
+    p: usize,
+    opts: &FitOptions,
+    fail_at_call: Option<usize>,
+) -> Vec<coreflow::Result<Model>> {
+    let shared = ThreadAllreduce {
+        slots: (0..p).map(|_| Mutex::new(Vec::new())).collect(),
+        barrier: Barrier::new(p),
+        fail_at_call,
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..p)
+            .map(|rank| {
+                let shared = &shared;
+                scope.spawn(move || {
+                    let range = count * rank / p..count * (rank + 1) / p;
+                    let len = range.len();
+                    let slice = &data[range.start * m * n..range.end * m * n];
+                    let mut batch = MatrixBatch::from_c_order(slice, len, m, n).unwrap();
+                    if let Some(mask) = mask {
+                        batch = batch
+                            .with_mask(&mask[range.start * m * n..range.end * m * n])
+                            .unwrap();
+                    }
+                    let reducer = Participant {
+                        shared,
+                        rank,
+                        calls: Mutex::new(0),
+                    };
+                    Model::fit_with_reducer(&batch, opts, &reducer, &mut |_| true)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn sharded_fits_match_the_single_process_fit() {
+    let (count, m, n) = (90, 30, 24);
+    let mut spec = PlantedSpec::new(count, m, n, 4, 3, 61);
+    spec.noise = 1e-2;
+    let planted = planted_low_rank(&spec).unwrap();
+    let data = &planted.data.data;
+    let mask = mcar_mask(count, m, n, 0.3, 62).unwrap();
+    for masked in [false, true] {
+        let opts = FitOptions {
+            rank_rows: 4,
+            rank_cols: 3,
+            center: true,
+            threads: 1,
+            ..Default::default()
+        };
+        let whole = MatrixBatch::from_c_order(data, count, m, n).unwrap();
+        let whole = if masked {
+            whole.with_mask(&mask).unwrap()
+        } else {
+            whole
+        };
+        let single = Model::fit(&whole, &opts).unwrap();
+        for p in [1, 2, 4] {
+            let fits = fit_sharded(
+                data,
+                masked.then_some(&mask[..]),
+                count,
+                m,
+                n,
+                p,
+                &opts,
+                None,
+            );
+            for (rank, fit) in fits.into_iter().enumerate() {
+                let model = fit.unwrap();
+                let du = (model.u() - single.u()).norm_max();
+                let dv = (model.v() - single.v()).norm_max();
+                assert!(
+                    du < 1e-10 && dv < 1e-10,
+                    "masked {masked}, p {p}, rank {rank}: {du} {dv}"
+                );
+                assert_eq!(model.info().train_count, count);
+                let dm = (model.mean().unwrap() - single.mean().unwrap()).norm_max();
+                assert!(dm < 1e-12, "mean differs by {dm}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_failing_allreduce_stops_every_participant() {
+    let (count, m, n) = (40, 20, 16);
+    let planted = planted_low_rank(&PlantedSpec::new(count, m, n, 2, 2, 63)).unwrap();
+    let opts = FitOptions {
+        rank_rows: 2,
+        rank_cols: 2,
+        threads: 1,
+        ..Default::default()
+    };
+    for fail_at in [1, 3, 7] {
+        let fits = fit_sharded(
+            &planted.data.data,
+            None,
+            count,
+            m,
+            n,
+            3,
+            &opts,
+            Some(fail_at),
+        );
+        for fit in fits {
+            let err = fit.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Communication, "{err}");
+        }
+    }
+}
