@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod error;
+pub mod flow;
 pub mod numerics;
 pub mod reduce;
 

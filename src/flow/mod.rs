@@ -1,0 +1,21 @@
+//! Flow matching on the leading core coordinates (DESIGN.md section 5).
+//!
+//! Submodules, bottom to top:
+//! - [`real`]: the network's floating-point types and vectorised kernels;
+//! - [`rng`]: counter-based random streams and normal variates;
+//! - [`network`]: the velocity MLP, its batched forward/backward passes and
+//!   Jacobian traces;
+//! - [`optim`]: Adam, the learning-rate schedule, clipping and the weight EMA;
+//! - [`assignment`]: exact minimum-cost assignment (minibatch OT coupling);
+//! - [`train`]: the flow-matching training loop;
+//! - [`ode`]: fixed-step and adaptive ODE solvers;
+//! - [`likelihood`]: log-densities by the instantaneous change of variables;
+//! - [`core_model`]: the fitted core model (flow block + Gaussian block, or
+//!   the Gaussian fallback).
+
+pub mod network;
+pub mod real;
+pub mod rng;
+
+pub use network::{LayerSlot, NetConfig, Tape, Times, VelocityNet};
+pub use real::Real;
