@@ -13,9 +13,13 @@
 //! - [`core_model`]: the fitted core model (flow block + Gaussian block, or
 //!   the Gaussian fallback).
 
+pub mod assignment;
 pub mod network;
+pub mod optim;
 pub mod real;
 pub mod rng;
+pub mod train;
 
 pub use network::{LayerSlot, NetConfig, Tape, Times, VelocityNet};
 pub use real::Real;
+pub use train::{Coupling, TrainOptions, TrainReport, Trainer};

@@ -35,6 +35,8 @@ pub trait Real:
     fn exp_poly(self) -> Self;
     /// `(sin 2 pi u, cos 2 pi u)` for `u` in `[0, 1)`, branch-free polynomial.
     fn sincos_2pi(u: Self) -> (Self, Self);
+    /// Square root (correctly rounded).
+    fn sqrt(self) -> Self;
     /// The additive identity.
     const ZERO: Self;
     /// The multiplicative identity.
@@ -52,6 +54,10 @@ impl Real for f32 {
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self as f64
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
     }
     #[inline(always)]
     fn exp_poly(self) -> Self {
@@ -94,6 +100,10 @@ impl Real for f64 {
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
     }
     #[inline(always)]
     fn exp_poly(self) -> Self {
