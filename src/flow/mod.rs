@@ -14,12 +14,16 @@
 //!   the Gaussian fallback).
 
 pub mod assignment;
+pub mod likelihood;
 pub mod network;
+pub mod ode;
 pub mod optim;
 pub mod real;
 pub mod rng;
 pub mod train;
 
+pub use likelihood::DivergenceField;
 pub use network::{LayerSlot, NetConfig, Tape, Times, VelocityNet};
+pub use ode::{Divergence, SolveStats, Solver, SolverOptions, VelocityField};
 pub use real::Real;
 pub use train::{Coupling, TrainOptions, TrainReport, Trainer};

@@ -349,29 +349,6 @@ pub(crate) fn lane_sum<T: Real>(x: &[T]) -> T {
     s
 }
 
-/// Sum of element-wise products with 16 independent partial sums.
-#[inline(always)]
-pub(crate) fn lane_dot<T: Real>(x: &[T], y: &[T]) -> T {
-    let mut acc = [T::ZERO; 16];
-    let n = x.len().min(y.len());
-    let (x, y) = (&x[..n], &y[..n]);
-    let mut cx = x.chunks_exact(16);
-    let mut cy = y.chunks_exact(16);
-    for (a, b) in (&mut cx).zip(&mut cy) {
-        for i in 0..16 {
-            acc[i] = acc[i] + a[i] * b[i];
-        }
-    }
-    for (i, (a, b)) in cx.remainder().iter().zip(cy.remainder()).enumerate() {
-        acc[i] = acc[i] + *a * *b;
-    }
-    let mut s = T::ZERO;
-    for a in acc {
-        s = s + a;
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
