@@ -14,6 +14,7 @@
 //!   the Gaussian fallback).
 
 pub mod assignment;
+pub mod core_model;
 pub mod likelihood;
 pub mod network;
 pub mod ode;
@@ -22,6 +23,10 @@ pub mod real;
 pub mod rng;
 pub mod train;
 
+pub use core_model::{
+    CoreModel, CoreModelChoice, CoreModelInfo, CoreModelKind, CoreModelParts, FlowOptions,
+    FlowParts, GaussianParts, NetParams, Precision,
+};
 pub use likelihood::DivergenceField;
 pub use network::{LayerSlot, NetConfig, Tape, Times, VelocityNet};
 pub use ode::{Divergence, SolveStats, Solver, SolverOptions, VelocityField};

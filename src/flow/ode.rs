@@ -194,13 +194,12 @@ pub fn integrate_scratch<F: VelocityField + ?Sized>(
     batch: usize,
     opts: &SolverOptions,
 ) -> StackReq {
-    let m = field.dim();
-    let mats = |n: usize| StackReq::all_of(&vec![temp_mat_scratch::<f64>(batch, m); n]);
+    let mat = temp_mat_scratch::<f64>(batch, field.dim());
     match opts.solver {
-        Solver::Euler => StackReq::all_of(&[mats(1), field.eval_scratch(batch)]),
-        Solver::Heun | Solver::Rk4 => StackReq::all_of(&[mats(3), field.eval_scratch(batch)]),
+        Solver::Euler => StackReq::all_of(&[mat, field.eval_scratch(batch)]),
+        Solver::Heun | Solver::Rk4 => StackReq::all_of(&[mat, mat, mat, field.eval_scratch(batch)]),
         Solver::Dopri5 => StackReq::all_of(&[
-            mats(9),
+            StackReq::all_of(&[mat; 9]),
             temp_slice_scratch::<f64>(batch),
             temp_slice_scratch::<f64>(batch),
             temp_slice_scratch::<f64>(batch),
