@@ -25,7 +25,7 @@ use super::rng;
 use crate::error::{Error, Result};
 use crate::numerics::{temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch};
 use faer::dyn_stack::{MemStack, StackReq};
-use faer::prelude::{Reborrow, ReborrowMut};
+use faer::prelude::ReborrowMut;
 use faer::{MatMut, MatRef, Par};
 
 /// A velocity field that also provides Jacobian traces.
@@ -58,12 +58,7 @@ pub trait DivergenceField: VelocityField {
 
 impl<T: Real> DivergenceField for VelocityNet<T> {
     fn eval_div_scratch(&self, batch: usize) -> StackReq {
-        let k = self.config().dim;
-        StackReq::all_of(&[
-            temp_mat_scratch::<T>(batch, k),
-            temp_mat_scratch::<T>(batch, k),
-            self.forward_div_scratch(batch),
-        ])
+        self.forward_div_scratch(batch)
     }
     fn eval_div(
         &self,
@@ -73,21 +68,10 @@ impl<T: Real> DivergenceField for VelocityNet<T> {
         div: &mut [f64],
         stack: &mut MemStack,
     ) {
-        let (b, k) = x.shape();
-        let (mut xt, stack) = temp_mat_zeroed::<T>(b, k, stack);
-        let (mut vt, stack) = temp_mat_zeroed::<T>(b, k, stack);
-        super::ode::convert(x, xt.rb_mut());
-        self.forward_div(times, xt.rb(), vt.rb_mut(), div, Par::Seq, stack);
-        super::ode::convert(vt.rb(), v);
+        self.forward_div(times, x, v, div, Par::Seq, stack);
     }
     fn eval_jvp_scratch(&self, batch: usize) -> StackReq {
-        let k = self.config().dim;
-        StackReq::all_of(&[
-            temp_mat_scratch::<T>(batch, k),
-            temp_mat_scratch::<T>(batch, k),
-            temp_mat_scratch::<T>(batch, k),
-            self.forward_jvp_scratch(batch),
-        ])
+        self.forward_jvp_scratch(batch)
     }
     fn eval_jvp(
         &self,
@@ -98,14 +82,7 @@ impl<T: Real> DivergenceField for VelocityNet<T> {
         quad: &mut [f64],
         stack: &mut MemStack,
     ) {
-        let (b, k) = x.shape();
-        let (mut xt, stack) = temp_mat_zeroed::<T>(b, k, stack);
-        let (mut pt, stack) = temp_mat_zeroed::<T>(b, k, stack);
-        let (mut vt, stack) = temp_mat_zeroed::<T>(b, k, stack);
-        super::ode::convert(x, xt.rb_mut());
-        super::ode::convert(probe, pt.rb_mut());
-        self.forward_jvp(times, xt.rb(), pt.rb(), vt.rb_mut(), quad, Par::Seq, stack);
-        super::ode::convert(vt.rb(), v);
+        self.forward_jvp(times, x, probe, v, quad, Par::Seq, stack);
     }
 }
 

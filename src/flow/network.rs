@@ -357,12 +357,12 @@ impl<T: Real> VelocityNet<T> {
     }
 
     /// `out <- v(x, t)` for a batch: `x` and `out` are `B x k` with unit row
-    /// stride.
-    pub fn forward(
+    /// stride, in any real type `X` (converted on the way in and out).
+    pub fn forward<X: Real>(
         &self,
         times: Times<'_>,
-        x: MatRef<'_, T>,
-        out: MatMut<'_, T>,
+        x: MatRef<'_, X>,
+        out: MatMut<'_, X>,
         par: Par,
         stack: &mut MemStack,
     ) {
@@ -381,9 +381,7 @@ impl<T: Real> VelocityNet<T> {
             core::mem::swap(&mut a, &mut z);
         }
         gemm(o.rb_mut(), a.rb(), self.weight(c.layers), par);
-        real::add_bias(o.rb_mut(), self.bias(c.layers));
-        let mut out = out;
-        out.copy_from(o.rb());
+        real::add_bias_convert(o.rb(), self.bias(c.layers), out);
     }
 
     fn first_layer_scratch(&self, batch: usize) -> StackReq {
@@ -396,10 +394,10 @@ impl<T: Real> VelocityNet<T> {
 
     /// Pre-activation of the first hidden layer without its bias into `z`,
     /// and the bias to add into `bias`.
-    fn first_layer(
+    fn first_layer<X: Real>(
         &self,
         times: Times<'_>,
-        x: MatRef<'_, T>,
+        x: MatRef<'_, X>,
         z: MatMut<'_, T>,
         bias: &mut [T],
         par: Par,
@@ -425,13 +423,13 @@ impl<T: Real> VelocityNet<T> {
                     *bh = s;
                 }
                 let (mut xin, _) = temp_rows::<T>(b, c.dim, stack);
-                xin.copy_from(x);
+                real::convert(x, xin.rb_mut());
                 gemm(z, xin.rb(), w.subrows(0, c.dim), par);
             }
             Times::PerRow(t) => {
                 assert!(t.len() == b);
                 let (mut input, _) = temp_rows::<T>(b, c.input_dim(), stack);
-                input.rb_mut().subcols_mut(0, c.dim).copy_from(x);
+                real::convert(x, input.rb_mut().subcols_mut(0, c.dim));
                 self.time_features(t, input.rb_mut().subcols_mut(c.dim, nf));
                 bias.copy_from_slice(self.bias(0));
                 gemm(z, input.rb(), w, par);
@@ -552,11 +550,11 @@ impl<T: Real> VelocityNet<T> {
 
     /// `out <- v(x, t)` and `div[i] <- trace(dv/dx)` at row `i` (exact, by
     /// forward mode along every coordinate direction).
-    pub fn forward_div(
+    pub fn forward_div<X: Real>(
         &self,
         times: Times<'_>,
-        x: MatRef<'_, T>,
-        out: MatMut<'_, T>,
+        x: MatRef<'_, X>,
+        out: MatMut<'_, X>,
         div: &mut [f64],
         par: Par,
         stack: &mut MemStack,
@@ -582,9 +580,7 @@ impl<T: Real> VelocityNet<T> {
             core::mem::swap(&mut a, &mut z);
         }
         gemm(o.rb_mut(), a.rb(), self.weight(c.layers), par);
-        real::add_bias(o.rb_mut(), self.bias(c.layers));
-        let mut out = out;
-        out.copy_from(o.rb());
+        real::add_bias_convert(o.rb(), self.bias(c.layers), out);
 
         // Tangents: row j*B + i is sample i along direction e_j.
         let w0 = self.weight(0);
@@ -644,12 +640,12 @@ impl<T: Real> VelocityNet<T> {
     /// pass; the Hutchinson divergence estimate for Rademacher or normal
     /// probes).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_jvp(
+    pub fn forward_jvp<X: Real>(
         &self,
         times: Times<'_>,
-        x: MatRef<'_, T>,
-        probe: MatRef<'_, T>,
-        out: MatMut<'_, T>,
+        x: MatRef<'_, X>,
+        probe: MatRef<'_, X>,
+        out: MatMut<'_, X>,
         quad: &mut [f64],
         par: Par,
         stack: &mut MemStack,
@@ -666,7 +662,7 @@ impl<T: Real> VelocityNet<T> {
         let (mut o, stack) = temp_rows::<T>(b, k, stack);
         let (mut p, stack) = temp_rows::<T>(b, k, stack);
         let (mut tan_out, stack) = temp_rows::<T>(b, k, stack);
-        p.copy_from(probe);
+        real::convert(probe, p.rb_mut());
 
         self.first_layer(times, x, a.rb_mut(), bias, par, stack);
         real::bias_silu_deriv(a.rb_mut(), d.rb_mut(), bias);
@@ -681,9 +677,7 @@ impl<T: Real> VelocityNet<T> {
             scale_blocks(tan.rb_mut(), d.rb(), 1);
         }
         gemm(o.rb_mut(), a.rb(), self.weight(c.layers), par);
-        real::add_bias(o.rb_mut(), self.bias(c.layers));
-        let mut out = out;
-        out.copy_from(o.rb());
+        real::add_bias_convert(o.rb(), self.bias(c.layers), out);
         gemm(tan_out.rb_mut(), tan.rb(), self.weight(c.layers), par);
         for (i, q) in quad.iter_mut().enumerate() {
             let mut s = 0.0;

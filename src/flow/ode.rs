@@ -23,7 +23,7 @@
 
 pub use super::network::Times;
 use super::network::VelocityNet;
-use super::real::Real;
+use super::real::{col_mut, col_ref, multiversion, Real};
 use crate::error::{Error, Result};
 use crate::numerics::{temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch};
 use faer::dyn_stack::{MemStack, StackReq};
@@ -51,30 +51,10 @@ impl<T: Real> VelocityField for VelocityNet<T> {
         self.config().dim
     }
     fn eval_scratch(&self, batch: usize) -> StackReq {
-        let k = self.config().dim;
-        StackReq::all_of(&[
-            temp_mat_scratch::<T>(batch, k),
-            temp_mat_scratch::<T>(batch, k),
-            self.forward_scratch(batch),
-        ])
+        self.forward_scratch(batch)
     }
     fn eval(&self, times: Times<'_>, x: MatRef<'_, f64>, v: MatMut<'_, f64>, stack: &mut MemStack) {
-        let (b, k) = x.shape();
-        let (mut xt, stack) = temp_mat_zeroed::<T>(b, k, stack);
-        let (mut vt, stack) = temp_mat_zeroed::<T>(b, k, stack);
-        convert(x, xt.rb_mut());
-        self.forward(times, xt.rb(), vt.rb_mut(), Par::Seq, stack);
-        convert(vt.rb(), v);
-    }
-}
-
-/// Element-wise conversion between real types.
-pub(crate) fn convert<A: Real, B: Real>(src: MatRef<'_, A>, dst: MatMut<'_, B>) {
-    let mut dst = dst;
-    for j in 0..src.ncols() {
-        for i in 0..src.nrows() {
-            dst[(i, j)] = B::from_f64(src[(i, j)].to_f64());
-        }
+        self.forward(times, x, v, Par::Seq, stack);
     }
 }
 
@@ -221,7 +201,16 @@ pub fn integrate<F: VelocityField + ?Sized>(
     stack: &mut MemStack,
 ) -> Result<SolveStats> {
     opts.check()?;
-    assert!(x.ncols() == field.dim());
+    if x.ncols() != field.dim() {
+        return Err(Error::shape(format!(
+            "x: has {} columns, the field dimension is {}",
+            x.ncols(),
+            field.dim()
+        )));
+    }
+    if x.row_stride() != 1 {
+        return Err(Error::shape("x: must have unit row stride"));
+    }
     if x.nrows() == 0 || t0 == t1 {
         return Ok(SolveStats::default());
     }
@@ -233,12 +222,28 @@ pub fn integrate<F: VelocityField + ?Sized>(
     }
 }
 
-/// `y <- x + a k` element-wise.
-fn axpy(y: MatMut<'_, f64>, x: MatRef<'_, f64>, a: f64, k: MatRef<'_, f64>) {
-    let mut y = y;
-    for j in 0..x.ncols() {
-        for i in 0..x.nrows() {
-            y[(i, j)] = x[(i, j)] + a * k[(i, j)];
+multiversion! {
+    /// `y <- x + a k`.
+    fn lincomb<T: Real>(y: MatMut<'_, T>, x: MatRef<'_, T>, a: T, k: MatRef<'_, T>) {
+        let mut y = y;
+        for j in 0..x.ncols() {
+            let (xc, kc) = (col_ref(&x, j), col_ref(&k, j));
+            for ((yv, xv), kv) in col_mut(&mut y, j).iter_mut().zip(xc).zip(kc) {
+                *yv = *xv + a * *kv;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `x <- x + a (k1 + b k2)`.
+    fn add_combination<T: Real>(x: MatMut<'_, T>, a: T, k1: MatRef<'_, T>, b: T, k2: MatRef<'_, T>) {
+        let mut x = x;
+        for j in 0..k1.ncols() {
+            let (c1, c2) = (col_ref(&k1, j), col_ref(&k2, j));
+            for ((xv, u), v) in col_mut(&mut x, j).iter_mut().zip(c1).zip(c2) {
+                *xv = *xv + a * (*u + b * *v);
+            }
         }
     }
 }
@@ -254,20 +259,15 @@ fn fixed_step<F: VelocityField + ?Sized>(
 ) -> SolveStats {
     let (b, m) = x.shape();
     let h = (t1 - t0) / n as f64;
-    let mut evals = 0;
-    match solver {
+    let evals = match solver {
         Solver::Euler => {
             let (mut k, stack) = temp_mat_zeroed::<f64>(b, m, stack);
             for i in 0..n {
                 let t = t0 + i as f64 * h;
                 field.eval(Times::Shared(t), x.rb(), k.rb_mut(), stack);
-                for j in 0..m {
-                    for r in 0..b {
-                        x[(r, j)] += h * k[(r, j)];
-                    }
-                }
+                add_combination(x.rb_mut(), h, k.rb(), 0.0, k.rb());
             }
-            evals += n;
+            n
         }
         Solver::Heun => {
             let (mut k1, stack) = temp_mat_zeroed::<f64>(b, m, stack);
@@ -276,48 +276,33 @@ fn fixed_step<F: VelocityField + ?Sized>(
             for i in 0..n {
                 let t = t0 + i as f64 * h;
                 field.eval(Times::Shared(t), x.rb(), k1.rb_mut(), stack);
-                axpy(xs.rb_mut(), x.rb(), h, k1.rb());
+                lincomb(xs.rb_mut(), x.rb(), h, k1.rb());
                 field.eval(Times::Shared(t + h), xs.rb(), k2.rb_mut(), stack);
-                for j in 0..m {
-                    for r in 0..b {
-                        x[(r, j)] += 0.5 * h * (k1[(r, j)] + k2[(r, j)]);
-                    }
-                }
+                add_combination(x.rb_mut(), 0.5 * h, k1.rb(), 1.0, k2.rb());
             }
-            evals += 2 * n;
+            2 * n
         }
         Solver::Rk4 | Solver::Dopri5 => {
+            // acc accumulates k1 + 2 k2 + 2 k3; k holds the latest stage.
             let (mut acc, stack) = temp_mat_zeroed::<f64>(b, m, stack);
             let (mut k, stack) = temp_mat_zeroed::<f64>(b, m, stack);
             let (mut xs, stack) = temp_mat_zeroed::<f64>(b, m, stack);
             for i in 0..n {
                 let t = t0 + i as f64 * h;
                 field.eval(Times::Shared(t), x.rb(), acc.rb_mut(), stack);
-                axpy(xs.rb_mut(), x.rb(), 0.5 * h, acc.rb());
+                lincomb(xs.rb_mut(), x.rb(), 0.5 * h, acc.rb());
                 field.eval(Times::Shared(t + 0.5 * h), xs.rb(), k.rb_mut(), stack);
-                for j in 0..m {
-                    for r in 0..b {
-                        acc[(r, j)] += 2.0 * k[(r, j)];
-                    }
-                }
-                axpy(xs.rb_mut(), x.rb(), 0.5 * h, k.rb());
+                add_combination(acc.rb_mut(), 2.0, k.rb(), 0.0, k.rb());
+                lincomb(xs.rb_mut(), x.rb(), 0.5 * h, k.rb());
                 field.eval(Times::Shared(t + 0.5 * h), xs.rb(), k.rb_mut(), stack);
-                for j in 0..m {
-                    for r in 0..b {
-                        acc[(r, j)] += 2.0 * k[(r, j)];
-                    }
-                }
-                axpy(xs.rb_mut(), x.rb(), h, k.rb());
+                add_combination(acc.rb_mut(), 2.0, k.rb(), 0.0, k.rb());
+                lincomb(xs.rb_mut(), x.rb(), h, k.rb());
                 field.eval(Times::Shared(t + h), xs.rb(), k.rb_mut(), stack);
-                for j in 0..m {
-                    for r in 0..b {
-                        x[(r, j)] += h / 6.0 * (acc[(r, j)] + k[(r, j)]);
-                    }
-                }
+                add_combination(x.rb_mut(), h / 6.0, acc.rb(), 1.0, k.rb());
             }
-            evals += 4 * n;
+            4 * n
         }
-    }
+    };
     SolveStats {
         evaluations: evals,
         accepted: n * b,

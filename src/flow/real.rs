@@ -72,8 +72,10 @@ impl Real for f32 {
             * r
             + 5.000_000_1e-1;
         let y = p * z + r + 1.0;
-        let n = fx as i32;
-        y * f32::from_bits(((n + 127) as u32) << 23)
+        // 2^fx without a float-to-int conversion (which does not vectorise
+        // with Rust's saturating `as`): fx + 127 sits in the low mantissa
+        // bits of fx + 2^23 + 127.
+        y * f32::from_bits((fx + 8_388_735.0).to_bits() << 23)
     }
     #[inline(always)]
     fn sincos_2pi(u: Self) -> (Self, Self) {
@@ -85,7 +87,7 @@ impl Real for f32 {
         let s = x + x * z * ((-1.951_529_6e-4 * z + 8.332_161e-3) * z - 1.666_665_5e-1);
         let c =
             1.0 - 0.5 * z + z * z * ((2.443_315_7e-5 * z - 1.388_731_6e-3) * z + 4.166_664_6e-2);
-        quadrant(q as i32, s, c)
+        quadrant((q + 8_388_608.0).to_bits(), s, c)
     }
 }
 
@@ -120,8 +122,7 @@ impl Real for f64 {
             * rr
             + 2.0;
         let y = 1.0 + 2.0 * px / (qx - px);
-        let n = fx as i64;
-        y * f64::from_bits(((n + 1023) as u64) << 52)
+        y * f64::from_bits((fx + 4_503_599_627_371_519.0).to_bits() << 52)
     }
     #[inline(always)]
     fn sincos_2pi(u: Self) -> (Self, Self) {
@@ -146,13 +147,14 @@ impl Real for f64 {
             + 4.166_666_666_666_659_292_18e-2;
         let s = x + x * z * sp;
         let c = 1.0 - 0.5 * z + z * z * cp;
-        quadrant(q as i32, s, c)
+        quadrant((q + 4_503_599_627_370_496.0).to_bits() as u32, s, c)
     }
 }
 
-/// `(sin, cos)` of `x + q pi / 2` from `(sin x, cos x)`, branch-free.
+/// `(sin, cos)` of `x + q pi / 2` from `(sin x, cos x)`, branch-free (only
+/// the two low bits of `q` matter).
 #[inline(always)]
-fn quadrant<T: Copy + core::ops::Neg<Output = T>>(q: i32, s: T, c: T) -> (T, T) {
+fn quadrant<T: Copy + core::ops::Neg<Output = T>>(q: u32, s: T, c: T) -> (T, T) {
     let q = q & 3;
     let (sv, cv) = if q & 1 != 0 { (c, s) } else { (s, c) };
     let sv = if q & 2 != 0 { -sv } else { sv };
@@ -165,37 +167,37 @@ fn quadrant<T: Copy + core::ops::Neg<Output = T>>(q: i32, s: T, c: T) -> (T, T) 
 macro_rules! multiversion {
     (
         $(#[$meta:meta])*
-        $vis:vis fn $name:ident<$T:ident: $bound:path>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
+        $vis:vis fn $name:ident<$($T:ident: $bound:path),+>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
     ) => {
         $(#[$meta])*
-        $vis fn $name<$T: $bound>($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name<$($T: $bound),+>($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn body<$T: $bound>($($arg: $ty),*) $(-> $ret)? $body
+            fn body<$($T: $bound),+>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-                unsafe fn v4<$T: $bound>($($arg: $ty),*) $(-> $ret)? {
-                    body::<$T>($($arg),*)
+                unsafe fn v4<$($T: $bound),+>($($arg: $ty),*) $(-> $ret)? {
+                    body::<$($T),+>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn v3<$T: $bound>($($arg: $ty),*) $(-> $ret)? {
-                    body::<$T>($($arg),*)
+                unsafe fn v3<$($T: $bound),+>($($arg: $ty),*) $(-> $ret)? {
+                    body::<$($T),+>($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512dq")
                 {
                     // SAFETY: the required features were detected just above.
-                    return unsafe { v4::<$T>($($arg),*) };
+                    return unsafe { v4::<$($T),+>($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
                 {
                     // SAFETY: the required features were detected just above.
-                    return unsafe { v3::<$T>($($arg),*) };
+                    return unsafe { v3::<$($T),+>($($arg),*) };
                 }
             }
-            body::<$T>($($arg),*)
+            body::<$($T),+>($($arg),*)
         }
     };
     (
@@ -323,6 +325,31 @@ multiversion! {
             let b = bias[j];
             for v in col_mut(&mut z, j).iter_mut() {
                 *v = *v + b;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `dst <- src` converted element-wise.
+    pub(crate) fn convert<A: Real, B: Real>(src: MatRef<'_, A>, dst: MatMut<'_, B>) {
+        let mut dst = dst;
+        for j in 0..src.ncols() {
+            for (d, s) in col_mut(&mut dst, j).iter_mut().zip(col_ref(&src, j)) {
+                *d = B::from_f64(s.to_f64());
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `dst_ij <- src_ij + bias_j`, converted.
+    pub(crate) fn add_bias_convert<A: Real, B: Real>(src: MatRef<'_, A>, bias: &[A], dst: MatMut<'_, B>) {
+        let mut dst = dst;
+        for j in 0..src.ncols() {
+            let b = bias[j];
+            for (d, s) in col_mut(&mut dst, j).iter_mut().zip(col_ref(&src, j)) {
+                *d = B::from_f64((*s + b).to_f64());
             }
         }
     }
