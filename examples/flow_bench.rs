@@ -48,6 +48,7 @@ struct Args {
     seed: u64,
     matmul_peak: bool,
     peak_size: usize,
+    chunk: usize,
 }
 
 fn parse() -> Args {
@@ -70,6 +71,7 @@ fn parse() -> Args {
         seed: 0,
         matmul_peak: false,
         peak_size: 1024,
+        chunk: 256,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -98,6 +100,7 @@ fn parse() -> Args {
             "--repeats" => a.repeats = val().parse().unwrap(),
             "--seed" => a.seed = val().parse().unwrap(),
             "--peak-size" => a.peak_size = val().parse().unwrap(),
+            "--chunk" => a.chunk = val().parse().unwrap(),
             "--skip-train" => a.skip_train = true,
             "--matmul-peak" => a.matmul_peak = true,
             "--help" | "-h" => {
@@ -244,7 +247,7 @@ fn main() {
             ..Default::default()
         };
         let n = a.sample_count;
-        let chunk = n.min(256);
+        let chunk = n.min(a.chunk);
         let mut x0 = Mat::<f64>::zeros(n, a.dim);
         let mut g = vec![0.0; a.dim];
         for i in 0..n {

@@ -159,6 +159,23 @@ pub struct VelocityNet<T: Real> {
     params: Vec<T>,
 }
 
+/// A network input `x` or `x + a k`, in the caller's real type.
+#[derive(Copy, Clone)]
+struct Input<'a, X> {
+    x: MatRef<'a, X>,
+    step: Option<(X, MatRef<'a, X>)>,
+}
+
+impl<X: Real> Input<'_, X> {
+    /// Writes the input, converted, into `dst`.
+    fn write<T: Real>(&self, dst: MatMut<'_, T>) {
+        match self.step {
+            None => real::convert(self.x, dst),
+            Some((a, k)) => real::axpy_convert(self.x, a, k, dst),
+        }
+    }
+}
+
 /// The activations of one training forward pass, kept for the backward pass.
 ///
 /// Carved from one caller-provided slice of [`Tape::len`] values: the input
@@ -366,9 +383,45 @@ impl<T: Real> VelocityNet<T> {
         par: Par,
         stack: &mut MemStack,
     ) {
+        self.forward_impl(times, Input { x, step: None }, out, par, stack)
+    }
+
+    /// `out <- v(x + a k, t)`: a solver stage, with the combination formed
+    /// while converting the input (workspace of [`forward`](Self::forward)).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_stage<X: Real>(
+        &self,
+        times: Times<'_>,
+        x: MatRef<'_, X>,
+        a: X,
+        k: MatRef<'_, X>,
+        out: MatMut<'_, X>,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
+        self.forward_impl(
+            times,
+            Input {
+                x,
+                step: Some((a, k)),
+            },
+            out,
+            par,
+            stack,
+        )
+    }
+
+    fn forward_impl<X: Real>(
+        &self,
+        times: Times<'_>,
+        x: Input<'_, X>,
+        out: MatMut<'_, X>,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
         let c = self.config;
-        let b = x.nrows();
-        assert!(x.ncols() == c.dim && out.nrows() == b && out.ncols() == c.dim);
+        let b = x.x.nrows();
+        assert!(x.x.ncols() == c.dim && out.nrows() == b && out.ncols() == c.dim);
         let (bias, stack) = temp_slice(c.hidden, T::ZERO, stack);
         let (mut a, stack) = temp_rows::<T>(b, c.hidden, stack);
         let (mut z, stack) = temp_rows::<T>(b, c.hidden, stack);
@@ -397,14 +450,14 @@ impl<T: Real> VelocityNet<T> {
     fn first_layer<X: Real>(
         &self,
         times: Times<'_>,
-        x: MatRef<'_, X>,
+        x: Input<'_, X>,
         z: MatMut<'_, T>,
         bias: &mut [T],
         par: Par,
         stack: &mut MemStack,
     ) {
         let c = &self.config;
-        let b = x.nrows();
+        let b = x.x.nrows();
         let w = self.weight(0);
         let nf = 2 * c.time_freqs;
         match times {
@@ -423,13 +476,13 @@ impl<T: Real> VelocityNet<T> {
                     *bh = s;
                 }
                 let (mut xin, _) = temp_rows::<T>(b, c.dim, stack);
-                real::convert(x, xin.rb_mut());
+                x.write(xin.rb_mut());
                 gemm(z, xin.rb(), w.subrows(0, c.dim), par);
             }
             Times::PerRow(t) => {
                 assert!(t.len() == b);
                 let (mut input, _) = temp_rows::<T>(b, c.input_dim(), stack);
-                real::convert(x, input.rb_mut().subcols_mut(0, c.dim));
+                x.write(input.rb_mut().subcols_mut(0, c.dim));
                 self.time_features(t, input.rb_mut().subcols_mut(c.dim, nf));
                 bias.copy_from_slice(self.bias(0));
                 gemm(z, input.rb(), w, par);
@@ -572,7 +625,7 @@ impl<T: Real> VelocityNet<T> {
         let (acc, stack) = temp_slice(b, T::ZERO, stack);
 
         // Primal pass, keeping silu'.
-        self.first_layer(times, x, a.rb_mut(), bias, par, stack);
+        self.first_layer(times, Input { x, step: None }, a.rb_mut(), bias, par, stack);
         real::bias_silu_deriv(a.rb_mut(), block_mut(derivs, 0, b, h), bias);
         for l in 1..c.layers {
             gemm(z.rb_mut(), a.rb(), self.weight(l), par);
@@ -664,7 +717,7 @@ impl<T: Real> VelocityNet<T> {
         let (mut tan_out, stack) = temp_rows::<T>(b, k, stack);
         real::convert(probe, p.rb_mut());
 
-        self.first_layer(times, x, a.rb_mut(), bias, par, stack);
+        self.first_layer(times, Input { x, step: None }, a.rb_mut(), bias, par, stack);
         real::bias_silu_deriv(a.rb_mut(), d.rb_mut(), bias);
         gemm(tan.rb_mut(), p.rb(), self.weight(0).subrows(0, k), par);
         scale_blocks(tan.rb_mut(), d.rb(), 1);

@@ -44,6 +44,28 @@ pub trait VelocityField {
     fn eval_scratch(&self, batch: usize) -> StackReq;
     /// `v <- v(x, t)`; `x` and `v` are `batch x dim` with unit row stride.
     fn eval(&self, times: Times<'_>, x: MatRef<'_, f64>, v: MatMut<'_, f64>, stack: &mut MemStack);
+    /// Workspace of [`eval_stage`](Self::eval_stage) for `batch` rows.
+    fn eval_stage_scratch(&self, batch: usize) -> StackReq {
+        StackReq::all_of(&[
+            temp_mat_scratch::<f64>(batch, self.dim()),
+            self.eval_scratch(batch),
+        ])
+    }
+    /// `v <- v(x + a k, t)` (a Runge–Kutta stage). The default forms
+    /// `x + a k` in a temporary; fields may fuse it into their input.
+    fn eval_stage(
+        &self,
+        times: Times<'_>,
+        x: MatRef<'_, f64>,
+        a: f64,
+        k: MatRef<'_, f64>,
+        v: MatMut<'_, f64>,
+        stack: &mut MemStack,
+    ) {
+        let (mut xs, stack) = temp_mat_zeroed::<f64>(x.nrows(), x.ncols(), stack);
+        lincomb(xs.rb_mut(), x, a, k);
+        self.eval(times, xs.rb(), v, stack);
+    }
 }
 
 impl<T: Real> VelocityField for VelocityNet<T> {
@@ -55,6 +77,20 @@ impl<T: Real> VelocityField for VelocityNet<T> {
     }
     fn eval(&self, times: Times<'_>, x: MatRef<'_, f64>, v: MatMut<'_, f64>, stack: &mut MemStack) {
         self.forward(times, x, v, Par::Seq, stack);
+    }
+    fn eval_stage_scratch(&self, batch: usize) -> StackReq {
+        self.forward_scratch(batch)
+    }
+    fn eval_stage(
+        &self,
+        times: Times<'_>,
+        x: MatRef<'_, f64>,
+        a: f64,
+        k: MatRef<'_, f64>,
+        v: MatMut<'_, f64>,
+        stack: &mut MemStack,
+    ) {
+        self.forward_stage(times, x, a, k, v, Par::Seq, stack);
     }
 }
 
@@ -177,7 +213,12 @@ pub fn integrate_scratch<F: VelocityField + ?Sized>(
     let mat = temp_mat_scratch::<f64>(batch, field.dim());
     match opts.solver {
         Solver::Euler => StackReq::all_of(&[mat, field.eval_scratch(batch)]),
-        Solver::Heun | Solver::Rk4 => StackReq::all_of(&[mat, mat, mat, field.eval_scratch(batch)]),
+        Solver::Heun | Solver::Rk4 => StackReq::all_of(&[
+            mat,
+            mat,
+            mat,
+            StackReq::any_of(&[field.eval_scratch(batch), field.eval_stage_scratch(batch)]),
+        ]),
         Solver::Dopri5 => StackReq::all_of(&[
             StackReq::all_of(&[mat; 9]),
             temp_slice_scratch::<f64>(batch),
@@ -272,33 +313,30 @@ fn fixed_step<F: VelocityField + ?Sized>(
         Solver::Heun => {
             let (mut k1, stack) = temp_mat_zeroed::<f64>(b, m, stack);
             let (mut k2, stack) = temp_mat_zeroed::<f64>(b, m, stack);
-            let (mut xs, stack) = temp_mat_zeroed::<f64>(b, m, stack);
             for i in 0..n {
                 let t = t0 + i as f64 * h;
                 field.eval(Times::Shared(t), x.rb(), k1.rb_mut(), stack);
-                lincomb(xs.rb_mut(), x.rb(), h, k1.rb());
-                field.eval(Times::Shared(t + h), xs.rb(), k2.rb_mut(), stack);
+                field.eval_stage(Times::Shared(t + h), x.rb(), h, k1.rb(), k2.rb_mut(), stack);
                 add_combination(x.rb_mut(), 0.5 * h, k1.rb(), 1.0, k2.rb());
             }
             2 * n
         }
         Solver::Rk4 | Solver::Dopri5 => {
-            // acc accumulates k1 + 2 k2 + 2 k3; k holds the latest stage.
+            // acc accumulates k1 + 2 k2 + 2 k3; ka and kb alternate as the
+            // latest stage.
             let (mut acc, stack) = temp_mat_zeroed::<f64>(b, m, stack);
-            let (mut k, stack) = temp_mat_zeroed::<f64>(b, m, stack);
-            let (mut xs, stack) = temp_mat_zeroed::<f64>(b, m, stack);
+            let (mut ka, stack) = temp_mat_zeroed::<f64>(b, m, stack);
+            let (mut kb, stack) = temp_mat_zeroed::<f64>(b, m, stack);
             for i in 0..n {
                 let t = t0 + i as f64 * h;
+                let half = Times::Shared(t + 0.5 * h);
                 field.eval(Times::Shared(t), x.rb(), acc.rb_mut(), stack);
-                lincomb(xs.rb_mut(), x.rb(), 0.5 * h, acc.rb());
-                field.eval(Times::Shared(t + 0.5 * h), xs.rb(), k.rb_mut(), stack);
-                add_combination(acc.rb_mut(), 2.0, k.rb(), 0.0, k.rb());
-                lincomb(xs.rb_mut(), x.rb(), 0.5 * h, k.rb());
-                field.eval(Times::Shared(t + 0.5 * h), xs.rb(), k.rb_mut(), stack);
-                add_combination(acc.rb_mut(), 2.0, k.rb(), 0.0, k.rb());
-                lincomb(xs.rb_mut(), x.rb(), h, k.rb());
-                field.eval(Times::Shared(t + h), xs.rb(), k.rb_mut(), stack);
-                add_combination(x.rb_mut(), h / 6.0, acc.rb(), 1.0, k.rb());
+                field.eval_stage(half, x.rb(), 0.5 * h, acc.rb(), ka.rb_mut(), stack);
+                add_combination(acc.rb_mut(), 2.0, ka.rb(), 0.0, ka.rb());
+                field.eval_stage(half, x.rb(), 0.5 * h, ka.rb(), kb.rb_mut(), stack);
+                add_combination(acc.rb_mut(), 2.0, kb.rb(), 0.0, kb.rb());
+                field.eval_stage(Times::Shared(t + h), x.rb(), h, kb.rb(), ka.rb_mut(), stack);
+                add_combination(x.rb_mut(), h / 6.0, acc.rb(), 1.0, ka.rb());
             }
             4 * n
         }

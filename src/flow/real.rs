@@ -343,6 +343,19 @@ multiversion! {
 }
 
 multiversion! {
+    /// `dst <- x + a k` (formed in the type of `x`), converted.
+    pub(crate) fn axpy_convert<A: Real, B: Real>(x: MatRef<'_, A>, a: A, k: MatRef<'_, A>, dst: MatMut<'_, B>) {
+        let mut dst = dst;
+        for j in 0..x.ncols() {
+            let (xc, kc) = (col_ref(&x, j), col_ref(&k, j));
+            for ((d, xv), kv) in col_mut(&mut dst, j).iter_mut().zip(xc).zip(kc) {
+                *d = B::from_f64((*xv + a * *kv).to_f64());
+            }
+        }
+    }
+}
+
+multiversion! {
     /// `dst_ij <- src_ij + bias_j`, converted.
     pub(crate) fn add_bias_convert<A: Real, B: Real>(src: MatRef<'_, A>, bias: &[A], dst: MatMut<'_, B>) {
         let mut dst = dst;
