@@ -203,7 +203,7 @@ impl<'r, T: Real> Trainer<'r, T> {
                         "data: non-finite value at ({i}, {j})"
                     )));
                 }
-                flat[i * k + j] = T::from_f64(v);
+                flat[i + j * n] = T::from_f64(v);
             }
         }
         let net = VelocityNet::<T>::new(config, rng::mix64(opts.seed ^ 0x6e65_7477))?;
@@ -280,7 +280,7 @@ impl<'r, T: Real> Trainer<'r, T> {
             self.t[i] = rng::uniform(&mut self.rng);
         }
         rng::fill_normal_fast(&mut self.rng, &mut self.x0);
-        gather_rows(&self.data, k, &self.idx, &mut self.x1);
+        gather_rows(&self.data, self.n, &self.idx, &mut self.x1);
         if self.opts.coupling == Coupling::MinibatchOt {
             self.couple_ot(b, k)?;
         }
@@ -393,7 +393,7 @@ impl<'r, T: Real> Trainer<'r, T> {
             self.perm[a] = self.idx[self.perm[a]];
         }
         self.idx.copy_from_slice(&self.perm);
-        gather_rows(&self.data, k, &self.idx, &mut self.x1);
+        gather_rows(&self.data, self.n, &self.idx, &mut self.x1);
         Ok(())
     }
 
@@ -456,13 +456,13 @@ pub fn train<T: Real>(
     Ok((trainer.into_nets().0, report))
 }
 
-/// `x1[b, j] = data[idx[b] * k + j]` (row-major data, column-major batch).
-fn gather_rows<T: Real>(data: &[T], k: usize, idx: &[usize], x1: &mut [T]) {
+/// `x1[b, j] = data[idx[b], j]`, both column-major (`data` has `n` rows):
+/// each column is gathered from one cache-resident data column.
+fn gather_rows<T: Real>(data: &[T], n: usize, idx: &[usize], x1: &mut [T]) {
     let b = idx.len();
-    for (i, &r) in idx.iter().enumerate() {
-        let row = &data[r * k..(r + 1) * k];
-        for (j, v) in row.iter().enumerate() {
-            x1[i + j * b] = *v;
+    for (dcol, xcol) in data.chunks_exact(n).zip(x1.chunks_exact_mut(b)) {
+        for (x, &r) in xcol.iter_mut().zip(idx) {
+            *x = dcol[r];
         }
     }
 }
@@ -498,12 +498,24 @@ multiversion! {
             let (vc, a, c) = (col_ref(&v, j), col_ref(&x0, j), col_ref(&x1, j));
             let o = col_mut(&mut dout, j);
             let mut acc = [0.0f64; 8];
-            let n = o.len();
-            for i in 0..n {
+            let n8 = o.len() / 8 * 8;
+            let (o8, orest) = o.split_at_mut(n8);
+            for (i, oc) in o8.chunks_exact_mut(8).enumerate() {
+                let r0 = 8 * i;
+                let (vv, aa, cc) = (&vc[r0..r0 + 8], &a[r0..r0 + 8], &c[r0..r0 + 8]);
+                for l in 0..8 {
+                    let r = vv[l] - (cc[l] - aa[l]);
+                    oc[l] = scale * r;
+                    let r = r.to_f64();
+                    acc[l] += r * r;
+                }
+            }
+            for (l, ov) in orest.iter_mut().enumerate() {
+                let i = n8 + l;
                 let r = vc[i] - (c[i] - a[i]);
-                o[i] = scale * r;
+                *ov = scale * r;
                 let r = r.to_f64();
-                acc[i % 8] += r * r;
+                acc[l] += r * r;
             }
             total += acc.iter().sum::<f64>();
         }
