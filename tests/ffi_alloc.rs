@@ -9,21 +9,32 @@ use common::planted;
 use coreflow::ffi::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    // Allocations of the current thread only: the test harness runs tests
+    // on parallel threads, whose allocations must not count against each
+    // other. Const-initialised and without a destructor, so reading it never
+    // allocates. The measured calls run on the calling thread (threads = 1).
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn counted() {
+    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        counted();
         System.alloc(l)
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         System.dealloc(p, l)
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        counted();
         System.realloc(p, l, n)
     }
 }
@@ -31,8 +42,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Allocations made so far by the calling thread.
 fn allocs() -> usize {
-    ALLOCS.load(Ordering::SeqCst)
+    ALLOCS.with(|c| c.get())
 }
 
 #[test]
