@@ -8,8 +8,8 @@ mod common;
 use common::planted;
 use coreflow::ffi::*;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::ptr;
 use std::cell::Cell;
+use std::ptr;
 
 struct Counting;
 
@@ -73,8 +73,14 @@ fn c_encode_and_decode_do_not_allocate() {
         assert_eq!(coreflow_fit(&train, &opts, &mut model), COREFLOW_OK);
 
         let (mut enc, mut dec) = (0usize, 0usize);
-        assert_eq!(coreflow_workspace_size(model, COREFLOW_OP_ENCODE, n, ptr::null(), &mut enc), 0);
-        assert_eq!(coreflow_workspace_size(model, COREFLOW_OP_DECODE, n, ptr::null(), &mut dec), 0);
+        assert_eq!(
+            coreflow_workspace_size(model, COREFLOW_OP_ENCODE, n, ptr::null(), &mut enc),
+            0
+        );
+        assert_eq!(
+            coreflow_workspace_size(model, COREFLOW_OP_DECODE, n, ptr::null(), &mut dec),
+            0
+        );
         let mut ws = vec![0u8; enc.max(dec)];
         let ws_ptr = ws.as_mut_ptr() as *mut std::ffi::c_void;
         let mut cores = vec![0.0; n * 9];
@@ -91,8 +97,14 @@ fn c_encode_and_decode_do_not_allocate() {
         };
 
         // Warm-up: the matrix product kernels size a per-thread cache once.
-        assert_eq!(coreflow_encode(model, &train, cores.as_mut_ptr(), ws_ptr, ws.len()), 0);
-        assert_eq!(coreflow_decode(model, cores.as_ptr(), &mut out, ws_ptr, ws.len()), 0);
+        assert_eq!(
+            coreflow_encode(model, &train, cores.as_mut_ptr(), ws_ptr, ws.len()),
+            0
+        );
+        assert_eq!(
+            coreflow_decode(model, cores.as_ptr(), &mut out, ws_ptr, ws.len()),
+            0
+        );
 
         let before = allocs();
         let enc_status = coreflow_encode(model, &train, cores.as_mut_ptr(), ws_ptr, ws.len());
@@ -100,7 +112,11 @@ fn c_encode_and_decode_do_not_allocate() {
         let dec_status = coreflow_decode(model, cores.as_ptr(), &mut out, ws_ptr, ws.len());
         let after = allocs();
         assert_eq!((enc_status, dec_status), (COREFLOW_OK, COREFLOW_OK));
-        assert_eq!((mid - before, after - mid), (0, 0), "allocations in (encode, decode)");
+        assert_eq!(
+            (mid - before, after - mid),
+            (0, 0),
+            "allocations in (encode, decode)"
+        );
 
         coreflow_model_free(model);
     }

@@ -52,10 +52,12 @@ __all__ = [
     "CoreFlowError",
     "Model",
     "Workspace",
+    "find_library",
     "fit_options",
     "load",
     "matrices_view",
     "matrices_mut_view",
+    "version",
 ]
 
 ABI_VERSION = 1

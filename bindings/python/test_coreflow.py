@@ -31,10 +31,6 @@ def planted(count=40, rows=20, cols=16, r=3, s=2, noise=1e-3, seed=5):
     return np.einsum("ia,nab,jb->nij", u, c, v) + noise * rng.standard_normal((count, rows, cols))
 
 
-def projector_distance(a, b):
-    return np.linalg.norm(a @ a.T - b @ b.T)
-
-
 class FitLayouts(unittest.TestCase):
     """C-order and Fortran-order inputs pass without copies and give the same model."""
 
