@@ -233,15 +233,25 @@ fn op_scratch(
     model: &Model,
     op: coreflow_op,
     count: usize,
-    _o: &coreflow_sample_options,
+    o: &coreflow_sample_options,
 ) -> Result<StackReq> {
     match op {
         COREFLOW_OP_ENCODE => Ok(model.encode_scratch(count)),
         COREFLOW_OP_DECODE => Ok(model.decode_scratch(count)),
         COREFLOW_OP_COMPLETE => Ok(model.complete_scratch(count)),
-        COREFLOW_OP_SAMPLE | COREFLOW_OP_LOG_PROB => Err(Error::unsupported(format!(
-            "op: operation {op} is not available in this build"
-        ))),
+        COREFLOW_OP_SAMPLE | COREFLOW_OP_LOG_PROB => {
+            if model.core_model().is_none() {
+                return Err(Error::unsupported(
+                    "m: the model was fitted without a core model (flow_steps 0): it cannot sample or score",
+                ));
+            }
+            let so = to_solver_options(o)?;
+            Ok(if op == COREFLOW_OP_SAMPLE {
+                model.sample_scratch(count, &so)
+            } else {
+                model.log_prob_scratch(count, &so)
+            })
+        }
         _ => Err(Error::invalid(format!(
             "op: {op} is not a COREFLOW_OP_* value"
         ))),
@@ -528,8 +538,16 @@ pub unsafe extern "C" fn coreflow_log_prob(
             return Err(null("log_prob"));
         }
         let stack = workspace(ws, ws_bytes)?;
-        let lp: &mut [f64] = if n == 0 { &mut [] } else { std::slice::from_raw_parts_mut(log_prob, n) };
-        let res = if residual.is_null() || n == 0 { None } else { Some(std::slice::from_raw_parts_mut(residual, n)) };
+        let lp: &mut [f64] = if n == 0 {
+            &mut []
+        } else {
+            std::slice::from_raw_parts_mut(log_prob, n)
+        };
+        let res = if residual.is_null() || n == 0 {
+            None
+        } else {
+            Some(std::slice::from_raw_parts_mut(residual, n))
+        };
         model.log_prob(&so, &batch, lp, res, stack)
     })
 }
