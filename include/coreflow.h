@@ -855,7 +855,7 @@ void coreflow_metrics_options_init(struct coreflow_metrics_options *o);
  * the design (section 6) and writes them into `*out`; the caller sets
  * `out->struct_size = sizeof(coreflow_metrics_result)` first. Both sets
  * hold complete (mask NULL), finite matrices of the same size, at least 2
- * each (the unbiased MMD² needs pairs); their counts may differ. `o`
+ * each (the unbiased MMD^2 needs pairs); their counts may differ. `o`
  * (NULL = defaults) sets the threads and top_k.
  * Returns `COREFLOW_OK` or an error status, `*out` untouched on failure.
  * Ownership: the caller owns all buffers, only read (or written) during the
