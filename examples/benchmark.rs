@@ -14,12 +14,14 @@
 //! `--base-rank R`, `--ranks 10,20,...`, `--ranks-n N`, `--missing 0,0.2,0.4`,
 //! `--missing-n N`, `--test T`, `--gen G`, `--steps S`, `--batch B`,
 //! `--hidden H`, `--no-ambient`, `--ambient-n 100,300`, `--no-pca`,
-//! `--subspace-max-iter K`, `--out FILE` (the markdown also goes to stdout;
+//! `--subspace-max-iter K`, `--core-model auto|flow|gaussian` (CoreFlow and
+//! PCA + flow), `--out FILE` (the markdown also goes to stdout;
 //! progress to stderr).
 
 #[path = "benchmark/harness.rs"]
 mod harness;
 
+use coreflow::flow::CoreModelChoice;
 use coreflow::Dataset;
 use harness::Config;
 
@@ -80,6 +82,16 @@ fn main() {
             "--ambient-n" => cfg.ambient_n = list(&val(), "--ambient-n"),
             "--subspace-max-iter" => cfg.subspace_max_iter = list(&val(), "--subspace-max-iter")[0],
             "--no-pca" => cfg.pca = false,
+            "--core-model" => {
+                cfg.core_model = match val().as_str() {
+                    "auto" => CoreModelChoice::Auto,
+                    "flow" => CoreModelChoice::Flow,
+                    "gaussian" => CoreModelChoice::Gaussian,
+                    x => usage(&format!(
+                        "--core-model: {x:?} is not auto, flow or gaussian"
+                    )),
+                }
+            }
             "--out" => out_path = Some(val()),
             "--help" | "-h" => usage("help"),
             other => usage(&format!("unknown option {other}")),

@@ -26,7 +26,7 @@
 
 use coreflow::baselines::{AmbientFlow, GaussianCore, PcaFlow, Sampler};
 use coreflow::datasets::mcar_mask;
-use coreflow::flow::{CoreModelKind, SolverOptions};
+use coreflow::flow::{CoreModelChoice, CoreModelKind, SolverOptions};
 use coreflow::metrics::{EvalOptions, Metrics, Reference};
 use coreflow::numerics::{MemBuffer, MemStack, StackReq};
 use coreflow::{Dataset, DatasetSpec, FitOptions, MatrixBatch, MatrixBatchMut, Model};
@@ -115,6 +115,8 @@ pub struct Config {
     /// HOOI iteration limit of the CoreFlow geometry (CoreFlow and
     /// Gaussian-core alike).
     pub subspace_max_iter: usize,
+    /// Core-model choice of CoreFlow and PCA + flow (default AUTO).
+    pub core_model: CoreModelChoice,
     /// Run the PCA + flow baseline.
     pub pca: bool,
     /// Tables to run: any of "regimes", "ranks", "missing".
@@ -149,6 +151,7 @@ impl Config {
             ambient: true,
             ambient_n: Vec::new(),
             subspace_max_iter: 10,
+            core_model: CoreModelChoice::Auto,
             pca: true,
             tables: vec!["regimes".into(), "ranks".into(), "missing".into()],
             seed: 1,
@@ -214,6 +217,7 @@ impl Config {
         o.flow.layers = self.layers;
         o.flow.warmup_steps = self.warmup;
         o.flow.moment_samples = self.moment_samples;
+        o.flow.core_model = self.core_model;
         // Every method trains on all N matrices; the held-out diagnostics
         // are not part of the comparison.
         o.flow.holdout_fraction = 0.0;
@@ -229,7 +233,7 @@ impl Config {
              every flow: H = {h}, L = {l}, {k} time frequencies, {steps} steps, batch {b}, \
              learning rate {lr}, warm-up {w}, EMA {ema}, solver RK4 with 16 steps; CoreFlow and \
              PCA + flow: flow block energy {fe}, moment matching with {ms} samples, core model \
-             AUTO, no hold-out; CoreFlow geometry: HOOI, at most {hooi} iterations; threads {th}",
+             {cm:?}, no hold-out; CoreFlow geometry: HOOI, at most {hooi} iterations; threads {th}",
             seed = self.seed,
             m = self.rows,
             n = self.cols,
@@ -253,6 +257,7 @@ impl Config {
             fe = o.flow.flow_energy,
             ms = o.flow.moment_samples,
             hooi = self.subspace_max_iter,
+            cm = self.core_model,
             th = if self.threads == 0 {
                 "all cores".to_string()
             } else {
