@@ -541,6 +541,50 @@ impl Runner<'_> {
     }
 }
 
+/// Smallest number of leading values (sorted descending) holding `energy`
+/// of their sum.
+fn leading_count(mut v: Vec<f64>, energy: f64) -> usize {
+    v.sort_by(|a, b| b.total_cmp(a));
+    let total: f64 = v.iter().sum();
+    let mut cum = 0.0;
+    for (i, x) in v.iter().enumerate() {
+        cum += x;
+        if cum >= energy * total * (1.0 - 1e-12) {
+            return i + 1;
+        }
+    }
+    v.len()
+}
+
+/// For the training cores of `model`: how many core coordinates (sorted by
+/// variance, as the flow block is chosen) and how many principal components
+/// of the cores hold `energy` of the core variance.
+fn core_dimensions(
+    model: &Model,
+    train: &MatrixBatch,
+    energy: f64,
+) -> Result<(usize, usize), String> {
+    let (n, d) = (train.count(), model.core_dim());
+    let mut cores = vec![0.0; n * d];
+    let mut ws = MemBuffer::new(model.encode_scratch(n));
+    model
+        .encode(train, &mut cores, MemStack::new(&mut ws))
+        .map_err(err)?;
+    let mean: Vec<f64> = (0..d)
+        .map(|j| (0..n).map(|i| cores[i * d + j]).sum::<f64>() / n as f64)
+        .collect();
+    let y = faer::Mat::from_fn(n, d, |i, j| cores[i * d + j] - mean[j]);
+    let var: Vec<f64> = (0..d)
+        .map(|j| (0..n).map(|i| y[(i, j)] * y[(i, j)]).sum::<f64>())
+        .collect();
+    let cov = y.transpose() * &y;
+    let ev = cov
+        .self_adjoint_eigenvalues(faer::Side::Lower)
+        .map_err(|_| "core covariance: eigenvalues did not converge".to_string())?;
+    let ev: Vec<f64> = ev.into_iter().map(|x| x.max(0.0)).collect();
+    Ok((leading_count(var, energy), leading_count(ev, energy)))
+}
+
 fn fmt_clock() -> String {
     let s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -635,6 +679,25 @@ pub fn run(cfg: &Config, log: &mut dyn Write) -> Result<Report, String> {
                     let _ = writeln!(t, "| {n} | {} {}", m.label(), cells(&r));
                 }
             }
+            // Where the core variance lives: coordinates (the flow block) vs
+            // principal components of the same cores.
+            let energy = cfg.fit_options(cfg.base_rank).flow.flow_energy;
+            let _ = writeln!(
+                t,
+                "\nCore structure (r = s = {}): core coordinates / principal components of the training cores holding {energy} of their variance: {}\n",
+                cfg.base_rank,
+                cfg.regimes
+                    .iter()
+                    .map(|&n| {
+                        let model = &runner.models[&key(set, n, cfg.base_rank, 0.0, Method::CoreFlow)];
+                        match core_dimensions(model, &d.train(n), energy) {
+                            Ok((c, p)) => format!("N = {n}: {c} / {p}"),
+                            Err(e) => format!("N = {n}: {e}"),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
             tables.push(t);
         }
         if cfg.runs("ranks") && !cfg.ranks.is_empty() {
