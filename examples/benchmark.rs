@@ -12,7 +12,8 @@
 //! Options: `--quick`, `--seed S`, `--threads T`, `--sets a,b`,
 //! `--tables regimes,ranks,missing`, `--regimes 100,300,1000`,
 //! `--base-rank R`, `--ranks 10,20,...`, `--ranks-n N`, `--missing 0,0.2,0.4`,
-//! `--missing-n N`, `--test T`, `--gen G`, `--steps S`, `--batch B`,
+//! `--missing-n N`, `--test T`, `--test-offset I` (first test draw; runs
+//! with the same offset share a test set), `--gen G`, `--steps S`, `--batch B`,
 //! `--hidden H`, `--no-ambient`, `--ambient-n 100,300`, `--no-pca`,
 //! `--subspace-max-iter K`, `--core-model auto|flow|gaussian` (CoreFlow and
 //! PCA + flow), `--out FILE` (the markdown also goes to stdout;
@@ -74,6 +75,7 @@ fn main() {
             "--missing" => cfg.missing = list(&val(), "--missing"),
             "--missing-n" => cfg.missing_n = list(&val(), "--missing-n")[0],
             "--test" => cfg.test_count = list(&val(), "--test")[0],
+            "--test-offset" => cfg.test_offset = list(&val(), "--test-offset")[0],
             "--gen" => cfg.gen_count = list(&val(), "--gen")[0],
             "--steps" => cfg.steps = list(&val(), "--steps")[0],
             "--batch" => cfg.batch = list(&val(), "--batch")[0],

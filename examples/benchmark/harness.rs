@@ -4,8 +4,9 @@
 //!
 //! For every synthetic set it draws one stream of `N_max + T` matrices: the
 //! first `N` are the training set of a setting (sample `i` depends only on
-//! the seed and `i`, so the training sets of the regimes are nested) and the
-//! last `T` are the test set. They are fresh draws of the same distribution:
+//! the seed and `i`, so the training sets of the regimes are nested) and
+//! draws `I..I+T` are the test set, `I = max(N_max, test_offset)` (runs with
+//! the same `I` share their test set). They are fresh draws of the same distribution:
 //! a different seed would also redraw the set's palette (its blob centres,
 //! band positions, line positions), that is, change the distribution.
 //!
@@ -93,6 +94,9 @@ pub struct Config {
     pub missing_n: usize,
     /// Test matrices T.
     pub test_count: usize,
+    /// Index of the first test draw in the stream (0 = right after the
+    /// largest training set). Runs with the same offset share a test set.
+    pub test_offset: usize,
     /// Generated matrices G per method.
     pub gen_count: usize,
     /// Optimiser steps of every flow.
@@ -141,6 +145,7 @@ impl Config {
             missing: vec![0.0, 0.2, 0.4],
             missing_n: 300,
             test_count: 500,
+            test_offset: 0,
             gen_count: 300,
             steps: 1000,
             batch: 128,
@@ -186,6 +191,11 @@ impl Config {
         self.tables.iter().any(|t| t == table)
     }
 
+    /// Index of the first test draw.
+    fn test_start(&self) -> usize {
+        self.max_n().max(self.test_offset)
+    }
+
     /// Largest training set any table needs.
     fn max_n(&self) -> usize {
         let mut n = 0;
@@ -228,7 +238,7 @@ impl Config {
     pub fn describe(&self) -> String {
         let o = self.fit_options(self.base_rank);
         format!(
-            "seed {seed}; {m} x {n} matrices; sets {sets}; test set T = {t} (draws N_max..N_max+T \
+            "seed {seed}; {m} x {n} matrices; sets {sets}; test set T = {t} (draws {t0}..{t1} \
              of the training stream); G = {g} generated per method (sample seed {sseed}); \
              every flow: H = {h}, L = {l}, {k} time frequencies, {steps} steps, batch {b}, \
              learning rate {lr}, warm-up {w}, EMA {ema}, solver RK4 with 16 steps; CoreFlow and \
@@ -244,6 +254,8 @@ impl Config {
                 .collect::<Vec<_>>()
                 .join(", "),
             t = self.test_count,
+            t0 = self.test_start(),
+            t1 = self.test_start() + self.test_count - 1,
             g = self.gen_count,
             sseed = self.sample_seed(),
             h = o.flow.hidden,
@@ -343,7 +355,7 @@ fn err(e: coreflow::Error) -> String {
 struct SetData {
     set: Dataset,
     data: coreflow::MatrixSet,
-    n_max: usize,
+    test_start: usize,
 }
 
 impl SetData {
@@ -357,8 +369,8 @@ impl SetData {
     }
     fn test(&self) -> MatrixBatch<'_> {
         let (m, c) = (self.data.rows, self.data.cols);
-        let t = self.data.count - self.n_max;
-        MatrixBatch::from_c_order(&self.data.data[self.n_max * m * c..], t, m, c).unwrap()
+        let t = self.data.count - self.test_start;
+        MatrixBatch::from_c_order(&self.data.data[self.test_start * m * c..], t, m, c).unwrap()
     }
 }
 
@@ -644,7 +656,7 @@ pub fn run(cfg: &Config, log: &mut dyn Write) -> Result<Report, String> {
         models: HashMap::new(),
         log,
     };
-    let n_max = cfg.max_n();
+    let test_start = cfg.test_start();
     let mut flow_methods = vec![Method::CoreFlow, Method::GaussianCore];
     if cfg.pca {
         flow_methods.push(Method::PcaFlow);
@@ -653,10 +665,14 @@ pub fn run(cfg: &Config, log: &mut dyn Write) -> Result<Report, String> {
     for &set in &cfg.sets {
         let spec = DatasetSpec {
             threads: cfg.threads,
-            ..DatasetSpec::new(n_max + cfg.test_count, cfg.rows, cfg.cols, cfg.seed)
+            ..DatasetSpec::new(test_start + cfg.test_count, cfg.rows, cfg.cols, cfg.seed)
         };
         let data = set.generate(&spec).map_err(err)?;
-        let d = SetData { set, data, n_max };
+        let d = SetData {
+            set,
+            data,
+            test_start,
+        };
         let test = d.test();
         let reference = Reference::new(&test, &runner.eval).map_err(err)?;
         let mut tables = Vec::new();
