@@ -250,7 +250,7 @@ impl AmbientFlow {
             })
             .collect();
         let max_sd = scale.iter().copied().fold(0.0, f64::max);
-        if !(max_sd > 0.0) {
+        if max_sd.is_nan() || max_sd <= 0.0 {
             return Err(Error::invalid(
                 "train: the matrices are all identical (zero variance)",
             ));
@@ -439,7 +439,7 @@ impl PcaFlow {
             }
         }
         let total = numerics::norm_sq(y.as_ref());
-        if !(total > 0.0) {
+        if total.is_nan() || total <= 0.0 {
             return Err(Error::invalid(
                 "train: the matrices are all identical (zero variance)",
             ));
