@@ -10,7 +10,10 @@
 //! * `gram_init_s`: Gram matrices A and B on the caller's data + HOSVD ([`hosvd_init`]);
 //! * `fit_s`: the whole [`fit`]: Gram + HOSVD + HOOI to `--tol` + canonical basis;
 //! * `hooi_s`: `fit_s - gram_init_s`;
-//! * `project_s`: all cores `C_i = U^T X_i V` ([`project_cores`]).
+//! * `project_s`: all cores `C_i = U^T X_i V` ([`project_cores`]);
+//! * `peer_rule`: the peer's stages with its stopping rule (stop at the first relative
+//!   increase below `--tol`, objective of the initialisation by one pass), built from the
+//!   public kernels: [`hosvd_init`], `objective`, `hooi_sweep`, [`project_cores`].
 //!
 //! Usage: `cargo run --release --example subspace_bench -- --n 1000 --rows 200 --cols 200
 //! --rank-rows 20 --rank-cols 20 --threads 1 [--layout c|f] [--repeats 3]`
@@ -51,6 +54,37 @@ fn orthonormal(rows: usize, cols: usize, g: &mut Gauss) -> Mat<f64> {
     let mut buf = MemBuffer::new(numerics::retract_qr_scratch(rows, cols, Par::Seq));
     numerics::retract_qr(q.as_mut(), Par::Seq, MemStack::new(&mut buf));
     q
+}
+
+/// HOSVD initialisation: the leading eigenvectors of the Gram matrices.
+fn hosvd(
+    batch: &MatrixBatch,
+    m: usize,
+    n: usize,
+    r: usize,
+    s: usize,
+    par: Par,
+) -> (Mat<f64>, Mat<f64>) {
+    let mut row_vecs = Mat::<f64>::zeros(m, m);
+    let mut col_vecs = Mat::<f64>::zeros(n, n);
+    let (mut rv, mut cv) = (vec![0.0; m], vec![0.0; n]);
+    let mut buf = MemBuffer::new(subspace::hosvd_init_scratch(m, n, par));
+    hosvd_init(
+        batch,
+        None,
+        row_vecs.as_mut(),
+        &mut rv,
+        col_vecs.as_mut(),
+        &mut cv,
+        &LocalReducer,
+        par,
+        MemStack::new(&mut buf),
+    )
+    .unwrap();
+    (
+        row_vecs.get(.., ..r).to_owned(),
+        col_vecs.get(.., ..s).to_owned(),
+    )
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -127,29 +161,15 @@ fn main() {
     };
 
     let (mut t_init, mut t_fit, mut t_proj) = (vec![], vec![], vec![]);
+    let (mut p_init, mut p_hooi, mut p_proj) = (vec![], vec![], vec![]);
+    let mut peer_iterations = 0;
+    let mut peer_objective = 0.0;
     let mut last = None;
     let mut cores = vec![0.0; n_samples * r * s];
     for rep in 0..repeats {
+        // `fit` with the library's stopping rule (3 consecutive small increases).
         let t0 = Instant::now();
-        let mut row_vecs = Mat::<f64>::zeros(m, m);
-        let mut col_vecs = Mat::<f64>::zeros(n, n);
-        let (mut rv, mut cv) = (vec![0.0; m], vec![0.0; n]);
-        let mut buf = MemBuffer::new(subspace::hosvd_init_scratch(m, n, par));
-        hosvd_init(
-            &batch,
-            None,
-            row_vecs.as_mut(),
-            &mut rv,
-            col_vecs.as_mut(),
-            &mut cv,
-            &LocalReducer,
-            par,
-            MemStack::new(&mut buf),
-        )
-        .unwrap();
-        let _u0 = row_vecs.get(.., ..r).to_owned();
-        let _v0 = col_vecs.get(.., ..s).to_owned();
-        drop(buf);
+        let (_, _) = hosvd(&batch, m, n, r, s, par);
         let t1 = Instant::now();
         let result = fit(&batch, &opts, &LocalReducer, &mut |_, _, _| true).unwrap();
         let t2 = Instant::now();
@@ -176,6 +196,69 @@ fn main() {
             (t3 - t2).as_secs_f64()
         );
         last = Some(result);
+
+        // The peer's stages and stopping rule (stop at the first relative
+        // increase below tol) with the public kernels.
+        let t0 = Instant::now();
+        let (mut u, mut v) = hosvd(&batch, m, n, r, s, par);
+        let t1 = Instant::now();
+        let mut buf = MemBuffer::new(
+            subspace::hooi_sweep_scratch(n_samples, m, n, r, s, par)
+                .or(subspace::objective_scratch(m, n, r, s, par)),
+        );
+        let mut f = subspace::objective(
+            &batch,
+            None,
+            u.as_ref(),
+            v.as_ref(),
+            &LocalReducer,
+            par,
+            MemStack::new(&mut buf),
+        )
+        .unwrap();
+        let mut it = 0;
+        while it < max_iter {
+            it += 1;
+            let f_new = subspace::hooi_sweep(
+                &batch,
+                None,
+                u.as_mut(),
+                v.as_mut(),
+                &LocalReducer,
+                par,
+                MemStack::new(&mut buf),
+            )
+            .unwrap();
+            let rel = (f_new - f) / f.abs();
+            f = f_new;
+            if rel < tol {
+                break;
+            }
+        }
+        let t2 = Instant::now();
+        let mut buf = MemBuffer::new(subspace::project_cores_scratch(m, n, r, s, par));
+        project_cores(
+            &batch,
+            None,
+            u.as_ref(),
+            v.as_ref(),
+            &mut cores,
+            par,
+            MemStack::new(&mut buf),
+        )
+        .unwrap();
+        let t3 = Instant::now();
+        p_init.push((t1 - t0).as_secs_f64());
+        p_hooi.push((t2 - t1).as_secs_f64());
+        p_proj.push((t3 - t2).as_secs_f64());
+        peer_iterations = it;
+        peer_objective = f;
+        eprintln!(
+            "repeat {rep} (peer rule): gram_init {:.3}s hooi {:.3}s ({it} it) project {:.3}s",
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            (t3 - t2).as_secs_f64()
+        );
     }
     let result = last.unwrap();
     let dist = |q: &Mat<f64>, qt: &Mat<f64>| {
@@ -187,8 +270,13 @@ fn main() {
     let gram = median(&mut t_init);
     let fit_s = median(&mut t_fit);
     let proj = median(&mut t_proj);
+    let (pi, ph, pp) = (
+        median(&mut p_init),
+        median(&mut p_hooi),
+        median(&mut p_proj),
+    );
     println!(
-        "{{\"bench\": \"coreflow_subspace\", \"threads\": {threads}, \"layout\": \"{}\", \"n\": {n_samples}, \"rows\": {m}, \"cols\": {n}, \"rank_rows\": {r}, \"rank_cols\": {s}, \"noise\": {noise}, \"decay\": {decay}, \"tol\": {tol}, \"gram_init_s\": {gram:.6}, \"fit_s\": {fit_s:.6}, \"hooi_s\": {:.6}, \"project_s\": {proj:.6}, \"total_s\": {:.6}, \"hooi_iterations\": {}, \"converged\": {}, \"objective\": {}, \"objective_from_cores\": {f_check}, \"subspace_dist_u\": {:e}, \"subspace_dist_v\": {:e}, \"history\": {:?}}}",
+        "{{\"bench\": \"coreflow_subspace\", \"threads\": {threads}, \"layout\": \"{}\", \"n\": {n_samples}, \"rows\": {m}, \"cols\": {n}, \"rank_rows\": {r}, \"rank_cols\": {s}, \"noise\": {noise}, \"decay\": {decay}, \"tol\": {tol}, \"gram_init_s\": {gram:.6}, \"fit_s\": {fit_s:.6}, \"hooi_s\": {:.6}, \"project_s\": {proj:.6}, \"total_s\": {:.6}, \"hooi_iterations\": {}, \"converged\": {}, \"objective\": {}, \"objective_from_cores\": {f_check}, \"subspace_dist_u\": {:e}, \"subspace_dist_v\": {:e}, \"history\": {:?}, \"peer_rule\": {{\"gram_init_s\": {pi:.6}, \"hooi_s\": {ph:.6}, \"project_s\": {pp:.6}, \"total_s\": {:.6}, \"hooi_iterations\": {peer_iterations}, \"objective\": {peer_objective}}}}}",
         if col_major { "f" } else { "c" },
         fit_s - gram,
         fit_s + proj,
@@ -198,5 +286,6 @@ fn main() {
         dist(&result.u, &u_true),
         dist(&result.v, &v_true),
         result.history,
+        pi + ph + pp,
     );
 }

@@ -965,13 +965,31 @@ enum CoreSource<'a> {
     Left(&'a [f64]),
 }
 
-fn for_each_core_scratch(rows: usize, rank_rows: usize, rank_cols: usize, par: Par) -> StackReq {
+fn for_each_core_scratch(
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    par: Par,
+) -> StackReq {
     let t = par.degree().max(1);
     StackReq::all_of(&[
         temp_mat_scratch::<f64>(rows, rank_cols),
         temp_mat_scratch::<f64>(rank_rows, rank_cols),
-        temp_slice_scratch::<f64>(t * (rows * rank_cols + rank_rows * rank_cols)),
+        temp_slice_scratch::<f64>(t * core_part_len(rows, cols, rank_rows, rank_cols)),
     ])
+}
+
+/// Per-worker temporaries of `for_each_core`: the half product (`U^T X_i`
+/// or `X_i V`, whichever is larger) and `C_i`.
+fn core_part_len(m: usize, n: usize, r: usize, s: usize) -> usize {
+    (r * n).max(m * s) + r * s
+}
+
+/// True when `C_i = (U^T X_i) V` takes no more flops than `U^T (X_i V)`
+/// (`U^T X_i` is also the faster product for equal counts).
+fn left_first(m: usize, n: usize, r: usize, s: usize) -> bool {
+    r * n * (m + s) <= m * s * (n + r)
 }
 
 /// Calls `f(k, i, C_i)` for every sample i on worker k (of at most
@@ -1004,29 +1022,47 @@ fn for_each_core(
         );
     }
     let umv = umv.rb();
-    let per = m * s + r * s;
+    let per = core_part_len(m, n, r, s);
+    let half = per - r * s;
+    let left = left_first(m, n, r, s);
     let (tmp, _) = temp_slice(t * per, 0.0f64, stack);
     let shared = SharedBuf::new(tmp);
     parallel_for(count, t, &|k, range| {
-        // SAFETY: worker k owns part k of `tmp`.
-        let (mut y, mut c) = unsafe {
-            (
-                shared.block(k * per, m, s),
-                shared.block(k * per + m * s, r, s),
-            )
+        // SAFETY: worker k owns part k of `tmp`; the half product is either
+        // `U^T X_i` or `X_i V`, never both.
+        let mut c = unsafe { shared.block(k * per + half, r, s) };
+        let (mut ut_x, mut y) = unsafe {
+            if left {
+                (Some(shared.block(k * per, r, n)), None)
+            } else {
+                (None, Some(shared.block(k * per, m, s)))
+            }
         };
         for i in range {
             match source {
                 CoreSource::Data => {
-                    gemm(y.rb_mut(), Accum::Replace, data.sample(i), v, 1.0, Par::Seq);
-                    gemm(
-                        c.rb_mut(),
-                        Accum::Replace,
-                        u.transpose(),
-                        y.rb(),
-                        1.0,
-                        Par::Seq,
-                    );
+                    let x = data.sample(i);
+                    if let Some(ut_x) = ut_x.as_mut() {
+                        gemm(
+                            ut_x.rb_mut(),
+                            Accum::Replace,
+                            u.transpose(),
+                            x,
+                            1.0,
+                            Par::Seq,
+                        );
+                        gemm(c.rb_mut(), Accum::Replace, ut_x.as_ref(), v, 1.0, Par::Seq);
+                    } else if let Some(y) = y.as_mut() {
+                        gemm(y.rb_mut(), Accum::Replace, x, v, 1.0, Par::Seq);
+                        gemm(
+                            c.rb_mut(),
+                            Accum::Replace,
+                            u.transpose(),
+                            y.as_ref(),
+                            1.0,
+                            Par::Seq,
+                        );
+                    }
                     if centered {
                         for b in 0..s {
                             for a in 0..r {
@@ -1058,10 +1094,9 @@ pub fn objective_scratch(
     rank_cols: usize,
     par: Par,
 ) -> StackReq {
-    let _ = cols;
     StackReq::all_of(&[
         temp_slice_scratch::<f64>(par.degree().max(1)),
-        for_each_core_scratch(rows, rank_rows, rank_cols, par),
+        for_each_core_scratch(rows, cols, rank_rows, rank_cols, par),
     ])
 }
 
@@ -1107,8 +1142,7 @@ pub fn project_cores_scratch(
     rank_cols: usize,
     par: Par,
 ) -> StackReq {
-    let _ = cols;
-    for_each_core_scratch(rows, rank_rows, rank_cols, par)
+    for_each_core_scratch(rows, cols, rank_rows, rank_cols, par)
 }
 
 /// The cores `C_i = U^T (X_i - M) V` of all samples into `cores`: `count`
@@ -1189,7 +1223,7 @@ fn canonical_scratch(
     StackReq::all_of(&[
         temp_slice_scratch::<f64>(t * (rank_rows * rank_rows + rank_cols * rank_cols)),
         StackReq::any_of(&[
-            for_each_core_scratch(rows, rank_rows, rank_cols, par),
+            for_each_core_scratch(rows, cols, rank_rows, rank_cols, par),
             rotate_scratch(rows, rank_rows),
             rotate_scratch(cols, rank_cols),
         ]),
