@@ -24,11 +24,15 @@
 //!   other layouts) is accumulated sample by sample.
 //! * **HOOI** ([`hooi_sweep`], the default method): `U <- top-r eigenvectors
 //!   of sum Y_i Y_i^T` with `Y_i = X_i V`, then `V <- top-s eigenvectors of
-//!   sum W_i W_i^T` with `W_i = X_i^T U` (new U). The blocks Y_i are the
-//!   columns of one `m x (N s)` buffer, so each Gram matrix is one syrk. Each
-//!   block step maximises f exactly over one factor, so f never decreases.
-//!   After a sweep, f is the sum of the top-s eigenvalues of the second Gram
-//!   matrix.
+//!   sum W_i W_i^T` with `W_i = X_i^T U` (new U). The blocks Y_i are written
+//!   one after another into one buffer, each row-major, so that together
+//!   they are the row-major `(N m) x s` matrix: for a stacked layout that is
+//!   one product `S V` with the stacked samples (a row-major destination is
+//!   the faster one for such thin products, about 1.3x), otherwise one
+//!   product per sample; the Gram matrix is then one syrk per block (as fast
+//!   as one syrk on an `m x (N s)` matrix, measured). Each block step
+//!   maximises f exactly over one factor, so f never decreases. After a
+//!   sweep, f is the sum of the top-s eigenvalues of the second Gram matrix.
 //! * **Riemannian conjugate gradient** ([`riemannian_solve`]): Euclidean
 //!   gradients `G_U = 2 sum Y_i (Y_i^T U)`, `G_V = 2 sum W_i (W_i^T V)`,
 //!   Riemannian gradients for the embedded metric
@@ -683,10 +687,11 @@ fn block_products_scratch(p: usize, k: usize) -> StackReq {
 }
 
 /// Writes the blocks `Z_i = X_i Q - M Q` (or, with `transpose`,
-/// `Z_i = X_i^T Q - M^T Q`) of all samples into `out` as one `p x (N k)`
-/// column-major matrix whose column `c N + i` is column c of Z_i. With that
-/// column order the blocks of a stacked layout come out of one product with
-/// the stacked samples; other layouts are done sample by sample.
+/// `Z_i = X_i^T Q - M^T Q`) of all samples into `out`: block i is the
+/// row-major `p x k` matrix at offset `i p k`, so that all blocks together
+/// are the row-major `(N p) x k` matrix. For a stacked layout that is one
+/// product with the stacked samples (a row-major destination is the faster
+/// one for these thin products); other layouts are done sample by sample.
 #[allow(clippy::too_many_arguments)]
 fn block_products(
     data: &MatrixBatch,
@@ -713,70 +718,115 @@ fn block_products(
         gemm(mq.rb_mut(), Accum::Replace, mm, q, 1.0, Par::Seq);
     }
     let mq = mq.rb();
+    let centered = mean.is_some();
     let out = &mut out[..p * count * k];
     let stacked = if transpose {
         data.horizontal_stack().map(|h| h.transpose())
     } else {
         data.vertical_stack()
     };
+    let block_stride = p * k;
     if let Some(st) = stacked {
-        // Row i p + a of the (N p) x k product is row a of Z_i; column-major,
-        // that is column c N + i of the p x (N k) matrix.
-        let z = MatMut::from_column_major_slice_mut(out, count * p, k);
+        let z = MatMut::from_row_major_slice_mut(out, count * p, k);
         gemm(z, Accum::Replace, st, q, 1.0, par);
-        if mean.is_some() {
+        if centered {
             let shared = SharedBuf::new(out);
-            parallel_for(k, workers(par, k), &|_, cols| {
-                for c in cols {
-                    // SAFETY: column c of every Z_i is this worker's contiguous range.
-                    let mut z = unsafe { shared.block(c * count * p, p, count) };
-                    for i in 0..count {
-                        for a in 0..p {
-                            z[(a, i)] -= mq[(a, c)];
-                        }
-                    }
+            parallel_for(count, workers(par, count), &|_, range| {
+                for i in range {
+                    // SAFETY: block i belongs to sample i only.
+                    let z = unsafe { shared.mat(i * block_stride, p, k, k as isize, 1) };
+                    subtract(z, mq);
                 }
             });
         }
     } else {
         let shared = SharedBuf::new(out);
-        let centered = mean.is_some();
         parallel_for(count, workers(par, count), &|_, range| {
             for i in range {
-                // SAFETY: Z_i's columns (c N + i) belong to sample i only.
-                let mut z = unsafe { shared.mat(i * p, p, k, 1, (count * p) as isize) };
+                // SAFETY: block i belongs to sample i only.
+                let mut z = unsafe { shared.mat(i * block_stride, p, k, k as isize, 1) };
                 gemm(z.rb_mut(), Accum::Replace, sample(i), q, 1.0, Par::Seq);
                 if centered {
-                    for c in 0..k {
-                        for a in 0..p {
-                            z[(a, c)] -= mq[(a, c)];
-                        }
-                    }
+                    subtract(z, mq);
                 }
             }
         });
     }
 }
 
-/// The top `out.ncols()` eigenvectors of `sum_i Z_i Z_i^T` (one syrk on the
-/// `p x (N k)` block matrix in `blocks`, reduced) into `out`, all eigenvalues
-/// into `vals`.
-#[allow(clippy::too_many_arguments)]
-fn top_block_eigenvectors(
+/// `z -= a`, visiting `z` in its storage order.
+fn subtract(mut z: MatMut<'_, f64>, a: MatRef<'_, f64>) {
+    if z.col_stride().unsigned_abs() < z.row_stride().unsigned_abs() {
+        for i in 0..z.nrows() {
+            for j in 0..z.ncols() {
+                z[(i, j)] -= a[(i, j)];
+            }
+        }
+    } else {
+        for j in 0..z.ncols() {
+            for i in 0..z.nrows() {
+                z[(i, j)] -= a[(i, j)];
+            }
+        }
+    }
+}
+
+/// Block `i` (`p x k`) of a block buffer written by [`block_products`].
+fn block(blocks: &[f64], i: usize, p: usize, k: usize) -> MatRef<'_, f64> {
+    MatRef::from_row_major_slice(&blocks[i * p * k..(i + 1) * p * k], p, k)
+}
+
+/// Workspace for [`block_gram`] with `p x p` Gram matrices.
+fn block_gram_scratch(p: usize, par: Par) -> StackReq {
+    temp_slice_scratch::<f64>((par.degree().max(1) - 1) * p * p)
+}
+
+/// Lower triangle of the local `sum_i Z_i Z_i^T` over the `count` blocks
+/// (`p x k`) in `blocks`, into the contiguous `gram`: one syrk per block,
+/// per-worker accumulators.
+fn block_gram(
     blocks: &[f64],
-    p: usize,
-    ncols: usize,
-    out: MatMut<'_, f64>,
+    count: usize,
+    k: usize,
     mut gram: MatMut<'_, f64>,
-    vals: &mut [f64],
-    reducer: &dyn Reducer,
     par: Par,
     stack: &mut MemStack,
-) -> Result<()> {
-    let z = MatRef::from_column_major_slice(&blocks[..p * ncols], p, ncols);
-    syrk_lower(gram.rb_mut(), Accum::Replace, z, 1.0, par);
-    reduce_mat(reducer, gram.rb_mut())?;
-    numerics::top_eigenvectors(gram.rb(), out, vals, par, stack)
+) {
+    let p = gram.nrows();
+    let t = workers(par, count);
+    let (acc, _) = temp_slice((t - 1) * p * p, 0.0f64, stack);
+    gram.fill(0.0);
+    {
+        let shared_gram =
+            SharedBuf::new(as_slice_mut(&mut gram).expect("contiguous Gram temporary"));
+        let shared_acc = SharedBuf::new(acc);
+        parallel_for(count, t, &|w, range| {
+            // SAFETY: worker 0 owns `gram`, worker w > 0 part w - 1 of `acc`.
+            let mut g = unsafe {
+                if w == 0 {
+                    shared_gram.block(0, p, p)
+                } else {
+                    shared_acc.block((w - 1) * p * p, p, p)
+                }
+            };
+            if w > 0 {
+                g.fill(0.0);
+            }
+            for i in range {
+                syrk_lower(
+                    g.rb_mut(),
+                    Accum::Add,
+                    block(blocks, i, p, k),
+                    1.0,
+                    Par::Seq,
+                );
+            }
+        });
+    }
+    for w in 1..t {
+        let part = MatRef::from_column_major_slice(&acc[(w - 1) * p * p..w * p * p], p, p);
+        add_lower(gram.rb_mut(), part);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -804,6 +854,8 @@ fn hooi_small_scratch(
         StackReq::any_of(&[
             block_products_scratch(m, rank_cols),
             block_products_scratch(n, rank_rows),
+            block_gram_scratch(m, par),
+            block_gram_scratch(n, par),
             numerics::top_eigenvectors_scratch(m, par),
             numerics::top_eigenvectors_scratch(n, par),
         ]),
@@ -888,11 +940,15 @@ impl<'s> Hooi<'s> {
         reducer: &dyn Reducer,
         par: Par,
     ) -> Result<()> {
-        let (count, m) = (data.count(), data.rows());
         block_products(data, false, mean, v, big, par, self.stack);
-        let y =
-            MatRef::from_column_major_slice(&big[..m * count * v.ncols()], m, count * v.ncols());
-        syrk_lower(self.gram_rows.rb_mut(), Accum::Replace, y, 1.0, par);
+        block_gram(
+            big,
+            data.count(),
+            v.ncols(),
+            self.gram_rows.rb_mut(),
+            par,
+            self.stack,
+        );
         reduce_mat(reducer, self.gram_rows.rb_mut())
     }
 
@@ -935,19 +991,18 @@ impl<'s> Hooi<'s> {
         reducer: &dyn Reducer,
         par: Par,
     ) -> Result<f64> {
-        let (count, n, r, s) = (data.count(), data.cols(), u.ncols(), v.ncols());
+        let s = v.ncols();
         block_products(data, true, mean, u, big, par, self.stack);
-        top_block_eigenvectors(
+        block_gram(
             big,
-            n,
-            count * r,
-            v,
+            data.count(),
+            u.ncols(),
             self.gram_cols.rb_mut(),
-            self.vals_cols,
-            reducer,
             par,
             self.stack,
-        )?;
+        );
+        reduce_mat(reducer, self.gram_cols.rb_mut())?;
+        numerics::top_eigenvectors(self.gram_cols.rb(), v, self.vals_cols, par, self.stack)?;
         Ok(self.vals_cols[..s].iter().sum())
     }
 }
@@ -961,7 +1016,7 @@ enum CoreSource<'a> {
     /// `C_i = U^T X_i V - U^T M V` from the data.
     Data,
     /// `C_i = W_i^T V` from the blocks `W_i = X_i^T U - M^T U` in the
-    /// `n x (N r)` layout of `block_products`.
+    /// layout of `block_products`.
     Left(&'a [f64]),
 }
 
@@ -1072,12 +1127,7 @@ fn for_each_core(
                     }
                 }
                 CoreSource::Left(w) => {
-                    assert!(w.len() >= n * count * r);
-                    // SAFETY: W_i is columns c N + i (c < r) of the n x (N r)
-                    // matrix in `w`, inside the slice (asserted above).
-                    let wi = unsafe {
-                        MatRef::from_raw_parts(w.as_ptr().add(i * n), n, r, 1, (count * n) as isize)
-                    };
+                    let wi = block(w, i, n, r);
                     gemm(c.rb_mut(), Accum::Replace, wi.transpose(), v, 1.0, Par::Seq);
                 }
             }
@@ -1312,72 +1362,63 @@ pub fn canonicalize(
 // ---------------------------------------------------------------------------
 // Riemannian conjugate gradient.
 
-/// Columns of the block matrix per chunk of the gradient products (a
-/// `rows x CHUNK` block stays in the L2 cache).
-const CHUNK: usize = 256;
-
-fn chunk_acc_len(p: usize, k: usize) -> usize {
-    p * k + CHUNK * k + 1
+/// Per-worker temporaries of `block_products_reduce`: the gradient
+/// (p x kq), `Z_i^T Q` (kb x kq) and the objective.
+fn reduce_part_len(p: usize, kb: usize, kq: usize) -> usize {
+    p * kq + kb * kq + 1
 }
 
-/// Local `f = ||Z^T Q||^2` and, when `grad` is given, `grad <- Z (Z^T Q)`
-/// (local) for the `p x ncols` block matrix Z in `blocks`, chunk by chunk.
-fn chunked_products(
+/// Local `f = sum_i ||Z_i^T Q||^2` and, when `grad` is given,
+/// `grad <- sum_i Z_i (Z_i^T Q)` (local), over the `count` blocks
+/// (`p x kb`) in `blocks`.
+#[allow(clippy::too_many_arguments)]
+fn block_products_reduce(
     blocks: &[f64],
+    count: usize,
     p: usize,
-    ncols: usize,
+    kb: usize,
     q: MatRef<'_, f64>,
     grad: Option<MatMut<'_, f64>>,
     acc: &mut [f64],
     par: Par,
 ) -> f64 {
-    let k = q.ncols();
-    let nchunks = ncols.div_ceil(CHUNK);
-    let t = workers(par, nchunks);
-    let per = chunk_acc_len(p, k);
-    let z = MatRef::from_column_major_slice(&blocks[..p * ncols], p, ncols);
+    let kq = q.ncols();
+    let t = workers(par, count);
+    let per = reduce_part_len(p, kb, kq);
     let want_grad = grad.is_some();
     let acc = &mut acc[..t * per];
-    let shared = SharedBuf::new(acc);
-    parallel_for(nchunks, t, &|w, range| {
-        // SAFETY: worker w owns part w of `acc`.
-        let (mut g, mut pt, mut fw) = unsafe {
-            (
-                shared.block(w * per, p, k),
-                shared.block(w * per + p * k, CHUNK, k),
-                shared.block(w * per + p * k + CHUNK * k, 1, 1),
-            )
-        };
-        g.fill(0.0);
-        let mut f = 0.0;
-        for chunk in range {
-            let c0 = chunk * CHUNK;
-            let len = CHUNK.min(ncols - c0);
-            let zc = z.subcols(c0, len);
-            let mut pc = pt.rb_mut().subrows_mut(0, len);
-            gemm(
-                pc.rb_mut(),
-                Accum::Replace,
-                zc.transpose(),
-                q,
-                1.0,
-                Par::Seq,
-            );
-            f += sum_sq(pc.rb());
-            if want_grad {
-                gemm(g.rb_mut(), Accum::Add, zc, pc.rb(), 1.0, Par::Seq);
+    {
+        let shared = SharedBuf::new(acc);
+        parallel_for(count, t, &|w, range| {
+            // SAFETY: worker w owns part w of `acc`.
+            let (mut g, mut pt, mut fw) = unsafe {
+                (
+                    shared.block(w * per, p, kq),
+                    shared.block(w * per + p * kq, kb, kq),
+                    shared.block(w * per + p * kq + kb * kq, 1, 1),
+                )
+            };
+            g.fill(0.0);
+            let mut f = 0.0;
+            for i in range {
+                let z = block(blocks, i, p, kb);
+                gemm(pt.rb_mut(), Accum::Replace, z.transpose(), q, 1.0, Par::Seq);
+                f += sum_sq(pt.rb());
+                if want_grad {
+                    gemm(g.rb_mut(), Accum::Add, z, pt.rb(), 1.0, Par::Seq);
+                }
             }
-        }
-        fw[(0, 0)] = f;
-    });
+            fw[(0, 0)] = f;
+        });
+    }
     let mut f = 0.0;
     for w in 0..t {
-        f += acc[w * per + p * k + CHUNK * k];
+        f += acc[w * per + p * kq + kb * kq];
     }
     if let Some(mut grad) = grad {
-        grad.copy_from(MatRef::from_column_major_slice(&acc[..p * k], p, k));
+        grad.copy_from(MatRef::from_column_major_slice(&acc[..p * kq], p, kq));
         for w in 1..t {
-            let gw = MatRef::from_column_major_slice(&acc[w * per..w * per + p * k], p, k);
+            let gw = MatRef::from_column_major_slice(&acc[w * per..w * per + p * kq], p, kq);
             add_into(grad.rb_mut(), gw);
         }
     }
@@ -1402,10 +1443,11 @@ fn evaluate_rows(
     let (count, m, s) = (data.count(), data.rows(), v.ncols());
     block_products(data, false, mean, v, big, par, stack);
     let mut gu = gu;
-    let f = chunked_products(
+    let f = block_products_reduce(
         big,
+        count,
         m,
-        count * s,
+        s,
         u,
         gu.as_mut().map(|g| g.rb_mut()),
         acc,
@@ -1435,7 +1477,7 @@ fn evaluate_cols(
 ) -> Result<()> {
     let (count, n, r) = (data.count(), data.cols(), u.ncols());
     block_products(data, true, mean, u, big, par, stack);
-    chunked_products(big, n, count * r, v, Some(gv.rb_mut()), acc, par);
+    block_products_reduce(big, count, n, r, v, Some(gv.rb_mut()), acc, par);
     reduce_mat(reducer, gv.rb_mut())?;
     scale(gv, 2.0);
     Ok(())
@@ -1522,7 +1564,7 @@ fn riemannian_small_scratch(
     StackReq::all_of(&[
         StackReq::all_of(&[mr, mr, mr, mr, ns, ns, ns, ns]),
         temp_mat_scratch::<f64>(k, k),
-        temp_slice_scratch::<f64>(t * chunk_acc_len(m, r).max(chunk_acc_len(n, s))),
+        temp_slice_scratch::<f64>(t * reduce_part_len(m, s, r).max(reduce_part_len(n, r, s))),
         StackReq::any_of(&[
             block_products_scratch(m, s),
             block_products_scratch(n, r),
@@ -1883,7 +1925,7 @@ fn riemannian_loop(
     let (mut dv, stack) = temp_mat_zeroed::<f64>(n, s, stack);
     let (mut tmp, stack) = temp_mat_zeroed::<f64>(k, k, stack);
     let (acc, stack) = temp_slice(
-        t * chunk_acc_len(m, r).max(chunk_acc_len(n, s)),
+        t * reduce_part_len(m, s, r).max(reduce_part_len(n, r, s)),
         0.0f64,
         stack,
     );
@@ -2074,7 +2116,7 @@ pub fn riemannian_gradient(
     let (mut gv, stack) = temp_mat_zeroed::<f64>(n, s, stack);
     let (mut tmp, stack) = temp_mat_zeroed::<f64>(r.max(s), r.max(s), stack);
     let (acc, stack) = temp_slice(
-        t * chunk_acc_len(m, r).max(chunk_acc_len(n, s)),
+        t * reduce_part_len(m, s, r).max(reduce_part_len(n, r, s)),
         0.0f64,
         stack,
     );
