@@ -767,8 +767,7 @@ impl Json {
     fn parse(text: &str) -> Json {
         let bytes = text.as_bytes();
         let mut pos = 0;
-        let v = Self::value(bytes, &mut pos);
-        v
+        Self::value(bytes, &mut pos)
     }
     fn skip_ws(b: &[u8], p: &mut usize) {
         while *p < b.len() && b[*p].is_ascii_whitespace() {
