@@ -267,6 +267,10 @@ fn main() {
         (1.0 - overlap / k).max(0.0).sqrt()
     };
     let f_check: f64 = cores.iter().map(|c| c * c).sum();
+    let totals: Vec<f64> = (0..t_fit.len()).map(|k| t_fit[k] + t_proj[k]).collect();
+    let peer_totals: Vec<f64> = (0..p_init.len())
+        .map(|k| p_init[k] + p_hooi[k] + p_proj[k])
+        .collect();
     let gram = median(&mut t_init);
     let fit_s = median(&mut t_fit);
     let proj = median(&mut t_proj);
@@ -276,7 +280,7 @@ fn main() {
         median(&mut p_proj),
     );
     println!(
-        "{{\"bench\": \"coreflow_subspace\", \"threads\": {threads}, \"layout\": \"{}\", \"n\": {n_samples}, \"rows\": {m}, \"cols\": {n}, \"rank_rows\": {r}, \"rank_cols\": {s}, \"noise\": {noise}, \"decay\": {decay}, \"tol\": {tol}, \"gram_init_s\": {gram:.6}, \"fit_s\": {fit_s:.6}, \"hooi_s\": {:.6}, \"project_s\": {proj:.6}, \"total_s\": {:.6}, \"hooi_iterations\": {}, \"converged\": {}, \"objective\": {}, \"objective_from_cores\": {f_check}, \"subspace_dist_u\": {:e}, \"subspace_dist_v\": {:e}, \"history\": {:?}, \"peer_rule\": {{\"gram_init_s\": {pi:.6}, \"hooi_s\": {ph:.6}, \"project_s\": {pp:.6}, \"total_s\": {:.6}, \"hooi_iterations\": {peer_iterations}, \"objective\": {peer_objective}}}}}",
+        "{{\"bench\": \"coreflow_subspace\", \"threads\": {threads}, \"layout\": \"{}\", \"n\": {n_samples}, \"rows\": {m}, \"cols\": {n}, \"rank_rows\": {r}, \"rank_cols\": {s}, \"noise\": {noise}, \"decay\": {decay}, \"tol\": {tol}, \"gram_init_s\": {gram:.6}, \"fit_s\": {fit_s:.6}, \"hooi_s\": {:.6}, \"project_s\": {proj:.6}, \"total_s\": {:.6}, \"hooi_iterations\": {}, \"converged\": {}, \"objective\": {}, \"objective_from_cores\": {f_check}, \"subspace_dist_u\": {:e}, \"subspace_dist_v\": {:e}, \"history\": {:?}, \"total_all\": {totals:?}, \"peer_rule\": {{\"total_all\": {peer_totals:?}, \"gram_init_s\": {pi:.6}, \"hooi_s\": {ph:.6}, \"project_s\": {pp:.6}, \"total_s\": {:.6}, \"hooi_iterations\": {peer_iterations}, \"objective\": {peer_objective}}}}}",
         if col_major { "f" } else { "c" },
         fit_s - gram,
         fit_s + proj,

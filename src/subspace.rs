@@ -2355,3 +2355,171 @@ pub fn fit(
         col_eigenvalues,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Layout;
+    use crate::reduce::LocalReducer;
+    use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+    use rand_xoshiro::Xoshiro256PlusPlus;
+
+    fn uniform_mat(m: usize, n: usize, rng: &mut Xoshiro256PlusPlus) -> Mat<f64> {
+        Mat::from_fn(m, n, |_, _| {
+            (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        })
+    }
+
+    fn orthonormal(m: usize, r: usize, rng: &mut Xoshiro256PlusPlus) -> Mat<f64> {
+        let mut q = uniform_mat(m, r, rng);
+        let mut buf = MemBuffer::new(numerics::retract_qr_scratch(m, r, Par::Seq));
+        numerics::retract_qr(q.as_mut(), Par::Seq, MemStack::new(&mut buf));
+        q
+    }
+
+    fn objective_at(
+        data: &MatrixBatch,
+        mean: Option<MatRef<'_, f64>>,
+        u: &Mat<f64>,
+        v: &Mat<f64>,
+    ) -> f64 {
+        let (m, n, r, s) = (data.rows(), data.cols(), u.ncols(), v.ncols());
+        let mut buf = MemBuffer::new(objective_scratch(m, n, r, s, Par::Seq));
+        objective(
+            data,
+            mean,
+            u.as_ref(),
+            v.as_ref(),
+            &LocalReducer,
+            Par::Seq,
+            MemStack::new(&mut buf),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn exact_line_search_maximises_along_the_retraction_curve() {
+        let (count, m, n, r, s) = (15, 11, 9, 3, 2);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        let x: Vec<f64> = (0..count * m * n)
+            .map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+            .collect();
+        let data = MatrixBatch::from_c_order(&x, count, m, n).unwrap();
+        let mean = uniform_mat(m, n, &mut rng);
+        let (u, v) = (orthonormal(m, r, &mut rng), orthonormal(n, s, &mut rng));
+        // Tangent directions.
+        let tangent = |q: &Mat<f64>, z: Mat<f64>| {
+            let qtz = q.transpose() * &z;
+            z - q * ((&qtz + qtz.transpose()) * faer::Scale(0.5))
+        };
+        let du = tangent(&u, uniform_mat(m, r, &mut rng));
+        let dv = tangent(&v, uniform_mat(n, s, &mut rng));
+        for mean in [None, Some(mean.as_ref())] {
+            let mut buf = MemBuffer::new(line_search_scratch(m, n, r, s, Par::Seq));
+            let (t, ft) = exact_line_search(
+                &data,
+                mean,
+                u.as_ref(),
+                du.as_ref(),
+                v.as_ref(),
+                dv.as_ref(),
+                &LocalReducer,
+                Par::Seq,
+                MemStack::new(&mut buf),
+            )
+            .unwrap();
+            let at = |t: f64| {
+                let mut qb = MemBuffer::new(numerics::retract_qr_scratch(m, r, Par::Seq));
+                let (mut ut, mut vt) = (&u + &du * faer::Scale(t), &v + &dv * faer::Scale(t));
+                numerics::retract_qr(ut.as_mut(), Par::Seq, MemStack::new(&mut qb));
+                numerics::retract_qr(vt.as_mut(), Par::Seq, MemStack::new(&mut qb));
+                objective_at(&data, mean, &ut, &vt)
+            };
+            let f0 = objective_at(&data, mean, &u, &v);
+            assert!(t > 0.0 && ft > f0);
+            // The model value is the objective at the retracted point ...
+            assert!((at(t) - ft).abs() < 1e-12 * ft, "{} vs {ft}", at(t));
+            // ... and a local maximum along the curve.
+            for k in [0.9, 0.99, 1.01, 1.1] {
+                assert!(at(k * t) <= ft * (1.0 + 1e-13));
+            }
+        }
+    }
+
+    #[test]
+    fn block_products_agree_across_layouts() {
+        let (count, m, n, k) = (7, 6, 5, 2);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(9);
+        let x: Vec<f64> = (0..count * m * n)
+            .map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+            .collect();
+        let c_order = MatrixBatch::from_c_order(&x, count, m, n).unwrap();
+        // The same samples transposed in storage: column-major (stacks horizontally).
+        let mut f = vec![0.0; x.len()];
+        for i in 0..count {
+            for a in 0..m {
+                for b in 0..n {
+                    f[a + m * (b + n * i)] = x[(i * m + a) * n + b];
+                }
+            }
+        }
+        let col_major = MatrixBatch::from_col_major(&f, m, n, count).unwrap();
+        let reversed = MatrixBatch::new(
+            &x,
+            (count - 1) * m * n,
+            Layout {
+                sample_stride: -((m * n) as isize),
+                ..Layout::c_order(count, m, n)
+            },
+        )
+        .unwrap();
+        let mean = uniform_mat(m, n, &mut rng);
+        for transpose in [false, true] {
+            let (p, q) = if transpose {
+                (n, uniform_mat(m, k, &mut rng))
+            } else {
+                (m, uniform_mat(n, k, &mut rng))
+            };
+            for mean in [None, Some(mean.as_ref())] {
+                let mut outs = vec![];
+                for (b, par) in [
+                    (&c_order, Par::Seq),
+                    (&col_major, Par::Seq),
+                    (&col_major, Par::rayon(2)),
+                    (&reversed, Par::Seq),
+                ] {
+                    let mut out = vec![0.0; count * p * k];
+                    let mut buf = MemBuffer::new(block_products_scratch(p, k));
+                    block_products(
+                        b,
+                        transpose,
+                        mean,
+                        q.as_ref(),
+                        &mut out,
+                        par,
+                        MemStack::new(&mut buf),
+                    );
+                    outs.push(out);
+                }
+                // Direct: block i of the C-order and column-major batches.
+                for i in 0..count {
+                    let xi = c_order.sample(i);
+                    let xi = if transpose { xi.transpose() } else { xi };
+                    let mut zi = xi * &q;
+                    if let Some(mm) = mean {
+                        zi -= if transpose {
+                            mm.transpose() * &q
+                        } else {
+                            mm * &q
+                        };
+                    }
+                    for out in &outs[..3] {
+                        assert!((block(out, i, p, k) - &zi).norm_max() < 1e-14);
+                    }
+                    // The reversed batch holds the samples in reverse order.
+                    assert!((block(&outs[3], count - 1 - i, p, k) - &zi).norm_max() < 1e-14);
+                }
+            }
+        }
+    }
+}
