@@ -1,0 +1,100 @@
+//! Progress bars for the fit stages and Ctrl-C cancellation.
+//!
+//! The library reports progress through a callback that may return `false`
+//! to cancel; the fit then unwinds and fails with `ErrorKind::Cancelled`.
+//! The Ctrl-C handler therefore only sets a flag that the callback reads, so
+//! a cancelled fit stops at its next report and releases everything
+//! normally. A second Ctrl-C exits at once, for a stage that reports rarely.
+
+use coreflow::{Progress, Stage};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Installs the Ctrl-C handler and returns the flag it sets.
+pub fn install_ctrlc() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    // Failing to install (e.g. a handler already set) only loses clean
+    // cancellation; the default SIGINT behaviour still stops the process.
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(crate::error::EXIT_CANCELLED);
+        }
+    });
+    flag
+}
+
+fn stage_name(s: Stage) -> &'static str {
+    match s {
+        Stage::Subspace => "subspace",
+        Stage::Completion => "completion",
+        Stage::Flow => "flow",
+    }
+}
+
+/// One bar per stage, replaced when the next stage starts.
+pub struct StageBars {
+    current: Option<(Stage, ProgressBar)>,
+    quiet: bool,
+    cancel: Arc<AtomicBool>,
+}
+
+impl StageBars {
+    pub fn new(quiet: bool, cancel: Arc<AtomicBool>) -> Self {
+        Self {
+            current: None,
+            quiet,
+            cancel,
+        }
+    }
+
+    /// The progress callback: updates the bar, returns `false` to cancel.
+    pub fn report(&mut self, p: &Progress) -> bool {
+        if self.cancel.load(Ordering::SeqCst) {
+            return false;
+        }
+        if self.current.as_ref().map(|c| c.0) != Some(p.stage) {
+            self.finish();
+            let bar = if self.quiet {
+                ProgressBar::hidden()
+            } else {
+                ProgressBar::with_draw_target(Some(p.total), ProgressDrawTarget::stderr())
+            };
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>10} [{bar:32}] {pos:>6}/{len:<6} {msg} ({elapsed})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(stage_name(p.stage));
+            self.current = Some((p.stage, bar));
+        }
+        let bar = &self.current.as_ref().expect("set above").1;
+        bar.set_length(p.total.max(p.iteration));
+        bar.set_position(p.iteration);
+        let what = if p.stage == Stage::Flow {
+            "loss"
+        } else {
+            "objective"
+        };
+        bar.set_message(format!("{what} {:.6e}", p.loss));
+        true
+    }
+
+    /// Closes the current bar. Iterative stages usually stop well before
+    /// their iteration limit; the bar then ends at the iterations done.
+    pub fn finish(&mut self) {
+        if let Some((_, bar)) = self.current.take() {
+            bar.set_length(bar.position());
+            bar.finish();
+        }
+    }
+}
+
+impl Drop for StageBars {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
