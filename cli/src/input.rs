@@ -128,10 +128,10 @@ pub fn load_model(path: &Path) -> Result<Model, CliError> {
     }
     Model::load(path).map_err(|e| {
         let fix = match e.kind() {
-            coreflow::ErrorKind::Format => {
-                " (not a CoreFlow model file, or damaged: fit it again with coreflow fit)"
+            coreflow::ErrorKind::Format => "; write it again with coreflow fit",
+            coreflow::ErrorKind::Version => {
+                "; it was written by a newer CoreFlow: upgrade this tool"
             }
-            coreflow::ErrorKind::Version => " (written by a newer CoreFlow: upgrade this tool)",
             _ => "",
         };
         let mut err = CliError::library(&path.display().to_string(), e);

@@ -110,15 +110,20 @@ fn clap_failure(e: clap::Error) -> ! {
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         _ => {
+            // clap writes the error, its details and tips, then usage and a
+            // pointer to --help, separated by blank lines: keep the first
+            // parts, each on one line.
             let text = e.to_string();
-            let mut parts: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| l.starts_with("error:") || l.starts_with("tip:"))
+            let parts: Vec<String> = text
+                .split("\n\n")
+                .filter(|p| {
+                    let p = p.trim_start();
+                    !p.is_empty()
+                        && !p.starts_with("Usage:")
+                        && !p.starts_with("For more information")
+                })
+                .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
                 .collect();
-            if parts.is_empty() {
-                parts.push(text.lines().next().unwrap_or("invalid arguments"));
-            }
             let line = parts.join("; ");
             let line = line.strip_prefix("error: ").unwrap_or(&line);
             eprintln!("error: {line} (see --help)");
