@@ -9,20 +9,36 @@
 use coreflow::{Progress, Stage};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-/// Installs the Ctrl-C handler and returns the flag it sets.
+/// Installs the Ctrl-C handler (once per process) and returns the flag it
+/// sets. Commands call it before loading their input, so an early Ctrl-C
+/// also ends in a clean cancellation at the first progress report.
 pub fn install_ctrlc() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    // Failing to install (e.g. a handler already set) only loses clean
-    // cancellation; the default SIGINT behaviour still stops the process.
-    let _ = ctrlc::set_handler(move || {
-        if f.swap(true, Ordering::SeqCst) {
-            std::process::exit(crate::error::EXIT_CANCELLED);
-        }
-    });
-    flag
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        // Failing to install only loses clean cancellation; the default
+        // SIGINT behaviour still stops the process.
+        let _ = ctrlc::set_handler(move || {
+            if f.swap(true, Ordering::SeqCst) {
+                std::process::exit(crate::error::EXIT_CANCELLED);
+            }
+        });
+        flag
+    })
+    .clone()
+}
+
+/// Fails with "cancelled" when Ctrl-C was pressed: for commands that run
+/// several phases, checked between them.
+pub fn check_cancelled() -> Result<(), crate::error::CliError> {
+    if install_ctrlc().load(Ordering::SeqCst) {
+        Err(crate::error::CliError::cancelled())
+    } else {
+        Ok(())
+    }
 }
 
 fn stage_name(s: Stage) -> &'static str {

@@ -15,6 +15,7 @@ use crate::commands::fit::fit_with_bars;
 use crate::error::{CliError, Context};
 use crate::input::with_workspace;
 use crate::plot::{self, Mat, Series};
+use crate::progress::check_cancelled;
 use crate::ThreadArgs;
 use clap::{Args, ValueEnum};
 use coreflow::datasets::{Dataset, DatasetSpec};
@@ -204,6 +205,9 @@ fn print_table(rows: &[(&str, Metrics)]) {
 
 pub fn run(a: DemoArgs) -> Result<(), CliError> {
     let plan = a.plan()?;
+    // Ctrl-C cancels the fit at its next progress report and the other
+    // phases between their steps.
+    crate::progress::install_ctrlc();
     let started = Instant::now();
     let threads = a.threads.threads;
     std::fs::create_dir_all(&a.out)
@@ -243,6 +247,7 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
         info.explained_energy,
         t.elapsed().as_secs_f64()
     );
+    check_cancelled()?;
     let model_path = a.out.join("model.cfm");
     model
         .save(&model_path)
@@ -279,6 +284,7 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
     let test_batch = c_batch(test, n);
     let mut rows = Vec::new();
     for s in &sets {
+        check_cancelled()?;
         let m = metrics::evaluate(&test_batch, &c_batch(&s.data, n), &eval_opts).ctx("metrics")?;
         rows.push((s.name, m));
     }

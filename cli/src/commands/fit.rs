@@ -107,6 +107,7 @@ pub fn fit_with_bars(
 }
 
 pub fn run(a: FitArgs) -> Result<(), CliError> {
+    install_ctrlc();
     let opts = a.options()?;
     let input = read_input(
         &a.data,
