@@ -69,9 +69,9 @@ impl GaussianCores {
         let mut z = vec![0.0; d];
         for (k, c) in out.chunks_exact_mut(d).enumerate() {
             Rng::stream(seed, FAMILY, k as u64).fill_normal(&mut z);
-            for a in 0..d {
+            for (a, ca) in c.iter_mut().enumerate() {
                 let row = &self.chol[a * d..a * d + a + 1];
-                c[a] = self.mean[a] + row.iter().zip(&z).map(|(l, x)| l * x).sum::<f64>();
+                *ca = self.mean[a] + row.iter().zip(&z).map(|(l, x)| l * x).sum::<f64>();
             }
         }
         out
@@ -87,7 +87,7 @@ fn cholesky(a: &[f64], d: usize, delta: f64) -> Option<Vec<f64>> {
             let mut s = a[i * d + j] + if i == j { delta } else { 0.0 };
             s -= (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum::<f64>();
             if i == j {
-                if !(s > 0.0) || !s.is_finite() {
+                if s.is_nan() || s <= 0.0 || s.is_infinite() {
                     return None;
                 }
                 l[i * d + i] = s.sqrt();

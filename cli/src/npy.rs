@@ -427,6 +427,9 @@ fn stack_shape(
     }
 }
 
+/// A checked header, the stack shape `(N, m, n)` and the reader at the data.
+type OpenStack = (Header, (usize, usize, usize), BufReader<File>);
+
 /// Opens `path`, checks it is a 3-D stack of one of `allowed` types and
 /// returns the header, the shape and the reader positioned at the data.
 fn open_stack(
@@ -434,7 +437,7 @@ fn open_stack(
     allowed: &[Dtype],
     what: &str,
     hint: &str,
-) -> Result<(Header, (usize, usize, usize), BufReader<File>), CliError> {
+) -> Result<OpenStack, CliError> {
     let (mut r, file_len) = open(path)?;
     let (h, offset) = read_header(&mut r, path)?;
     if !allowed.contains(&h.dtype) {

@@ -372,9 +372,9 @@ pub fn log_line_plot(
             .filter(|v| *v > 0.0 && v.is_finite())
             .collect()
     };
-    let all: Vec<f64> = series.iter().flat_map(|s| positive(s)).collect();
+    let all: Vec<f64> = series.iter().flat_map(&positive).collect();
     let mut hi = all.iter().copied().fold(0.0f64, f64::max);
-    let reference = series.first().map(|s| positive(s)).unwrap_or_default();
+    let reference = series.first().map(positive).unwrap_or_default();
     let mut lo = if reference.is_empty() {
         &all
     } else {
@@ -384,7 +384,7 @@ pub fn log_line_plot(
     .copied()
     .fold(f64::INFINITY, f64::min)
         * 0.5;
-    if !(hi > 0.0) {
+    if hi.is_nan() || hi <= 0.0 {
         (lo, hi) = (0.1, 1.0);
     }
     lo = lo.max(hi * 1e-8);
