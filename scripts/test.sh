@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test of the project: the Rust tests, the header check, and the
-# C tests through CMake/ctest. Installs the tools it needs when they are missing.
+# Runs every test of the project: the header check, the Rust tests, the C
+# and C++ tests and examples through CMake/ctest (including install, pkg-config
+# and valgrind checks), and the Python binding's tests. Installs the tools it
+# needs when they are missing: system packages with apt-get, cbindgen with
+# cargo, NumPy with pip into .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +13,13 @@ need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
+command -v readelf >/dev/null 2>&1 || need_apt+=(binutils)
+# Debian splits ensurepip (needed by `python3 -m venv`) into python3-venv.
+if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  need_apt+=(python3-venv)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then
@@ -36,7 +46,15 @@ rm -f "$tmp"
 echo "== Rust tests"
 cargo test --workspace --release
 
-echo "== C tests (CMake + ctest)"
+echo "== C and C++ tests, examples, install checks (CMake + ctest)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j 2
 ctest --test-dir build --output-on-failure
+
+echo "== Python binding (ctypes) and the Julia calling pattern"
+if ! .venv/bin/python -c 'import numpy' >/dev/null 2>&1; then
+  echo "== creating .venv with numpy"
+  python3 -m venv .venv
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check numpy
+fi
+.venv/bin/python -m unittest discover -s bindings/python -v

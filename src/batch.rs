@@ -88,16 +88,15 @@ impl Layout {
     /// True when no two distinct elements share an offset. The check is the
     /// usual sufficient one (sort axes by |stride|; each stride must exceed
     /// the span of the smaller axes), so exotic interleavings are refused too.
+    ///
+    /// Never allocates: the C ABI runs it on every output view, inside
+    /// calls that promise not to allocate.
     pub fn is_non_aliasing(&self) -> bool {
-        let mut axes: Vec<(usize, i128)> = self
-            .axes()
-            .iter()
-            .filter(|(n, _)| *n > 1)
-            .map(|&(n, s)| (n, (s as i128).abs()))
-            .collect();
-        axes.sort_by_key(|&(_, s)| s);
+        let mut axes = self.axes().map(|(n, s)| (n, (s as i128).abs()));
+        axes.sort_unstable_by_key(|&(_, s)| s);
         let mut span = 0i128;
-        for (n, s) in axes {
+        // Axes of extent 0 or 1 never step, so their strides do not matter.
+        for (n, s) in axes.into_iter().filter(|&(n, _)| n > 1) {
             if s <= span {
                 return false;
             }

@@ -6,7 +6,7 @@
 //! and generates new matrices X = U C V^T.
 //!
 //! Layers, bottom to top: [`numerics`] (faer helpers and workspaces), the
-//! maths modules ([`subspace`], [`completion`], [`metrics`],
+//! maths modules ([`subspace`], [`completion`], [`flow`], [`metrics`],
 //! [`datasets`]), the fitted [`model`], and
 //! the C ABI ([`ffi`]).
 
@@ -17,6 +17,7 @@ pub mod completion;
 pub mod datasets;
 pub mod error;
 pub mod ffi;
+pub mod flow;
 pub mod metrics;
 pub mod model;
 pub mod numerics;

@@ -472,3 +472,64 @@ pub unsafe extern "C" fn coreflow_model_from_bytes(
         Ok(())
     })
 }
+
+/// Draws `out->count` new matrices into `out`: matrix `j` is sample number
+/// `first_index + j` of stream `seed`, so a run split into several calls, or
+/// spread over threads, gives bitwise the same matrices. `o` selects the ODE
+/// solver (NULL = RK4 with 16 steps). `ws` is a workspace of `ws_bytes` bytes
+/// (`COREFLOW_OP_SAMPLE`). A model fitted with `flow_steps = 0` gives
+/// `COREFLOW_ERR_UNSUPPORTED`; a non-finite sample `COREFLOW_ERR_NUMERICAL`.
+/// Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
+/// buffers. Never allocates; runs on the calling thread only. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_sample(
+    m: *const coreflow_model,
+    o: *const coreflow_sample_options,
+    seed: u64,
+    first_index: u64,
+    out: *mut coreflow_matrices_mut,
+    ws: *mut c_void,
+    ws_bytes: usize,
+) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        let so = to_solver_options(&read_sample_options(o)?)?;
+        let mut batch = batch_mut_from_c(out, "out")?;
+        let stack = workspace(ws, ws_bytes)?;
+        model.sample(&so, seed, first_index, &mut batch, stack)
+    })
+}
+
+/// Writes into `log_prob[j]` the log-density of the core of matrix `j` of
+/// `input` under the model (a density over matrices in the learned
+/// geometry), and into `residual[j]` (when `residual` is not NULL) its
+/// distance from that geometry, `||Y - U U^T Y V V^T|| / ||Y||` with
+/// `Y = X - Xbar`. `o` selects the solver (NULL = RK4, 16 steps, exact
+/// divergence). `ws` is a workspace of `ws_bytes` bytes
+/// (`COREFLOW_OP_LOG_PROB`). Returns `COREFLOW_OK` or an error status.
+/// Ownership: the caller owns all buffers. Never allocates; runs on the
+/// calling thread only. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_log_prob(
+    m: *const coreflow_model,
+    o: *const coreflow_sample_options,
+    input: *const coreflow_matrices,
+    log_prob: *mut f64,
+    residual: *mut f64,
+    ws: *mut c_void,
+    ws_bytes: usize,
+) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        let so = to_solver_options(&read_sample_options(o)?)?;
+        let batch = batch_from_c(input, "input")?;
+        let n = batch.count();
+        if log_prob.is_null() && n > 0 {
+            return Err(null("log_prob"));
+        }
+        let stack = workspace(ws, ws_bytes)?;
+        let lp: &mut [f64] = if n == 0 { &mut [] } else { std::slice::from_raw_parts_mut(log_prob, n) };
+        let res = if residual.is_null() || n == 0 { None } else { Some(std::slice::from_raw_parts_mut(residual, n)) };
+        model.log_prob(&so, &batch, lp, res, stack)
+    })
+}

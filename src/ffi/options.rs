@@ -8,6 +8,9 @@
 use super::views::null;
 use crate::error::{Error, Result};
 use crate::model::{FitOptions, ModelInfo, Progress, Stage};
+use crate::flow::core_model::{CoreModelChoice, CoreModelKind, FlowOptions};
+use crate::flow::ode::{Solver, SolverOptions};
+use crate::flow::train::Coupling;
 use crate::subspace::SubspaceMethod;
 use std::ffi::c_void;
 use std::mem::{offset_of, size_of};
@@ -117,7 +120,8 @@ pub struct coreflow_fit_options {
     pub flow_energy: f64,
     /// Upper bound on the flow block dimension; 0 = no bound.
     pub flow_max_dim: u32,
-    /// Optimiser steps of the flow; 0 = fit the geometry only; default 0.
+    /// Optimiser steps of the flow; default 4000. 0 with core_model AUTO or
+    /// FLOW fits the geometry only (no sampling or scoring).
     pub flow_steps: u32,
     /// Minibatch size of flow training; default 128.
     pub batch_size: u32,
@@ -163,6 +167,7 @@ pub(crate) const FIT_OPTIONS_V1_SIZE: usize =
 
 pub(crate) fn fit_options_default() -> coreflow_fit_options {
     let d = FitOptions::default();
+    let f = d.flow;
     coreflow_fit_options {
         struct_size: size_of::<coreflow_fit_options>(),
         rank_rows: 0,
@@ -176,23 +181,23 @@ pub(crate) fn fit_options_default() -> coreflow_fit_options {
         completion_max_iter: d.completion_max_iter as u32,
         completion_tol: d.completion_tol,
         ridge: d.ridge,
-        flow_hidden: 256,
-        flow_layers: 3,
-        flow_time_freqs: 16,
-        flow_energy: 0.999,
-        flow_max_dim: 0,
-        flow_steps: 0,
-        batch_size: 128,
-        learning_rate: 1e-2,
-        weight_decay: 0.0,
-        ema_decay: 0.999,
+        flow_hidden: f.hidden as u32,
+        flow_layers: f.layers as u32,
+        flow_time_freqs: f.time_freqs as u32,
+        flow_energy: f.flow_energy,
+        flow_max_dim: f.flow_max_dim as u32,
+        flow_steps: f.steps as u32,
+        batch_size: f.batch_size as u32,
+        learning_rate: f.learning_rate,
+        weight_decay: f.weight_decay,
+        ema_decay: f.ema_decay,
         coupling: COREFLOW_COUPLING_INDEPENDENT,
         seed: 0,
         threads: 0,
         progress: None,
         progress_user: std::ptr::null_mut(),
         core_model: COREFLOW_CORE_MODEL_AUTO,
-        holdout_fraction: 0.2,
+        holdout_fraction: f.holdout_fraction,
         allreduce: None,
         allreduce_user: std::ptr::null_mut(),
     }
@@ -266,7 +271,29 @@ pub(crate) fn to_fit_options(o: &coreflow_fit_options) -> Result<FitOptions> {
         completion_max_iter: o.completion_max_iter as usize,
         completion_tol: o.completion_tol,
         ridge: o.ridge,
-        flow_steps: o.flow_steps as usize,
+        flow: FlowOptions {
+            hidden: o.flow_hidden as usize,
+            layers: o.flow_layers as usize,
+            time_freqs: o.flow_time_freqs as usize,
+            flow_energy: o.flow_energy,
+            flow_max_dim: o.flow_max_dim as usize,
+            steps: o.flow_steps as usize,
+            batch_size: o.batch_size as usize,
+            learning_rate: o.learning_rate,
+            weight_decay: o.weight_decay,
+            ema_decay: o.ema_decay,
+            coupling: match o.coupling {
+                COREFLOW_COUPLING_MINIBATCH_OT => Coupling::MinibatchOt,
+                _ => Coupling::Independent,
+            },
+            core_model: match o.core_model {
+                COREFLOW_CORE_MODEL_FLOW => CoreModelChoice::Flow,
+                COREFLOW_CORE_MODEL_GAUSSIAN => CoreModelChoice::Gaussian,
+                _ => CoreModelChoice::Auto,
+            },
+            holdout_fraction: o.holdout_fraction,
+            ..FlowOptions::default()
+        },
         seed: o.seed,
         threads: o.threads as usize,
     })
@@ -339,6 +366,15 @@ pub struct coreflow_model_info {
     pub completion_objective: f64,
     /// Noise variance per entry estimated from the training residuals.
     pub noise_variance: f64,
+    /// The fitted core model: -1 geometry only, else `COREFLOW_CORE_MODEL_FLOW`
+    /// or `COREFLOW_CORE_MODEL_GAUSSIAN` (the choice AUTO made).
+    pub core_model: coreflow_core_model,
+    /// Flow block size k by the energy rule (also when the Gaussian was chosen).
+    pub flow_block: usize,
+    /// Held-out mean log-likelihood of the flow model (NaN when not fitted).
+    pub heldout_loglik_flow: f64,
+    /// Held-out mean log-likelihood of a full Gaussian on the cores.
+    pub heldout_loglik_gaussian: f64,
 }
 
 /// Smallest `struct_size` accepted for `coreflow_model_info` (ABI v1).
@@ -372,8 +408,8 @@ pub(crate) unsafe fn write_model_info(
         flow_dim: info.flow_dim,
         centered: info.centered as u8,
         has_flow: info.has_flow as u8,
-        flow_hidden: 0,
-        flow_layers: 0,
+        flow_hidden: info.flow_hidden as u32,
+        flow_layers: info.flow_layers as u32,
         train_count: info.train_count,
         explained_energy: info.explained_energy,
         final_loss: info.final_loss,
@@ -385,6 +421,14 @@ pub(crate) unsafe fn write_model_info(
         completion_converged: info.completion_converged as u8,
         completion_objective: info.completion_objective,
         noise_variance: info.noise_variance,
+        core_model: match info.core_model {
+            None => -1,
+            Some(CoreModelKind::Flow) => COREFLOW_CORE_MODEL_FLOW,
+            Some(CoreModelKind::Gaussian) => COREFLOW_CORE_MODEL_GAUSSIAN,
+        },
+        flow_block: info.flow_block,
+        heldout_loglik_flow: info.heldout_loglik_flow,
+        heldout_loglik_gaussian: info.heldout_loglik_gaussian,
     };
     let n = size.min(size_of::<coreflow_model_info>());
     std::ptr::copy_nonoverlapping(&full as *const _ as *const u8, out as *mut u8, n);
@@ -415,6 +459,20 @@ pub(crate) fn sample_options_default() -> coreflow_sample_options {
         rtol: 1e-5,
         atol: 1e-5,
     }
+}
+
+/// Converts checked C sample options into solver options.
+pub(crate) fn to_solver_options(o: &coreflow_sample_options) -> Result<SolverOptions> {
+    let solver = match o.solver {
+        COREFLOW_SOLVER_EULER => Solver::Euler,
+        COREFLOW_SOLVER_HEUN => Solver::Heun,
+        COREFLOW_SOLVER_RK4 => Solver::Rk4,
+        COREFLOW_SOLVER_DOPRI5 => Solver::Dopri5,
+        x => return Err(Error::invalid(format!("o->solver: {x} is not a COREFLOW_SOLVER_* value"))),
+    };
+    let opts = SolverOptions { solver, steps: o.steps as usize, rtol: o.rtol, atol: o.atol, ..SolverOptions::default() };
+    opts.check().map_err(|e| Error::new(e.kind(), e.message().replace("solver.", "o->")))?;
+    Ok(opts)
 }
 
 /// Smallest `struct_size` accepted for `coreflow_sample_options` (ABI v1).

@@ -18,6 +18,8 @@ use crate::completion::{self, CompletionOptions, CorePrior};
 use crate::error::{Error, Result};
 use crate::numerics::{self, check_workspace, temp_mat_zeroed, MemBuffer, MemStack, StackReq};
 use crate::reduce::{LocalReducer, Reducer};
+use crate::flow::core_model::{CoreModel, CoreModelChoice, CoreModelKind, FlowOptions};
+use crate::flow::ode::SolverOptions;
 use crate::subspace::{self, SubspaceMethod, SubspaceOptions};
 use faer::prelude::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
@@ -74,9 +76,12 @@ pub struct FitOptions {
     pub completion_tol: f64,
     /// Ridge lambda on the cores in the masked fit (default 1e-8).
     pub ridge: f64,
-    /// Optimiser steps of the flow; 0 fits the geometry only (default 0
-    /// until a core model is requested).
-    pub flow_steps: usize,
+    /// The core model: flow architecture and training, the flow block, the
+    /// core-model choice and the held-out diagnostics (DESIGN.md section 5).
+    /// `flow.steps = 0` with `core_model` AUTO or FLOW fits the geometry
+    /// only (no sampling or scoring); `flow.seed` and `flow.threads` are
+    /// replaced by the fit's own `seed` and `threads`.
+    pub flow: FlowOptions,
     /// Seed of every random choice of the fit.
     pub seed: u64,
     /// Worker threads for fitting (0 = all cores).
@@ -99,7 +104,7 @@ impl Default for FitOptions {
             completion_max_iter: c.max_iter,
             completion_tol: c.tol,
             ridge: c.ridge,
-            flow_steps: 0,
+            flow: FlowOptions::default(),
             seed: 0,
             threads: 0,
         }
@@ -120,6 +125,16 @@ impl FitOptions {
             ..SubspaceOptions::default()
         }
     }
+    /// A copy with the flow disabled: the geometry (and the completion
+    /// prior) only.
+    pub fn geometry_only(mut self) -> Self {
+        self.flow.steps = 0;
+        self.flow.core_model = CoreModelChoice::Auto;
+        self
+    }
+    fn fits_core_model(&self) -> bool {
+        self.flow.steps > 0 || self.flow.core_model == CoreModelChoice::Gaussian
+    }
     fn completion_options(&self) -> CompletionOptions {
         CompletionOptions {
             max_iter: self.completion_max_iter,
@@ -130,6 +145,10 @@ impl FitOptions {
         }
     }
 }
+
+/// Matrices per chunk of sampling and scoring: bounds the workspace
+/// whatever the call's count (results do not depend on it).
+const CHUNK: usize = 64;
 
 /// A summary of a fitted model.
 #[derive(Clone, Debug, PartialEq)]
@@ -173,6 +192,20 @@ pub struct ModelInfo {
     pub completion_objective: f64,
     /// Noise variance per entry estimated from the training residuals.
     pub noise_variance: f64,
+    /// The fitted core model: `None` for a geometry-only model.
+    pub core_model: Option<CoreModelKind>,
+    /// Width of the hidden layers of the velocity network (0 without a flow).
+    pub flow_hidden: usize,
+    /// Number of hidden layers (0 without a flow).
+    pub flow_layers: usize,
+    /// Flow block size k given by the energy rule (also when the Gaussian
+    /// fallback was chosen; 0 for a geometry-only model).
+    pub flow_block: usize,
+    /// Held-out mean log-likelihood of the flow model (NaN when not fitted).
+    pub heldout_loglik_flow: f64,
+    /// Held-out mean log-likelihood of a full Gaussian on the cores (NaN
+    /// without a hold-out).
+    pub heldout_loglik_gaussian: f64,
 }
 
 /// A fitted CoreFlow model. Immutable; `Send + Sync`.
@@ -186,7 +219,25 @@ pub struct Model {
     /// Gaussian prior of the training cores and the noise level, for
     /// completing new matrices.
     prior: CorePrior,
+    /// The model of the cores (`None`: geometry only).
+    core: Option<CoreModel>,
     info: ModelInfo,
+}
+
+/// Copies the core model's summary into the model info.
+fn set_core_info(info: &mut ModelInfo, core: &CoreModel) {
+    let ci = core.info();
+    info.core_model = Some(ci.kind);
+    info.has_flow = ci.kind == CoreModelKind::Flow;
+    info.flow_dim = core.flow_dim();
+    info.flow_block = ci.flow_block;
+    info.final_loss = ci.final_loss;
+    info.heldout_loglik_flow = ci.heldout_loglik_flow;
+    info.heldout_loglik_gaussian = ci.heldout_loglik_gaussian;
+    if let Some(cfg) = core.net_config() {
+        info.flow_hidden = cfg.hidden;
+        info.flow_layers = cfg.layers;
+    }
 }
 
 impl ModelInfo {
@@ -211,6 +262,12 @@ impl ModelInfo {
             completion_converged: true,
             completion_objective: f64::NAN,
             noise_variance: f64::NAN,
+            core_model: None,
+            flow_hidden: 0,
+            flow_layers: 0,
+            flow_block: 0,
+            heldout_loglik_flow: f64::NAN,
+            heldout_loglik_gaussian: f64::NAN,
         }
     }
 }
@@ -239,10 +296,12 @@ impl Model {
         reducer: &dyn Reducer,
         progress: &mut dyn FnMut(&Progress) -> bool,
     ) -> Result<Model> {
-        if opts.flow_steps > 0 {
-            return Err(Error::unsupported(
-                "opts.flow_steps: the flow stage is not available in this build; use 0 to fit the geometry only",
-            ));
+        let mut flow_opts = opts.flow;
+        flow_opts.seed = opts.seed;
+        flow_opts.threads = opts.threads;
+        if opts.fits_core_model() {
+            // Checked before the (long) geometry stage.
+            flow_opts.check()?;
         }
         let (m, n) = (train.rows(), train.cols());
         let sub_opts = opts.subspace_options();
@@ -359,14 +418,16 @@ impl Model {
         info.centered = mean.is_some();
         info.train_count = crate::reduce::sum_scalar(reducer, train.count() as f64)? as usize;
         info.noise_variance = prior.noise_var;
-        Ok(Model {
-            u,
-            v,
-            mean,
-            mean_core,
-            prior,
-            info,
-        })
+        let core = if opts.fits_core_model() {
+            let core = CoreModel::fit(core_mat, &flow_opts, &mut |step, total, loss| {
+                progress(&Progress { stage: Stage::Flow, iteration: step as u64, total: total as u64, loss })
+            })?;
+            set_core_info(&mut info, &core);
+            Some(core)
+        } else {
+            None
+        };
+        Ok(Model { u, v, mean, mean_core, prior, core, info })
     }
 
     /// Assembles a model from validated parts (used by the model file reader).
@@ -375,17 +436,16 @@ impl Model {
         v: Mat<f64>,
         mean: Option<Mat<f64>>,
         prior: CorePrior,
+        core: Option<CoreModel>,
         info: ModelInfo,
     ) -> Model {
         let mean_core = mean.as_ref().map(|x| u.transpose() * x * &v);
-        Model {
-            u,
-            v,
-            mean,
-            mean_core,
-            prior,
-            info,
-        }
+        Model { u, v, mean, mean_core, prior, core, info }
+    }
+
+    /// The model of the cores (`None` for a geometry-only model).
+    pub fn core_model(&self) -> Option<&CoreModel> {
+        self.core.as_ref()
     }
 
     /// The model file image (little-endian, versioned, checksummed; see
@@ -541,36 +601,172 @@ impl Model {
         let (mut t, _) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
         for j in 0..out.count() {
             let c = MatRef::from_column_major_slice(&cores[j * d..(j + 1) * d], r, s);
-            numerics::gemm(
-                t.rb_mut(),
-                Accum::Replace,
-                self.u.as_ref(),
-                c,
-                1.0,
-                Par::Seq,
-            );
-            let mut x = out.sample_mut(j);
-            match &self.mean {
-                Some(m) => {
-                    x.copy_from(m);
-                    numerics::gemm(
-                        x.rb_mut(),
-                        Accum::Add,
-                        t.rb(),
-                        self.v.transpose(),
-                        1.0,
-                        Par::Seq,
-                    );
-                }
-                None => numerics::gemm(
-                    x.rb_mut(),
-                    Accum::Replace,
-                    t.rb(),
-                    self.v.transpose(),
-                    1.0,
-                    Par::Seq,
-                ),
+            self.decode_one(c, out.sample_mut(j), t.rb_mut());
+        }
+        Ok(())
+    }
+
+    /// `x <- U c V^T + Xbar` with `t` an m x s temporary.
+    fn decode_one(&self, c: MatRef<'_, f64>, mut x: MatMut<'_, f64>, mut t: MatMut<'_, f64>) {
+        numerics::gemm(t.rb_mut(), Accum::Replace, self.u.as_ref(), c, 1.0, Par::Seq);
+        match &self.mean {
+            Some(m) => {
+                x.copy_from(m);
+                numerics::gemm(x.rb_mut(), Accum::Add, t.rb(), self.v.transpose(), 1.0, Par::Seq);
             }
+            None => numerics::gemm(x.rb_mut(), Accum::Replace, t.rb(), self.v.transpose(), 1.0, Par::Seq),
+        }
+    }
+
+    fn core_or_unsupported(&self, what: &str) -> Result<&CoreModel> {
+        self.core.as_ref().ok_or_else(|| {
+            Error::unsupported(format!(
+                "m: the model was fitted without a core model (flow steps 0, geometry only) and cannot {what}"
+            ))
+        })
+    }
+
+    /// Workspace for [`Model::sample`] of up to `count` matrices with `opts`.
+    /// Sizes for a geometry-only model are empty (the call is unsupported).
+    pub fn sample_scratch(&self, count: usize, opts: &SolverOptions) -> StackReq {
+        let Some(core) = &self.core else { return StackReq::EMPTY };
+        let b = count.clamp(1, CHUNK);
+        StackReq::all_of(&[
+            numerics::temp_mat_scratch::<f64>(b, self.core_dim()),
+            numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.rank_cols),
+            core.sample_scratch(b, opts),
+        ])
+    }
+
+    /// Draws new matrices into `out`: matrix `j` is sample number
+    /// `first_index + j` of stream `seed`, so it depends only on (seed,
+    /// index) and the model, not on how a run is split into calls, the
+    /// batch size or the thread count. Noise is integrated through the flow
+    /// with `opts` (RK4 with 16 steps by default), then decoded:
+    /// `X = U C V^T + Xbar`. A non-finite value is `ErrorKind::Numerical`.
+    /// Never allocates; runs on the calling thread.
+    pub fn sample(
+        &self,
+        opts: &SolverOptions,
+        seed: u64,
+        first_index: u64,
+        out: &mut MatrixBatchMut,
+        stack: &mut MemStack,
+    ) -> Result<()> {
+        let core = self.core_or_unsupported("sample")?;
+        self.check_shape(out.rows(), out.cols(), "out")?;
+        opts.check()?;
+        let count = out.count();
+        if first_index.checked_add(count as u64).is_none() {
+            return Err(Error::invalid("first_index: first_index + count overflows"));
+        }
+        check_workspace(self.sample_scratch(count, opts), stack)?;
+        let (d, r, s) = (self.core_dim(), self.info.rank_rows, self.info.rank_cols);
+        let b = count.clamp(1, CHUNK);
+        let (mut cores, stack) = temp_mat_zeroed::<f64>(b, d, stack);
+        let (mut t, stack) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
+        let mut start = 0;
+        while start < count {
+            let len = (count - start).min(b);
+            core.sample(opts, seed, first_index + start as u64, cores.rb_mut().get_mut(..len, ..), stack)?;
+            for j in 0..len {
+                // Row j holds vec(C) (column-major r x s) with stride b.
+                let c = cores.rb().get(j..j + 1, ..);
+                // SAFETY: element (a, q) of the r x s view is column a + q r of
+                // row j, inside the b x d temporary.
+                let c = unsafe {
+                    MatRef::from_raw_parts(c.as_ptr(), r, s, c.col_stride(), c.col_stride() * r as isize)
+                };
+                self.decode_one(c, out.sample_mut(start + j), t.rb_mut());
+            }
+            start += len;
+        }
+        Ok(())
+    }
+
+    /// Workspace for [`Model::log_prob`] of up to `count` matrices.
+    pub fn log_prob_scratch(&self, count: usize, opts: &SolverOptions) -> StackReq {
+        let Some(core) = &self.core else { return StackReq::EMPTY };
+        let b = count.clamp(1, CHUNK);
+        StackReq::all_of(&[
+            numerics::temp_mat_scratch::<f64>(b, self.core_dim()),
+            numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.rank_cols),
+            numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.cols),
+            core.log_prob_scratch(b, opts),
+        ])
+    }
+
+    /// `log_prob[j]`: the log-density of the core of matrix `j` under the
+    /// core model (a density over matrices in the learned geometry, i.e.
+    /// over R^(r s)); `residual[j]` (when given): the distance of the matrix
+    /// from that geometry, `||Y - U U^T Y V V^T|| / ||Y||` with
+    /// `Y = X - Xbar` (0 for Y = 0). Never allocates; runs on the calling
+    /// thread.
+    pub fn log_prob(
+        &self,
+        opts: &SolverOptions,
+        input: &MatrixBatch,
+        log_prob: &mut [f64],
+        mut residual: Option<&mut [f64]>,
+        stack: &mut MemStack,
+    ) -> Result<()> {
+        let core = self.core_or_unsupported("compute log-likelihoods")?;
+        self.check_shape(input.rows(), input.cols(), "input")?;
+        opts.check()?;
+        let count = input.count();
+        if log_prob.len() != count {
+            return Err(Error::shape(format!("log_prob: {} values for {count} matrices", log_prob.len())));
+        }
+        if let Some(res) = residual.as_deref() {
+            if res.len() != count {
+                return Err(Error::shape(format!("residual: {} values for {count} matrices", res.len())));
+            }
+        }
+        if input.has_mask() {
+            return Err(Error::invalid("input.mask: log_prob needs complete matrices; complete them first"));
+        }
+        input.check_finite("input")?;
+        check_workspace(self.log_prob_scratch(count, opts), stack)?;
+        let (d, r, s) = (self.core_dim(), self.info.rank_rows, self.info.rank_cols);
+        let (m, n) = (self.info.rows, self.info.cols);
+        let b = count.clamp(1, CHUNK);
+        let (mut cores, stack) = temp_mat_zeroed::<f64>(b, d, stack);
+        let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
+        let (mut proj, stack) = temp_mat_zeroed::<f64>(m, n, stack);
+        let mut start = 0;
+        while start < count {
+            let len = (count - start).min(b);
+            for j in 0..len {
+                let x = input.sample(start + j);
+                numerics::gemm(t.rb_mut(), Accum::Replace, x, self.v.as_ref(), 1.0, Par::Seq);
+                let row = cores.rb_mut().get_mut(j..j + 1, ..);
+                let stride = row.col_stride();
+                // SAFETY: as in `sample`: an r x s view of row j of the temporary.
+                let mut c = unsafe { MatMut::from_raw_parts_mut(row.as_ptr_mut(), r, s, stride, stride * r as isize) };
+                numerics::gemm(c.rb_mut(), Accum::Replace, self.u.transpose(), t.rb(), 1.0, Par::Seq);
+                if let Some(mc) = &self.mean_core {
+                    for q in 0..s {
+                        for a in 0..r {
+                            c[(a, q)] -= mc[(a, q)];
+                        }
+                    }
+                }
+                if let Some(res) = residual.as_deref_mut() {
+                    // ||Y - U C V^T|| / ||Y|| directly (no cancellation).
+                    self.decode_one(c.rb(), proj.rb_mut(), t.rb_mut());
+                    let (mut num, mut den) = (0.0, 0.0);
+                    for q in 0..n {
+                        for a in 0..m {
+                            let mean = self.mean.as_ref().map_or(0.0, |mm| mm[(a, q)]);
+                            num += (x[(a, q)] - proj[(a, q)]).powi(2);
+                            den += (x[(a, q)] - mean).powi(2);
+                        }
+                    }
+                    res[start + j] = if den > 0.0 { (num / den).sqrt() } else { 0.0 };
+                }
+            }
+            core.log_prob(opts, cores.rb().get(..len, ..), &mut log_prob[start..start + len], stack)?;
+            start += len;
         }
         Ok(())
     }

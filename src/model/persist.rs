@@ -19,8 +19,11 @@
 //! that remain and every array length against the sizes in `META`, so no
 //! allocation is ever sized by an unchecked length field.
 
-use super::{Model, ModelInfo};
+use super::{set_core_info, Model, ModelInfo};
 use crate::completion::CorePrior;
+use crate::flow::core_model::{
+    CoreModel, CoreModelChoice, CoreModelInfo, CoreModelKind, CoreModelParts, FlowParts, GaussianParts, NetParams,
+};
 use crate::error::{Error, ErrorKind, Result};
 use faer::Mat;
 use std::path::Path;
@@ -62,6 +65,18 @@ impl Writer {
     }
     fn mat(&mut self, m: &Mat<f64>) {
         self.f64s((0..m.ncols()).flat_map(|j| (0..m.nrows()).map(move |i| m[(i, j)])));
+    }
+    /// A length-prefixed array of indices.
+    fn indices(&mut self, idx: &[usize]) {
+        self.u64(idx.len() as u64);
+        for &i in idx {
+            self.u64(i as u64);
+        }
+    }
+    /// A length-prefixed array of f64.
+    fn f64_array(&mut self, xs: &[f64]) {
+        self.u64(xs.len() as u64);
+        self.f64s(xs.iter().copied());
     }
 }
 
@@ -112,6 +127,34 @@ impl<'a> Reader<'a> {
                 "model data: {} holds a non-finite value",
                 self.what
             )));
+        }
+        Ok(v)
+    }
+    fn usize(&mut self) -> Result<usize> {
+        usize::try_from(self.u64()?).map_err(|_| format_err(format!("model data: {} holds an oversized value", self.what)))
+    }
+    /// A length-prefixed array of indices (length checked before allocating).
+    fn indices(&mut self) -> Result<Vec<usize>> {
+        let n = self.usize()?;
+        let bytes = n.checked_mul(8).ok_or_else(|| format_err("model data: array length overflows"))?;
+        let raw = self.take(bytes)?;
+        raw.chunks_exact(8)
+            .map(|c| usize::try_from(u64::from_le_bytes(c.try_into().unwrap())))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| format_err(format!("model data: {} holds an oversized index", self.what)))
+    }
+    /// A length-prefixed array of finite f64.
+    fn f64_array(&mut self) -> Result<Vec<f64>> {
+        let n = self.usize()?;
+        self.f64s(n)
+    }
+    /// `n` finite f32 values.
+    fn f32s(&mut self, n: usize) -> Result<Vec<f32>> {
+        let bytes = n.checked_mul(4).ok_or_else(|| format_err("model data: array length overflows"))?;
+        let raw = self.take(bytes)?;
+        let v: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(format_err(format!("model data: {} holds a non-finite value", self.what)));
         }
         Ok(v)
     }
@@ -183,9 +226,118 @@ pub fn to_bytes(model: &Model) -> Vec<u8> {
         w.mat(&model.prior.chol);
         w.f64s([model.prior.noise_var]);
     });
+    if let Some(core) = &model.core {
+        w.section(b"CORE", |w| write_core(w, &core.to_parts()));
+    }
     let crc = crc32fast::hash(&w.buf);
     w.u32(crc);
     w.buf
+}
+
+fn write_core(w: &mut Writer, p: &CoreModelParts) {
+    let i = &p.info;
+    let kind = match i.kind {
+        CoreModelKind::Flow => 0,
+        CoreModelKind::Gaussian => 1,
+    };
+    let requested = match i.requested {
+        CoreModelChoice::Auto => 0,
+        CoreModelChoice::Flow => 1,
+        CoreModelChoice::Gaussian => 2,
+    };
+    for x in [p.dim, kind, requested, i.flow_block, i.train_count, i.holdout_count] {
+        w.u64(x as u64);
+    }
+    w.f64s([i.flow_energy, i.final_loss, i.heldout_loglik_flow, i.heldout_loglik_gaussian]);
+    w.u64(p.flow.is_some() as u64);
+    if let Some(f) = &p.flow {
+        w.indices(&f.index);
+        w.f64_array(&f.mean);
+        w.f64_array(&f.scale);
+        for x in [f.hidden, f.layers, f.time_freqs] {
+            w.u64(x as u64);
+        }
+        match &f.params {
+            NetParams::F32(v) => {
+                w.u64(0);
+                w.u64(v.len() as u64);
+                for x in v {
+                    w.buf.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+            NetParams::F64(v) => {
+                w.u64(1);
+                w.f64_array(v);
+            }
+        }
+        w.f64_array(&f.mm_shift);
+        w.f64_array(&f.mm_matrix);
+    }
+    w.u64(p.gaussian.is_some() as u64);
+    if let Some(g) = &p.gaussian {
+        w.indices(&g.index);
+        w.f64_array(&g.mean);
+        w.f64_array(&g.chol);
+    }
+}
+
+fn read_core(r: &mut Reader<'_>, core_dim: usize) -> Result<CoreModel> {
+    let dim = r.usize()?;
+    if dim != core_dim {
+        return Err(format_err("model data: CORE dimension differs from r * s"));
+    }
+    let kind = match r.u64()? {
+        0 => CoreModelKind::Flow,
+        1 => CoreModelKind::Gaussian,
+        _ => return Err(format_err("model data: CORE has an unknown kind")),
+    };
+    let requested = match r.u64()? {
+        0 => CoreModelChoice::Auto,
+        1 => CoreModelChoice::Flow,
+        2 => CoreModelChoice::Gaussian,
+        _ => return Err(format_err("model data: CORE has an unknown choice")),
+    };
+    let (flow_block, train_count, holdout_count) = (r.usize()?, r.usize()?, r.usize()?);
+    let info = CoreModelInfo {
+        kind,
+        requested,
+        dim,
+        flow_block,
+        flow_energy: r.f64()?,
+        train_count,
+        holdout_count,
+        final_loss: r.f64()?,
+        heldout_loglik_flow: r.f64()?,
+        heldout_loglik_gaussian: r.f64()?,
+    };
+    let flow = match r.u64()? {
+        0 => None,
+        1 => {
+            let index = r.indices()?;
+            let mean = r.f64_array()?;
+            let scale = r.f64_array()?;
+            let (hidden, layers, time_freqs) = (r.usize()?, r.usize()?, r.usize()?);
+            let params = match r.u64()? {
+                0 => {
+                    let n = r.usize()?;
+                    NetParams::F32(r.f32s(n)?)
+                }
+                1 => NetParams::F64(r.f64_array()?),
+                _ => return Err(format_err("model data: CORE has an unknown precision")),
+            };
+            let mm_shift = r.f64_array()?;
+            let mm_matrix = r.f64_array()?;
+            Some(FlowParts { index, mean, scale, hidden, layers, time_freqs, params, mm_shift, mm_matrix })
+        }
+        _ => return Err(format_err("model data: CORE flow flag is not 0 or 1")),
+    };
+    let gaussian = match r.u64()? {
+        0 => None,
+        1 => Some(GaussianParts { index: r.indices()?, mean: r.f64_array()?, chol: r.f64_array()? }),
+        _ => return Err(format_err("model data: CORE Gaussian flag is not 0 or 1")),
+    };
+    r.done()?;
+    CoreModel::from_parts(CoreModelParts { dim, info, flow, gaussian })
 }
 
 /// Parses and validates a model file image.
@@ -270,11 +422,6 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
         )));
     }
     let d = r_rows * r_cols;
-    if flags & 1 << 2 != 0 {
-        return Err(Error::unsupported(
-            "model data: the model has a core model that this build cannot read",
-        ));
-    }
     let mut ru = find(b"BASU", "BASU")?;
     let u = ru.mat(rows, r_rows)?;
     ru.done()?;
@@ -304,7 +451,13 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
             "model data: PRIO noise variance is not positive",
         ));
     }
-    let info = ModelInfo {
+    let core = if has(b"CORE") {
+        let mut rc = find(b"CORE", "CORE")?;
+        Some(read_core(&mut rc, d)?)
+    } else {
+        None
+    };
+    let mut info = ModelInfo {
         rows,
         cols,
         rank_rows: r_rows,
@@ -324,13 +477,16 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
         completion_converged: flags & 1 << 4 != 0,
         completion_objective: fs[3],
         noise_variance: fs[4],
+        ..ModelInfo::empty()
     };
-    let prior = CorePrior {
-        mean: prior_mean,
-        chol,
-        noise_var,
-    };
-    Ok(Model::from_parts(u, v, mean, prior, info))
+    if let Some(core) = &core {
+        set_core_info(&mut info, core);
+    }
+    if info.flow_dim != flow_dim {
+        return Err(format_err("model data: META flow dimension differs from CORE"));
+    }
+    let prior = CorePrior { mean: prior_mean, chol, noise_var };
+    Ok(Model::from_parts(u, v, mean, prior, core, info))
 }
 
 /// Writes the model file to `path`.

@@ -1,0 +1,573 @@
+"""CoreFlow from Python through ctypes: fit, encode and decode NumPy arrays.
+
+    import numpy as np
+    import coreflow
+
+    x = np.random.default_rng(0).standard_normal((100, 32, 24))  # (N, m, n)
+    model = coreflow.Model.fit(x, rank_rows=4, rank_cols=4, center=True)
+    cores = model.encode(x)      # (N, r, s): cores[j] is the r x s core of x[j]
+    back = model.decode(cores)   # (N, m, n)
+
+No array is copied. The C API takes strided views with strides in elements,
+so any float64 array whose byte strides are multiples of 8 passes as it is:
+C-order or Fortran-order, sliced, transposed. `sample_axis` says which axis
+indexes the matrices: 0 for NumPy's (N, m, n), -1 for the (m, n, N) layout
+of Julia, Fortran and MATLAB. Outputs can be preallocated (`out=`) and are
+then filled in place; a `Workspace` sized once makes encode and decode
+allocation-free, as in C.
+
+Errors of the library raise `CoreFlowError` with the status code, its name
+(e.g. "COREFLOW_ERR_SHAPE") and the library's message. Arrays the views
+cannot describe without a copy raise TypeError or ValueError before any call.
+
+The shared library is found by `load()`: its `lib_path` argument, else
+$COREFLOW_LIB, else target/release of the source tree this file sits in (or
+of the working directory), else the system's search path (libcoreflow.so.0,
+as installed by CMake).
+"""
+
+import ctypes
+import os
+import sys
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    Structure,
+    byref,
+    c_char_p,
+    c_double,
+    c_int32,
+    c_size_t,
+    c_ssize_t,
+    c_uint8,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+
+import numpy as np
+
+__all__ = [
+    "ABI_VERSION",
+    "CoreFlowError",
+    "Model",
+    "Workspace",
+    "find_library",
+    "fit_options",
+    "load",
+    "matrices_view",
+    "matrices_mut_view",
+    "version",
+]
+
+ABI_VERSION = 1
+
+# Status codes (fixed values, never reused).
+OK = 0
+ERR_NULL = 1
+ERR_INVALID_ARGUMENT = 2
+ERR_SHAPE = 3
+ERR_NON_FINITE = 4
+ERR_WORKSPACE = 5
+ERR_IO = 6
+ERR_FORMAT = 7
+ERR_VERSION = 8
+ERR_CANCELLED = 9
+ERR_NUMERICAL = 10
+ERR_UNSUPPORTED = 11
+ERR_INTERNAL = 99
+
+# Operations that take a workspace.
+OP_SAMPLE = 0
+OP_ENCODE = 1
+OP_DECODE = 2
+OP_LOG_PROB = 3
+OP_COMPLETE = 4
+
+SUBSPACE_METHOD_HOOI = 0
+SUBSPACE_METHOD_RIEMANNIAN = 1
+COUPLING_INDEPENDENT = 0
+COUPLING_MINIBATCH_OT = 1
+SOLVER_EULER = 0
+SOLVER_HEUN = 1
+SOLVER_RK4 = 2
+SOLVER_DOPRI5 = 3
+STAGE_SUBSPACE = 0
+STAGE_COMPLETION = 1
+STAGE_FLOW = 2
+CORE_MODEL_AUTO = 0
+CORE_MODEL_FLOW = 1
+CORE_MODEL_GAUSSIAN = 2
+
+
+# ---------------------------------------------------------------------------
+# Struct mirrors of include/coreflow.h, field for field (ctypes applies the
+# C layout rules). test_coreflow.py checks them against the header.
+
+class Matrices(Structure):
+    """coreflow_matrices: a read-only strided batch (strides in elements)."""
+
+    _fields_ = [
+        ("data", c_void_p),
+        ("mask", c_void_p),
+        ("count", c_size_t),
+        ("rows", c_size_t),
+        ("cols", c_size_t),
+        ("sample_stride", c_ssize_t),
+        ("row_stride", c_ssize_t),
+        ("col_stride", c_ssize_t),
+    ]
+
+
+class MatricesMut(Structure):
+    """coreflow_matrices_mut: a writable strided batch (strides in elements)."""
+
+    _fields_ = [
+        ("data", c_void_p),
+        ("count", c_size_t),
+        ("rows", c_size_t),
+        ("cols", c_size_t),
+        ("sample_stride", c_ssize_t),
+        ("row_stride", c_ssize_t),
+        ("col_stride", c_ssize_t),
+    ]
+
+
+class Progress(Structure):
+    """coreflow_progress, passed to the progress callback."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("stage", c_int32),
+        ("iteration", c_uint64),
+        ("total", c_uint64),
+        ("loss", c_double),
+    ]
+
+
+ProgressFn = CFUNCTYPE(c_int32, c_void_p, POINTER(Progress))
+
+
+class FitOptions(Structure):
+    """coreflow_fit_options; build with fit_options(), which sets the defaults."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("rank_rows", c_uint32),
+        ("rank_cols", c_uint32),
+        ("energy", c_double),
+        ("center", c_uint8),
+        ("nan_is_missing", c_uint8),
+        ("subspace_method", c_int32),
+        ("subspace_max_iter", c_uint32),
+        ("subspace_tol", c_double),
+        ("completion_max_iter", c_uint32),
+        ("completion_tol", c_double),
+        ("ridge", c_double),
+        ("flow_hidden", c_uint32),
+        ("flow_layers", c_uint32),
+        ("flow_time_freqs", c_uint32),
+        ("flow_energy", c_double),
+        ("flow_max_dim", c_uint32),
+        ("flow_steps", c_uint32),
+        ("batch_size", c_uint32),
+        ("learning_rate", c_double),
+        ("weight_decay", c_double),
+        ("ema_decay", c_double),
+        ("coupling", c_int32),
+        ("seed", c_uint64),
+        ("threads", c_uint32),
+        ("progress", ProgressFn),
+        ("progress_user", c_void_p),
+        ("core_model", c_int32),
+        ("holdout_fraction", c_double),
+    ]
+
+
+class SampleOptions(Structure):
+    """coreflow_sample_options (solver settings of sampling and scoring)."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("solver", c_int32),
+        ("steps", c_uint32),
+        ("rtol", c_double),
+        ("atol", c_double),
+    ]
+
+
+class ModelInfo(Structure):
+    """coreflow_model_info, filled by coreflow_model_get_info."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("rows", c_size_t),
+        ("cols", c_size_t),
+        ("rank_rows", c_size_t),
+        ("rank_cols", c_size_t),
+        ("core_dim", c_size_t),
+        ("flow_dim", c_size_t),
+        ("centered", c_uint8),
+        ("has_flow", c_uint8),
+        ("flow_hidden", c_uint32),
+        ("flow_layers", c_uint32),
+        ("train_count", c_size_t),
+        ("explained_energy", c_double),
+        ("final_loss", c_double),
+        ("subspace_iterations", c_uint32),
+        ("subspace_converged", c_uint8),
+        ("subspace_objective", c_double),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Loading the library
+
+_P = c_void_p  # every pointer argument is passed as a plain address
+_PROTOTYPES = {
+    "coreflow_abi_version": (c_uint32, []),
+    "coreflow_version": (c_char_p, []),
+    "coreflow_last_error_message": (c_char_p, []),
+    "coreflow_status_name": (c_char_p, [c_int32]),
+    "coreflow_fit_options_init": (None, [_P]),
+    "coreflow_sample_options_init": (None, [_P]),
+    "coreflow_fit": (c_int32, [_P, _P, _P]),
+    "coreflow_model_free": (None, [_P]),
+    "coreflow_model_get_info": (c_int32, [_P, _P]),
+    "coreflow_model_subspaces": (c_int32, [_P, _P, _P]),
+    "coreflow_model_mean": (c_int32, [_P, _P]),
+    "coreflow_workspace_size": (c_int32, [_P, c_int32, c_size_t, _P, _P]),
+    "coreflow_encode": (c_int32, [_P, _P, _P, _P, c_size_t]),
+    "coreflow_decode": (c_int32, [_P, _P, _P, _P, c_size_t]),
+}
+
+_LIB_NAMES = {"linux": "libcoreflow.so", "darwin": "libcoreflow.dylib", "win32": "coreflow.dll"}
+_lib = None
+
+
+def _candidates():
+    name = _LIB_NAMES.get(sys.platform, "libcoreflow.so")
+    here = os.path.dirname(os.path.abspath(__file__))
+    source_tree = os.path.normpath(os.path.join(here, "..", ".."))
+    for root in (source_tree, os.getcwd()):
+        yield os.path.join(root, "target", "release", name)
+    # The system search: the soname of an install, then the development link.
+    if sys.platform.startswith("linux"):
+        yield "libcoreflow.so.0"
+    yield name
+
+
+def find_library(lib_path=None):
+    """The path load() would open: lib_path, $COREFLOW_LIB, or the first
+    existing default (see the module documentation)."""
+    if lib_path:
+        return os.fspath(lib_path)
+    if os.environ.get("COREFLOW_LIB"):
+        return os.environ["COREFLOW_LIB"]
+    for path in _candidates():
+        if os.path.sep not in path or os.path.exists(path):
+            return path
+    raise OSError("libcoreflow not found")
+
+
+def load(lib_path=None):
+    """Opens the shared library (once per process; later calls return it).
+
+    The first call decides which library is used: `lib_path`, else
+    $COREFLOW_LIB, else the default search. Raises OSError when it cannot be
+    opened and CoreFlowError (ERR_VERSION) when its ABI differs."""
+    global _lib
+    if _lib is not None:
+        if lib_path and os.path.realpath(lib_path) != os.path.realpath(_lib._name):
+            raise OSError(f"libcoreflow is already loaded from {_lib._name}")
+        return _lib
+    path = find_library(lib_path)
+    lib = ctypes.CDLL(path)
+    for fn, (restype, argtypes) in _PROTOTYPES.items():
+        f = getattr(lib, fn)
+        f.restype = restype
+        f.argtypes = argtypes
+    abi = lib.coreflow_abi_version()
+    if abi != ABI_VERSION:
+        raise CoreFlowError(
+            ERR_VERSION, "COREFLOW_ERR_VERSION",
+            f"{path}: library ABI {abi}, this module speaks ABI {ABI_VERSION}")
+    _lib = lib
+    return lib
+
+
+def version():
+    """The library version string, e.g. "0.1.0"."""
+    return load().coreflow_version().decode()
+
+
+# ---------------------------------------------------------------------------
+# Errors
+
+class CoreFlowError(Exception):
+    """A failed CoreFlow call: `status` (int), `name` (e.g.
+    "COREFLOW_ERR_SHAPE") and `message` (the library's explanation)."""
+
+    def __init__(self, status, name, message):
+        super().__init__(f"{name}: {message}")
+        self.status = status
+        self.name = name
+        self.message = message
+
+
+def _check(status):
+    if status != OK:
+        lib = load()
+        # The message first: it is only valid until the next call.
+        message = lib.coreflow_last_error_message().decode(errors="replace")
+        name = lib.coreflow_status_name(status).decode()
+        raise CoreFlowError(status, name, message)
+
+
+# ---------------------------------------------------------------------------
+# Views of NumPy arrays (no copies)
+
+def _strides_in_elements(arr, what):
+    if arr.dtype != np.float64:
+        raise TypeError(f"{what}: dtype must be native float64, not {arr.dtype} "
+                        f"(convert with .astype(np.float64); nothing is copied implicitly)")
+    if arr.ndim != 3:
+        raise ValueError(f"{what}: a batch of matrices has 3 axes, got shape {arr.shape}")
+    if arr.ctypes.data % arr.itemsize or any(s % arr.itemsize for s in arr.strides):
+        raise ValueError(f"{what}: data and strides must be multiples of 8 bytes "
+                         f"(strides {arr.strides})")
+    return [s // arr.itemsize for s in arr.strides]
+
+
+def _samples_first(arr, sample_axis):
+    if sample_axis not in (0, 2, -1):
+        raise ValueError(f"sample_axis: 0 (N, m, n) or -1 (m, n, N), got {sample_axis}")
+    arr = np.asarray(arr)
+    if arr.ndim == 3:
+        arr = np.moveaxis(arr, sample_axis, 0)  # a view, never a copy
+    return arr
+
+
+def matrices_view(arr, sample_axis=0, mask=None):
+    """The coreflow_matrices describing `arr` (float64, 3 axes) in place.
+    `mask` (bool or uint8, nonzero = observed) must have the same element
+    strides. The caller keeps the arrays alive while the view is used."""
+    x = _samples_first(arr, sample_axis)
+    ss, rs, cs = _strides_in_elements(x, "x")
+    view = Matrices(x.ctypes.data, None, x.shape[0], x.shape[1], x.shape[2], ss, rs, cs)
+    if mask is not None:
+        mk = _samples_first(mask, sample_axis)
+        if mk.dtype not in (np.bool_, np.uint8) or mk.shape != x.shape:
+            raise ValueError(f"mask: bool or uint8 of shape {x.shape} expected")
+        if list(mk.strides) != [ss, rs, cs]:
+            raise ValueError(f"mask: strides {mk.strides} bytes must equal the data's "
+                             f"element strides {(ss, rs, cs)} (same memory order)")
+        view.mask = mk.ctypes.data
+    return view
+
+
+def matrices_mut_view(arr, sample_axis=0):
+    """The coreflow_matrices_mut describing the writable array `arr` in place."""
+    x = _samples_first(arr, sample_axis)
+    if not x.flags.writeable:
+        raise ValueError("out: array is read-only")
+    ss, rs, cs = _strides_in_elements(x, "out")
+    return MatricesMut(x.ctypes.data, x.shape[0], x.shape[1], x.shape[2], ss, rs, cs)
+
+
+def _check_cores(cores, count, r, s, sample_axis, what, writable):
+    """Cores are `count` consecutive column-major r x s blocks; as an array
+    (N, r, s) with element strides (r*s, 1, r), like Model.empty_cores gives."""
+    c = _samples_first(cores, sample_axis)
+    if c.dtype != np.float64 or c.ndim != 3:
+        raise TypeError(f"{what}: float64 array with 3 axes expected")
+    if count is not None and c.shape != (count, r, s):
+        raise ValueError(f"{what}: shape {(count, r, s)} expected (samples first), got {c.shape}")
+    if c.shape[1:] != (r, s):
+        raise ValueError(f"{what}: each core is {r} x {s}, got {c.shape[1:]}")
+    want = (r * s * 8, 8, r * 8)
+    if any(n > 1 and st != w for n, st, w in zip(c.shape, c.strides, want)):
+        raise ValueError(f"{what}: cores must be consecutive column-major {r} x {s} blocks "
+                         f"(byte strides {want}); allocate with Model.empty_cores")
+    if writable and not c.flags.writeable:
+        raise ValueError(f"{what}: array is read-only")
+    return c
+
+
+# ---------------------------------------------------------------------------
+# Options
+
+def fit_options(**fields):
+    """A FitOptions with the library's defaults, then `fields` set by name
+    (e.g. rank_rows=4, center=True). Unknown names raise TypeError."""
+    lib = load()
+    # The library writes its own sizeof(coreflow_fit_options), which a newer
+    # library may have grown: give it room, then keep the fields known here.
+    buf = (c_uint8 * (ctypes.sizeof(FitOptions) + 1024))()
+    lib.coreflow_fit_options_init(buf)
+    opts = FitOptions.from_buffer_copy(buf)
+    opts.struct_size = ctypes.sizeof(FitOptions)
+    known = {name for name, _ in FitOptions._fields_} - {"struct_size", "progress", "progress_user"}
+    for name, value in fields.items():
+        if name not in known:
+            raise TypeError(f"fit_options: unknown option {name!r}")
+        setattr(opts, name, int(value) if isinstance(value, bool) else value)
+    return opts
+
+
+# ---------------------------------------------------------------------------
+# Model and workspace
+
+class Workspace:
+    """Scratch memory for inference calls, sized by coreflow_workspace_size
+    for each of `ops` on `model` with at most `count` matrices. Reuse one per
+    thread: calls that receive it never allocate."""
+
+    def __init__(self, model, ops=(OP_ENCODE, OP_DECODE), count=1):
+        lib = load()
+        size = 0
+        for op in ops:
+            n = c_size_t(0)
+            _check(lib.coreflow_workspace_size(model.handle, op, count, None, byref(n)))
+            size = max(size, n.value)
+        self.buffer = np.empty(max(size, 1), dtype=np.uint8)
+        self.nbytes = size
+        self.count = count
+
+    @property
+    def address(self):
+        return self.buffer.ctypes.data
+
+
+class Model:
+    """A fitted model; owns its handle (freed by close(), `with`, or when
+    garbage collected). Immutable: threads may share it, each with its own
+    Workspace (ctypes releases the GIL during the calls)."""
+
+    def __init__(self, handle):
+        self._handle = c_void_p(handle)
+        self._lib = load()
+
+    @classmethod
+    def fit(cls, x, sample_axis=0, mask=None, progress=None, **options):
+        """Fits a model to the float64 batch `x` without copying it.
+
+        options: fields of coreflow_fit_options by name (rank_rows,
+        rank_cols, energy, center, threads, seed, ...). progress: called as
+        progress(stage, iteration, total, loss); a true result cancels the
+        fit (CoreFlowError with ERR_CANCELLED)."""
+        lib = load()
+        view = matrices_view(x, sample_axis, mask)
+        opts = fit_options(**options)
+        raised = []
+        if progress is not None:
+            def trampoline(_user, p):
+                try:
+                    q = p.contents
+                    return 1 if progress(q.stage, q.iteration, q.total, q.loss) else 0
+                except BaseException as e:  # reported after the fit returns
+                    raised.append(e)
+                    return 1
+            opts.progress = ProgressFn(trampoline)
+        handle = c_void_p()
+        status = lib.coreflow_fit(byref(view), byref(opts), byref(handle))
+        if raised:
+            raise raised[0]
+        _check(status)
+        return cls(handle.value)
+
+    # Lifetime -------------------------------------------------------------
+
+    def close(self):
+        """Frees the model now; later calls raise ValueError."""
+        if self._handle is not None and self._handle.value:
+            self._lib.coreflow_model_free(self._handle)
+        self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_handle", None) is not None:
+            self.close()
+
+    @property
+    def handle(self):
+        """The raw coreflow_model* (an int), for calls through load()."""
+        if self._handle is None:
+            raise ValueError("model is closed")
+        return self._handle.value
+
+    # Access ---------------------------------------------------------------
+
+    def info(self):
+        """The model summary as a dict (the fields of coreflow_model_info)."""
+        info = ModelInfo()
+        info.struct_size = ctypes.sizeof(ModelInfo)
+        _check(self._lib.coreflow_model_get_info(self.handle, byref(info)))
+        return {name: getattr(info, name) for name, _ in ModelInfo._fields_[1:]}
+
+    def subspaces(self):
+        """(U, V): rows x rank_rows and cols x rank_cols, orthonormal columns."""
+        i = self.info()
+        u = np.empty((i["rows"], i["rank_rows"]), order="F")
+        v = np.empty((i["cols"], i["rank_cols"]), order="F")
+        _check(self._lib.coreflow_model_subspaces(self.handle, u.ctypes.data, v.ctypes.data))
+        return u, v
+
+    def mean(self):
+        """The subtracted mean (rows x cols); zeros when not centered."""
+        i = self.info()
+        mean = np.empty((i["rows"], i["cols"]), order="F")
+        _check(self._lib.coreflow_model_mean(self.handle, mean.ctypes.data))
+        return mean
+
+    def workspace(self, count, ops=(OP_ENCODE, OP_DECODE)):
+        """A Workspace for up to `count` matrices of each of `ops`."""
+        return Workspace(self, ops, count)
+
+    def empty_cores(self, count, sample_axis=0):
+        """An uninitialised cores array in the layout of the C API:
+        (count, r, s) for sample_axis=0, (r, s, count) for -1."""
+        i = self.info()
+        r, s = i["rank_rows"], i["rank_cols"]
+        block = np.empty((r, s, count), order="F")  # count column-major r x s blocks
+        return block if sample_axis in (-1, 2) else np.moveaxis(block, 2, 0)
+
+    # Inference -------------------------------------------------------------
+
+    def encode(self, x, out=None, ws=None, sample_axis=0):
+        """Cores of the matrices of `x`, written into `out` (default: a new
+        empty_cores array) and returned. `ws`: a Workspace to reuse (default:
+        one for this call)."""
+        view = matrices_view(x, sample_axis)
+        i = self.info()
+        r, s, n = i["rank_rows"], i["rank_cols"], view.count
+        if out is None:
+            out = self.empty_cores(n, sample_axis)
+        c = _check_cores(out, n, r, s, sample_axis, "out", writable=True)
+        ws = ws if ws is not None else Workspace(self, (OP_ENCODE,), n)
+        _check(self._lib.coreflow_encode(self.handle, byref(view), c.ctypes.data,
+                                         ws.address, ws.nbytes))
+        return out
+
+    def decode(self, cores, out=None, ws=None, sample_axis=0):
+        """Matrices decoded from `cores`, written into `out` (any float64
+        layout; default: a new C-order array) and returned."""
+        i = self.info()
+        r, s = i["rank_rows"], i["rank_cols"]
+        c = _check_cores(cores, None, r, s, sample_axis, "cores", writable=False)
+        n = c.shape[0]
+        if out is None:
+            shape = (n, i["rows"], i["cols"]) if sample_axis == 0 else (i["rows"], i["cols"], n)
+            out = np.empty(shape, order="C" if sample_axis == 0 else "F")
+        view = matrices_mut_view(out, sample_axis)
+        if view.count != n:
+            raise ValueError(f"out: {view.count} matrices for {n} cores")
+        ws = ws if ws is not None else Workspace(self, (OP_DECODE,), n)
+        _check(self._lib.coreflow_decode(self.handle, c.ctypes.data, byref(view),
+                                         ws.address, ws.nbytes))
+        return out

@@ -1,0 +1,380 @@
+"""Tests of the ctypes binding (coreflow.py), of the calling pattern of the
+Julia binding (dlopen, raw pointers, column-major strides), and of both
+bindings' struct mirrors against include/coreflow.h.
+
+Run: python -m unittest discover -s bindings/python -v
+(needs numpy, and libcoreflow from `cargo build --release` or $COREFLOW_LIB).
+"""
+
+import ctypes
+import os
+import re
+import sys
+import unittest
+from ctypes import byref, c_int32, c_size_t, c_uint32, c_void_p
+from unittest import mock
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import coreflow  # noqa: E402
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+
+def planted(count=40, rows=20, cols=16, r=3, s=2, noise=1e-3, seed=5):
+    """count matrices U C_i V^T + noise, C-order (count, rows, cols)."""
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.standard_normal((rows, r)))
+    v, _ = np.linalg.qr(rng.standard_normal((cols, s)))
+    c = rng.standard_normal((count, r, s)) * np.arange(r * s, 0, -1).reshape(r, s)
+    return np.einsum("ia,nab,jb->nij", u, c, v) + noise * rng.standard_normal((count, rows, cols))
+
+
+class FitLayouts(unittest.TestCase):
+    """C-order and Fortran-order inputs pass without copies and give the same model."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.x = planted()
+        cls.model = coreflow.Model.fit(cls.x, rank_rows=3, rank_cols=2, threads=1)
+
+    def test_views_point_at_the_arrays(self):
+        x = self.x
+        v = coreflow.matrices_view(x)
+        self.assertEqual(v.data, x.ctypes.data)
+        self.assertEqual((v.sample_stride, v.row_stride, v.col_stride), (20 * 16, 16, 1))
+        f = np.asfortranarray(x)
+        vf = coreflow.matrices_view(f)
+        self.assertEqual(vf.data, f.ctypes.data)
+        self.assertEqual((vf.sample_stride, vf.row_stride, vf.col_stride), (1, 40, 40 * 20))
+        j = np.asfortranarray(np.moveaxis(x, 0, -1))  # Julia's (m, n, N)
+        vj = coreflow.matrices_view(j, sample_axis=-1)
+        self.assertEqual(vj.data, j.ctypes.data)
+        self.assertEqual((vj.sample_stride, vj.row_stride, vj.col_stride), (20 * 16, 1, 20))
+
+    def test_fortran_order_gives_the_same_model(self):
+        u, v = self.model.subspaces()
+        for layout in (np.asfortranarray(self.x),                      # (N, m, n), Fortran order
+                       np.asfortranarray(np.moveaxis(self.x, 0, -1)),  # (m, n, N), Fortran order
+                       self.x[::-1]):                                   # negative sample stride
+            axis = -1 if layout.shape[-1] == self.x.shape[0] else 0
+            with coreflow.Model.fit(layout, sample_axis=axis, rank_rows=3, rank_cols=2,
+                                    threads=1) as other:
+                uf, vf = other.subspaces()
+                np.testing.assert_allclose(uf, u, atol=1e-10)
+                np.testing.assert_allclose(vf, v, atol=1e-10)
+                self.assertEqual(other.info()["train_count"], 40)
+
+    def test_info_and_mean(self):
+        info = self.model.info()
+        self.assertEqual((info["rows"], info["cols"]), (20, 16))
+        self.assertEqual((info["rank_rows"], info["rank_cols"], info["core_dim"]), (3, 2, 6))
+        self.assertGreater(info["explained_energy"], 0.999)
+        self.assertEqual(info["centered"], 0)
+        self.assertTrue(np.all(self.model.mean() == 0.0))
+        u, v = self.model.subspaces()
+        np.testing.assert_allclose(u.T @ u, np.eye(3), atol=1e-12)
+        np.testing.assert_allclose(v.T @ v, np.eye(2), atol=1e-12)
+
+
+class NoCopyOutputs(unittest.TestCase):
+    """Preallocated outputs are filled in place, in any layout."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.x = planted(seed=6)
+        cls.model = coreflow.Model.fit(cls.x, rank_rows=3, rank_cols=2, center=True, threads=1)
+
+    def test_encode_into_preallocated_cores(self):
+        u, v = self.model.subspaces()
+        mean = self.model.mean()
+        ws = self.model.workspace(len(self.x))
+        out = self.model.empty_cores(len(self.x))
+        out.fill(np.nan)
+        got = self.model.encode(self.x, out=out, ws=ws)
+        self.assertIs(got, out)
+        want = np.einsum("ia,nij,jb->nab", u, self.x - mean, v)
+        np.testing.assert_allclose(out, want, atol=1e-12)
+        # The cores buffer is the C layout: column-major r x s blocks.
+        self.assertEqual(out.strides, (6 * 8, 8, 3 * 8))
+
+    def test_decode_into_a_strided_slice(self):
+        cores = self.model.encode(self.x)
+        big = np.full((len(self.x), 20, 32), np.nan)
+        out = big[:, :, ::2]  # every other column of a larger array
+        got = self.model.decode(cores, out=out, ws=self.model.workspace(len(self.x)))
+        self.assertIs(got, out)
+        self.assertTrue(np.shares_memory(got, big))
+        self.assertTrue(np.all(np.isnan(big[:, :, 1::2])), "decode wrote outside the view")
+        u, v = self.model.subspaces()
+        want = np.einsum("ia,nab,jb->nij", u, cores, v) + self.model.mean()
+        np.testing.assert_allclose(out, want, atol=1e-12)
+        self.assertLess(np.linalg.norm(out - self.x) / np.linalg.norm(self.x), 1e-2)
+
+    def test_samples_last_layout(self):
+        xj = np.asfortranarray(np.moveaxis(self.x, 0, -1))
+        cores = self.model.encode(xj, sample_axis=-1)
+        self.assertEqual(cores.shape, (3, 2, len(self.x)))
+        self.assertTrue(cores.flags.f_contiguous)
+        np.testing.assert_allclose(np.moveaxis(cores, -1, 0), self.model.encode(self.x), atol=1e-12)
+        out = np.empty_like(xj, order="F")
+        self.assertIs(self.model.decode(cores, out=out, sample_axis=-1), out)
+        np.testing.assert_allclose(np.moveaxis(out, -1, 0), self.model.decode(self.model.encode(self.x)),
+                                   atol=1e-12)
+
+    def test_workspace_is_reused(self):
+        ws = self.model.workspace(4)
+        cores = self.model.empty_cores(4)
+        before = ws.buffer.ctypes.data
+        for k in range(3):
+            self.model.encode(self.x[4 * k:4 * k + 4], out=cores, ws=ws)
+        self.assertEqual(ws.buffer.ctypes.data, before)
+
+
+class Errors(unittest.TestCase):
+    """Status codes map to CoreFlowError with the name and the library's message."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.x = planted(seed=7)
+        cls.model = coreflow.Model.fit(cls.x, rank_rows=3, rank_cols=2, threads=1)
+
+    def assertCoreFlowError(self, name, word, fn, *args, **kw):
+        with self.assertRaises(coreflow.CoreFlowError) as cm:
+            fn(*args, **kw)
+        e = cm.exception
+        self.assertEqual(e.name, name)
+        self.assertEqual(e.status, getattr(coreflow, name[len("COREFLOW_"):]))
+        self.assertIn(word, e.message)
+        self.assertIn(name, str(e))
+        return e
+
+    def test_bad_shape(self):
+        wrong = np.zeros((4, 21, 16))
+        self.assertCoreFlowError("COREFLOW_ERR_SHAPE", "input", self.model.encode, wrong)
+        cores = self.model.encode(self.x[:4])
+        self.assertCoreFlowError("COREFLOW_ERR_SHAPE", "out", self.model.decode, cores,
+                                 out=np.zeros((4, 20, 15)))
+        # Output views whose elements alias are refused by the library.
+        aliased = np.ndarray((4, 20, 16), buffer=np.zeros(20 * 16), strides=(0, 128, 8))
+        self.assertCoreFlowError("COREFLOW_ERR_SHAPE", "out", self.model.decode, cores, out=aliased)
+
+    def test_nan(self):
+        x = self.x.copy()
+        x[3, 4, 5] = np.nan
+        e = self.assertCoreFlowError("COREFLOW_ERR_NON_FINITE", "train", coreflow.Model.fit, x,
+                                     rank_rows=3, rank_cols=2)
+        self.assertIn("matrix 3", e.message)
+        self.assertIn("row 4, column 5", e.message)
+        self.assertCoreFlowError("COREFLOW_ERR_NON_FINITE", "input", self.model.encode, x)
+
+    def test_invalid_options(self):
+        self.assertCoreFlowError("COREFLOW_ERR_INVALID_ARGUMENT", "rank_rows", coreflow.Model.fit,
+                                 self.x, rank_rows=21)
+        self.assertCoreFlowError("COREFLOW_ERR_UNSUPPORTED", "flow_steps", coreflow.Model.fit,
+                                 self.x, rank_rows=3, rank_cols=2, flow_steps=5)
+        with self.assertRaises(TypeError):
+            coreflow.fit_options(rank_row=3)
+
+    def test_workspace_too_small(self):
+        self.assertCoreFlowError("COREFLOW_ERR_WORKSPACE", "ws_bytes", self.model.encode, self.x,
+                                 ws=self.model.workspace(0, ops=()))
+
+    def test_progress_cancels_and_reraises(self):
+        seen = []
+        self.assertCoreFlowError("COREFLOW_ERR_CANCELLED", "cancel", coreflow.Model.fit, self.x,
+                                 rank_rows=3, rank_cols=2,
+                                 progress=lambda *p: seen.append(p) or True)
+        self.assertEqual(seen[0][0], coreflow.STAGE_SUBSPACE)
+
+        def boom(*_):
+            raise KeyError("from the callback")
+        with self.assertRaises(KeyError):
+            coreflow.Model.fit(self.x, rank_rows=3, rank_cols=2, progress=boom)
+
+    def test_views_refuse_copies(self):
+        with self.assertRaises(TypeError):
+            coreflow.Model.fit(self.x.astype(np.float32), rank_rows=3, rank_cols=2)
+        with self.assertRaises(ValueError):
+            coreflow.Model.fit(self.x[0], rank_rows=3, rank_cols=2)  # two axes
+        with self.assertRaises(ValueError):  # cores not in the C layout
+            self.model.decode(np.zeros((4, 3, 2)))
+        readonly = np.zeros((4, 20, 16))
+        readonly.flags.writeable = False
+        with self.assertRaises(ValueError):
+            self.model.decode(self.model.encode(self.x[:4]), out=readonly)
+
+    def test_closed_model(self):
+        m = coreflow.Model.fit(self.x, rank_rows=3, rank_cols=2)
+        m.close()
+        m.close()  # twice is fine
+        with self.assertRaises(ValueError):
+            m.info()
+
+
+class LibraryLookup(unittest.TestCase):
+    def test_env_var_and_argument_win(self):
+        with mock.patch.dict(os.environ, {"COREFLOW_LIB": "/opt/x/libcoreflow.so.0"}):
+            self.assertEqual(coreflow.find_library(), "/opt/x/libcoreflow.so.0")
+            self.assertEqual(coreflow.find_library("/y/lib.so"), "/y/lib.so")
+
+    def test_default_is_the_source_tree(self):
+        env = {k: v for k, v in os.environ.items() if k != "COREFLOW_LIB"}
+        with mock.patch.dict(os.environ, env, clear=True):
+            path = coreflow.find_library()
+        self.assertEqual(path, os.path.join(ROOT, "target", "release", "libcoreflow.so"))
+
+    def test_version(self):
+        self.assertRegex(coreflow.version(), r"^\d+\.\d+\.\d+")
+
+
+class JuliaCallingPattern(unittest.TestCase):
+    """What CoreFlow.jl does, step for step: dlopen the library, declare the
+    functions with raw pointer arguments, pass a column-major (m, n, N)
+    array by pointer with strides (m*n, 1, m), get column-major (r, s, N)
+    cores, decode into a column-major (m, n, N) array."""
+
+    def test_column_major_round_trip(self):
+        x = planted(seed=8)
+        xj = np.asfortranarray(np.moveaxis(x, 0, -1))  # Array{Float64,3}(m, n, N)
+        m, n, N = xj.shape
+
+        lib = ctypes.CDLL(coreflow.find_library())  # Libdl.dlopen
+        P = c_void_p
+        for name, res, args in [
+            ("coreflow_fit_options_init", None, [P]),
+            ("coreflow_fit", c_int32, [P, P, P]),
+            ("coreflow_model_get_info", c_int32, [P, P]),
+            ("coreflow_workspace_size", c_int32, [P, c_int32, c_size_t, P, P]),
+            ("coreflow_encode", c_int32, [P, P, P, P, c_size_t]),
+            ("coreflow_decode", c_int32, [P, P, P, P, c_size_t]),
+            ("coreflow_model_free", None, [P]),
+        ]:
+            getattr(lib, name).restype = res
+            getattr(lib, name).argtypes = args
+
+        buf = (ctypes.c_uint8 * (ctypes.sizeof(coreflow.FitOptions) + 1024))()
+        lib.coreflow_fit_options_init(buf)
+        opts = coreflow.FitOptions.from_buffer_copy(buf)
+        opts.struct_size = ctypes.sizeof(coreflow.FitOptions)
+        opts.rank_rows, opts.rank_cols, opts.threads = 3, 2, 1
+
+        # Matrices(pointer(x), C_NULL, N, m, n, s[3], s[1], s[2]) with s = strides(x) = (1, m, m*n)
+        view = coreflow.Matrices(xj.ctypes.data, None, N, m, n, m * n, 1, m)
+        handle = c_void_p()
+        self.assertEqual(lib.coreflow_fit(byref(view), byref(opts), byref(handle)), 0)
+        try:
+            info = coreflow.ModelInfo()
+            info.struct_size = ctypes.sizeof(info)
+            self.assertEqual(lib.coreflow_model_get_info(handle, byref(info)), 0)
+            r, s = info.rank_rows, info.rank_cols
+            ws_bytes = 0
+            for op in (coreflow.OP_ENCODE, coreflow.OP_DECODE):
+                b = c_size_t()
+                self.assertEqual(lib.coreflow_workspace_size(handle, op, N, None, byref(b)), 0)
+                ws_bytes = max(ws_bytes, b.value)
+            ws = np.empty(ws_bytes, np.uint8)  # Vector{UInt8}(undef, bytes)
+
+            cores = np.empty((r, s, N), order="F")  # Array{Float64,3}(undef, r, s, N)
+            self.assertEqual(lib.coreflow_encode(handle, byref(view), cores.ctypes.data,
+                                                 ws.ctypes.data, ws_bytes), 0)
+            back = np.empty((m, n, N), order="F")
+            out = coreflow.MatricesMut(back.ctypes.data, N, m, n, m * n, 1, m)
+            self.assertEqual(lib.coreflow_decode(handle, cores.ctypes.data, byref(out),
+                                                 ws.ctypes.data, ws_bytes), 0)
+        finally:
+            lib.coreflow_model_free(handle)  # the finalizer
+
+        # Same results as the C-order path of the Python binding.
+        with coreflow.Model.fit(x, rank_rows=3, rank_cols=2, threads=1) as ref:
+            want_cores = ref.encode(x)
+            want_back = ref.decode(want_cores)
+        np.testing.assert_allclose(np.moveaxis(cores, -1, 0), want_cores, atol=1e-10)
+        np.testing.assert_allclose(np.moveaxis(back, -1, 0), want_back, atol=1e-10)
+        self.assertLess(np.linalg.norm(back - xj) / np.linalg.norm(xj), 1e-2)
+
+
+# --- Struct mirrors against the header -------------------------------------
+
+_C_TYPES = {
+    "size_t": ctypes.c_size_t, "ptrdiff_t": ctypes.c_ssize_t, "double": ctypes.c_double,
+    "uint8_t": ctypes.c_uint8, "uint32_t": ctypes.c_uint32, "uint64_t": ctypes.c_uint64,
+    "int32_t": ctypes.c_int32,
+}
+_JULIA_TYPES = {
+    "Csize_t": ctypes.c_size_t, "Cptrdiff_t": ctypes.c_ssize_t, "Float64": ctypes.c_double,
+    "UInt8": ctypes.c_uint8, "UInt32": ctypes.c_uint32, "UInt64": ctypes.c_uint64,
+    "Int32": ctypes.c_int32, "Int64": ctypes.c_int64, "Cint": ctypes.c_int,
+}
+# C struct -> name of the mirror in coreflow.py and in CoreFlow.jl
+_MIRRORS = {
+    "coreflow_matrices": "Matrices", "coreflow_matrices_mut": "MatricesMut",
+    "coreflow_progress": "Progress", "coreflow_fit_options": "FitOptions",
+    "coreflow_sample_options": "SampleOptions", "coreflow_model_info": "ModelInfo",
+}
+
+
+def _layout(fields):
+    """[(name, offset, size)] of a C struct with these (name, ctype) fields."""
+    cls = type("S", (ctypes.Structure,), {"_fields_": fields})
+    return [(n, getattr(cls, n).offset, getattr(cls, n).size) for n, _ in fields] + \
+           [("sizeof", ctypes.sizeof(cls), 0)]
+
+
+def header_structs():
+    with open(os.path.join(ROOT, "include", "coreflow.h")) as f:
+        text = f.read()
+    text = re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.S)
+    aliases = dict((b, a) for a, b in re.findall(r"typedef\s+(\w+)\s+(\w+);", text))
+    structs = {}
+    for name, body in re.findall(r"typedef struct (\w+) \{(.*?)\} \1;", text, flags=re.S):
+        fields = []
+        for decl in filter(None, (d.strip() for d in body.split(";"))):
+            ctype, field = re.match(r"(.*?)(\w+)$", decl).groups()
+            ctype = ctype.replace("const", "").replace("struct", "").strip()
+            if "*" in ctype or ctype.endswith("_fn"):
+                t = ctypes.c_void_p
+            else:
+                t = _C_TYPES[aliases.get(ctype, ctype)]
+            fields.append((field, t))
+        structs[name] = fields
+    return structs
+
+
+def julia_structs():
+    with open(os.path.join(ROOT, "bindings", "julia", "CoreFlow.jl")) as f:
+        text = f.read()
+    structs = {}
+    for name, body in re.findall(r"^struct (\w+)\n(.*?)^end", text, flags=re.S | re.M):
+        if name in _MIRRORS.values():
+            fields = re.findall(r"^\s+(\w+)::(\S+)\s*$", body, flags=re.M)
+            structs[name] = [(f, ctypes.c_void_p if t.startswith("Ptr{") else _JULIA_TYPES[t])
+                             for f, t in fields]
+    return structs
+
+
+class StructMirrors(unittest.TestCase):
+    def test_python_and_julia_match_the_header(self):
+        header = header_structs()
+        julia = julia_structs()
+        self.assertEqual(set(_MIRRORS), set(header), "a struct of the header has no mirror")
+        for cname, mirror in _MIRRORS.items():
+            want = _layout(header[cname])
+            py = getattr(coreflow, mirror)
+            py_fields = [(n, ctypes.c_void_p if n in ("progress",) else t) for n, t in py._fields_]
+            self.assertEqual(_layout(py_fields), want, f"coreflow.py {mirror} vs {cname}")
+            self.assertEqual(_layout(julia[mirror]), want, f"CoreFlow.jl {mirror} vs {cname}")
+
+    def test_library_agrees_on_option_sizes(self):
+        lib = coreflow.load()
+        buf = (ctypes.c_uint8 * 4096)()
+        lib.coreflow_fit_options_init(buf)
+        self.assertEqual(c_size_t.from_buffer(buf).value, ctypes.sizeof(coreflow.FitOptions))
+        lib.coreflow_sample_options_init(buf)
+        self.assertEqual(c_size_t.from_buffer(buf).value, ctypes.sizeof(coreflow.SampleOptions))
+        self.assertEqual(c_uint32(lib.coreflow_abi_version()).value, coreflow.ABI_VERSION)
+
+
+if __name__ == "__main__":
+    unittest.main()

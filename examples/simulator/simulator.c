@@ -1,0 +1,152 @@
+/*
+ * A host simulation that compresses its state in place every time step.
+ *
+ * The toy physics is heat diffusion on a rows x cols grid with a heat source
+ * circling the domain. A first run records snapshots and fits a CoreFlow
+ * model to them; a second run, started elsewhere on the orbit, then encodes
+ * the state to its rank_rows x rank_cols core at every step (what the host
+ * would store or send) and decodes it back to check the reconstruction.
+ *
+ * The point is the calling pattern of a real-time host linked against the
+ * STATIC library: every buffer, including the one CoreFlow workspace (sized
+ * for both encode and decode with coreflow_workspace_size), is allocated
+ * before the time loop, and the loop itself performs no heap allocation.
+ * This is checked, not assumed: alloc_counter.c interposes malloc and its
+ * siblings for the whole process and counts every call, and the program
+ * fails if the count moves during the loop.
+ */
+#include "alloc_counter.h"
+#include "coreflow.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { ROWS = 40, COLS = 32, TRAIN_STEPS = 600, RECORD_EVERY = 4, RUN_STEPS = 400 };
+
+typedef struct sim {
+    double u[ROWS * COLS];   /* temperature, row-major */
+    double tmp[ROWS * COLS]; /* next state */
+    double phase;            /* angle of the source on its orbit */
+} sim;
+
+/* One explicit Euler step of u' = kappa * laplacian(u) + source - decay * u
+ * with zero boundary values (grid spacing 1, kappa * dt = 0.2 is stable). */
+static void step(sim *s) {
+    const double kdt = 0.2, decay = 0.01, dphase = 0.02;
+    double cy = ROWS * (0.5 + 0.3 * sin(s->phase)), cx = COLS * (0.5 + 0.3 * cos(s->phase));
+    for (int r = 0; r < ROWS; r++) {
+        for (int c = 0; c < COLS; c++) {
+            double here = s->u[r * COLS + c];
+            double up = r > 0 ? s->u[(r - 1) * COLS + c] : 0.0;
+            double down = r < ROWS - 1 ? s->u[(r + 1) * COLS + c] : 0.0;
+            double left = c > 0 ? s->u[r * COLS + c - 1] : 0.0;
+            double right = c < COLS - 1 ? s->u[r * COLS + c + 1] : 0.0;
+            double d2 = (r - cy) * (r - cy) + (c - cx) * (c - cx);
+            double source = exp(-d2 / 18.0);
+            s->tmp[r * COLS + c] =
+                here + kdt * (up + down + left + right - 4.0 * here) + source - decay * here;
+        }
+    }
+    memcpy(s->u, s->tmp, sizeof s->u);
+    s->phase += dphase;
+}
+
+static int fail(const char *what, coreflow_status st) {
+    fprintf(stderr, "%s failed: %s: %s\n", what, coreflow_status_name(st),
+            coreflow_last_error_message());
+    return 1;
+}
+
+int main(void) {
+    /* Training run: record every RECORD_EVERY-th state, C-order (N, ROWS, COLS). */
+    enum { N = TRAIN_STEPS / RECORD_EVERY };
+    static sim s;
+    static double snapshots[N * ROWS * COLS];
+    memset(&s, 0, sizeof s);
+    for (int t = 0; t < TRAIN_STEPS; t++) {
+        step(&s);
+        if (t % RECORD_EVERY == RECORD_EVERY - 1)
+            memcpy(&snapshots[(t / RECORD_EVERY) * ROWS * COLS], s.u, sizeof s.u);
+    }
+
+    coreflow_fit_options opts;
+    coreflow_fit_options_init(&opts);
+    opts.energy = 0.99999; /* ranks chosen to hold this fraction of the energy */
+    opts.center = 1;
+    coreflow_matrices train = {snapshots, NULL, N, ROWS, COLS, ROWS * COLS, COLS, 1};
+    coreflow_model *model = NULL;
+    coreflow_status st = coreflow_fit(&train, &opts, &model);
+    if (st != COREFLOW_OK) return fail("coreflow_fit", st);
+    coreflow_model_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    st = coreflow_model_get_info(model, &info);
+    if (st != COREFLOW_OK) return fail("coreflow_model_get_info", st);
+
+    /* Everything the loop needs, allocated once: one workspace that serves
+     * both operations on one matrix, and the core. */
+    size_t enc = 0, dec = 0;
+    if ((st = coreflow_workspace_size(model, COREFLOW_OP_ENCODE, 1, NULL, &enc)) != COREFLOW_OK)
+        return fail("coreflow_workspace_size", st);
+    if ((st = coreflow_workspace_size(model, COREFLOW_OP_DECODE, 1, NULL, &dec)) != COREFLOW_OK)
+        return fail("coreflow_workspace_size", st);
+    size_t ws_bytes = enc > dec ? enc : dec;
+    void *ws = malloc(ws_bytes > 0 ? ws_bytes : 1);
+    double *core = malloc(info.core_dim * sizeof *core);
+    static double restored[ROWS * COLS];
+    if (ws == NULL || core == NULL) return 1;
+    coreflow_matrices state = {s.u, NULL, 1, ROWS, COLS, ROWS * COLS, COLS, 1};
+    coreflow_matrices_mut out = {restored, 1, ROWS, COLS, ROWS * COLS, COLS, 1};
+
+    /* Second run, a quarter orbit ahead. One untimed encode/decode first:
+     * the first matrix product on a thread sizes that thread's packing cache
+     * (README, "Workspaces"); the loop must not allocate after that. */
+    memset(&s, 0, sizeof s);
+    s.phase = 1.5707963;
+    if ((st = coreflow_encode(model, &state, core, ws, ws_bytes)) != COREFLOW_OK)
+        return fail("coreflow_encode", st);
+    if ((st = coreflow_decode(model, core, &out, ws, ws_bytes)) != COREFLOW_OK)
+        return fail("coreflow_decode", st);
+
+    double worst = 0.0;
+    int calls_failed = 0;
+    unsigned long before = alloc_count();
+    for (int t = 0; t < RUN_STEPS; t++) {
+        step(&s);
+        st = coreflow_encode(model, &state, core, ws, ws_bytes);
+        if (st == COREFLOW_OK) st = coreflow_decode(model, core, &out, ws, ws_bytes);
+        if (st != COREFLOW_OK) {
+            calls_failed = 1;
+            break;
+        }
+        if (t >= RUN_STEPS / 4) { /* past the start-up transient */
+            double err = 0.0, norm = 0.0;
+            for (int k = 0; k < ROWS * COLS; k++) {
+                err += (restored[k] - s.u[k]) * (restored[k] - s.u[k]);
+                norm += s.u[k] * s.u[k];
+            }
+            worst = fmax(worst, sqrt(err / norm));
+        }
+    }
+    unsigned long during = alloc_count() - before;
+    if (calls_failed) return fail("encode/decode in the time loop", st);
+
+    printf("fit on %d snapshots of %d x %d: ranks %zu x %zu (core of %zu values, %.0fx smaller)\n",
+           N, ROWS, COLS, info.rank_rows, info.rank_cols, info.core_dim,
+           (double)(ROWS * COLS) / (double)info.core_dim);
+    printf("%d steps, encode+decode each step with a %zu-byte workspace\n", RUN_STEPS, ws_bytes);
+    printf("worst relative reconstruction error: %.2e\n", worst);
+    printf("heap allocations inside the time loop: %lu\n", during);
+
+    free(core);
+    free(ws);
+    coreflow_model_free(model);
+    if (during != 0 || !(worst < 1e-2)) {
+        puts("FAILED");
+        return 1;
+    }
+    puts("ok");
+    return 0;
+}

@@ -1,0 +1,1975 @@
+//! The core model of DESIGN.md section 5: a flow on the leading core
+//! coordinates and a Gaussian on the rest, or a full Gaussian.
+//!
+//! Input: the training cores `c_i = vec(C_i)` as the rows of an `N x d`
+//! matrix.
+//!
+//! Split. A seeded `holdout_fraction` of the rows is held out for
+//! diagnostics; the model is fitted on the remaining `N_t` rows. The core
+//! coordinates are ordered by sample variance (descending, ties by index);
+//! the flow block is the smallest leading set holding `flow_energy` of the
+//! total variance (`k` coordinates, at least 1, at most `flow_max_dim` when
+//! that is nonzero).
+//!
+//! Choice. `GAUSSIAN`, or `AUTO` with `N_t < 3 k`: a full-covariance Gaussian
+//! on all `d` coordinates, `N(mean, Sigma + delta I)` with
+//! `delta = 1e-6 x` the mean coordinate variance. Otherwise (`FLOW`, or `AUTO`
+//! with `N_t >= 3 k`):
+//! - flow block: standardised `x1 = (c_flow - mu) / sigma`, a flow-matching
+//!   network trained on the rows of `x1`, then moment matching: draw
+//!   `max(moment_samples, 4 k)` flow samples `z` (fixed stream of the seed),
+//!   drop those with `||z||^2 > 10 x` the median, let `m`, `S` be the mean and
+//!   covariance of the rest and `R` the covariance of `x1`, and store
+//!   `A = R^(1/2) S^(-1/2)` (symmetric square roots by eigendecomposition,
+//!   eigenvalues floored at `1e-12 x` the largest). A flow sample `z` becomes
+//!   `c_flow = mu + sigma * A (z - m)`;
+//! - rest block (`d - k` coordinates): `N(mean, Sigma + delta I)`, `delta =
+//!   1e-6 x` the block's mean variance, independent of the flow block.
+//!
+//! Log-density (flow model), for `y = (c_flow - mu) / sigma`,
+//! `z = A^-1 y + m`:
+//! `log p(c) = log p_flow(z) - log|det A| - sum_j log sigma_j
+//!             + log N(c_rest; mean, Sigma_rest)`,
+//! with `log p_flow` from [`likelihood`](super::likelihood).
+//!
+//! Diagnostics: the held-out mean log-likelihood of the fitted model (flow
+//! kind only) and of a full Gaussian fitted on the same training rows. They
+//! are reported, not used to choose.
+//!
+//! Sampling: sample `j` of a call is number `first_index + j` of stream
+//! `seed`; its normals (`k` for the flow, then `d - k` for the rest, or `d`
+//! for the Gaussian kind) come from [`rng::stream`]`(seed, first_index + j)`.
+//! Every product is row-wise, so the result depends only on `(seed, index)`
+//! and the model, not on the count or chunking of the call. Sampling and
+//! log-densities run on the calling thread and never allocate.
+
+use super::likelihood::{self, DivergenceField};
+use super::network::{NetConfig, VelocityNet};
+use super::ode::{self, Divergence, SolverOptions, Times, VelocityField};
+use super::rng;
+use super::train::{Coupling, TrainOptions, Trainer};
+use crate::error::{Error, ErrorKind, Result};
+use crate::numerics::{
+    check_workspace, eigh_descending, eigh_descending_scratch, par_for_threads, temp_mat_scratch,
+    temp_mat_zeroed, temp_slice, temp_slice_scratch,
+};
+use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
+use faer::linalg::matmul::matmul;
+use faer::linalg::solvers::DenseSolveCore;
+use faer::prelude::{Reborrow, ReborrowMut};
+use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
+
+/// Which core model to fit.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CoreModelChoice {
+    /// Flow unless the training set is too small (`N_t < 3 k`) (default).
+    #[default]
+    Auto,
+    /// Always the flow (+ Gaussian rest block).
+    Flow,
+    /// Always the full-covariance Gaussian.
+    Gaussian,
+}
+
+/// The kind of a fitted core model.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum CoreModelKind {
+    /// Flow on the leading coordinates, Gaussian on the rest.
+    Flow,
+    /// Full-covariance Gaussian on all coordinates.
+    Gaussian,
+}
+
+/// Precision of the velocity network.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// `f32` (default).
+    #[default]
+    F32,
+    /// `f64`.
+    F64,
+}
+
+/// Options of [`CoreModel::fit`] (defaults from DESIGN.md section 5).
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct FlowOptions {
+    /// Hidden width `H` (default 256).
+    pub hidden: usize,
+    /// Hidden layers `L` (default 3).
+    pub layers: usize,
+    /// Time frequencies (default 16).
+    pub time_freqs: usize,
+    /// Fraction of the core variance in the flow block, in `(0, 1]`
+    /// (default 0.999).
+    pub flow_energy: f64,
+    /// Maximum flow block size, 0 = no cap (default 0).
+    pub flow_max_dim: usize,
+    /// Optimiser steps (default 4000; must be > 0 unless the model is forced
+    /// Gaussian).
+    pub steps: usize,
+    /// Batch size (default 128).
+    pub batch_size: usize,
+    /// Peak learning rate (default 1e-2).
+    pub learning_rate: f64,
+    /// Linear warm-up steps (default 200, at most half the steps).
+    pub warmup_steps: usize,
+    /// Decoupled weight decay (default 0).
+    pub weight_decay: f64,
+    /// Cap of the weight EMA decay, in `[0, 1)` (default 0.999).
+    pub ema_decay: f64,
+    /// Gradient-norm clipping, 0 = off (default 0).
+    pub clip_norm: f64,
+    /// Noise-data pairing (default independent).
+    pub coupling: Coupling,
+    /// Seed of every random choice of the fit.
+    pub seed: u64,
+    /// Core model selection (default AUTO).
+    pub core_model: CoreModelChoice,
+    /// Fraction of the cores held out for diagnostics, in `[0, 0.9]`
+    /// (default 0.2). The model is fitted on the rest.
+    pub holdout_fraction: f64,
+    /// Moment matching of the flow block (default on).
+    pub moment_matching: bool,
+    /// Flow samples drawn for moment matching (default 4000; at least `4 k`
+    /// are drawn).
+    pub moment_samples: usize,
+    /// Network precision (default `f32`).
+    pub precision: Precision,
+    /// Solver for moment matching and held-out log-likelihoods (default RK4,
+    /// 16 steps, exact divergence).
+    pub solver: SolverOptions,
+    /// Worker threads for training, 0 = all cores (default 0).
+    pub threads: usize,
+}
+
+impl Default for FlowOptions {
+    fn default() -> Self {
+        Self {
+            hidden: 256,
+            layers: 3,
+            time_freqs: 16,
+            flow_energy: 0.999,
+            flow_max_dim: 0,
+            steps: 4000,
+            batch_size: 128,
+            learning_rate: 1e-2,
+            warmup_steps: 200,
+            weight_decay: 0.0,
+            ema_decay: 0.999,
+            clip_norm: 0.0,
+            coupling: Coupling::Independent,
+            seed: 0,
+            core_model: CoreModelChoice::Auto,
+            holdout_fraction: 0.2,
+            moment_matching: true,
+            moment_samples: 4000,
+            precision: Precision::F32,
+            solver: SolverOptions::default(),
+            threads: 0,
+        }
+    }
+}
+
+const MAX_SIZE: usize = 1 << 20;
+
+impl FlowOptions {
+    /// Checks every field; the error names the first invalid one as
+    /// `opts.<field>`.
+    pub fn check(&self) -> Result<()> {
+        for (name, v) in [
+            ("hidden", self.hidden),
+            ("layers", self.layers),
+            ("time_freqs", self.time_freqs),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(format!("opts.{name}: must be > 0")));
+            }
+            if v > MAX_SIZE {
+                return Err(Error::invalid(format!(
+                    "opts.{name}: {v} exceeds the maximum {MAX_SIZE}"
+                )));
+            }
+        }
+        if !(self.flow_energy > 0.0 && self.flow_energy <= 1.0) {
+            return Err(Error::invalid(format!(
+                "opts.flow_energy: must be in (0, 1], got {}",
+                self.flow_energy
+            )));
+        }
+        if self.steps == 0 && self.core_model != CoreModelChoice::Gaussian {
+            return Err(Error::invalid(
+                "opts.steps: must be > 0 to train a flow (or set opts.core_model to GAUSSIAN)",
+            ));
+        }
+        if !(self.holdout_fraction >= 0.0 && self.holdout_fraction <= 0.9) {
+            return Err(Error::invalid(format!(
+                "opts.holdout_fraction: must be in [0, 0.9], got {}",
+                self.holdout_fraction
+            )));
+        }
+        if self.moment_matching && self.moment_samples < 2 {
+            return Err(Error::invalid(
+                "opts.moment_samples: must be >= 2 when moment matching is on",
+            ));
+        }
+        self.train_options().check()?;
+        self.solver.check().map_err(|e| {
+            Error::new(e.kind(), e.message().replacen("solver.", "opts.solver.", 1))
+        })?;
+        Ok(())
+    }
+
+    fn train_options(&self) -> TrainOptions {
+        TrainOptions {
+            steps: self.steps.max(1),
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            warmup_steps: self.warmup_steps,
+            weight_decay: self.weight_decay,
+            ema_decay: self.ema_decay,
+            clip_norm: self.clip_norm,
+            coupling: self.coupling,
+            seed: self.seed,
+        }
+    }
+}
+
+/// What was fitted, with diagnostics.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct CoreModelInfo {
+    /// The fitted kind.
+    pub kind: CoreModelKind,
+    /// The requested choice.
+    pub requested: CoreModelChoice,
+    /// Core dimension `d`.
+    pub dim: usize,
+    /// Flow block size `k` given by the energy rule (also when the Gaussian
+    /// was chosen).
+    pub flow_block: usize,
+    /// Fraction of the training core variance in the flow block.
+    pub flow_energy: f64,
+    /// Cores the model was fitted on (`N_t`).
+    pub train_count: usize,
+    /// Cores held out for the diagnostics.
+    pub holdout_count: usize,
+    /// Mean training loss over the last 100 steps (NaN without a flow).
+    pub final_loss: f64,
+    /// Held-out mean log-likelihood of the fitted flow model (NaN for the
+    /// Gaussian kind or without a hold-out).
+    pub heldout_loglik_flow: f64,
+    /// Held-out mean log-likelihood of a full Gaussian fitted on the same
+    /// training cores (NaN without a hold-out).
+    pub heldout_loglik_gaussian: f64,
+}
+
+/// Network parameters in their precision.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NetParams {
+    /// `f32` parameters.
+    F32(Vec<f32>),
+    /// `f64` parameters.
+    F64(Vec<f64>),
+}
+
+/// A Gaussian block as plain numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GaussianParts {
+    /// Core coordinates of the block, in block order.
+    pub index: Vec<usize>,
+    /// Mean (block order).
+    pub mean: Vec<f64>,
+    /// Lower Cholesky factor `L` of the (regularised) covariance,
+    /// column-major `n x n` (upper triangle zero).
+    pub chol: Vec<f64>,
+}
+
+/// The flow block as plain numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowParts {
+    /// Core coordinates of the block, in block order.
+    pub index: Vec<usize>,
+    /// Standardisation mean `mu`.
+    pub mean: Vec<f64>,
+    /// Standardisation scale `sigma` (positive).
+    pub scale: Vec<f64>,
+    /// Network architecture.
+    pub hidden: usize,
+    /// Network depth.
+    pub layers: usize,
+    /// Network time frequencies.
+    pub time_freqs: usize,
+    /// Network parameters (EMA weights), layout of [`NetConfig::layer`].
+    pub params: NetParams,
+    /// Moment-matching shift `m` (`k`).
+    pub mm_shift: Vec<f64>,
+    /// Moment-matching matrix `A` (`k x k`, column-major).
+    pub mm_matrix: Vec<f64>,
+}
+
+/// Every number of a fitted [`CoreModel`], for persistence:
+/// `CoreModel::from_parts(model.to_parts())` is the same model bit for bit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoreModelParts {
+    /// Core dimension `d`.
+    pub dim: usize,
+    /// Fit summary and diagnostics.
+    pub info: CoreModelInfo,
+    /// The flow block (flow kind only).
+    pub flow: Option<FlowParts>,
+    /// The full Gaussian (Gaussian kind) or the rest block (flow kind with
+    /// `k < d`).
+    pub gaussian: Option<GaussianParts>,
+}
+
+/// The network in either precision.
+#[derive(Clone, Debug)]
+enum FlowNet {
+    F32(VelocityNet<f32>),
+    F64(VelocityNet<f64>),
+}
+
+macro_rules! with_net {
+    ($net:expr, $n:ident => $body:expr) => {
+        match $net {
+            FlowNet::F32($n) => $body,
+            FlowNet::F64($n) => $body,
+        }
+    };
+}
+
+impl VelocityField for FlowNet {
+    fn dim(&self) -> usize {
+        with_net!(self, n => VelocityField::dim(n))
+    }
+    fn eval_scratch(&self, batch: usize) -> StackReq {
+        with_net!(self, n => n.eval_scratch(batch))
+    }
+    fn eval(&self, times: Times<'_>, x: MatRef<'_, f64>, v: MatMut<'_, f64>, stack: &mut MemStack) {
+        with_net!(self, n => n.eval(times, x, v, stack))
+    }
+}
+
+impl DivergenceField for FlowNet {
+    fn eval_div_scratch(&self, batch: usize) -> StackReq {
+        with_net!(self, n => n.eval_div_scratch(batch))
+    }
+    fn eval_div(
+        &self,
+        times: Times<'_>,
+        x: MatRef<'_, f64>,
+        v: MatMut<'_, f64>,
+        div: &mut [f64],
+        stack: &mut MemStack,
+    ) {
+        with_net!(self, n => n.eval_div(times, x, v, div, stack))
+    }
+    fn eval_jvp_scratch(&self, batch: usize) -> StackReq {
+        with_net!(self, n => n.eval_jvp_scratch(batch))
+    }
+    fn eval_jvp(
+        &self,
+        times: Times<'_>,
+        x: MatRef<'_, f64>,
+        probe: MatRef<'_, f64>,
+        v: MatMut<'_, f64>,
+        quad: &mut [f64],
+        stack: &mut MemStack,
+    ) {
+        with_net!(self, n => n.eval_jvp(times, x, probe, v, quad, stack))
+    }
+}
+
+/// A Gaussian block ready for sampling and scoring.
+#[derive(Clone, Debug)]
+struct GaussianBlock {
+    parts: GaussianParts,
+    /// `L^T` (for `c = mean + eps L^T` on rows).
+    chol_t: Mat<f64>,
+    /// `L^-T` (for `y = (c - mean) L^-T`, `||y||^2` the Mahalanobis norm).
+    inv_t: Mat<f64>,
+    /// `log det(Sigma) = 2 sum log L_jj`.
+    log_det: f64,
+}
+
+/// The flow block ready for sampling and scoring.
+#[derive(Clone, Debug)]
+struct FlowBlock {
+    parts: FlowParts,
+    net: FlowNet,
+    /// `A^T`.
+    a_t: Mat<f64>,
+    /// `A^-T`.
+    a_inv_t: Mat<f64>,
+    /// `log|det A| + sum log sigma`.
+    log_jacobian: f64,
+}
+
+/// A fitted core model. Immutable; share it between threads freely (each
+/// thread with its own workspace).
+#[derive(Clone, Debug)]
+pub struct CoreModel {
+    dim: usize,
+    info: CoreModelInfo,
+    flow: Option<FlowBlock>,
+    gaussian: Option<GaussianBlock>,
+}
+
+/// Rows per chunk when sampling.
+const SAMPLE_CHUNK: usize = 256;
+/// Tangent rows (`rows x k`) per chunk for exact-divergence log-densities.
+const DIV_ROWS: usize = 2048;
+
+fn format_err(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Format, msg)
+}
+
+impl GaussianBlock {
+    fn from_parts(p: GaussianParts) -> Result<Self> {
+        let n = p.index.len();
+        if p.mean.len() != n || p.chol.len() != n * n {
+            return Err(format_err(
+                "core model: Gaussian block sizes are inconsistent",
+            ));
+        }
+        if p.mean.iter().chain(p.chol.iter()).any(|v| !v.is_finite()) {
+            return Err(format_err(
+                "core model: Gaussian block has a non-finite value",
+            ));
+        }
+        let l = MatRef::from_column_major_slice(&p.chol, n, n);
+        let mut log_det = 0.0;
+        for j in 0..n {
+            if l[(j, j)] <= 0.0 {
+                return Err(format_err(
+                    "core model: Gaussian Cholesky factor has a non-positive diagonal",
+                ));
+            }
+            log_det += 2.0 * l[(j, j)].ln();
+            for i in 0..j {
+                if l[(i, j)] != 0.0 {
+                    return Err(format_err(
+                        "core model: Gaussian Cholesky factor is not lower triangular",
+                    ));
+                }
+            }
+        }
+        let mut inv = Mat::<f64>::zeros(n, n);
+        faer::linalg::triangular_inverse::invert_lower_triangular(inv.as_mut(), l, Par::Seq);
+        for j in 0..n {
+            for i in 0..j {
+                inv[(i, j)] = 0.0;
+            }
+        }
+        Ok(Self {
+            chol_t: l.transpose().to_owned(),
+            inv_t: inv.transpose().to_owned(),
+            log_det,
+            parts: p,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.parts.index.len()
+    }
+
+    /// `out[:, index] = mean + eps L^T`.
+    fn sample_into(&self, eps: MatRef<'_, f64>, tmp: MatMut<'_, f64>, out: MatMut<'_, f64>) {
+        let mut tmp = tmp;
+        let mut out = out;
+        rowwise_matmul(tmp.rb_mut(), eps, self.chol_t.as_ref(), true);
+        for (j, &c) in self.parts.index.iter().enumerate() {
+            let mu = self.parts.mean[j];
+            for i in 0..eps.nrows() {
+                out[(i, c)] = mu + tmp[(i, j)];
+            }
+        }
+    }
+
+    /// `out[i] += log N(cores[i, index]; mean, Sigma)`.
+    fn log_prob_add(
+        &self,
+        cores: MatRef<'_, f64>,
+        centred: MatMut<'_, f64>,
+        white: MatMut<'_, f64>,
+        out: &mut [f64],
+    ) {
+        let n = self.len();
+        let (mut centred, mut white) = (centred, white);
+        for (j, &c) in self.parts.index.iter().enumerate() {
+            let mu = self.parts.mean[j];
+            for i in 0..cores.nrows() {
+                centred[(i, j)] = cores[(i, c)] - mu;
+            }
+        }
+        rowwise_matmul(white.rb_mut(), centred.rb(), self.inv_t.as_ref(), false);
+        let konst = -0.5 * (n as f64 * (2.0 * core::f64::consts::PI).ln() + self.log_det);
+        for (i, o) in out.iter_mut().enumerate() {
+            let mut q = 0.0;
+            for j in 0..n {
+                q += white[(i, j)] * white[(i, j)];
+            }
+            *o += konst - 0.5 * q;
+        }
+    }
+}
+
+impl FlowBlock {
+    fn from_parts(p: FlowParts) -> Result<Self> {
+        let k = p.index.len();
+        if k == 0 || p.mean.len() != k || p.scale.len() != k {
+            return Err(format_err("core model: flow block sizes are inconsistent"));
+        }
+        if p.mm_shift.len() != k || p.mm_matrix.len() != k * k {
+            return Err(format_err(
+                "core model: moment-matching sizes are inconsistent",
+            ));
+        }
+        if p.mean
+            .iter()
+            .chain(&p.mm_shift)
+            .chain(&p.mm_matrix)
+            .any(|v| !v.is_finite())
+        {
+            return Err(format_err("core model: flow block has a non-finite value"));
+        }
+        if p.scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(format_err(
+                "core model: flow scales must be finite and positive",
+            ));
+        }
+        let config = NetConfig {
+            dim: k,
+            hidden: p.hidden,
+            layers: p.layers,
+            time_freqs: p.time_freqs,
+        };
+        let net = match &p.params {
+            NetParams::F32(v) => VelocityNet::from_params(config, v.clone()).map(FlowNet::F32),
+            NetParams::F64(v) => VelocityNet::from_params(config, v.clone()).map(FlowNet::F64),
+        }
+        .map_err(|e| format_err(format!("core model: network: {}", e.message())))?;
+        let a = MatRef::from_column_major_slice(&p.mm_matrix, k, k);
+        let lu = a.partial_piv_lu();
+        let mut log_det_a = 0.0;
+        for j in 0..k {
+            let u = lu.U()[(j, j)].abs();
+            if !(u > 0.0) {
+                return Err(format_err("core model: moment-matching matrix is singular"));
+            }
+            log_det_a += u.ln();
+        }
+        let a_inv = lu.inverse();
+        if a_inv.as_ref().norm_max().is_nan() || !a_inv.as_ref().norm_max().is_finite() {
+            return Err(format_err("core model: moment-matching matrix is singular"));
+        }
+        let log_sigma: f64 = p.scale.iter().map(|s| s.ln()).sum();
+        Ok(Self {
+            a_t: a.transpose().to_owned(),
+            a_inv_t: a_inv.transpose().to_owned(),
+            log_jacobian: log_det_a + log_sigma,
+            net,
+            parts: p,
+        })
+    }
+
+    fn dim(&self) -> usize {
+        self.parts.index.len()
+    }
+}
+
+impl CoreModel {
+    /// Rebuilds a model from its parts (checks every size and value; an
+    /// inconsistency is `ErrorKind::Format`).
+    pub fn from_parts(parts: CoreModelParts) -> Result<Self> {
+        let d = parts.dim;
+        if d == 0 {
+            return Err(format_err("core model: dimension is 0"));
+        }
+        let mut seen = vec![false; d];
+        let mut mark = |idx: &[usize]| -> Result<()> {
+            for &i in idx {
+                if i >= d || seen[i] {
+                    return Err(format_err(
+                        "core model: block indices are not a permutation of the core coordinates",
+                    ));
+                }
+                seen[i] = true;
+            }
+            Ok(())
+        };
+        match parts.info.kind {
+            CoreModelKind::Gaussian => {
+                if parts.flow.is_some() || parts.gaussian.is_none() {
+                    return Err(format_err(
+                        "core model: a Gaussian model has one Gaussian block and no flow",
+                    ));
+                }
+            }
+            CoreModelKind::Flow => {
+                if parts.flow.is_none() {
+                    return Err(format_err("core model: a flow model needs its flow block"));
+                }
+            }
+        }
+        if let Some(f) = &parts.flow {
+            mark(&f.index)?;
+        }
+        if let Some(g) = &parts.gaussian {
+            mark(&g.index)?;
+        }
+        if seen.iter().any(|s| !s) {
+            return Err(format_err(
+                "core model: block indices do not cover every core coordinate",
+            ));
+        }
+        if parts.info.dim != d {
+            return Err(format_err(
+                "core model: info.dim differs from the dimension",
+            ));
+        }
+        Ok(Self {
+            dim: d,
+            info: parts.info,
+            flow: parts.flow.map(FlowBlock::from_parts).transpose()?,
+            gaussian: parts.gaussian.map(GaussianBlock::from_parts).transpose()?,
+        })
+    }
+
+    /// All numbers of the model (see [`CoreModelParts`]).
+    pub fn to_parts(&self) -> CoreModelParts {
+        CoreModelParts {
+            dim: self.dim,
+            info: self.info,
+            flow: self.flow.as_ref().map(|f| f.parts.clone()),
+            gaussian: self.gaussian.as_ref().map(|g| g.parts.clone()),
+        }
+    }
+
+    /// Core dimension `d`.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Number of coordinates modelled by the flow (0 for the Gaussian kind).
+    pub fn flow_dim(&self) -> usize {
+        self.flow.as_ref().map_or(0, |f| f.dim())
+    }
+    /// The fitted kind.
+    pub fn kind(&self) -> CoreModelKind {
+        self.info.kind
+    }
+    /// Fit summary and diagnostics.
+    pub fn info(&self) -> CoreModelInfo {
+        self.info
+    }
+    /// The velocity network's architecture (flow kind only).
+    pub fn net_config(&self) -> Option<NetConfig> {
+        self.flow
+            .as_ref()
+            .map(|f| *with_net!(&f.net, n => n.config()))
+    }
+
+    /// Fits the core model on `cores` (`N x d`, one core per row, finite).
+    /// `progress(step, total, loss)` is called after each training step;
+    /// returning `false` cancels the fit (`ErrorKind::Cancelled`).
+    pub fn fit(
+        cores: MatRef<'_, f64>,
+        opts: &FlowOptions,
+        progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+    ) -> Result<CoreModel> {
+        opts.check()?;
+        let (n, d) = cores.shape();
+        if d == 0 {
+            return Err(Error::shape("cores: has no columns"));
+        }
+        check_finite(cores)?;
+        let n_hold = holdout_count(n, opts.holdout_fraction);
+        if n - n_hold < 2 {
+            return Err(Error::shape(format!(
+                "cores: {n} rows leave {} for fitting after the hold-out, at least 2 are needed",
+                n - n_hold
+            )));
+        }
+        let (train_rows, hold_rows) = split_rows(n, n_hold, opts.seed);
+        let train = select_rows(cores, &train_rows);
+        let held = select_rows(cores, &hold_rows);
+        let n_t = train.nrows();
+
+        // Coordinates by variance, descending.
+        let (mean, var) = column_moments(train.as_ref());
+        let total: f64 = var.iter().sum();
+        if !(total > 0.0) {
+            return Err(Error::invalid(
+                "cores: the training cores have zero total variance (all identical)",
+            ));
+        }
+        let mut order: Vec<usize> = (0..d).collect();
+        order.sort_by(|&a, &b| var[b].total_cmp(&var[a]).then(a.cmp(&b)));
+        let mut k = 0;
+        let mut cum = 0.0;
+        while k < d {
+            cum += var[order[k]];
+            k += 1;
+            if cum >= opts.flow_energy * total * (1.0 - 1e-12) {
+                break;
+            }
+        }
+        if opts.flow_max_dim > 0 {
+            k = k.min(opts.flow_max_dim);
+        }
+        let energy = order[..k].iter().map(|&j| var[j]).sum::<f64>() / total;
+        let kind = match opts.core_model {
+            CoreModelChoice::Gaussian => CoreModelKind::Gaussian,
+            CoreModelChoice::Flow => CoreModelKind::Flow,
+            CoreModelChoice::Auto if n_t < 3 * k => CoreModelKind::Gaussian,
+            CoreModelChoice::Auto => CoreModelKind::Flow,
+        };
+        let mut info = CoreModelInfo {
+            kind,
+            requested: opts.core_model,
+            dim: d,
+            flow_block: k,
+            flow_energy: energy,
+            train_count: n_t,
+            holdout_count: n_hold,
+            final_loss: f64::NAN,
+            heldout_loglik_flow: f64::NAN,
+            heldout_loglik_gaussian: f64::NAN,
+        };
+        let all: Vec<usize> = (0..d).collect();
+        let full_gaussian = if kind == CoreModelKind::Gaussian || n_hold > 0 {
+            Some(fit_gaussian(
+                train.as_ref(),
+                &all,
+                &mean,
+                &var,
+                total / d as f64,
+            )?)
+        } else {
+            None
+        };
+
+        let parts = match kind {
+            CoreModelKind::Gaussian => CoreModelParts {
+                dim: d,
+                info,
+                flow: None,
+                gaussian: full_gaussian.clone(),
+            },
+            CoreModelKind::Flow => {
+                let flow_index = order[..k].to_vec();
+                let rest_index = order[k..].to_vec();
+                let (flow, final_loss) =
+                    fit_flow(train.as_ref(), &flow_index, &mean, &var, opts, progress)?;
+                info.final_loss = final_loss;
+                let rest = if rest_index.is_empty() {
+                    None
+                } else {
+                    Some(fit_gaussian(
+                        train.as_ref(),
+                        &rest_index,
+                        &mean,
+                        &var,
+                        total / d as f64,
+                    )?)
+                };
+                CoreModelParts {
+                    dim: d,
+                    info,
+                    flow: Some(flow),
+                    gaussian: rest,
+                }
+            }
+        };
+        let mut model = CoreModel::from_parts(parts).map_err(|e| {
+            Error::numerical(format!(
+                "core model fit produced an invalid model: {}",
+                e.message()
+            ))
+        })?;
+
+        if n_hold > 0 {
+            let g = CoreModel::from_parts(CoreModelParts {
+                dim: d,
+                info: CoreModelInfo {
+                    kind: CoreModelKind::Gaussian,
+                    ..info
+                },
+                flow: None,
+                gaussian: full_gaussian,
+            })?;
+            model.info.heldout_loglik_gaussian = mean_log_prob(&g, &opts.solver, held.as_ref())?;
+            if kind == CoreModelKind::Flow {
+                model.info.heldout_loglik_flow =
+                    mean_log_prob(&model, &opts.solver, held.as_ref())?;
+            }
+        }
+        Ok(model)
+    }
+
+    /// Workspace for [`sample`](Self::sample) of `count` cores.
+    pub fn sample_scratch(&self, count: usize, solver: &SolverOptions) -> StackReq {
+        let b = count.clamp(1, SAMPLE_CHUNK);
+        let (kf, ng) = (
+            self.flow_dim(),
+            self.gaussian.as_ref().map_or(0, |g| g.len()),
+        );
+        let solve = self.flow.as_ref().map_or(StackReq::EMPTY, |f| {
+            ode::integrate_scratch(&f.net, b, solver)
+        });
+        StackReq::all_of(&[
+            temp_mat_scratch::<f64>(b, kf),
+            temp_mat_scratch::<f64>(b, kf),
+            temp_mat_scratch::<f64>(b, ng),
+            temp_mat_scratch::<f64>(b, ng),
+            temp_slice_scratch::<f64>(self.dim),
+            solve,
+        ])
+    }
+
+    /// Draws `out.nrows()` cores into `out` (`count x d`): row `j` is sample
+    /// number `first_index + j` of stream `seed`. A non-finite sample is an
+    /// `ErrorKind::Numerical` failure. Does not allocate.
+    pub fn sample(
+        &self,
+        solver: &SolverOptions,
+        seed: u64,
+        first_index: u64,
+        out: MatMut<'_, f64>,
+        stack: &mut MemStack,
+    ) -> Result<()> {
+        solver.check()?;
+        let count = out.nrows();
+        if out.ncols() != self.dim {
+            return Err(Error::shape(format!(
+                "out: has {} columns, the core dimension is {}",
+                out.ncols(),
+                self.dim
+            )));
+        }
+        check_workspace(self.sample_scratch(count, solver), stack)?;
+        let mut out = out;
+        let mut start = 0;
+        while start < count {
+            let b = (count - start).min(SAMPLE_CHUNK);
+            self.sample_chunk(
+                solver,
+                seed,
+                first_index.wrapping_add(start as u64),
+                out.rb_mut().subrows_mut(start, b),
+                &mut *stack,
+            )?;
+            start += b;
+        }
+        Ok(())
+    }
+
+    fn sample_chunk(
+        &self,
+        solver: &SolverOptions,
+        seed: u64,
+        first: u64,
+        mut out: MatMut<'_, f64>,
+        stack: &mut MemStack,
+    ) -> Result<()> {
+        let b = out.nrows();
+        let kf = self.flow_dim();
+        let ng = self.gaussian.as_ref().map_or(0, |g| g.len());
+        let (mut z, stack) = temp_mat_zeroed::<f64>(b, kf, stack);
+        let (mut y, stack) = temp_mat_zeroed::<f64>(b, kf, stack);
+        let (mut eps, stack) = temp_mat_zeroed::<f64>(b, ng, stack);
+        let (mut tmp, stack) = temp_mat_zeroed::<f64>(b, ng, stack);
+        let (row, stack) = temp_slice(self.dim, 0.0f64, stack);
+        for i in 0..b {
+            let mut r = rng::stream(seed, first.wrapping_add(i as u64));
+            rng::fill_normal(&mut r, row);
+            for j in 0..kf {
+                z[(i, j)] = row[j];
+            }
+            for j in 0..ng {
+                eps[(i, j)] = row[kf + j];
+            }
+        }
+        if let Some(f) = &self.flow {
+            ode::integrate(&f.net, solver, 0.0, 1.0, z.rb_mut(), stack)?;
+            let m = &f.parts.mm_shift;
+            for j in 0..kf {
+                for i in 0..b {
+                    z[(i, j)] -= m[j];
+                }
+            }
+            rowwise_matmul(y.rb_mut(), z.rb(), f.a_t.as_ref(), false);
+            for (j, &c) in f.parts.index.iter().enumerate() {
+                let (mu, s) = (f.parts.mean[j], f.parts.scale[j]);
+                for i in 0..b {
+                    out[(i, c)] = mu + s * y[(i, j)];
+                }
+            }
+        }
+        if let Some(g) = &self.gaussian {
+            g.sample_into(eps.rb(), tmp.rb_mut(), out.rb_mut());
+        }
+        for i in 0..b {
+            for j in 0..self.dim {
+                if !out[(i, j)].is_finite() {
+                    return Err(Error::numerical(format!(
+                        "sample: sample {} has a non-finite value (the flow diverged)",
+                        first.wrapping_add(i as u64)
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn log_prob_chunk_rows(&self, count: usize, solver: &SolverOptions) -> usize {
+        let k = self.flow_dim().max(1);
+        let cap = match solver.divergence {
+            Divergence::Exact => (DIV_ROWS / k).clamp(1, SAMPLE_CHUNK),
+            Divergence::Hutchinson { .. } => SAMPLE_CHUNK,
+        };
+        count.clamp(1, cap)
+    }
+
+    /// Workspace for [`log_prob`](Self::log_prob) of `count` cores.
+    pub fn log_prob_scratch(&self, count: usize, solver: &SolverOptions) -> StackReq {
+        let b = self.log_prob_chunk_rows(count, solver);
+        let (kf, ng) = (
+            self.flow_dim(),
+            self.gaussian.as_ref().map_or(0, |g| g.len()),
+        );
+        let flow = self.flow.as_ref().map_or(StackReq::EMPTY, |f| {
+            StackReq::all_of(&[
+                temp_mat_scratch::<f64>(b, kf),
+                temp_mat_scratch::<f64>(b, kf),
+                likelihood::log_prob_scratch(&f.net, b, solver),
+            ])
+        });
+        // The flow part's temporaries are released before the Gaussian part.
+        StackReq::any_of(&[
+            flow,
+            StackReq::all_of(&[
+                temp_mat_scratch::<f64>(b, ng),
+                temp_mat_scratch::<f64>(b, ng),
+            ]),
+        ])
+    }
+
+    /// `out[j] <- log p(cores[j, :])`, the log-density of the core model
+    /// (over `R^d`). A non-finite input is `ErrorKind::NonFinite`, a
+    /// non-finite result `ErrorKind::Numerical`. Does not allocate.
+    pub fn log_prob(
+        &self,
+        solver: &SolverOptions,
+        cores: MatRef<'_, f64>,
+        out: &mut [f64],
+        stack: &mut MemStack,
+    ) -> Result<()> {
+        solver.check()?;
+        let count = cores.nrows();
+        if cores.ncols() != self.dim {
+            return Err(Error::shape(format!(
+                "cores: has {} columns, the core dimension is {}",
+                cores.ncols(),
+                self.dim
+            )));
+        }
+        if out.len() != count {
+            return Err(Error::shape(format!(
+                "out: has length {}, expected {count}",
+                out.len()
+            )));
+        }
+        check_finite(cores)?;
+        check_workspace(self.log_prob_scratch(count, solver), stack)?;
+        let chunk = self.log_prob_chunk_rows(count, solver);
+        let mut start = 0;
+        while start < count {
+            let b = (count - start).min(chunk);
+            self.log_prob_chunk(
+                solver,
+                start as u64,
+                cores.subrows(start, b),
+                &mut out[start..start + b],
+                &mut *stack,
+            )?;
+            start += b;
+        }
+        Ok(())
+    }
+
+    fn log_prob_chunk(
+        &self,
+        solver: &SolverOptions,
+        first: u64,
+        cores: MatRef<'_, f64>,
+        out: &mut [f64],
+        stack: &mut MemStack,
+    ) -> Result<()> {
+        let b = cores.nrows();
+        out.fill(0.0);
+        if let Some(f) = &self.flow {
+            let k = f.dim();
+            let (mut y, s) = temp_mat_zeroed::<f64>(b, k, &mut *stack);
+            let (mut z, s) = temp_mat_zeroed::<f64>(b, k, s);
+            for (j, &c) in f.parts.index.iter().enumerate() {
+                let (mu, sd) = (f.parts.mean[j], f.parts.scale[j]);
+                for i in 0..b {
+                    y[(i, j)] = (cores[(i, c)] - mu) / sd;
+                }
+            }
+            // z = A^-1 y + m, row-wise.
+            rowwise_matmul(z.rb_mut(), y.rb(), f.a_inv_t.as_ref(), false);
+            for j in 0..k {
+                let m = f.parts.mm_shift[j];
+                for i in 0..b {
+                    z[(i, j)] += m;
+                }
+            }
+            likelihood::log_prob(&f.net, solver, first, z.rb(), out, s)?;
+            for o in out.iter_mut() {
+                *o -= f.log_jacobian;
+            }
+        }
+        if let Some(g) = &self.gaussian {
+            let (centred, s) = temp_mat_zeroed::<f64>(b, g.len(), stack);
+            let (white, _) = temp_mat_zeroed::<f64>(b, g.len(), s);
+            g.log_prob_add(cores, centred, white, out);
+        }
+        for (i, o) in out.iter().enumerate() {
+            if !o.is_finite() {
+                return Err(Error::numerical(format!(
+                    "log_prob: non-finite log-density for core {}",
+                    first + i as u64
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+super::real::multiversion! {
+    /// `out = x M` row by row with a fixed summation order (ascending inner
+    /// index, no fused multiply-add), so each output row depends only on the
+    /// same row of `x` whatever the number of rows. With `upper`, `M` is
+    /// upper triangular and only `j <= c` is summed for column `c`. All
+    /// matrices have unit row stride.
+    fn rowwise_matmul(out: MatMut<'_, f64>, x: MatRef<'_, f64>, m: MatRef<'_, f64>, upper: bool) {
+        use super::real::{col_mut, col_ref};
+        let mut out = out;
+        let n = x.ncols();
+        for c in 0..m.ncols() {
+            let o = col_mut(&mut out, c);
+            o.fill(0.0);
+            let end = if upper { (c + 1).min(n) } else { n };
+            for j in 0..end {
+                let w = m[(j, c)];
+                let xc = col_ref(&x, j);
+                for (ov, xv) in o.iter_mut().zip(xc) {
+                    *ov += *xv * w;
+                }
+            }
+        }
+    }
+}
+
+fn check_finite(cores: MatRef<'_, f64>) -> Result<()> {
+    for j in 0..cores.ncols() {
+        for i in 0..cores.nrows() {
+            if !cores[(i, j)].is_finite() {
+                return Err(Error::non_finite(format!(
+                    "cores: non-finite value at ({i}, {j})"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Held-out rows for a fraction: `floor(fraction N)`.
+fn holdout_count(n: usize, fraction: f64) -> usize {
+    ((fraction * n as f64).floor() as usize).min(n)
+}
+
+/// A seeded split: `(training rows, held-out rows)`, each ascending.
+fn split_rows(n: usize, n_hold: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut perm: Vec<usize> = (0..n).collect();
+    let mut r = rng::stream(seed, 0x686f_6c64);
+    for i in (1..n).rev() {
+        let j = rng::below(&mut r, i as u64 + 1) as usize;
+        perm.swap(i, j);
+    }
+    let mut hold = perm[..n_hold].to_vec();
+    let mut train = perm[n_hold..].to_vec();
+    hold.sort_unstable();
+    train.sort_unstable();
+    (train, hold)
+}
+
+fn select_rows(x: MatRef<'_, f64>, rows: &[usize]) -> Mat<f64> {
+    Mat::from_fn(rows.len(), x.ncols(), |i, j| x[(rows[i], j)])
+}
+
+/// Column means and sample variances (`1 / (n - 1)`).
+fn column_moments(x: MatRef<'_, f64>) -> (Vec<f64>, Vec<f64>) {
+    let (n, d) = x.shape();
+    let mut mean = vec![0.0; d];
+    let mut var = vec![0.0; d];
+    for j in 0..d {
+        let m = (0..n).map(|i| x[(i, j)]).sum::<f64>() / n as f64;
+        let v = (0..n).map(|i| (x[(i, j)] - m).powi(2)).sum::<f64>() / (n - 1) as f64;
+        mean[j] = m;
+        var[j] = v;
+    }
+    (mean, var)
+}
+
+/// Sample covariance (`1 / (n - 1)`) of the rows of `x` about `mean`.
+fn covariance(x: MatRef<'_, f64>, mean: &[f64]) -> Mat<f64> {
+    let (n, d) = x.shape();
+    let c = Mat::from_fn(n, d, |i, j| x[(i, j)] - mean[j]);
+    let mut s = Mat::<f64>::zeros(d, d);
+    matmul(
+        s.as_mut(),
+        Accum::Replace,
+        c.transpose(),
+        c.as_ref(),
+        1.0 / (n - 1) as f64,
+        Par::Seq,
+    );
+    crate::numerics::symmetrize(s.as_mut());
+    s
+}
+
+/// Gaussian block on the coordinates `index`: sample mean, covariance
+/// `+ delta I` with `delta = 1e-6 x` the block's mean variance (or
+/// `1e-12 x fallback` if that is 0), Cholesky factor.
+fn fit_gaussian(
+    train: MatRef<'_, f64>,
+    index: &[usize],
+    mean: &[f64],
+    var: &[f64],
+    fallback_var: f64,
+) -> Result<GaussianParts> {
+    let n = index.len();
+    let block = Mat::from_fn(train.nrows(), n, |i, j| train[(i, index[j])]);
+    let bmean: Vec<f64> = index.iter().map(|&j| mean[j]).collect();
+    let mut cov = covariance(block.as_ref(), &bmean);
+    let mean_var = index.iter().map(|&j| var[j]).sum::<f64>() / n as f64;
+    let delta = if mean_var > 0.0 {
+        1e-6 * mean_var
+    } else {
+        1e-12 * fallback_var
+    };
+    for j in 0..n {
+        cov[(j, j)] += delta;
+    }
+    let llt = cov.llt(Side::Lower).map_err(|_| {
+        Error::numerical("core model: Gaussian covariance is not positive definite")
+    })?;
+    let l = llt.L();
+    let mut chol = vec![0.0; n * n];
+    for j in 0..n {
+        for i in j..n {
+            chol[i + j * n] = l[(i, j)];
+        }
+    }
+    Ok(GaussianParts {
+        index: index.to_vec(),
+        mean: bmean,
+        chol,
+    })
+}
+
+/// Symmetric `S^p` by eigendecomposition with eigenvalues floored at
+/// `1e-12 x` the largest.
+fn sym_pow(s: MatRef<'_, f64>, p: f64) -> Result<Mat<f64>> {
+    let n = s.nrows();
+    let mut vecs = Mat::<f64>::zeros(n, n);
+    let mut vals = vec![0.0; n];
+    let mut mem = MemBuffer::new(eigh_descending_scratch(n, Par::Seq));
+    eigh_descending(
+        s,
+        vecs.as_mut(),
+        &mut vals,
+        Par::Seq,
+        MemStack::new(&mut mem),
+    )?;
+    let floor = 1e-12 * vals[0].max(0.0);
+    let scaled = Mat::from_fn(n, n, |i, j| vecs[(i, j)] * vals[j].max(floor).powf(p));
+    let mut out = Mat::<f64>::zeros(n, n);
+    matmul(
+        out.as_mut(),
+        Accum::Replace,
+        scaled.as_ref(),
+        vecs.transpose(),
+        1.0,
+        Par::Seq,
+    );
+    if !out.as_ref().norm_max().is_finite() {
+        return Err(Error::numerical(
+            "core model: moment matching produced a non-finite matrix (degenerate samples)",
+        ));
+    }
+    Ok(out)
+}
+
+fn fit_flow(
+    train: MatRef<'_, f64>,
+    index: &[usize],
+    mean: &[f64],
+    var: &[f64],
+    opts: &FlowOptions,
+    progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+) -> Result<(FlowParts, f64)> {
+    let k = index.len();
+    let n = train.nrows();
+    let mu: Vec<f64> = index.iter().map(|&j| mean[j]).collect();
+    let max_sd = index.iter().map(|&j| var[j].sqrt()).fold(0.0, f64::max);
+    let sigma: Vec<f64> = index
+        .iter()
+        .map(|&j| var[j].sqrt().max(1e-12 * max_sd))
+        .collect();
+    let x1 = Mat::from_fn(n, k, |i, j| (train[(i, index[j])] - mu[j]) / sigma[j]);
+    let config = NetConfig {
+        dim: k,
+        hidden: opts.hidden,
+        layers: opts.layers,
+        time_freqs: opts.time_freqs,
+    };
+    let topts = opts.train_options();
+    let par = par_for_threads(opts.threads);
+    let (net, report) = match opts.precision {
+        Precision::F32 => {
+            let mut t = Trainer::<f32>::new(config, x1.as_ref(), &topts, None, par)?;
+            let rep = t.run(progress)?;
+            (FlowNet::F32(t.into_nets().0), rep)
+        }
+        Precision::F64 => {
+            let mut t = Trainer::<f64>::new(config, x1.as_ref(), &topts, None, par)?;
+            let rep = t.run(progress)?;
+            (FlowNet::F64(t.into_nets().0), rep)
+        }
+    };
+    let (mm_shift, mm_matrix) = if opts.moment_matching {
+        moment_match(&net, x1.as_ref(), opts)?
+    } else {
+        let mut a = vec![0.0; k * k];
+        for j in 0..k {
+            a[j + j * k] = 1.0;
+        }
+        (vec![0.0; k], a)
+    };
+    let params = match net {
+        FlowNet::F32(n) => NetParams::F32(n.into_params()),
+        FlowNet::F64(n) => NetParams::F64(n.into_params()),
+    };
+    Ok((
+        FlowParts {
+            index: index.to_vec(),
+            mean: mu,
+            scale: sigma,
+            hidden: opts.hidden,
+            layers: opts.layers,
+            time_freqs: opts.time_freqs,
+            params,
+            mm_shift,
+            mm_matrix,
+        },
+        report.final_loss,
+    ))
+}
+
+/// `(m, A)` of the moment matching (see the module docs).
+fn moment_match(
+    net: &FlowNet,
+    x1: MatRef<'_, f64>,
+    opts: &FlowOptions,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let k = x1.ncols();
+    let count = opts.moment_samples.max(4 * k);
+    let mut z = Mat::<f64>::zeros(count, k);
+    let chunk = count.min(SAMPLE_CHUNK);
+    let mut mem = MemBuffer::new(ode::integrate_scratch(net, chunk, &opts.solver));
+    let seed = rng::mix64(opts.seed ^ 0x6d6f_6d65_6e74);
+    let mut row = vec![0.0; k];
+    let mut start = 0;
+    while start < count {
+        let b = (count - start).min(chunk);
+        let mut zc = z.as_mut().subrows_mut(start, b);
+        for i in 0..b {
+            let mut r = rng::stream(seed, (start + i) as u64);
+            rng::fill_normal(&mut r, &mut row);
+            for j in 0..k {
+                zc[(i, j)] = row[j];
+            }
+        }
+        ode::integrate(net, &opts.solver, 0.0, 1.0, zc, MemStack::new(&mut mem))?;
+        start += b;
+    }
+    let sq: Vec<f64> = (0..count)
+        .map(|i| (0..k).map(|j| z[(i, j)] * z[(i, j)]).sum::<f64>())
+        .collect();
+    if sq.iter().any(|v| !v.is_finite()) {
+        return Err(Error::numerical(
+            "core model: flow samples for moment matching are not finite (the flow diverged)",
+        ));
+    }
+    let mut sorted = sq.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = if count % 2 == 1 {
+        sorted[count / 2]
+    } else {
+        0.5 * (sorted[count / 2 - 1] + sorted[count / 2])
+    };
+    let kept: Vec<usize> = (0..count).filter(|&i| sq[i] <= 10.0 * median).collect();
+    if kept.len() < 2 {
+        return Err(Error::numerical(
+            "core model: moment matching kept fewer than 2 flow samples",
+        ));
+    }
+    let zk = select_rows(z.as_ref(), &kept);
+    let (m, _) = column_moments(zk.as_ref());
+    let s = covariance(zk.as_ref(), &m);
+    let r = covariance(x1, &column_moments(x1).0);
+    let r_half = sym_pow(r.as_ref(), 0.5)?;
+    let s_inv_half = sym_pow(s.as_ref(), -0.5)?;
+    let mut a = Mat::<f64>::zeros(k, k);
+    matmul(
+        a.as_mut(),
+        Accum::Replace,
+        r_half.as_ref(),
+        s_inv_half.as_ref(),
+        1.0,
+        Par::Seq,
+    );
+    let mut flat = vec![0.0; k * k];
+    for j in 0..k {
+        for i in 0..k {
+            flat[i + j * k] = a[(i, j)];
+        }
+    }
+    Ok((m, flat))
+}
+
+/// Mean log-density of the rows of `x` under `model`.
+fn mean_log_prob(model: &CoreModel, solver: &SolverOptions, x: MatRef<'_, f64>) -> Result<f64> {
+    let n = x.nrows();
+    let mut out = vec![0.0; n];
+    let mut mem = MemBuffer::new(model.log_prob_scratch(n, solver));
+    model.log_prob(solver, x, &mut out, MemStack::new(&mut mem))?;
+    Ok(out.iter().sum::<f64>() / n as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::ode::Solver;
+
+    fn normals(n: usize, d: usize, seed: u64) -> Mat<f64> {
+        let mut m = Mat::<f64>::zeros(n, d);
+        let mut row = vec![0.0; d];
+        for i in 0..n {
+            rng::fill_normal(&mut rng::stream(seed, i as u64), &mut row);
+            for j in 0..d {
+                m[(i, j)] = row[j];
+            }
+        }
+        m
+    }
+
+    /// A noisy ring of radius 2 (ellipse 2 x 1.5) in the first two of 8
+    /// core coordinates, small independent noise in the other six.
+    fn ring8(n: usize, seed: u64) -> Mat<f64> {
+        let noise = normals(n, 8, seed ^ 1);
+        let mut r = rng::stream(seed, 1 << 40);
+        let mut x = Mat::<f64>::zeros(n, 8);
+        for i in 0..n {
+            let a = core::f64::consts::TAU * rng::uniform(&mut r);
+            let rad = 1.0 + 0.05 * noise[(i, 0)];
+            x[(i, 0)] = 1.0 + 2.0 * rad * a.cos();
+            x[(i, 1)] = -1.0 + 1.5 * rad * a.sin();
+            for j in 2..8 {
+                x[(i, j)] = 0.005 * (j as f64) * noise[(i, j)];
+            }
+        }
+        x
+    }
+
+    /// Unbiased MMD^2 with the Gaussian kernel averaged over the bandwidths
+    /// h0 / 2, h0, 2 h0 (h0 = median pairwise distance of the pooled set).
+    fn mmd2(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> f64 {
+        let (n, m) = (a.nrows(), b.nrows());
+        let pooled: Vec<Vec<f64>> = (0..n)
+            .map(|i| a.row(i).iter().copied().collect())
+            .chain((0..m).map(|i| b.row(i).iter().copied().collect()))
+            .collect();
+        let t = n + m;
+        let mut d2 = vec![0.0; t * t];
+        let mut dists = Vec::with_capacity(t * (t - 1) / 2);
+        for i in 0..t {
+            for j in 0..i {
+                let s: f64 = pooled[i]
+                    .iter()
+                    .zip(&pooled[j])
+                    .map(|(x, y)| (x - y).powi(2))
+                    .sum();
+                d2[i * t + j] = s;
+                d2[j * t + i] = s;
+                dists.push(s.sqrt());
+            }
+        }
+        dists.sort_by(f64::total_cmp);
+        let h0 = dists[dists.len() / 2];
+        let mut total = 0.0;
+        for h in [0.5 * h0, h0, 2.0 * h0] {
+            let kern = |i: usize, j: usize| (-d2[i * t + j] / (2.0 * h * h)).exp();
+            let (mut aa, mut bb, mut ab) = (0.0, 0.0, 0.0);
+            for i in 0..n {
+                for j in 0..n {
+                    if i != j {
+                        aa += kern(i, j);
+                    }
+                }
+                for j in 0..m {
+                    ab += kern(i, n + j);
+                }
+            }
+            for i in 0..m {
+                for j in 0..m {
+                    if i != j {
+                        bb += kern(n + i, n + j);
+                    }
+                }
+            }
+            total +=
+                aa / (n * (n - 1)) as f64 + bb / (m * (m - 1)) as f64 - 2.0 * ab / (n * m) as f64;
+        }
+        total / 3.0
+    }
+
+    fn small_opts() -> FlowOptions {
+        FlowOptions {
+            hidden: 64,
+            layers: 2,
+            time_freqs: 8,
+            steps: 1500,
+            batch_size: 128,
+            learning_rate: 5e-3,
+            holdout_fraction: 0.0,
+            threads: 1,
+            seed: 11,
+            ..Default::default()
+        }
+    }
+
+    fn draw(
+        model: &CoreModel,
+        solver: &SolverOptions,
+        seed: u64,
+        first: u64,
+        n: usize,
+    ) -> Mat<f64> {
+        let mut out = Mat::<f64>::zeros(n, model.dim());
+        let mut mem = MemBuffer::new(model.sample_scratch(n, solver));
+        model
+            .sample(solver, seed, first, out.as_mut(), MemStack::new(&mut mem))
+            .unwrap();
+        out
+    }
+
+    fn log_probs(model: &CoreModel, solver: &SolverOptions, x: MatRef<'_, f64>) -> Vec<f64> {
+        let mut out = vec![0.0; x.nrows()];
+        let mut mem = MemBuffer::new(model.log_prob_scratch(x.nrows(), solver));
+        model
+            .log_prob(solver, x, &mut out, MemStack::new(&mut mem))
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn learns_a_ring_better_than_a_gaussian() {
+        let train = ring8(2000, 1);
+        let fresh = ring8(600, 2);
+        let opts = FlowOptions {
+            flow_energy: 0.99,
+            ..small_opts()
+        };
+        let model = CoreModel::fit(train.as_ref(), &opts, &mut |_, _, _| true).unwrap();
+        assert_eq!(model.kind(), CoreModelKind::Flow);
+        assert_eq!(model.flow_dim(), 2, "{:?}", model.info());
+        let gauss = CoreModel::fit(
+            train.as_ref(),
+            &FlowOptions {
+                core_model: CoreModelChoice::Gaussian,
+                ..opts
+            },
+            &mut |_, _, _| true,
+        )
+        .unwrap();
+        let solver = SolverOptions::default();
+        let gen = draw(&model, &solver, 5, 0, 600);
+        let gen_g = draw(&gauss, &solver, 5, 0, 600);
+        let floor = mmd2(ring8(600, 3).as_ref(), fresh.as_ref());
+        let m_flow = mmd2(gen.as_ref(), fresh.as_ref());
+        let m_gauss = mmd2(gen_g.as_ref(), fresh.as_ref());
+        eprintln!("MMD^2: flow {m_flow:.5}, gaussian {m_gauss:.5}, data floor {floor:.5}");
+        assert!(
+            m_flow < 0.25 * m_gauss,
+            "flow {m_flow} vs gaussian {m_gauss}"
+        );
+    }
+
+    #[test]
+    fn log_prob_of_gaussian_cores_matches_the_analytic_density() {
+        // Cores N(mu, C C^T) in 4 dims.
+        let d = 4;
+        let c = Mat::from_fn(d, d, |i, j| {
+            if i >= j {
+                0.3 + 0.5 * ((i + 2 * j) % 3) as f64
+            } else {
+                0.0
+            }
+        });
+        let mu = [1.0, -2.0, 0.5, 3.0];
+        let gen = |n: usize, seed: u64| {
+            let z = normals(n, d, seed);
+            let mut x = &z * c.transpose();
+            for i in 0..n {
+                for j in 0..d {
+                    x[(i, j)] += mu[j];
+                }
+            }
+            x
+        };
+        let train = gen(3000, 21);
+        let test = gen(300, 22);
+        let sigma = &c * c.transpose();
+        let llt = sigma.llt(Side::Lower).unwrap();
+        let l = llt.L();
+        let log_det: f64 = (0..d).map(|j| 2.0 * l[(j, j)].ln()).sum();
+        let truth: Vec<f64> = (0..test.nrows())
+            .map(|i| {
+                let r = Mat::from_fn(d, 1, |j, _| test[(i, j)] - mu[j]);
+                let mut y = r.clone();
+                faer::linalg::triangular_solve::solve_lower_triangular_in_place(
+                    l,
+                    y.as_mut(),
+                    Par::Seq,
+                );
+                -0.5 * (d as f64 * (2.0 * core::f64::consts::PI).ln()
+                    + log_det
+                    + y.squared_norm_l2())
+            })
+            .collect();
+        let opts = FlowOptions {
+            core_model: CoreModelChoice::Flow,
+            flow_energy: 1.0,
+            ..small_opts()
+        };
+        let model = CoreModel::fit(train.as_ref(), &opts, &mut |_, _, _| true).unwrap();
+        assert_eq!(model.flow_dim(), d);
+        for solver in [
+            SolverOptions::default(),
+            SolverOptions {
+                solver: Solver::Dopri5,
+                rtol: 1e-6,
+                atol: 1e-6,
+                ..Default::default()
+            },
+        ] {
+            let lp = log_probs(&model, &solver, test.as_ref());
+            let mae = lp
+                .iter()
+                .zip(&truth)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f64>()
+                / (lp.len() * d) as f64;
+            eprintln!(
+                "{:?}: log_prob mean abs error per dimension {mae:.4}",
+                solver.solver
+            );
+            assert!(mae < 0.05, "{mae}");
+        }
+        // Hutchinson agrees with the exact trace on average.
+        let exact = log_probs(&model, &SolverOptions::default(), test.as_ref());
+        let hutch = log_probs(
+            &model,
+            &SolverOptions {
+                divergence: Divergence::Hutchinson { seed: 3 },
+                ..Default::default()
+            },
+            test.as_ref(),
+        );
+        let bias = exact.iter().zip(&hutch).map(|(a, b)| a - b).sum::<f64>() / exact.len() as f64;
+        let sd = (exact
+            .iter()
+            .zip(&hutch)
+            .map(|(a, b)| (a - b - bias).powi(2))
+            .sum::<f64>()
+            / exact.len() as f64)
+            .sqrt();
+        assert!(
+            bias.abs() < 4.0 * sd / (exact.len() as f64).sqrt() + 1e-3,
+            "bias {bias}, sd {sd}"
+        );
+        // The Gaussian kind reproduces its fitted density exactly.
+        let g = CoreModel::fit(
+            train.as_ref(),
+            &FlowOptions {
+                core_model: CoreModelChoice::Gaussian,
+                ..opts
+            },
+            &mut |_, _, _| true,
+        )
+        .unwrap();
+        let lg = log_probs(&g, &SolverOptions::default(), test.as_ref());
+        let mae = lg
+            .iter()
+            .zip(&truth)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f64>()
+            / (lg.len() * d) as f64;
+        assert!(mae < 0.02, "{mae}");
+    }
+
+    /// Mean and covariance of the rows of `x` (columns `cols`).
+    fn moments(x: MatRef<'_, f64>) -> (Vec<f64>, Mat<f64>) {
+        let (m, _) = column_moments(x);
+        let c = covariance(x, &m);
+        (m, c)
+    }
+
+    #[test]
+    fn moment_matching_reproduces_the_training_moments() {
+        // Mixture of four Gaussians in 3 dims (non-Gaussian block).
+        let n = 1000;
+        let z = normals(n, 3, 31);
+        let centres = [
+            [2.0, 0.0, 1.0],
+            [-2.0, 0.5, 0.0],
+            [0.0, 3.0, -1.0],
+            [0.5, -2.5, 2.0],
+        ];
+        let train = Mat::from_fn(n, 3, |i, j| centres[i % 4][j] + 0.4 * z[(i, j)]);
+        let (m_train, c_train) = moments(train.as_ref());
+        let solver = SolverOptions::default();
+        let mut errs = vec![];
+        for mm in [true, false] {
+            let opts = FlowOptions {
+                core_model: CoreModelChoice::Flow,
+                flow_energy: 1.0,
+                steps: 150,
+                moment_matching: mm,
+                ..small_opts()
+            };
+            let model = CoreModel::fit(train.as_ref(), &opts, &mut |_, _, _| true).unwrap();
+            let gen = draw(&model, &solver, 9, 0, 10_000);
+            let (m_gen, c_gen) = moments(gen.as_ref());
+            let mean_err = (0..3)
+                .map(|j| (m_gen[j] - m_train[j]).abs() / c_train[(j, j)].sqrt())
+                .fold(0.0, f64::max);
+            let cov_err = (&c_gen - &c_train).norm_l2() / c_train.norm_l2();
+            eprintln!(
+                "moment matching {mm}: mean error {mean_err:.4} sd, covariance error {cov_err:.4}"
+            );
+            errs.push((mean_err, cov_err));
+        }
+        // Sampling error of 4000 + 10000 draws is about 0.02 sd in the mean
+        // and a few percent in the covariance.
+        assert!(errs[0].0 < 0.06 && errs[0].1 < 0.06, "{errs:?}");
+        // An under-trained flow without the correction is visibly off.
+        assert!(errs[1].1 > 2.0 * errs[0].1, "{errs:?}");
+    }
+
+    #[test]
+    fn auto_falls_back_to_the_gaussian_below_three_samples_per_flow_dimension() {
+        // Five i.i.d. coordinates: the flow block holds all k = 5.
+        for (n, want) in [(14, CoreModelKind::Gaussian), (15, CoreModelKind::Flow)] {
+            let train = normals(n, 5, 41);
+            let opts = FlowOptions {
+                steps: 5,
+                hidden: 8,
+                layers: 1,
+                moment_samples: 100,
+                ..small_opts()
+            };
+            let model = CoreModel::fit(train.as_ref(), &opts, &mut |_, _, _| true).unwrap();
+            assert_eq!(model.info().flow_block, 5);
+            assert_eq!(model.kind(), want, "N = {n}");
+            assert_eq!(
+                model.flow_dim(),
+                if want == CoreModelKind::Flow { 5 } else { 0 }
+            );
+        }
+        // With a hold-out, the rule counts the training cores: 18 - 3 = 15.
+        let train = normals(18, 5, 42);
+        let opts = FlowOptions {
+            steps: 5,
+            hidden: 8,
+            layers: 1,
+            moment_samples: 100,
+            holdout_fraction: 0.2,
+            ..small_opts()
+        };
+        let model = CoreModel::fit(train.as_ref(), &opts, &mut |_, _, _| true).unwrap();
+        let info = model.info();
+        assert_eq!((info.train_count, info.holdout_count), (15, 3));
+        assert_eq!(model.kind(), CoreModelKind::Flow);
+        assert!(info.heldout_loglik_flow.is_finite() && info.heldout_loglik_gaussian.is_finite());
+    }
+
+    fn assert_bitwise(a: MatRef<'_, f64>, b: MatRef<'_, f64>, what: &str) {
+        assert_eq!(a.shape(), b.shape());
+        for j in 0..a.ncols() {
+            for i in 0..a.nrows() {
+                assert_eq!(
+                    a[(i, j)].to_bits(),
+                    b[(i, j)].to_bits(),
+                    "{what}: ({i}, {j})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn samples_depend_only_on_seed_and_index() {
+        let train = ring8(400, 4);
+        let base = FlowOptions {
+            flow_energy: 0.99,
+            steps: 50,
+            hidden: 48,
+            moment_samples: 200,
+            ..small_opts()
+        };
+        let models = [
+            CoreModel::fit(train.as_ref(), &base, &mut |_, _, _| true).unwrap(),
+            CoreModel::fit(
+                train.as_ref(),
+                &FlowOptions {
+                    precision: Precision::F64,
+                    ..base
+                },
+                &mut |_, _, _| true,
+            )
+            .unwrap(),
+            CoreModel::fit(
+                train.as_ref(),
+                &FlowOptions {
+                    core_model: CoreModelChoice::Gaussian,
+                    ..base
+                },
+                &mut |_, _, _| true,
+            )
+            .unwrap(),
+        ];
+        for model in &models {
+            for solver in [
+                SolverOptions::default(),
+                SolverOptions {
+                    solver: Solver::Euler,
+                    steps: 7,
+                    ..Default::default()
+                },
+                SolverOptions {
+                    solver: Solver::Dopri5,
+                    ..Default::default()
+                },
+            ] {
+                let what = format!("{:?} {:?}", model.kind(), solver.solver);
+                let all = draw(model, &solver, 77, 0, 300);
+                let a = draw(model, &solver, 77, 0, 37);
+                let b = draw(model, &solver, 77, 37, 263);
+                assert_bitwise(a.as_ref(), all.as_ref().subrows(0, 37), &what);
+                assert_bitwise(b.as_ref(), all.as_ref().subrows(37, 263), &what);
+                for idx in [0u64, 5, 299] {
+                    let one = draw(model, &solver, 77, idx, 1);
+                    assert_bitwise(one.as_ref(), all.as_ref().subrows(idx as usize, 1), &what);
+                }
+                let other = draw(model, &solver, 78, 0, 1);
+                assert_ne!(other[(0, 0)], all[(0, 0)]);
+            }
+            // Exact round trip through the parts.
+            let back = CoreModel::from_parts(model.to_parts()).unwrap();
+            let s = SolverOptions::default();
+            assert_bitwise(
+                draw(&back, &s, 3, 10, 20).as_ref(),
+                draw(model, &s, 3, 10, 20).as_ref(),
+                "parts",
+            );
+            let x = draw(model, &s, 4, 0, 5);
+            assert_eq!(
+                log_probs(&back, &s, x.as_ref()),
+                log_probs(model, &s, x.as_ref())
+            );
+        }
+        // Fits are deterministic for a seed.
+        let again = CoreModel::fit(train.as_ref(), &base, &mut |_, _, _| true).unwrap();
+        let (p, q) = (again.to_parts(), models[0].to_parts());
+        let (fp, fq) = (p.flow.as_ref().unwrap(), q.flow.as_ref().unwrap());
+        assert!(
+            fp.params == fq.params,
+            "network parameters differ between fits"
+        );
+        assert_eq!(fp.mm_shift, fq.mm_shift);
+        assert_eq!(fp.mm_matrix, fq.mm_matrix);
+        // (Debug strings: the NaN diagnostics compare equal there.)
+        assert_eq!(
+            format!("{p:?}"),
+            format!("{q:?}"),
+            "parts differ between fits"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_argument() {
+        let train = normals(50, 3, 51);
+        let opts = FlowOptions {
+            steps: 3,
+            hidden: 8,
+            layers: 1,
+            moment_samples: 50,
+            ..small_opts()
+        };
+        let mut bad = train.clone();
+        bad[(3, 1)] = f64::NAN;
+        let e = CoreModel::fit(bad.as_ref(), &opts, &mut |_, _, _| true).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NonFinite);
+        assert!(e.message().starts_with("cores:"));
+        let e = CoreModel::fit(train.as_ref(), &opts, &mut |s, _, _| s < 2).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Cancelled);
+        let e = CoreModel::fit(Mat::<f64>::zeros(10, 3).as_ref(), &opts, &mut |_, _, _| {
+            true
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+
+        let model = CoreModel::fit(train.as_ref(), &opts, &mut |_, _, _| true).unwrap();
+        let s = SolverOptions::default();
+        let mut out = Mat::<f64>::zeros(4, 2);
+        let mut mem = MemBuffer::new(model.sample_scratch(4, &s));
+        let e = model
+            .sample(&s, 0, 0, out.as_mut(), MemStack::new(&mut mem))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Shape);
+        assert!(e.message().starts_with("out:"));
+        let mut out = Mat::<f64>::zeros(4, 3);
+        let mut small = MemBuffer::new(StackReq::new::<u8>(64));
+        let e = model
+            .sample(&s, 0, 0, out.as_mut(), MemStack::new(&mut small))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Workspace);
+        let bad_solver = SolverOptions { steps: 0, ..s };
+        let e = model
+            .sample(&bad_solver, 0, 0, out.as_mut(), MemStack::new(&mut mem))
+            .unwrap_err();
+        assert!(e.message().starts_with("solver.steps:"));
+        let mut lp = vec![0.0; 3];
+        let mut mem = MemBuffer::new(model.log_prob_scratch(4, &s));
+        let e = model
+            .log_prob(&s, out.as_ref(), &mut lp, MemStack::new(&mut mem))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Shape);
+        assert!(e.message().starts_with("out:"));
+        out[(1, 1)] = f64::INFINITY;
+        let mut lp = vec![0.0; 4];
+        let e = model
+            .log_prob(&s, out.as_ref(), &mut lp, MemStack::new(&mut mem))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NonFinite);
+    }
+
+    #[test]
+    fn corrupt_parts_are_format_errors() {
+        let train = normals(60, 3, 52);
+        let opts = FlowOptions {
+            steps: 3,
+            hidden: 8,
+            layers: 1,
+            moment_samples: 50,
+            ..small_opts()
+        };
+        let model = CoreModel::fit(train.as_ref(), &opts, &mut |_, _, _| true).unwrap();
+        let good = model.to_parts();
+        let mut cases: Vec<CoreModelParts> = vec![];
+        let mut p = good.clone();
+        p.flow.as_mut().unwrap().scale[0] = -1.0;
+        cases.push(p);
+        let mut p = good.clone();
+        p.flow.as_mut().unwrap().index[0] = 7;
+        cases.push(p);
+        let mut p = good.clone();
+        if let NetParams::F32(v) = &mut p.flow.as_mut().unwrap().params {
+            v.pop();
+        }
+        cases.push(p);
+        let mut p = good.clone();
+        p.flow
+            .as_mut()
+            .unwrap()
+            .mm_matrix
+            .iter_mut()
+            .for_each(|v| *v = 0.0);
+        cases.push(p);
+        let mut p = good.clone();
+        p.dim = 4;
+        cases.push(p);
+        for c in cases {
+            assert_eq!(
+                CoreModel::from_parts(c).unwrap_err().kind(),
+                ErrorKind::Format
+            );
+        }
+    }
+
+    macro_rules! invalid_option_tests {
+        ($($name:ident: $field:literal => $mutate:expr;)*) => {$(
+            #[test]
+            fn $name() {
+                let mut o = FlowOptions::default();
+                #[allow(clippy::redundant_closure_call)]
+                ($mutate)(&mut o);
+                let e = o.check().unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+                assert!(
+                    e.message().starts_with(concat!("opts.", $field, ":")),
+                    "{}",
+                    e.message()
+                );
+            }
+        )*};
+    }
+
+    invalid_option_tests! {
+        rejects_zero_hidden: "hidden" => |o: &mut FlowOptions| o.hidden = 0;
+        rejects_zero_layers: "layers" => |o: &mut FlowOptions| o.layers = 0;
+        rejects_zero_time_freqs: "time_freqs" => |o: &mut FlowOptions| o.time_freqs = 0;
+        rejects_zero_flow_energy: "flow_energy" => |o: &mut FlowOptions| o.flow_energy = 0.0;
+        rejects_flow_energy_above_one: "flow_energy" => |o: &mut FlowOptions| o.flow_energy = 1.5;
+        rejects_nan_flow_energy: "flow_energy" => |o: &mut FlowOptions| o.flow_energy = f64::NAN;
+        rejects_zero_steps: "steps" => |o: &mut FlowOptions| o.steps = 0;
+        rejects_zero_batch_size: "batch_size" => |o: &mut FlowOptions| o.batch_size = 0;
+        rejects_zero_learning_rate: "learning_rate" => |o: &mut FlowOptions| o.learning_rate = 0.0;
+        rejects_infinite_learning_rate: "learning_rate" => |o: &mut FlowOptions| o.learning_rate = f64::INFINITY;
+        rejects_negative_weight_decay: "weight_decay" => |o: &mut FlowOptions| o.weight_decay = -1.0;
+        rejects_ema_decay_of_one: "ema_decay" => |o: &mut FlowOptions| o.ema_decay = 1.0;
+        rejects_negative_clip_norm: "clip_norm" => |o: &mut FlowOptions| o.clip_norm = -0.5;
+        rejects_negative_holdout: "holdout_fraction" => |o: &mut FlowOptions| o.holdout_fraction = -0.1;
+        rejects_large_holdout: "holdout_fraction" => |o: &mut FlowOptions| o.holdout_fraction = 0.95;
+        rejects_tiny_moment_samples: "moment_samples" => |o: &mut FlowOptions| o.moment_samples = 1;
+        rejects_zero_solver_steps: "solver.steps" => |o: &mut FlowOptions| o.solver.steps = 0;
+        rejects_bad_solver_rtol: "solver.rtol" => |o: &mut FlowOptions| {
+            o.solver.solver = Solver::Dopri5;
+            o.solver.rtol = -1.0;
+        };
+    }
+
+    #[test]
+    fn zero_steps_are_fine_for_a_forced_gaussian() {
+        let o = FlowOptions {
+            steps: 0,
+            core_model: CoreModelChoice::Gaussian,
+            ..Default::default()
+        };
+        o.check().unwrap();
+    }
+}

@@ -1,0 +1,434 @@
+//! The floating-point types of the velocity network and its element-wise
+//! kernels.
+//!
+//! [`Real`] is implemented for `f32` (the default network precision) and
+//! `f64` (used by the gradient checks). Besides conversions it provides
+//! branch-free polynomial approximations of `exp` and of `sin`/`cos` of
+//! `2 pi u`, written so that loops over slices vectorise. The slice kernels
+//! below are compiled several times (AVX-512, AVX2+FMA, baseline) and one
+//! version is picked at run time; every version performs the same IEEE
+//! operations in the same order on each element, so results do not depend on
+//! how many elements a call processes.
+
+use faer::{MatMut, MatRef};
+
+/// A floating-point type the velocity network computes in (`f32` or `f64`).
+pub trait Real:
+    faer::traits::RealField
+    + Copy
+    + Default
+    + Send
+    + Sync
+    + 'static
+    + bytemuck::Pod
+    + core::fmt::Debug
+    + core::fmt::Display
+{
+    /// `"f32"` or `"f64"`.
+    const NAME: &'static str;
+    /// Converts from `f64` (rounding to nearest).
+    fn from_f64(x: f64) -> Self;
+    /// Converts to `f64` (exact).
+    fn to_f64(self) -> f64;
+    /// `exp(x)`, branch-free polynomial (about 1 ulp; saturates outside the
+    /// finite range instead of returning 0 or infinity).
+    fn exp_poly(self) -> Self;
+    /// `(sin 2 pi u, cos 2 pi u)` for `u` in `[0, 1)`, branch-free polynomial.
+    fn sincos_2pi(u: Self) -> (Self, Self);
+    /// Square root (correctly rounded).
+    fn sqrt(self) -> Self;
+    /// The additive identity.
+    const ZERO: Self;
+    /// The multiplicative identity.
+    const ONE: Self;
+}
+
+impl Real for f32 {
+    const NAME: &'static str = "f32";
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+    #[inline(always)]
+    fn exp_poly(self) -> Self {
+        // Cephes expf: exp(x) = 2^n exp(r), |r| <= ln2 / 2.
+        let x = self.clamp(-87.3, 88.3);
+        let fx = (x * core::f32::consts::LOG2_E).round_ties_even();
+        let r = x - fx * 0.693_359_4 - fx * -2.121_944_4e-4;
+        let z = r * r;
+        let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+            * r
+            + 1.666_666_5e-1)
+            * r
+            + 5.000_000_1e-1;
+        let y = p * z + r + 1.0;
+        // 2^fx without a float-to-int conversion (which does not vectorise
+        // with Rust's saturating `as`): fx + 127 sits in the low mantissa
+        // bits of fx + 2^23 + 127.
+        y * f32::from_bits((fx + 8_388_735.0).to_bits() << 23)
+    }
+    #[inline(always)]
+    fn sincos_2pi(u: Self) -> (Self, Self) {
+        // Reduce to the nearest quarter turn, then Cephes sinf/cosf on
+        // [-pi/4, pi/4].
+        let q = (u * 4.0).round_ties_even();
+        let x = (u - q * 0.25) * core::f32::consts::TAU;
+        let z = x * x;
+        let s = x + x * z * ((-1.951_529_6e-4 * z + 8.332_161e-3) * z - 1.666_665_5e-1);
+        let c =
+            1.0 - 0.5 * z + z * z * ((2.443_315_7e-5 * z - 1.388_731_6e-3) * z + 4.166_664_6e-2);
+        quadrant((q + 8_388_608.0).to_bits(), s, c)
+    }
+}
+
+impl Real for f64 {
+    const NAME: &'static str = "f64";
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    #[inline(always)]
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+    #[inline(always)]
+    fn exp_poly(self) -> Self {
+        // Cephes exp: Pade form of exp(r), |r| <= ln2 / 2.
+        let x = self.clamp(-708.0, 709.0);
+        let fx = (x * core::f64::consts::LOG2_E).round_ties_even();
+        let r = x - fx * 6.931_457_519_531_25e-1 - fx * 1.428_606_820_309_417_232_1e-6;
+        let rr = r * r;
+        let px = r
+            * ((1.261_771_930_748_105_908_8e-4 * rr + 3.029_944_077_074_419_613e-2) * rr
+                + 9.999_999_999_999_999_999_1e-1);
+        let qx = ((3.001_985_051_386_644_550_4e-6 * rr + 2.524_483_403_496_841_041_9e-3) * rr
+            + 2.272_655_482_081_550_287_7e-1)
+            * rr
+            + 2.0;
+        let y = 1.0 + 2.0 * px / (qx - px);
+        y * f64::from_bits((fx + 4_503_599_627_371_519.0).to_bits() << 52)
+    }
+    #[inline(always)]
+    fn sincos_2pi(u: Self) -> (Self, Self) {
+        let q = (u * 4.0).round_ties_even();
+        let x = (u - q * 0.25) * core::f64::consts::TAU;
+        let z = x * x;
+        let sp = ((((1.589_623_015_765_465_680_6e-10 * z - 2.505_074_776_285_780_728_7e-8) * z
+            + 2.755_731_362_138_572_452_1e-6)
+            * z
+            - 1.984_126_982_958_953_859_96e-4)
+            * z
+            + 8.333_333_333_322_118_588_8e-3)
+            * z
+            - 1.666_666_666_666_663_072_95e-1;
+        let cp = ((((-1.135_853_652_138_768_173e-11 * z + 2.087_570_084_197_473_167_8e-9) * z
+            - 2.755_731_417_929_673_881_1e-7)
+            * z
+            + 2.480_158_728_885_170_453_5e-5)
+            * z
+            - 1.388_888_888_887_305_641_16e-3)
+            * z
+            + 4.166_666_666_666_659_292_18e-2;
+        let s = x + x * z * sp;
+        let c = 1.0 - 0.5 * z + z * z * cp;
+        quadrant((q + 4_503_599_627_370_496.0).to_bits() as u32, s, c)
+    }
+}
+
+/// `(sin, cos)` of `x + q pi / 2` from `(sin x, cos x)`, branch-free (only
+/// the two low bits of `q` matter).
+#[inline(always)]
+fn quadrant<T: Copy + core::ops::Neg<Output = T>>(q: u32, s: T, c: T) -> (T, T) {
+    let q = q & 3;
+    let (sv, cv) = if q & 1 != 0 { (c, s) } else { (s, c) };
+    let sv = if q & 2 != 0 { -sv } else { sv };
+    let cv = if q == 1 || q == 2 { -cv } else { cv };
+    (sv, cv)
+}
+
+/// Defines a public slice kernel compiled for AVX-512, AVX2+FMA and the
+/// baseline target, dispatched at run time.
+macro_rules! multiversion {
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident<$($T:ident: $bound:path),+>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
+    ) => {
+        $(#[$meta])*
+        $vis fn $name<$($T: $bound),+>($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body<$($T: $bound),+>($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+                unsafe fn v4<$($T: $bound),+>($($arg: $ty),*) $(-> $ret)? {
+                    body::<$($T),+>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3<$($T: $bound),+>($($arg: $ty),*) $(-> $ret)? {
+                    body::<$($T),+>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                {
+                    // SAFETY: the required features were detected just above.
+                    return unsafe { v4::<$($T),+>($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the required features were detected just above.
+                    return unsafe { v3::<$($T),+>($($arg),*) };
+                }
+            }
+            body::<$($T),+>($($arg),*)
+        }
+    };
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
+    ) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                {
+                    // SAFETY: the required features were detected just above.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the required features were detected just above.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// The contiguous column `j` of a matrix with unit row stride.
+#[inline(always)]
+pub(crate) fn col_mut<'a, T>(m: &'a mut MatMut<'_, T>, j: usize) -> &'a mut [T] {
+    m.rb_mut()
+        .col_mut(j)
+        .try_as_col_major_mut()
+        .expect("internal matrices have unit row stride")
+        .as_slice_mut()
+}
+
+/// The contiguous column `j` of a matrix with unit row stride.
+#[inline(always)]
+pub(crate) fn col_ref<'a, T>(m: &MatRef<'a, T>, j: usize) -> &'a [T] {
+    m.col(j)
+        .try_as_col_major()
+        .expect("internal matrices have unit row stride")
+        .as_slice()
+}
+
+use faer::prelude::ReborrowMut;
+
+multiversion! {
+    /// `z <- silu(z + bias_j)` column by column (inference).
+    pub(crate) fn bias_silu<T: Real>(z: MatMut<'_, T>, bias: &[T]) {
+        let mut z = z;
+        for j in 0..z.ncols() {
+            let b = bias[j];
+            for v in col_mut(&mut z, j).iter_mut() {
+                let x = *v + b;
+                let s = T::ONE / (T::ONE + (-x).exp_poly());
+                *v = x * s;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `z <- silu(z + bias_j)` and `d <- silu'(z + bias_j)` (training).
+    /// `silu'(x) = s (1 + x (1 - s))` with `s = sigmoid(x)`.
+    pub(crate) fn bias_silu_deriv<T: Real>(z: MatMut<'_, T>, d: MatMut<'_, T>, bias: &[T]) {
+        let (mut z, mut d) = (z, d);
+        for j in 0..z.ncols() {
+            let b = bias[j];
+            let zc = col_mut(&mut z, j);
+            let dc = col_mut(&mut d, j);
+            for (v, dv) in zc.iter_mut().zip(dc.iter_mut()) {
+                let x = *v + b;
+                let s = T::ONE / (T::ONE + (-x).exp_poly());
+                *v = x * s;
+                *dv = s * (T::ONE + x * (T::ONE - s));
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `g <- g * d` element-wise and `bias_grad_j <- sum_i g_ij`.
+    pub(crate) fn mul_colsum<T: Real>(g: MatMut<'_, T>, d: MatRef<'_, T>, bias_grad: &mut [T]) {
+        let mut g = g;
+        for j in 0..g.ncols() {
+            let gc = col_mut(&mut g, j);
+            let dc = col_ref(&d, j);
+            for (gv, dv) in gc.iter_mut().zip(dc.iter()) {
+                *gv = *gv * *dv;
+            }
+            bias_grad[j] = lane_sum(gc);
+        }
+    }
+}
+
+multiversion! {
+    /// `bias_grad_j <- sum_i g_ij`.
+    pub(crate) fn colsum<T: Real>(g: MatRef<'_, T>, bias_grad: &mut [T]) {
+        for j in 0..g.ncols() {
+            bias_grad[j] = lane_sum(col_ref(&g, j));
+        }
+    }
+}
+
+multiversion! {
+    /// `z_ij <- z_ij + bias_j`.
+    pub(crate) fn add_bias<T: Real>(z: MatMut<'_, T>, bias: &[T]) {
+        let mut z = z;
+        for j in 0..z.ncols() {
+            let b = bias[j];
+            for v in col_mut(&mut z, j).iter_mut() {
+                *v = *v + b;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `dst <- src` converted element-wise.
+    pub(crate) fn convert<A: Real, B: Real>(src: MatRef<'_, A>, dst: MatMut<'_, B>) {
+        let mut dst = dst;
+        for j in 0..src.ncols() {
+            for (d, s) in col_mut(&mut dst, j).iter_mut().zip(col_ref(&src, j)) {
+                *d = B::from_f64(s.to_f64());
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `dst <- x + a k` (formed in the type of `x`), converted.
+    pub(crate) fn axpy_convert<A: Real, B: Real>(x: MatRef<'_, A>, a: A, k: MatRef<'_, A>, dst: MatMut<'_, B>) {
+        let mut dst = dst;
+        for j in 0..x.ncols() {
+            let (xc, kc) = (col_ref(&x, j), col_ref(&k, j));
+            for ((d, xv), kv) in col_mut(&mut dst, j).iter_mut().zip(xc).zip(kc) {
+                *d = B::from_f64((*xv + a * *kv).to_f64());
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `dst_ij <- src_ij + bias_j`, converted.
+    pub(crate) fn add_bias_convert<A: Real, B: Real>(src: MatRef<'_, A>, bias: &[A], dst: MatMut<'_, B>) {
+        let mut dst = dst;
+        for j in 0..src.ncols() {
+            let b = bias[j];
+            for (d, s) in col_mut(&mut dst, j).iter_mut().zip(col_ref(&src, j)) {
+                *d = B::from_f64((*s + b).to_f64());
+            }
+        }
+    }
+}
+
+/// Sum of a slice with 16 independent partial sums (vectorises; the order is
+/// fixed by the slice length only).
+#[inline(always)]
+pub(crate) fn lane_sum<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::ZERO; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            acc[i] = acc[i] + c[i];
+        }
+    }
+    for (i, v) in chunks.remainder().iter().enumerate() {
+        acc[i] = acc[i] + *v;
+    }
+    let mut s = T::ZERO;
+    for a in acc {
+        s = s + a;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_poly_is_accurate() {
+        let mut max32 = 0.0f64;
+        let mut max64 = 0.0f64;
+        let mut x = -80.0;
+        while x < 80.0 {
+            let e = libm::exp(x);
+            max32 =
+                max32.max(((x as f32).exp_poly() as f64 - libm::exp((x as f32) as f64)).abs() / e);
+            max64 = max64.max((x.exp_poly() - e).abs() / e);
+            x += 0.0137;
+        }
+        assert!(max32 < 3e-7, "f32 exp rel err {max32}");
+        assert!(max64 < 5e-16, "f64 exp rel err {max64}");
+        // Saturation instead of inf/0, NaN-free for huge arguments.
+        assert!(1e4f32.exp_poly().is_finite() && (-1e4f32).exp_poly() > 0.0);
+    }
+
+    #[test]
+    fn sincos_2pi_is_accurate() {
+        let mut max32 = 0.0f64;
+        let mut max64 = 0.0f64;
+        for i in 0..10_000 {
+            let u = i as f64 / 10_000.0;
+            let (s, c) = f64::sincos_2pi(u);
+            let a = core::f64::consts::TAU * u;
+            max64 = max64
+                .max((s - libm::sin(a)).abs())
+                .max((c - libm::cos(a)).abs());
+            let (s, c) = f32::sincos_2pi(u as f32);
+            let a = core::f64::consts::TAU * (u as f32) as f64;
+            max32 = max32
+                .max((s as f64 - libm::sin(a)).abs())
+                .max((c as f64 - libm::cos(a)).abs());
+        }
+        assert!(max32 < 3e-7, "f32 sincos err {max32}");
+        assert!(max64 < 1e-15, "f64 sincos err {max64}");
+    }
+}
