@@ -79,7 +79,9 @@ impl StageBars {
             };
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix:>10} [{bar:32}] {pos:>6}/{len:<6} {msg} ({elapsed})",
+                    // A wide bar takes the width the text leaves, so the
+                    // line never wraps in a narrow terminal.
+                    "{prefix:>10} [{wide_bar}] {pos}/{len} {msg} {elapsed}",
                 )
                 .expect("valid template")
                 .progress_chars("=> "),
@@ -95,7 +97,7 @@ impl StageBars {
         } else {
             "objective"
         };
-        bar.set_message(format!("{what} {:.6e}", p.loss));
+        bar.set_message(format!("{what} {:.4e}", p.loss));
         true
     }
 
@@ -105,6 +107,11 @@ impl StageBars {
         if let Some((_, bar)) = self.current.take() {
             bar.set_length(bar.position());
             bar.finish();
+            // The finished bar stays on screen with the cursor at its end:
+            // end the line so the next bar or message starts on its own.
+            if !bar.is_hidden() {
+                eprintln!();
+            }
         }
     }
 }

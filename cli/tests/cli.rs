@@ -478,17 +478,7 @@ fn bad_input_gives_exit_code_2_and_one_line() {
 fn demo_quick_writes_pictures() {
     let dir = temp_dir("demo");
     let t = std::time::Instant::now();
-    let r = coreflow(&[
-        "demo",
-        "--quick",
-        "--count",
-        "60",
-        "--size",
-        "24",
-        "--quiet",
-        "--out",
-        s(&dir),
-    ]);
+    let r = coreflow(&["demo", "--quick", "--quiet", "--out", s(&dir)]);
     let out = r.ok();
     assert!(
         t.elapsed().as_secs() < 30,
@@ -499,19 +489,241 @@ fn demo_quick_writes_pictures() {
         "training set (floor)",
         "projected test (rank floor)",
         "Gaussian on cores",
+        "CoreFlow",
     ] {
         assert!(out.contains(name), "table row {name}:\n{out}");
     }
+    assert!(out.contains("core model: flow"), "{out}");
     // Heat maps: 4 x 4 grids of 96-pixel cells, training left, generated right.
-    let img = read_png(&dir.join("samples_gaussian.png"));
-    assert_eq!((img.0, img.1), (948, 458));
-    let (panel, y0) = (396, 46);
-    let (left, right) = (16, 16 + panel + 28);
-    assert!(region_variance(&img, left, y0, panel, panel) > 50.0);
-    assert!(region_variance(&img, right, y0, panel, panel) > 50.0);
+    for picture in ["samples_gaussian.png", "samples_coreflow.png"] {
+        let img = read_png(&dir.join(picture));
+        assert_eq!((img.0, img.1), (948, 458), "{picture}");
+        let (panel, y0) = (396, 46);
+        let (left, right) = (16, 16 + panel + 28);
+        assert!(
+            region_variance(&img, left, y0, panel, panel) > 50.0,
+            "{picture}"
+        );
+        assert!(
+            region_variance(&img, right, y0, panel, panel) > 50.0,
+            "{picture}"
+        );
+    }
     let spec = read_png(&dir.join("spectrum.png"));
     assert_eq!((spec.0, spec.1), (760, 480));
     assert!(region_variance(&spec, 80, 40, 660, 390) > 10.0);
     assert!(dir.join("model.cfm").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Fits a small model with a trained flow; returns (data, data file, model file).
+fn flow_model(dir: &std::path::Path) -> (Vec<f64>, std::path::PathBuf, std::path::PathBuf) {
+    let (n, m, k) = (80, 16, 12);
+    let data = waves(n, m, k, 6);
+    let x = dir.join("train.npy");
+    write_f64(&x, &data, [n, m, k], false);
+    let model = dir.join("flow.cfm");
+    let fit = coreflow(&[
+        "fit",
+        "--data",
+        s(&x),
+        "--rank",
+        "6x6",
+        "--flow-steps",
+        "300",
+        "--hidden",
+        "32",
+        "--core-model",
+        "flow",
+        "-q",
+        "--out",
+        s(&model),
+    ]);
+    assert!(fit.ok().contains("core model: flow"), "{}", fit.stdout);
+    (data, x, model)
+}
+
+#[test]
+fn sample_and_score() {
+    let dir = temp_dir("sample");
+    let (data, x, model) = flow_model(&dir);
+    let (m, k) = (16, 12);
+    let info = coreflow(&["info", s(&model), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(info.ok().trim()).unwrap();
+    assert_eq!(v["core_model"], "flow");
+    assert_eq!(v["has_flow"], true);
+    assert_eq!(v["flow_hidden"], 32);
+
+    let sample = |name: &str, extra: &[&str]| {
+        let p = dir.join(name);
+        let mut args = vec!["sample", "--model", s(&model), "--out", s(&p)];
+        args.extend_from_slice(extra);
+        coreflow(&args).ok();
+        read_f64(&p)
+    };
+    let (shape, a) = sample("a.npy", &["-n", "10", "--seed", "7", "--threads", "1"]);
+    assert_eq!(shape, vec![10, m, k]);
+    assert!(a.iter().all(|v| v.is_finite()));
+    assert!(a.iter().any(|v| v.abs() > 1e-3), "samples are not all zero");
+    // Sample j depends only on (seed, j): thread count, run length and the
+    // first index do not change it.
+    let (_, b) = sample("b.npy", &["-n", "10", "--seed", "7", "--threads", "2"]);
+    assert_eq!(a, b);
+    let (_, head) = sample("c.npy", &["-n", "4", "--seed", "7"]);
+    assert_eq!(&a[..4 * m * k], &head[..]);
+    let (_, tail) = sample("d.npy", &["-n", "6", "--seed", "7", "--first-index", "4"]);
+    assert_eq!(&a[4 * m * k..], &tail[..]);
+    let (_, other) = sample("e.npy", &["-n", "10", "--seed", "8"]);
+    assert_ne!(a, other);
+    let (_, euler) = sample("f.npy", &["-n", "3", "--solver", "euler", "--steps", "4"]);
+    assert!(euler.iter().all(|v| v.is_finite()));
+    let (_, dopri) = sample("g.npy", &["-n", "3", "--solver", "dopri5"]);
+    assert!(dopri.iter().all(|v| v.is_finite()));
+
+    // Scores of the training data, in C and Fortran order.
+    let score = |input: &std::path::Path, name: &str| {
+        let p = dir.join(name);
+        coreflow(&[
+            "score",
+            "--model",
+            s(&model),
+            "--data",
+            s(input),
+            "--out",
+            s(&p),
+        ])
+        .ok();
+        read_f64(&p)
+    };
+    let (shape, sc) = score(&x, "scores.npy");
+    assert_eq!(shape, vec![80, 2]);
+    let xf = dir.join("train_f.npy");
+    write_f64(&xf, &data, [80, m, k], true);
+    let (_, sf) = score(&xf, "scores_f.npy");
+    for (p, q) in sc.iter().zip(&sf) {
+        assert!((p - q).abs() <= 1e-9 * p.abs().max(1.0), "{p} vs {q}");
+    }
+    let lp: Vec<f64> = sc.iter().step_by(2).copied().collect();
+    let res: Vec<f64> = sc.iter().skip(1).step_by(2).copied().collect();
+    assert!(lp.iter().all(|v| v.is_finite()));
+    assert!(
+        res.iter().all(|r| (0.0..0.2).contains(r)),
+        "training data lie near the geometry"
+    );
+    // Matrices of another kind score lower and lie far from the geometry.
+    let noise: Vec<f64> = (0..5 * m * k)
+        .map(|i| ((i * 7919) % 13) as f64 - 6.0)
+        .collect();
+    let np = dir.join("noise.npy");
+    write_f64(&np, &noise, [5, m, k], false);
+    let (_, sn) = score(&np, "scores_n.npy");
+    let mean_lp = lp.iter().sum::<f64>() / lp.len() as f64;
+    for row in sn.chunks_exact(2) {
+        assert!(
+            row[0] < mean_lp,
+            "noise log-likelihood {} vs training {mean_lp}",
+            row[0]
+        );
+        assert!(row[1] > 0.5, "noise residual {}", row[1]);
+    }
+
+    // A geometry-only model cannot sample or score.
+    let geo = dir.join("geo.cfm");
+    coreflow(&[
+        "fit",
+        "--data",
+        s(&x),
+        "--rank",
+        "6x6",
+        "--flow-steps",
+        "0",
+        "-q",
+        "--out",
+        s(&geo),
+    ])
+    .ok();
+    let out = dir.join("z.npy");
+    coreflow(&["sample", "--model", s(&geo), "-n", "3", "--out", s(&out)])
+        .bad_input(&["geo.cfm", "--flow-steps"]);
+    coreflow(&[
+        "score",
+        "--model",
+        s(&geo),
+        "--data",
+        s(&x),
+        "--out",
+        s(&out),
+    ])
+    .bad_input(&["geo.cfm", "--flow-steps"]);
+    coreflow(&["sample", "--model", s(&model), "-n", "0", "--out", s(&out)]).bad_input(&["-n"]);
+    coreflow(&[
+        "sample",
+        "--model",
+        s(&model),
+        "-n",
+        "2",
+        "--steps",
+        "0",
+        "--out",
+        s(&out),
+    ])
+    .bad_input(&["--steps"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_cancels_the_fit() {
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("cancel");
+    let data = waves(80, 16, 12, 7);
+    let x = dir.join("x.npy");
+    write_f64(&x, &data, [80, 16, 12], false);
+    let model = dir.join("m.cfm");
+    // A flow training far longer than the test: only Ctrl-C ends it.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coreflow"))
+        .args([
+            "fit",
+            "--data",
+            s(&x),
+            "--rank",
+            "6x6",
+            "--core-model",
+            "flow",
+            "--flow-steps",
+            "100000000",
+            "--out",
+            s(&model),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the fit did not stop within 20 s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(130), "stderr: {stderr}");
+    assert_eq!(
+        stderr.lines().last().map(str::trim),
+        Some("cancelled"),
+        "{stderr}"
+    );
+    assert!(!model.exists(), "a cancelled fit writes no model");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,6 +12,8 @@
 use crate::baseline::GaussianCores;
 use crate::commands::eval::metric_rows;
 use crate::commands::fit::fit_with_bars;
+use crate::commands::info::core_model_summary;
+use crate::commands::sample;
 use crate::error::{CliError, Context};
 use crate::input::with_workspace;
 use crate::plot::{self, Mat, Series};
@@ -19,6 +21,7 @@ use crate::progress::check_cancelled;
 use crate::ThreadArgs;
 use clap::{Args, ValueEnum};
 use coreflow::datasets::{Dataset, DatasetSpec};
+use coreflow::flow::{CoreModelKind, SolverOptions};
 use coreflow::metrics::{self, EvalOptions, Metrics};
 use coreflow::{FitOptions, MatrixBatch, MatrixBatchMut, Model};
 use std::path::{Path, PathBuf};
@@ -58,7 +61,10 @@ pub struct DemoArgs {
     /// Rows and columns of each matrix.
     #[arg(long, value_name = "M")]
     pub size: Option<usize>,
-    /// Small sizes for a run of a few seconds (a smoke test).
+    /// Optimiser steps of the flow [default: the library's 4000; 1000 with --quick].
+    #[arg(long, value_name = "N")]
+    pub flow_steps: Option<usize>,
+    /// Small sizes and a short flow training, for a run of a few seconds.
     #[arg(long)]
     pub quick: bool,
     /// Seed of the data set, the fit and the samples.
@@ -71,16 +77,21 @@ pub struct DemoArgs {
     pub quiet: bool,
 }
 
+/// Flow steps of a quick run: enough to see the flow move away from its
+/// Gaussian start, short enough for a smoke test.
+const QUICK_FLOW_STEPS: usize = 1000;
+
 /// Sizes of a demo run.
 struct Plan {
     count: usize,
     test: usize,
     size: usize,
+    flow_steps: usize,
 }
 
 impl DemoArgs {
     fn plan(&self) -> Result<Plan, CliError> {
-        let (count, size) = if self.quick { (120, 32) } else { (500, 128) };
+        let (count, size) = if self.quick { (200, 32) } else { (500, 128) };
         let count = self.count.unwrap_or(count);
         let size = self.size.unwrap_or(size);
         if count < 4 {
@@ -93,10 +104,21 @@ impl DemoArgs {
                 "--size: the demo needs matrices of at least 4 x 4",
             ));
         }
+        let flow_steps = self.flow_steps.unwrap_or(if self.quick {
+            QUICK_FLOW_STEPS
+        } else {
+            coreflow::flow::FlowOptions::default().steps
+        });
+        if flow_steps == 0 {
+            return Err(CliError::input(
+                "--flow-steps: the demo compares the flow's samples, so it needs at least 1 step",
+            ));
+        }
         Ok(Plan {
             count,
             test: count,
             size,
+            flow_steps,
         })
     }
 }
@@ -233,11 +255,17 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
     );
 
     let t = Instant::now();
-    let opts = FitOptions {
+    let mut opts = FitOptions {
         seed: a.seed,
         threads,
         ..FitOptions::default()
     };
+    opts.flow.steps = plan.flow_steps;
+    if a.quick {
+        // A smaller network is enough for the quick run's small cores.
+        opts.flow.hidden = 64;
+        opts.flow.moment_samples = 1000;
+    }
     let model = fit_with_bars(&c_batch(train, n), &opts, a.quiet)?;
     let info = model.info();
     println!(
@@ -247,6 +275,10 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
         info.explained_energy,
         t.elapsed().as_secs_f64()
     );
+    let kind = info
+        .core_model
+        .ok_or_else(|| CliError::internal("the demo's fit has no core model"))?;
+    println!("core model: {}", core_model_summary(info, kind));
     check_cancelled()?;
     let model_path = a.out.join("model.cfm");
     model
@@ -260,6 +292,14 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
     let gauss = GaussianCores::fit(&train_cores, d);
     let gauss_samples = decode(&model, &gauss.sample(plan.test, a.seed))?;
     let projected = decode(&model, &encode(&model, &c_batch(test, n))?)?;
+    let coreflow_samples = sample::draw(
+        &model,
+        &SolverOptions::default(),
+        a.seed,
+        0,
+        plan.test,
+        threads,
+    )?;
     let sets = [
         Generated {
             name: "training set (floor)",
@@ -272,6 +312,13 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
         Generated {
             name: "Gaussian on cores",
             data: gauss_samples,
+        },
+        Generated {
+            name: match kind {
+                CoreModelKind::Flow => "CoreFlow",
+                CoreModelKind::Gaussian => "CoreFlow (Gaussian fallback)",
+            },
+            data: coreflow_samples,
         },
     ];
     println!("sampling: {:.1} s", t.elapsed().as_secs_f64());

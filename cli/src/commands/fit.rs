@@ -5,6 +5,8 @@ use crate::input::{read_input, Missing};
 use crate::progress::{install_ctrlc, StageBars};
 use crate::{parse_rank, Method, ThreadArgs};
 use clap::Args;
+use clap::ValueEnum;
+use coreflow::flow::{CoreModelChoice, Coupling, FlowOptions};
 use coreflow::{FitOptions, Model};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -35,9 +37,8 @@ pub struct FitArgs {
     /// Iteration limit of the subspace refinement (and of the completion rounds).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_iter: usize,
-    /// Optimiser steps of the flow on the cores (0 = fit the geometry only).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub flow_steps: usize,
+    #[command(flatten)]
+    pub flow: FlowArgs,
     /// Seed of every random choice of the fit.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -49,6 +50,116 @@ pub struct FitArgs {
     /// Where to write the model file.
     #[arg(long, value_name = "model.cfm")]
     pub out: PathBuf,
+}
+
+/// Which model the cores get.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CoreModelArg {
+    /// The flow, or a full Gaussian when the training set is too small for it.
+    Auto,
+    /// Always the flow (plus a Gaussian on the low-variance coordinates).
+    Flow,
+    /// Always a full-covariance Gaussian on the cores.
+    Gaussian,
+}
+
+/// Pairing of noise and data in flow-matching batches.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CouplingArg {
+    /// Independent pairs.
+    Independent,
+    /// Exact optimal-transport assignment within each batch.
+    MinibatchOt,
+}
+
+/// Options of the core model and its flow; defaults are the library's.
+#[derive(Args, Debug, Clone)]
+pub struct FlowArgs {
+    /// Optimiser steps of the flow (0 = geometry only, no sampling or scoring).
+    #[arg(long, value_name = "N", default_value_t = FlowOptions::default().steps)]
+    pub flow_steps: usize,
+    /// Model of the cores.
+    #[arg(long, value_enum, default_value_t = CoreModelArg::Auto)]
+    pub core_model: CoreModelArg,
+    /// Width of the hidden layers of the velocity network.
+    #[arg(long, value_name = "H", default_value_t = FlowOptions::default().hidden)]
+    pub hidden: usize,
+    /// Hidden layers of the velocity network.
+    #[arg(long, value_name = "L", default_value_t = FlowOptions::default().layers)]
+    pub layers: usize,
+    /// Peak learning rate (warm-up, then cosine decay).
+    #[arg(long, value_name = "RATE", default_value_t = FlowOptions::default().learning_rate)]
+    pub lr: f64,
+    /// Batch size of the flow training.
+    #[arg(long, value_name = "B", default_value_t = FlowOptions::default().batch_size)]
+    pub batch: usize,
+    /// Fraction of the core variance modelled by the flow (the rest is Gaussian).
+    #[arg(long, value_name = "FRACTION", default_value_t = FlowOptions::default().flow_energy)]
+    pub flow_energy: f64,
+    /// Largest flow block (0 = no cap).
+    #[arg(long, value_name = "K", default_value_t = FlowOptions::default().flow_max_dim)]
+    pub flow_max_dim: usize,
+    /// Pairing of noise and data in each batch.
+    #[arg(long, value_enum, default_value_t = CouplingArg::Independent)]
+    pub coupling: CouplingArg,
+    /// Fraction of the cores held out for the likelihood diagnostics.
+    #[arg(long, value_name = "FRACTION", default_value_t = FlowOptions::default().holdout_fraction)]
+    pub holdout: f64,
+}
+
+impl FlowArgs {
+    /// The library's flow options for these arguments (the library checks
+    /// the values; its messages name the field, which matches the flag).
+    pub fn options(&self) -> Result<FlowOptions, CliError> {
+        let positive = [
+            (self.hidden, "--hidden"),
+            (self.layers, "--layers"),
+            (self.batch, "--batch"),
+        ];
+        for (v, flag) in positive {
+            if v == 0 {
+                return Err(CliError::input(format!("{flag}: must be at least 1")));
+            }
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(CliError::input(format!(
+                "--lr {}: must be positive",
+                self.lr
+            )));
+        }
+        if !(self.flow_energy > 0.0 && self.flow_energy <= 1.0) {
+            return Err(CliError::input(format!(
+                "--flow-energy {}: must be in (0, 1]",
+                self.flow_energy
+            )));
+        }
+        if !(0.0..=0.9).contains(&self.holdout) {
+            return Err(CliError::input(format!(
+                "--holdout {}: must be in [0, 0.9]",
+                self.holdout
+            )));
+        }
+        Ok(FlowOptions {
+            steps: self.flow_steps,
+            core_model: match self.core_model {
+                CoreModelArg::Auto => CoreModelChoice::Auto,
+                CoreModelArg::Flow => CoreModelChoice::Flow,
+                CoreModelArg::Gaussian => CoreModelChoice::Gaussian,
+            },
+            hidden: self.hidden,
+            layers: self.layers,
+            learning_rate: self.lr,
+            batch_size: self.batch,
+            flow_energy: self.flow_energy,
+            flow_max_dim: self.flow_max_dim,
+            coupling: match self.coupling {
+                CouplingArg::Independent => Coupling::Independent,
+                CouplingArg::MinibatchOt => Coupling::MinibatchOt,
+            },
+            holdout_fraction: self.holdout,
+            ..FlowOptions::default()
+        })
+    }
 }
 
 impl FitArgs {
@@ -73,7 +184,7 @@ impl FitArgs {
             subspace_max_iter: self.max_iter,
             completion_max_iter: self.max_iter,
             nan_is_missing: self.nan_missing,
-            flow_steps: self.flow_steps,
+            flow: self.flow.options()?,
             seed: self.seed,
             threads: self.threads.threads,
             ..FitOptions::default()
@@ -149,6 +260,12 @@ pub fn run(a: FitArgs) -> Result<(), CliError> {
             )
         }
     );
+    if let Some(kind) = i.core_model {
+        println!(
+            "core model: {}",
+            crate::commands::info::core_model_summary(i, kind)
+        );
+    }
     println!("model written to {}", a.out.display());
     Ok(())
 }

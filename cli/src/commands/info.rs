@@ -3,6 +3,8 @@
 use crate::error::CliError;
 use crate::input::load_model;
 use clap::Args;
+use coreflow::flow::CoreModelKind;
+use coreflow::ModelInfo;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -44,10 +46,61 @@ fn fields(m: &coreflow::Model) -> Vec<(&'static str, Value)> {
         ("completion_iterations", i.completion_iterations.into()),
         ("completion_converged", i.completion_converged.into()),
         ("completion_objective", num(i.completion_objective)),
+        (
+            "core_model",
+            match i.core_model {
+                Some(CoreModelKind::Flow) => "flow".into(),
+                Some(CoreModelKind::Gaussian) => "gaussian".into(),
+                None => Value::Null,
+            },
+        ),
         ("has_flow", i.has_flow.into()),
         ("flow_dim", i.flow_dim.into()),
+        ("flow_block", i.flow_block.into()),
+        ("flow_hidden", i.flow_hidden.into()),
+        ("flow_layers", i.flow_layers.into()),
         ("final_loss", num(i.final_loss)),
+        ("heldout_loglik_flow", num(i.heldout_loglik_flow)),
+        ("heldout_loglik_gaussian", num(i.heldout_loglik_gaussian)),
     ]
+}
+
+/// One line about the fitted core model, for `fit` and `demo`.
+pub fn core_model_summary(i: &ModelInfo, kind: CoreModelKind) -> String {
+    let mut s = match kind {
+        CoreModelKind::Flow => format!(
+            "flow on {} of {} core coordinates (hidden {} x {} layers), final loss {:.4}",
+            i.flow_dim, i.core_dim, i.flow_hidden, i.flow_layers, i.final_loss
+        ),
+        CoreModelKind::Gaussian => format!(
+            "full-covariance Gaussian on all {} core coordinates{}",
+            i.core_dim,
+            if i.flow_block > 0 {
+                format!(
+                    " (a flow on {} coordinates needs at least {} training matrices)",
+                    i.flow_block,
+                    3 * i.flow_block
+                )
+            } else {
+                String::new()
+            }
+        ),
+    };
+    if i.heldout_loglik_flow.is_finite() || i.heldout_loglik_gaussian.is_finite() {
+        let f = |x: f64| {
+            if x.is_finite() {
+                format!("{x:.3}")
+            } else {
+                "-".into()
+            }
+        };
+        s += &format!(
+            "; held-out log-likelihood: flow {}, Gaussian {}",
+            f(i.heldout_loglik_flow),
+            f(i.heldout_loglik_gaussian)
+        );
+    }
+    s
 }
 
 pub fn run(a: InfoArgs) -> Result<(), CliError> {
