@@ -93,7 +93,7 @@ fn main() {
                 rank_rows: r,
                 rank_cols: s,
                 threads,
-                ..Default::default()
+                ..FitOptions::default().geometry_only()
             };
             let t = Instant::now();
             let model = Model::fit(&batch, &opts).unwrap();
@@ -178,7 +178,7 @@ fn main() {
             subspace_max_iter: 8,
             completion_tol: 0.0,
             completion_max_iter: 8,
-            ..Default::default()
+            ..FitOptions::default().geometry_only()
         };
         let hooi = median(round_times(
             |cb| drop(Model::fit_with_progress(&full, &o, cb).unwrap()),

@@ -43,7 +43,7 @@ fn main() -> Result<(), coreflow::Error> {
         rank_rows: 0,
         rank_cols: 0,
         energy: 0.999,
-        ..Default::default()
+        ..FitOptions::default().geometry_only()
     };
     let t = Instant::now();
     let model = Model::fit(&train, &opts)?;

@@ -12,38 +12,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PALETTE 1
-
-#define SAMPLES 2
-
-#define MCAR 3
-
-#define BLOCKS 4
-
-#define PLANTED_TRUTH 5
-
-#define PLANTED_SAMPLES 6
-
 /**
  * ABI version of this header; compare with `coreflow_abi_version()`.
  */
 #define COREFLOW_ABI_VERSION 1
 
 /**
- * Singular values whose mean in the real set is below this fraction of the
- * first are skipped by the top-k spectrum distance.
- */
-#define TOPK_RELATIVE_CUTOFF 1e-9
-
-/**
  * The format version this build writes and the newest it reads.
  */
 #define FORMAT_VERSION 1
-
-/**
- * The synthetic data sets of DESIGN.md section 7.
- */
-typedef struct Dataset Dataset;
 
 /**
  * A fitted model (opaque). Immutable after fitting: any number of threads
@@ -183,7 +160,8 @@ typedef struct coreflow_fit_options {
      */
     uint32_t flow_max_dim;
     /**
-     * Optimiser steps of the flow; 0 = fit the geometry only; default 0.
+     * Optimiser steps of the flow; default 4000. 0 with core_model AUTO or
+     * FLOW fits the geometry only (no sampling or scoring).
      */
     uint32_t flow_steps;
     /**
@@ -418,6 +396,23 @@ typedef struct coreflow_model_info {
      * Noise variance per entry estimated from the training residuals.
      */
     double noise_variance;
+    /**
+     * The fitted core model: -1 geometry only, else `COREFLOW_CORE_MODEL_FLOW`
+     * or `COREFLOW_CORE_MODEL_GAUSSIAN` (the choice AUTO made).
+     */
+    coreflow_core_model core_model;
+    /**
+     * Flow block size k by the energy rule (also when the Gaussian was chosen).
+     */
+    size_t flow_block;
+    /**
+     * Held-out mean log-likelihood of the flow model (NaN when not fitted).
+     */
+    double heldout_loglik_flow;
+    /**
+     * Held-out mean log-likelihood of a full Gaussian on the cores.
+     */
+    double heldout_loglik_gaussian;
 } coreflow_model_info;
 
 /**
@@ -459,8 +454,6 @@ typedef struct coreflow_matrices_mut {
      */
     ptrdiff_t col_stride;
 } coreflow_matrices_mut;
-
-
 
 /**
  * `coreflow_sample`.
@@ -651,6 +644,23 @@ const char *coreflow_version(void);
 void coreflow_fit_options_init(struct coreflow_fit_options *opts);
 
 /**
+ * Writes the first `size` bytes of the default options (at most the
+ * library's `sizeof(coreflow_fit_options)`) into `opts` and sets
+ * `opts->struct_size` to the number of bytes written. Unlike
+ * `coreflow_fit_options_init`, never writes past a host struct compiled
+ * against an older, smaller header; the header's `coreflow_fit_options_init`
+ * macro calls it with `sizeof *opts`. NULL, or a `size` smaller than
+ * `sizeof(size_t)`, is ignored. Never allocates. Thread-safe.
+ */
+void coreflow_fit_options_init_sized(struct coreflow_fit_options *opts, size_t size);
+
+/**
+ * The sized counterpart of `coreflow_sample_options_init` (see
+ * `coreflow_fit_options_init_sized`). Never allocates. Thread-safe.
+ */
+void coreflow_sample_options_init_sized(struct coreflow_sample_options *o, size_t size);
+
+/**
  * Fills `o` with the defaults (RK4, 16 steps) and sets `o->struct_size`.
  * NULL is ignored. Never allocates. Thread-safe.
  */
@@ -769,6 +779,31 @@ coreflow_status coreflow_model_to_bytes(const struct coreflow_model *m, uint8_t 
 coreflow_status coreflow_model_from_bytes(const uint8_t *buf, size_t len, struct coreflow_model **out);
 
 /**
+ * Draws `out->count` new matrices into `out`: matrix `j` is sample number
+ * `first_index + j` of stream `seed`, so a run split into several calls, or
+ * spread over threads, gives bitwise the same matrices. `o` selects the ODE
+ * solver (NULL = RK4 with 16 steps). `ws` is a workspace of `ws_bytes` bytes
+ * (`COREFLOW_OP_SAMPLE`). A model fitted with `flow_steps = 0` gives
+ * `COREFLOW_ERR_UNSUPPORTED`; a non-finite sample `COREFLOW_ERR_NUMERICAL`.
+ * Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
+ * buffers. Never allocates; runs on the calling thread only. Thread-safe.
+ */
+coreflow_status coreflow_sample(const struct coreflow_model *m, const struct coreflow_sample_options *o, uint64_t seed, uint64_t first_index, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
+
+/**
+ * Writes into `log_prob[j]` the log-density of the core of matrix `j` of
+ * `input` under the model (a density over matrices in the learned
+ * geometry), and into `residual[j]` (when `residual` is not NULL) its
+ * distance from that geometry, `||Y - U U^T Y V V^T|| / ||Y||` with
+ * `Y = X - Xbar`. `o` selects the solver (NULL = RK4, 16 steps, exact
+ * divergence). `ws` is a workspace of `ws_bytes` bytes
+ * (`COREFLOW_OP_LOG_PROB`). Returns `COREFLOW_OK` or an error status.
+ * Ownership: the caller owns all buffers. Never allocates; runs on the
+ * calling thread only. Thread-safe.
+ */
+coreflow_status coreflow_log_prob(const struct coreflow_model *m, const struct coreflow_sample_options *o, const struct coreflow_matrices *input, double *log_prob, double *residual, void *ws, size_t ws_bytes);
+
+/**
  * The message of the last failed call on the calling thread: names the bad
  * argument and the reason. Returns "" when the last call succeeded.
  *
@@ -791,3 +826,15 @@ const char *coreflow_status_name(coreflow_status status);
 #endif  // __cplusplus
 
 #endif  /* COREFLOW_H */
+
+/*
+ * The _init functions write the library's full struct; these macros pass the
+ * size the host was compiled with, so a host built against an older header
+ * stays safe with a newer library. (&coreflow_fit_options_init still names
+ * the function.)
+ */
+#ifndef COREFLOW_INIT_MACROS
+#define COREFLOW_INIT_MACROS
+#define coreflow_fit_options_init(opts) coreflow_fit_options_init_sized((opts), sizeof *(opts))
+#define coreflow_sample_options_init(o) coreflow_sample_options_init_sized((o), sizeof *(o))
+#endif

@@ -57,7 +57,7 @@ fn allocations_per_iteration(
         subspace_tol: 0.0, // run to max_iter
         subspace_max_iter: 8,
         threads,
-        ..Default::default()
+        ..FitOptions::default().geometry_only()
     };
     let mut marks: [usize; 64] = [0; 64];
     let mut n = 0usize;
@@ -101,7 +101,7 @@ fn encode_and_decode_do_not_allocate() {
         rank_rows: 3,
         rank_cols: 3,
         threads: 1,
-        ..Default::default()
+        ..FitOptions::default().geometry_only()
     };
     let model = Model::fit(&batch, &opts).unwrap();
     let mut cores = vec![0.0; p.count * model.core_dim()];
@@ -154,7 +154,7 @@ fn completion_rounds_and_complete_do_not_allocate() {
             completion_max_iter: 8,
             subspace_method: method,
             threads: 1,
-            ..Default::default()
+            ..FitOptions::default().geometry_only()
         };
         let mut marks: [usize; 64] = [0; 64];
         let mut k = 0usize;
@@ -185,4 +185,58 @@ fn completion_rounds_and_complete_do_not_allocate() {
             .unwrap();
         assert_eq!(allocs() - before, 0, "allocations in complete");
     }
+}
+
+#[test]
+fn sample_and_log_prob_do_not_allocate() {
+    use coreflow::flow::core_model::FlowOptions;
+    use coreflow::flow::ode::SolverOptions;
+    let (count, m, n) = (60, 16, 12);
+    let p = planted(count, m, n, 2, 2, 1e-3, 25);
+    let batch = MatrixBatch::from_c_order(&p.data, count, m, n).unwrap();
+    let opts = FitOptions {
+        rank_rows: 2,
+        rank_cols: 2,
+        threads: 1,
+        flow: FlowOptions {
+            hidden: 16,
+            layers: 2,
+            time_freqs: 4,
+            steps: 50,
+            ..FlowOptions::default()
+        },
+        ..FitOptions::default()
+    };
+    let model = Model::fit(&batch, &opts).unwrap();
+    let so = SolverOptions::default();
+    let mut out = vec![0.0; 10 * m * n];
+    let mut ob = MatrixBatchMut::from_c_order(&mut out, 10, m, n).unwrap();
+    let mut buf = MemBuffer::new(
+        model
+            .sample_scratch(10, &so)
+            .or(model.log_prob_scratch(10, &so)),
+    );
+    let mut lp = vec![0.0; 10];
+    let mut res = vec![0.0; 10];
+    let ten = MatrixBatch::from_c_order(&p.data[..10 * m * n], 10, m, n).unwrap();
+    // Warm-up of the per-thread matrix-product caches.
+    model
+        .sample(&so, 1, 0, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
+    model
+        .log_prob(&so, &ten, &mut lp, Some(&mut res), MemStack::new(&mut buf))
+        .unwrap();
+    let before = allocs();
+    model
+        .sample(&so, 1, 0, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
+    let mid = allocs();
+    model
+        .log_prob(&so, &ten, &mut lp, Some(&mut res), MemStack::new(&mut buf))
+        .unwrap();
+    assert_eq!(
+        (mid - before, allocs() - mid),
+        (0, 0),
+        "allocations in (sample, log_prob)"
+    );
 }

@@ -19,7 +19,7 @@ fn opts(r: usize, s: usize) -> FitOptions {
         rank_rows: r,
         rank_cols: s,
         threads: 1,
-        ..Default::default()
+        ..FitOptions::default().geometry_only()
     }
 }
 

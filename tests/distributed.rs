@@ -103,7 +103,7 @@ fn sharded_fits_match_the_single_process_fit() {
             rank_cols: 3,
             center: true,
             threads: 1,
-            ..Default::default()
+            ..FitOptions::default().geometry_only()
         };
         let whole = MatrixBatch::from_c_order(data, count, m, n).unwrap();
         let whole = if masked {
@@ -147,7 +147,7 @@ fn a_failing_allreduce_stops_every_participant() {
         rank_rows: 2,
         rank_cols: 2,
         threads: 1,
-        ..Default::default()
+        ..FitOptions::default().geometry_only()
     };
     for fail_at in [1, 3, 7] {
         let fits = fit_sharded(

@@ -13,7 +13,7 @@ fn fit(data: &[f64], n: usize, m: usize, k: usize, r: usize, s: usize) -> Model 
         rank_rows: r,
         rank_cols: s,
         threads: 1,
-        ..Default::default()
+        ..FitOptions::default().geometry_only()
     };
     Model::fit(&batch, &opts).unwrap()
 }
@@ -86,7 +86,7 @@ fn centered_model_adds_the_mean_back() {
         rank_cols: 3,
         center: true,
         threads: 1,
-        ..Default::default()
+        ..FitOptions::default().geometry_only()
     };
     let model = Model::fit(&batch, &opts).unwrap();
     let mean = model.mean().expect("centered model has a mean");
@@ -159,7 +159,7 @@ fn c_order_and_column_major_batches_give_the_same_model() {
         rank_rows: 3,
         rank_cols: 2,
         threads: 1,
-        ..Default::default()
+        ..FitOptions::default().geometry_only()
     };
     let bc = MatrixBatch::from_c_order(&p.data, p.count, p.rows, p.cols).unwrap();
     let bf = MatrixBatch::from_col_major(&f, p.rows, p.cols, p.count).unwrap();

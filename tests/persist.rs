@@ -20,7 +20,7 @@ fn fitted(center: bool, masked: bool) -> (Model, Vec<f64>, Vec<u8>) {
         rank_cols: 3,
         center,
         threads: 1,
-        ..Default::default()
+        ..FitOptions::default().geometry_only()
     };
     (Model::fit(&batch, &opts).unwrap(), p.data.data, mask)
 }

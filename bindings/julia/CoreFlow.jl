@@ -106,6 +106,8 @@ struct FitOptions
     progress_user::Ptr{Cvoid}
     core_model::Int32
     holdout_fraction::Float64
+    allreduce::Ptr{Cvoid}
+    allreduce_user::Ptr{Cvoid}
 end
 
 struct SampleOptions
@@ -134,6 +136,15 @@ struct ModelInfo
     subspace_iterations::UInt32
     subspace_converged::UInt8
     subspace_objective::Float64
+    masked::UInt8
+    completion_iterations::UInt32
+    completion_converged::UInt8
+    completion_objective::Float64
+    noise_variance::Float64
+    core_model::Int32
+    flow_block::Csize_t
+    heldout_loglik_flow::Float64
+    heldout_loglik_gaussian::Float64
 end
 
 # ---------------------------------------------------------------------------

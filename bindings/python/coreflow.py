@@ -181,6 +181,8 @@ class FitOptions(Structure):
         ("progress_user", c_void_p),
         ("core_model", c_int32),
         ("holdout_fraction", c_double),
+        ("allreduce", c_void_p),
+        ("allreduce_user", c_void_p),
     ]
 
 
@@ -217,6 +219,15 @@ class ModelInfo(Structure):
         ("subspace_iterations", c_uint32),
         ("subspace_converged", c_uint8),
         ("subspace_objective", c_double),
+        ("masked", c_uint8),
+        ("completion_iterations", c_uint32),
+        ("completion_converged", c_uint8),
+        ("completion_objective", c_double),
+        ("noise_variance", c_double),
+        ("core_model", c_int32),
+        ("flow_block", c_size_t),
+        ("heldout_loglik_flow", c_double),
+        ("heldout_loglik_gaussian", c_double),
     ]
 
 

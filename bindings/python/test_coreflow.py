@@ -37,7 +37,7 @@ class FitLayouts(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.x = planted()
-        cls.model = coreflow.Model.fit(cls.x, rank_rows=3, rank_cols=2, threads=1)
+        cls.model = coreflow.Model.fit(cls.x, rank_rows=3, rank_cols=2, flow_steps=0, threads=1)
 
     def test_views_point_at_the_arrays(self):
         x = self.x
@@ -59,7 +59,7 @@ class FitLayouts(unittest.TestCase):
                        np.asfortranarray(np.moveaxis(self.x, 0, -1)),  # (m, n, N), Fortran order
                        self.x[::-1]):                                   # negative sample stride
             axis = -1 if layout.shape[-1] == self.x.shape[0] else 0
-            with coreflow.Model.fit(layout, sample_axis=axis, rank_rows=3, rank_cols=2,
+            with coreflow.Model.fit(layout, sample_axis=axis, rank_rows=3, rank_cols=2, flow_steps=0,
                                     threads=1) as other:
                 uf, vf = other.subspaces()
                 np.testing.assert_allclose(uf, u, atol=1e-10)
@@ -84,7 +84,7 @@ class NoCopyOutputs(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.x = planted(seed=6)
-        cls.model = coreflow.Model.fit(cls.x, rank_rows=3, rank_cols=2, center=True, threads=1)
+        cls.model = coreflow.Model.fit(cls.x, rank_rows=3, rank_cols=2, flow_steps=0, center=True, threads=1)
 
     def test_encode_into_preallocated_cores(self):
         u, v = self.model.subspaces()
@@ -138,7 +138,7 @@ class Errors(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.x = planted(seed=7)
-        cls.model = coreflow.Model.fit(cls.x, rank_rows=3, rank_cols=2, threads=1)
+        cls.model = coreflow.Model.fit(cls.x, rank_rows=3, rank_cols=2, flow_steps=0, threads=1)
 
     def assertCoreFlowError(self, name, word, fn, *args, **kw):
         with self.assertRaises(coreflow.CoreFlowError) as cm:
@@ -164,7 +164,7 @@ class Errors(unittest.TestCase):
         x = self.x.copy()
         x[3, 4, 5] = np.nan
         e = self.assertCoreFlowError("COREFLOW_ERR_NON_FINITE", "train", coreflow.Model.fit, x,
-                                     rank_rows=3, rank_cols=2)
+                                     rank_rows=3, rank_cols=2, flow_steps=0)
         self.assertIn("matrix 3", e.message)
         self.assertIn("row 4, column 5", e.message)
         self.assertCoreFlowError("COREFLOW_ERR_NON_FINITE", "input", self.model.encode, x)
@@ -172,8 +172,8 @@ class Errors(unittest.TestCase):
     def test_invalid_options(self):
         self.assertCoreFlowError("COREFLOW_ERR_INVALID_ARGUMENT", "rank_rows", coreflow.Model.fit,
                                  self.x, rank_rows=21)
-        self.assertCoreFlowError("COREFLOW_ERR_UNSUPPORTED", "flow_steps", coreflow.Model.fit,
-                                 self.x, rank_rows=3, rank_cols=2, flow_steps=5)
+        self.assertCoreFlowError("COREFLOW_ERR_INVALID_ARGUMENT", "hidden", coreflow.Model.fit,
+                                 self.x, rank_rows=3, rank_cols=2, flow_hidden=0, flow_steps=5)
         with self.assertRaises(TypeError):
             coreflow.fit_options(rank_row=3)
 
@@ -184,20 +184,20 @@ class Errors(unittest.TestCase):
     def test_progress_cancels_and_reraises(self):
         seen = []
         self.assertCoreFlowError("COREFLOW_ERR_CANCELLED", "cancel", coreflow.Model.fit, self.x,
-                                 rank_rows=3, rank_cols=2,
+                                 rank_rows=3, rank_cols=2, flow_steps=0,
                                  progress=lambda *p: seen.append(p) or True)
         self.assertEqual(seen[0][0], coreflow.STAGE_SUBSPACE)
 
         def boom(*_):
             raise KeyError("from the callback")
         with self.assertRaises(KeyError):
-            coreflow.Model.fit(self.x, rank_rows=3, rank_cols=2, progress=boom)
+            coreflow.Model.fit(self.x, rank_rows=3, rank_cols=2, flow_steps=0, progress=boom)
 
     def test_views_refuse_copies(self):
         with self.assertRaises(TypeError):
-            coreflow.Model.fit(self.x.astype(np.float32), rank_rows=3, rank_cols=2)
+            coreflow.Model.fit(self.x.astype(np.float32), rank_rows=3, rank_cols=2, flow_steps=0)
         with self.assertRaises(ValueError):
-            coreflow.Model.fit(self.x[0], rank_rows=3, rank_cols=2)  # two axes
+            coreflow.Model.fit(self.x[0], rank_rows=3, rank_cols=2, flow_steps=0)  # two axes
         with self.assertRaises(ValueError):  # cores not in the C layout
             self.model.decode(np.zeros((4, 3, 2)))
         readonly = np.zeros((4, 20, 16))
@@ -206,7 +206,7 @@ class Errors(unittest.TestCase):
             self.model.decode(self.model.encode(self.x[:4]), out=readonly)
 
     def test_closed_model(self):
-        m = coreflow.Model.fit(self.x, rank_rows=3, rank_cols=2)
+        m = coreflow.Model.fit(self.x, rank_rows=3, rank_cols=2, flow_steps=0)
         m.close()
         m.close()  # twice is fine
         with self.assertRaises(ValueError):
@@ -287,7 +287,7 @@ class JuliaCallingPattern(unittest.TestCase):
             lib.coreflow_model_free(handle)  # the finalizer
 
         # Same results as the C-order path of the Python binding.
-        with coreflow.Model.fit(x, rank_rows=3, rank_cols=2, threads=1) as ref:
+        with coreflow.Model.fit(x, rank_rows=3, rank_cols=2, flow_steps=0, threads=1) as ref:
             want_cores = ref.encode(x)
             want_back = ref.decode(want_cores)
         np.testing.assert_allclose(np.moveaxis(cores, -1, 0), want_cores, atol=1e-10)

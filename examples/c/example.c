@@ -195,6 +195,7 @@ int main(void) {
     opts.rank_cols = 4;
     opts.center = 1;
     opts.seed = 7;
+    opts.flow_steps = 0; /* geometry only */
     coreflow_matrices train = view_of(&data, data.count);
     coreflow_model *model = NULL;
     coreflow_status st = coreflow_fit(&train, &opts, &model);

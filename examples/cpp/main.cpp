@@ -39,6 +39,7 @@ int run() {
     auto train = coreflow::MatrixBatch::column_major(x.data(), rows, cols, count);
 
     coreflow::FitOptions opts;
+    opts.flow_steps = 0; // geometry only
     opts.rank_rows = 3;
     opts.rank_cols = 3;
     coreflow::Model model = coreflow::Model::fit(train, opts);

@@ -74,6 +74,7 @@ int main(void) {
     coreflow_fit_options opts;
     coreflow_fit_options_init(&opts);
     opts.energy = 0.99999; /* ranks chosen to hold this fraction of the energy */
+    opts.flow_steps = 0;   /* geometry only: this loop encodes and decodes */
     opts.center = 1;
     coreflow_matrices train = {snapshots, NULL, N, ROWS, COLS, ROWS * COLS, COLS, 1};
     coreflow_model *model = NULL;

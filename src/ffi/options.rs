@@ -7,10 +7,10 @@
 
 use super::views::null;
 use crate::error::{Error, Result};
-use crate::model::{FitOptions, ModelInfo, Progress, Stage};
 use crate::flow::core_model::{CoreModelChoice, CoreModelKind, FlowOptions};
 use crate::flow::ode::{Solver, SolverOptions};
 use crate::flow::train::Coupling;
+use crate::model::{FitOptions, ModelInfo, Progress, Stage};
 use crate::subspace::SubspaceMethod;
 use std::ffi::c_void;
 use std::mem::{offset_of, size_of};
@@ -468,10 +468,21 @@ pub(crate) fn to_solver_options(o: &coreflow_sample_options) -> Result<SolverOpt
         COREFLOW_SOLVER_HEUN => Solver::Heun,
         COREFLOW_SOLVER_RK4 => Solver::Rk4,
         COREFLOW_SOLVER_DOPRI5 => Solver::Dopri5,
-        x => return Err(Error::invalid(format!("o->solver: {x} is not a COREFLOW_SOLVER_* value"))),
+        x => {
+            return Err(Error::invalid(format!(
+                "o->solver: {x} is not a COREFLOW_SOLVER_* value"
+            )))
+        }
     };
-    let opts = SolverOptions { solver, steps: o.steps as usize, rtol: o.rtol, atol: o.atol, ..SolverOptions::default() };
-    opts.check().map_err(|e| Error::new(e.kind(), e.message().replace("solver.", "o->")))?;
+    let opts = SolverOptions {
+        solver,
+        steps: o.steps as usize,
+        rtol: o.rtol,
+        atol: o.atol,
+        ..SolverOptions::default()
+    };
+    opts.check()
+        .map_err(|e| Error::new(e.kind(), e.message().replace("solver.", "o->")))?;
     Ok(opts)
 }
 

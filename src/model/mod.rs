@@ -16,10 +16,10 @@ pub use persist::FORMAT_VERSION;
 use crate::batch::{MatrixBatch, MatrixBatchMut};
 use crate::completion::{self, CompletionOptions, CorePrior};
 use crate::error::{Error, Result};
-use crate::numerics::{self, check_workspace, temp_mat_zeroed, MemBuffer, MemStack, StackReq};
-use crate::reduce::{LocalReducer, Reducer};
 use crate::flow::core_model::{CoreModel, CoreModelChoice, CoreModelKind, FlowOptions};
 use crate::flow::ode::SolverOptions;
+use crate::numerics::{self, check_workspace, temp_mat_zeroed, MemBuffer, MemStack, StackReq};
+use crate::reduce::{LocalReducer, Reducer};
 use crate::subspace::{self, SubspaceMethod, SubspaceOptions};
 use faer::prelude::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
@@ -420,14 +420,27 @@ impl Model {
         info.noise_variance = prior.noise_var;
         let core = if opts.fits_core_model() {
             let core = CoreModel::fit(core_mat, &flow_opts, &mut |step, total, loss| {
-                progress(&Progress { stage: Stage::Flow, iteration: step as u64, total: total as u64, loss })
+                progress(&Progress {
+                    stage: Stage::Flow,
+                    iteration: step as u64,
+                    total: total as u64,
+                    loss,
+                })
             })?;
             set_core_info(&mut info, &core);
             Some(core)
         } else {
             None
         };
-        Ok(Model { u, v, mean, mean_core, prior, core, info })
+        Ok(Model {
+            u,
+            v,
+            mean,
+            mean_core,
+            prior,
+            core,
+            info,
+        })
     }
 
     /// Assembles a model from validated parts (used by the model file reader).
@@ -440,7 +453,15 @@ impl Model {
         info: ModelInfo,
     ) -> Model {
         let mean_core = mean.as_ref().map(|x| u.transpose() * x * &v);
-        Model { u, v, mean, mean_core, prior, core, info }
+        Model {
+            u,
+            v,
+            mean,
+            mean_core,
+            prior,
+            core,
+            info,
+        }
     }
 
     /// The model of the cores (`None` for a geometry-only model).
@@ -608,13 +629,34 @@ impl Model {
 
     /// `x <- U c V^T + Xbar` with `t` an m x s temporary.
     fn decode_one(&self, c: MatRef<'_, f64>, mut x: MatMut<'_, f64>, mut t: MatMut<'_, f64>) {
-        numerics::gemm(t.rb_mut(), Accum::Replace, self.u.as_ref(), c, 1.0, Par::Seq);
+        numerics::gemm(
+            t.rb_mut(),
+            Accum::Replace,
+            self.u.as_ref(),
+            c,
+            1.0,
+            Par::Seq,
+        );
         match &self.mean {
             Some(m) => {
                 x.copy_from(m);
-                numerics::gemm(x.rb_mut(), Accum::Add, t.rb(), self.v.transpose(), 1.0, Par::Seq);
+                numerics::gemm(
+                    x.rb_mut(),
+                    Accum::Add,
+                    t.rb(),
+                    self.v.transpose(),
+                    1.0,
+                    Par::Seq,
+                );
             }
-            None => numerics::gemm(x.rb_mut(), Accum::Replace, t.rb(), self.v.transpose(), 1.0, Par::Seq),
+            None => numerics::gemm(
+                x.rb_mut(),
+                Accum::Replace,
+                t.rb(),
+                self.v.transpose(),
+                1.0,
+                Par::Seq,
+            ),
         }
     }
 
@@ -629,7 +671,9 @@ impl Model {
     /// Workspace for [`Model::sample`] of up to `count` matrices with `opts`.
     /// Sizes for a geometry-only model are empty (the call is unsupported).
     pub fn sample_scratch(&self, count: usize, opts: &SolverOptions) -> StackReq {
-        let Some(core) = &self.core else { return StackReq::EMPTY };
+        let Some(core) = &self.core else {
+            return StackReq::EMPTY;
+        };
         let b = count.clamp(1, CHUNK);
         StackReq::all_of(&[
             numerics::temp_mat_scratch::<f64>(b, self.core_dim()),
@@ -668,14 +712,26 @@ impl Model {
         let mut start = 0;
         while start < count {
             let len = (count - start).min(b);
-            core.sample(opts, seed, first_index + start as u64, cores.rb_mut().get_mut(..len, ..), stack)?;
+            core.sample(
+                opts,
+                seed,
+                first_index + start as u64,
+                cores.rb_mut().get_mut(..len, ..),
+                stack,
+            )?;
             for j in 0..len {
                 // Row j holds vec(C) (column-major r x s) with stride b.
                 let c = cores.rb().get(j..j + 1, ..);
                 // SAFETY: element (a, q) of the r x s view is column a + q r of
                 // row j, inside the b x d temporary.
                 let c = unsafe {
-                    MatRef::from_raw_parts(c.as_ptr(), r, s, c.col_stride(), c.col_stride() * r as isize)
+                    MatRef::from_raw_parts(
+                        c.as_ptr(),
+                        r,
+                        s,
+                        c.col_stride(),
+                        c.col_stride() * r as isize,
+                    )
                 };
                 self.decode_one(c, out.sample_mut(start + j), t.rb_mut());
             }
@@ -686,7 +742,9 @@ impl Model {
 
     /// Workspace for [`Model::log_prob`] of up to `count` matrices.
     pub fn log_prob_scratch(&self, count: usize, opts: &SolverOptions) -> StackReq {
-        let Some(core) = &self.core else { return StackReq::EMPTY };
+        let Some(core) = &self.core else {
+            return StackReq::EMPTY;
+        };
         let b = count.clamp(1, CHUNK);
         StackReq::all_of(&[
             numerics::temp_mat_scratch::<f64>(b, self.core_dim()),
@@ -715,15 +773,23 @@ impl Model {
         opts.check()?;
         let count = input.count();
         if log_prob.len() != count {
-            return Err(Error::shape(format!("log_prob: {} values for {count} matrices", log_prob.len())));
+            return Err(Error::shape(format!(
+                "log_prob: {} values for {count} matrices",
+                log_prob.len()
+            )));
         }
         if let Some(res) = residual.as_deref() {
             if res.len() != count {
-                return Err(Error::shape(format!("residual: {} values for {count} matrices", res.len())));
+                return Err(Error::shape(format!(
+                    "residual: {} values for {count} matrices",
+                    res.len()
+                )));
             }
         }
         if input.has_mask() {
-            return Err(Error::invalid("input.mask: log_prob needs complete matrices; complete them first"));
+            return Err(Error::invalid(
+                "input.mask: log_prob needs complete matrices; complete them first",
+            ));
         }
         input.check_finite("input")?;
         check_workspace(self.log_prob_scratch(count, opts), stack)?;
@@ -738,12 +804,28 @@ impl Model {
             let len = (count - start).min(b);
             for j in 0..len {
                 let x = input.sample(start + j);
-                numerics::gemm(t.rb_mut(), Accum::Replace, x, self.v.as_ref(), 1.0, Par::Seq);
+                numerics::gemm(
+                    t.rb_mut(),
+                    Accum::Replace,
+                    x,
+                    self.v.as_ref(),
+                    1.0,
+                    Par::Seq,
+                );
                 let row = cores.rb_mut().get_mut(j..j + 1, ..);
                 let stride = row.col_stride();
                 // SAFETY: as in `sample`: an r x s view of row j of the temporary.
-                let mut c = unsafe { MatMut::from_raw_parts_mut(row.as_ptr_mut(), r, s, stride, stride * r as isize) };
-                numerics::gemm(c.rb_mut(), Accum::Replace, self.u.transpose(), t.rb(), 1.0, Par::Seq);
+                let mut c = unsafe {
+                    MatMut::from_raw_parts_mut(row.as_ptr_mut(), r, s, stride, stride * r as isize)
+                };
+                numerics::gemm(
+                    c.rb_mut(),
+                    Accum::Replace,
+                    self.u.transpose(),
+                    t.rb(),
+                    1.0,
+                    Par::Seq,
+                );
                 if let Some(mc) = &self.mean_core {
                     for q in 0..s {
                         for a in 0..r {
@@ -765,7 +847,12 @@ impl Model {
                     res[start + j] = if den > 0.0 { (num / den).sqrt() } else { 0.0 };
                 }
             }
-            core.log_prob(opts, cores.rb().get(..len, ..), &mut log_prob[start..start + len], stack)?;
+            core.log_prob(
+                opts,
+                cores.rb().get(..len, ..),
+                &mut log_prob[start..start + len],
+                stack,
+            )?;
             start += len;
         }
         Ok(())

@@ -21,10 +21,11 @@
 
 use super::{set_core_info, Model, ModelInfo};
 use crate::completion::CorePrior;
-use crate::flow::core_model::{
-    CoreModel, CoreModelChoice, CoreModelInfo, CoreModelKind, CoreModelParts, FlowParts, GaussianParts, NetParams,
-};
 use crate::error::{Error, ErrorKind, Result};
+use crate::flow::core_model::{
+    CoreModel, CoreModelChoice, CoreModelInfo, CoreModelKind, CoreModelParts, FlowParts,
+    GaussianParts, NetParams,
+};
 use faer::Mat;
 use std::path::Path;
 
@@ -131,17 +132,29 @@ impl<'a> Reader<'a> {
         Ok(v)
     }
     fn usize(&mut self) -> Result<usize> {
-        usize::try_from(self.u64()?).map_err(|_| format_err(format!("model data: {} holds an oversized value", self.what)))
+        usize::try_from(self.u64()?).map_err(|_| {
+            format_err(format!(
+                "model data: {} holds an oversized value",
+                self.what
+            ))
+        })
     }
     /// A length-prefixed array of indices (length checked before allocating).
     fn indices(&mut self) -> Result<Vec<usize>> {
         let n = self.usize()?;
-        let bytes = n.checked_mul(8).ok_or_else(|| format_err("model data: array length overflows"))?;
+        let bytes = n
+            .checked_mul(8)
+            .ok_or_else(|| format_err("model data: array length overflows"))?;
         let raw = self.take(bytes)?;
         raw.chunks_exact(8)
             .map(|c| usize::try_from(u64::from_le_bytes(c.try_into().unwrap())))
             .collect::<std::result::Result<_, _>>()
-            .map_err(|_| format_err(format!("model data: {} holds an oversized index", self.what)))
+            .map_err(|_| {
+                format_err(format!(
+                    "model data: {} holds an oversized index",
+                    self.what
+                ))
+            })
     }
     /// A length-prefixed array of finite f64.
     fn f64_array(&mut self) -> Result<Vec<f64>> {
@@ -150,11 +163,19 @@ impl<'a> Reader<'a> {
     }
     /// `n` finite f32 values.
     fn f32s(&mut self, n: usize) -> Result<Vec<f32>> {
-        let bytes = n.checked_mul(4).ok_or_else(|| format_err("model data: array length overflows"))?;
+        let bytes = n
+            .checked_mul(4)
+            .ok_or_else(|| format_err("model data: array length overflows"))?;
         let raw = self.take(bytes)?;
-        let v: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let v: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         if v.iter().any(|x| !x.is_finite()) {
-            return Err(format_err(format!("model data: {} holds a non-finite value", self.what)));
+            return Err(format_err(format!(
+                "model data: {} holds a non-finite value",
+                self.what
+            )));
         }
         Ok(v)
     }
@@ -245,10 +266,22 @@ fn write_core(w: &mut Writer, p: &CoreModelParts) {
         CoreModelChoice::Flow => 1,
         CoreModelChoice::Gaussian => 2,
     };
-    for x in [p.dim, kind, requested, i.flow_block, i.train_count, i.holdout_count] {
+    for x in [
+        p.dim,
+        kind,
+        requested,
+        i.flow_block,
+        i.train_count,
+        i.holdout_count,
+    ] {
         w.u64(x as u64);
     }
-    w.f64s([i.flow_energy, i.final_loss, i.heldout_loglik_flow, i.heldout_loglik_gaussian]);
+    w.f64s([
+        i.flow_energy,
+        i.final_loss,
+        i.heldout_loglik_flow,
+        i.heldout_loglik_gaussian,
+    ]);
     w.u64(p.flow.is_some() as u64);
     if let Some(f) = &p.flow {
         w.indices(&f.index);
@@ -327,17 +360,36 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize) -> Result<CoreModel> {
             };
             let mm_shift = r.f64_array()?;
             let mm_matrix = r.f64_array()?;
-            Some(FlowParts { index, mean, scale, hidden, layers, time_freqs, params, mm_shift, mm_matrix })
+            Some(FlowParts {
+                index,
+                mean,
+                scale,
+                hidden,
+                layers,
+                time_freqs,
+                params,
+                mm_shift,
+                mm_matrix,
+            })
         }
         _ => return Err(format_err("model data: CORE flow flag is not 0 or 1")),
     };
     let gaussian = match r.u64()? {
         0 => None,
-        1 => Some(GaussianParts { index: r.indices()?, mean: r.f64_array()?, chol: r.f64_array()? }),
+        1 => Some(GaussianParts {
+            index: r.indices()?,
+            mean: r.f64_array()?,
+            chol: r.f64_array()?,
+        }),
         _ => return Err(format_err("model data: CORE Gaussian flag is not 0 or 1")),
     };
     r.done()?;
-    CoreModel::from_parts(CoreModelParts { dim, info, flow, gaussian })
+    CoreModel::from_parts(CoreModelParts {
+        dim,
+        info,
+        flow,
+        gaussian,
+    })
 }
 
 /// Parses and validates a model file image.
@@ -483,9 +535,15 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
         set_core_info(&mut info, core);
     }
     if info.flow_dim != flow_dim {
-        return Err(format_err("model data: META flow dimension differs from CORE"));
+        return Err(format_err(
+            "model data: META flow dimension differs from CORE",
+        ));
     }
-    let prior = CorePrior { mean: prior_mean, chol, noise_var };
+    let prior = CorePrior {
+        mean: prior_mean,
+        chol,
+        noise_var,
+    };
     Ok(Model::from_parts(u, v, mean, prior, core, info))
 }
 

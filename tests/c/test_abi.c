@@ -121,9 +121,11 @@ int main(void) {
     coreflow_fit_options_init(&opts);
     CHECK(opts.struct_size == sizeof opts, "struct_size %zu", opts.struct_size);
     CHECK(opts.energy == 0.99 && opts.subspace_method == COREFLOW_SUBSPACE_METHOD_HOOI, "defaults");
+    CHECK(opts.flow_steps == 4000 && opts.flow_hidden == 256 && opts.learning_rate == 1e-2, "flow defaults");
     opts.rank_rows = R;
     opts.rank_cols = S;
     opts.threads = 1;
+    opts.flow_steps = 0; /* geometry only for the first part */
     opts.progress = count_progress;
 
     coreflow_matrices train = c_order_view(x, N);
@@ -239,6 +241,68 @@ int main(void) {
     free(cws);
     coreflow_model_free(model_m);
 
+    /* The flow: a small network, then sampling and scoring. */
+    coreflow_fit_options fopts = opts;
+    fopts.flow_steps = 300;
+    fopts.flow_hidden = 32;
+    fopts.flow_layers = 2;
+    fopts.flow_time_freqs = 4;
+    fopts.batch_size = 32;
+    fopts.progress = NULL;
+    coreflow_model *model_flow = NULL;
+    CHECK(coreflow_fit(&train, &fopts, &model_flow) == COREFLOW_OK, "flow fit: %s", coreflow_last_error_message());
+    coreflow_model_info finfo;
+    memset(&finfo, 0, sizeof finfo);
+    finfo.struct_size = sizeof finfo;
+    coreflow_model_get_info(model_flow, &finfo);
+    CHECK(finfo.core_model == COREFLOW_CORE_MODEL_FLOW || finfo.core_model == COREFLOW_CORE_MODEL_GAUSSIAN,
+          "core model %d", (int)finfo.core_model);
+    coreflow_sample_options sopt;
+    coreflow_sample_options_init(&sopt);
+    CHECK(sopt.solver == COREFLOW_SOLVER_RK4 && sopt.steps == 16, "sample defaults");
+    size_t s_bytes = 0, l_bytes = 0;
+    CHECK(coreflow_workspace_size(model_flow, COREFLOW_OP_SAMPLE, 4, &sopt, &s_bytes) == COREFLOW_OK, "ws sample");
+    CHECK(coreflow_workspace_size(model_flow, COREFLOW_OP_LOG_PROB, 4, &sopt, &l_bytes) == COREFLOW_OK, "ws lp");
+    if (l_bytes > s_bytes) s_bytes = l_bytes;
+    unsigned char *sws = malloc(s_bytes);
+    static double gen[4 * M * NC], gen2[4 * M * NC];
+    coreflow_matrices_mut gout = {gen, 4, M, NC, M * NC, NC, 1};
+    CHECK(coreflow_sample(model_flow, &sopt, 11, 0, &gout, sws, s_bytes) == COREFLOW_OK, "sample: %s",
+          coreflow_last_error_message());
+    /* Two calls of 1 and 3 samples give the same matrices. */
+    coreflow_matrices_mut g1 = {gen2, 1, M, NC, M * NC, NC, 1};
+    coreflow_matrices_mut g3 = {gen2 + M * NC, 3, M, NC, M * NC, NC, 1};
+    coreflow_sample(model_flow, &sopt, 11, 0, &g1, sws, s_bytes);
+    coreflow_sample(model_flow, &sopt, 11, 1, &g3, sws, s_bytes);
+    CHECK(memcmp(gen, gen2, sizeof gen) == 0, "split sampling differs");
+    double lp[4], res[4];
+    coreflow_matrices genv = {gen, NULL, 4, M, NC, M * NC, NC, 1};
+    CHECK(coreflow_log_prob(model_flow, NULL, &genv, lp, res, sws, s_bytes) == COREFLOW_OK, "log_prob: %s",
+          coreflow_last_error_message());
+    CHECK(isfinite(lp[0]) && res[0] < 1e-12, "log_prob %g residual %g", lp[0], res[0]);
+    /* Save and load through a memory image: bitwise the same samples. */
+    size_t img_len = 0;
+    CHECK(coreflow_model_to_bytes(model_flow, NULL, 0, &img_len) == COREFLOW_OK && img_len > 0, "to_bytes len");
+    unsigned char *img = malloc(img_len);
+    CHECK(coreflow_model_to_bytes(model_flow, img, img_len, &img_len) == COREFLOW_OK, "to_bytes");
+    coreflow_model *reloaded = NULL;
+    CHECK(coreflow_model_from_bytes(img, img_len, &reloaded) == COREFLOW_OK, "from_bytes: %s",
+          coreflow_last_error_message());
+    coreflow_sample(reloaded, &sopt, 11, 0, &g1, sws, s_bytes);
+    CHECK(memcmp(gen, gen2, M * NC * sizeof(double)) == 0, "reloaded model samples differently");
+    img[img_len / 2] ^= 0x10;
+    coreflow_model *corrupt = NULL;
+    EXPECT_ERROR(coreflow_model_from_bytes(img, img_len, &corrupt), COREFLOW_ERR_FORMAT, "checksum");
+    EXPECT_ERROR(coreflow_model_load("/nonexistent/model.cfm", &corrupt), COREFLOW_ERR_IO, "path");
+    coreflow_sample_options bad_so = sopt;
+    bad_so.solver = 9;
+    EXPECT_ERROR(coreflow_sample(model_flow, &bad_so, 1, 0, &gout, sws, s_bytes), COREFLOW_ERR_INVALID_ARGUMENT,
+                 "solver");
+    free(img);
+    free(sws);
+    coreflow_model_free(reloaded);
+    coreflow_model_free(model_flow);
+
     /* Bad input: each with its own status and a message naming the argument. */
     coreflow_model *bad = NULL;
     EXPECT_ERROR(coreflow_fit(NULL, &opts, &bad), COREFLOW_ERR_NULL, "train");
@@ -256,8 +320,16 @@ int main(void) {
     small.struct_size = 8;
     EXPECT_ERROR(coreflow_fit(&train, &small, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "struct_size");
     coreflow_fit_options flow = opts;
+    flow.flow_hidden = 0;
     flow.flow_steps = 10;
-    EXPECT_ERROR(coreflow_fit(&train, &flow, &bad), COREFLOW_ERR_UNSUPPORTED, "flow_steps");
+    EXPECT_ERROR(coreflow_fit(&train, &flow, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "hidden");
+    coreflow_sample_options so;
+    coreflow_sample_options_init(&so);
+    size_t sbytes = 0;
+    EXPECT_ERROR(coreflow_workspace_size(model, COREFLOW_OP_SAMPLE, 4, &so, &sbytes), COREFLOW_ERR_UNSUPPORTED,
+                 "flow_steps");
+    coreflow_matrices_mut sout = {back, 4, M, NC, M * NC, NC, 1};
+    EXPECT_ERROR(coreflow_sample(model, &so, 1, 0, &sout, ws, ws_bytes), COREFLOW_ERR_UNSUPPORTED, "sample");
     coreflow_fit_options method = opts;
     method.subspace_method = 7;
     EXPECT_ERROR(coreflow_fit(&train, &method, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "subspace_method");
