@@ -6,6 +6,15 @@
 //! demo's pictures. Every failure prints one line on stderr and exits with
 //! the code documented in `error`.
 
+/// `println!` for results on stdout that ends the process quietly when the
+/// reader has gone (e.g. output piped into `head`), where `println!` would
+/// panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod baseline;
 mod commands;
 mod error;
@@ -129,6 +138,20 @@ fn clap_failure(e: clap::Error) -> ! {
             eprintln!("error: {line} (see --help)");
             std::process::exit(error::EXIT_INPUT);
         }
+    }
+}
+
+/// Writes one line to stdout; a closed pipe ends the process with success,
+/// as for other command-line tools.
+pub fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = writeln!(o, "{args}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(error::EXIT_FAILURE);
     }
 }
 

@@ -62,7 +62,7 @@ pub fn encode(a: EncodeArgs) -> Result<(), CliError> {
         }
     }
     write_stack(&a.out, &out, count, r, s)?;
-    println!(
+    out!(
         "encoded {count} matrices to {r} x {s} cores; written to {}",
         a.out.display()
     );
@@ -107,7 +107,7 @@ pub fn decode(a: DecodeArgs) -> Result<(), CliError> {
         "decode",
     )?;
     write_stack(&a.out, &data, count, m, n)?;
-    println!(
+    out!(
         "decoded {count} cores to {m} x {n} matrices; written to {}",
         a.out.display()
     );

@@ -54,7 +54,7 @@ pub fn run(a: CompleteArgs) -> Result<(), CliError> {
         Some(m) => m.data.iter().filter(|&&v| v == 0).count(),
         None => s.data.iter().filter(|v| v.is_nan()).count(),
     };
-    println!(
+    out!(
         "completed {missing} missing entries in {count} matrices of {rows} x {cols}; written to {}",
         a.out.display()
     );

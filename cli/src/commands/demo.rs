@@ -209,19 +209,19 @@ fn print_table(rows: &[(&str, Metrics)]) {
         "row-cov err",
         "col-cov err",
     ];
-    print!("{:<28}", "generator (vs test set)");
+    let mut line = format!("{:<28}", "generator (vs test set)");
     for h in header {
-        print!(" {h:>11}");
+        line += &format!(" {h:>11}");
     }
-    println!();
+    out!("{line}");
     for (name, m) in rows {
-        print!("{name:<28}");
+        let mut line = format!("{name:<28}");
         for (key, _, v) in metric_rows(m) {
             if key != "mmd_bandwidth" {
-                print!(" {v:>11.3e}");
+                line += &format!(" {v:>11.3e}");
             }
         }
-        println!();
+        out!("{line}");
     }
 }
 
@@ -246,7 +246,7 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
     };
     let all = dataset.generate(&spec).ctx("data set")?;
     let (train, test) = all.data.split_at(plan.count * n * n);
-    println!(
+    out!(
         "{}: {} training + {} test matrices of {n} x {n} ({:.1} s)",
         dataset.name(),
         plan.count,
@@ -268,17 +268,18 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
     }
     let model = fit_with_bars(&c_batch(train, n), &opts, a.quiet)?;
     let info = model.info();
-    println!(
-        "fit: ranks {} x {} (energy 0.99), explained energy {:.5} ({:.1} s)",
+    out!(
+        "fit: ranks {} x {} (chosen by energy {}), explained energy {:.5} ({:.1} s)",
         info.rank_rows,
         info.rank_cols,
+        opts.energy,
         info.explained_energy,
         t.elapsed().as_secs_f64()
     );
     let kind = info
         .core_model
         .ok_or_else(|| CliError::internal("the demo's fit has no core model"))?;
-    println!("core model: {}", core_model_summary(info, kind));
+    out!("core model: {}", core_model_summary(info, kind));
     check_cancelled()?;
     let model_path = a.out.join("model.cfm");
     model
@@ -321,7 +322,7 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
             data: coreflow_samples,
         },
     ];
-    println!("sampling: {:.1} s", t.elapsed().as_secs_f64());
+    out!("sampling: {:.1} s", t.elapsed().as_secs_f64());
 
     let t = Instant::now();
     let eval_opts = EvalOptions {
@@ -335,22 +336,22 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
         let m = metrics::evaluate(&test_batch, &c_batch(&s.data, n), &eval_opts).ctx("metrics")?;
         rows.push((s.name, m));
     }
-    println!("metrics: {:.1} s", t.elapsed().as_secs_f64());
-    println!();
+    out!("metrics: {:.1} s", t.elapsed().as_secs_f64());
+    out!("");
     print_table(&rows);
-    println!();
+    out!("");
 
     let t = Instant::now();
     // The spectra beyond a few times the rank are noise: plot the part
     // where generators differ.
     let shown_sv = n.min(20.max(3 * info.rank_rows.max(info.rank_cols)));
     let pictures = draw(&a.out, train, test, &sets[2..], n, shown_sv, threads)?;
-    println!("pictures ({:.1} s):", t.elapsed().as_secs_f64());
+    out!("pictures ({:.1} s):", t.elapsed().as_secs_f64());
     for p in pictures {
-        println!("  {}", p.display());
+        out!("  {}", p.display());
     }
-    println!("  {} (the fitted model)", model_path.display());
-    println!("total: {:.1} s", started.elapsed().as_secs_f64());
+    out!("  {} (the fitted model)", model_path.display());
+    out!("total: {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

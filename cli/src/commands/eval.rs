@@ -95,14 +95,17 @@ pub fn run(a: EvalArgs) -> Result<(), CliError> {
         for (key, _, v) in metric_rows(&m) {
             obj.insert(key.into(), serde_json::Value::from(v));
         }
-        println!("{}", serde_json::Value::Object(obj));
+        out!("{}", serde_json::Value::Object(obj));
     } else {
-        println!(
+        out!(
             "{} generated vs {} real matrices of {} x {}",
-            g.count, r.count, r.rows, r.cols
+            g.count,
+            r.count,
+            r.rows,
+            r.cols
         );
         for (_, label, v) in metric_rows(&m) {
-            println!("  {label:<26} {v:>12.6e}");
+            out!("  {label:<26} {v:>12.6e}");
         }
     }
     Ok(())

@@ -240,7 +240,7 @@ pub fn run(a: FitArgs) -> Result<(), CliError> {
         ))
     })?;
     let i = model.info();
-    println!(
+    out!(
         "fitted {} matrices of {} x {} in {secs:.2} s: ranks {} x {}, explained energy {:.6}{}",
         i.train_count,
         i.rows,
@@ -261,11 +261,11 @@ pub fn run(a: FitArgs) -> Result<(), CliError> {
         }
     );
     if let Some(kind) = i.core_model {
-        println!(
+        out!(
             "core model: {}",
             crate::commands::info::core_model_summary(i, kind)
         );
     }
-    println!("model written to {}", a.out.display());
+    out!("model written to {}", a.out.display());
     Ok(())
 }

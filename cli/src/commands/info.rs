@@ -109,16 +109,17 @@ pub fn run(a: InfoArgs) -> Result<(), CliError> {
     if a.json {
         let obj: serde_json::Map<String, Value> =
             f.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        println!("{}", Value::Object(obj));
+        out!("{}", Value::Object(obj));
     } else {
-        println!("{}", a.model.display());
+        out!("{}", a.model.display());
         for (k, v) in f {
             let v = match v {
                 Value::Null => "-".to_string(),
                 Value::Number(n) if n.is_f64() => format!("{:.6e}", n.as_f64().unwrap_or(f64::NAN)),
+                Value::String(t) => t,
                 other => other.to_string(),
             };
-            println!("  {k:<24} {v}");
+            out!("  {k:<24} {v}");
         }
     }
     Ok(())

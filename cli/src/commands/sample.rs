@@ -170,7 +170,7 @@ pub fn run(a: SampleArgs) -> Result<(), CliError> {
     )?;
     let (m, n) = (model.info().rows, model.info().cols);
     write_stack(&a.out, &data, a.count, m, n)?;
-    println!(
+    out!(
         "drew {} matrices of {m} x {n} (seed {}, samples {}..{}); written to {}",
         a.count,
         a.seed,

@@ -76,7 +76,7 @@ pub fn run(a: ScoreArgs) -> Result<(), CliError> {
     let out: Vec<f64> = lp.iter().zip(&res).flat_map(|(l, r)| [*l, *r]).collect();
     npy::write_f64(&a.out, &[count, 2], &out)?;
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    println!(
+    out!(
         "scored {count} matrices: mean log-likelihood {:.4}, mean relative residual {:.3e}; written to {} (columns: log-likelihood, residual)",
         mean(&lp),
         mean(&res),
