@@ -461,13 +461,12 @@ fn open_stack(
         return Err(bad(
             path,
             format_args!(
-                "{} of data for shape {:?} of {}, but the file has {} ({}); the file is {}",
-                bytes,
-                h.shape,
+                "shape ({}, {}, {}) of {} needs {bytes} bytes of data, but the file holds {have} after its header: it is {}",
+                shape.0,
+                shape.1,
+                shape.2,
                 h.dtype.name(),
-                have,
-                "bytes after the header",
-                if have < bytes { "truncated" } else { "corrupt" }
+                if have < bytes { "truncated" } else { "corrupt (extra bytes)" }
             ),
         ));
     }
