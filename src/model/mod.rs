@@ -419,14 +419,19 @@ impl Model {
         info.train_count = crate::reduce::sum_scalar(reducer, train.count() as f64)? as usize;
         info.noise_variance = prior.noise_var;
         let core = if opts.fits_core_model() {
-            let core = CoreModel::fit(core_mat, &flow_opts, &mut |step, total, loss| {
-                progress(&Progress {
-                    stage: Stage::Flow,
-                    iteration: step as u64,
-                    total: total as u64,
-                    loss,
-                })
-            })?;
+            let core = CoreModel::fit_with_reducer(
+                core_mat,
+                &flow_opts,
+                reducer,
+                &mut |step, total, loss| {
+                    progress(&Progress {
+                        stage: Stage::Flow,
+                        iteration: step as u64,
+                        total: total as u64,
+                        loss,
+                    })
+                },
+            )?;
             set_core_info(&mut info, &core);
             Some(core)
         } else {
