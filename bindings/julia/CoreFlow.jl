@@ -227,23 +227,29 @@ end
 # ---------------------------------------------------------------------------
 # Options
 
-# The library's `_init` writes its own sizeof, which a newer library may have
-# grown: give it room, then keep the fields known here. (A sized init, taking
-# the caller's size, would make the spare room unnecessary.)
+# The library's defaults for a `T`, from its `init` function. The sized init
+# (`init`_sized) writes at most sizeof(T) and records how much it wrote. A
+# library without it writes its own sizeof, which a newer library may have
+# grown: give it room, then keep the fields known here.
 function _init_struct(::Type{T}, init::Symbol) where {T}
-    buf = zeros(UInt8, sizeof(T) + 1024)
-    opts = GC.@preserve buf begin
-        ccall(_sym(init), Cvoid, (Ptr{Cvoid},), buf)
-        unsafe_load(Ptr{T}(pointer(buf)))
+    sized = Libdl.dlsym(_handle(), Symbol(init, :_sized); throw_error = false)
+    buf = zeros(UInt8, sizeof(T) + 1024)  # zeros: fields an older library lacks
+    GC.@preserve buf begin
+        if sized !== nothing
+            ccall(sized, Cvoid, (Ptr{Cvoid}, Csize_t), buf, sizeof(T))
+        else
+            ccall(_sym(init), Cvoid, (Ptr{Cvoid},), buf)
+        end
+        return unsafe_load(Ptr{T}(pointer(buf)))
     end
-    return opts
 end
 
-# `opts` with struct_size set to the size known here and the named fields replaced.
+# `opts` with the named fields replaced (struct_size: what the init recorded,
+# at most the size known here).
 function _with_fields(opts::T, kw, hidden, what) where {T}
     names = fieldnames(T)
     values = Any[getfield(opts, f) for f in names]
-    values[1] = Csize_t(sizeof(T))
+    values[1] = min(Csize_t(sizeof(T)), opts.struct_size)
     for (k, v) in kw
         i = findfirst(==(k), names)
         if i === nothing || k === :struct_size || k in hidden

@@ -269,6 +269,11 @@ _PROTOTYPES = {
     "coreflow_model_to_bytes": (c_int32, [_P, _P, c_size_t, _P]),
     "coreflow_model_from_bytes": (c_int32, [_P, c_size_t, _P]),
 }
+# Functions added to ABI v1 later: used when the library has them.
+_OPTIONAL_PROTOTYPES = {
+    "coreflow_fit_options_init_sized": (None, [_P, c_size_t]),
+    "coreflow_sample_options_init_sized": (None, [_P, c_size_t]),
+}
 
 _LIB_NAMES = {"linux": "libcoreflow.so", "darwin": "libcoreflow.dylib", "win32": "coreflow.dll"}
 _lib = None
@@ -316,6 +321,11 @@ def load(lib_path=None):
         f = getattr(lib, fn)
         f.restype = restype
         f.argtypes = argtypes
+    for fn, (restype, argtypes) in _OPTIONAL_PROTOTYPES.items():
+        f = getattr(lib, fn, None)
+        if f is not None:
+            f.restype = restype
+            f.argtypes = argtypes
     abi = lib.coreflow_abi_version()
     if abi != ABI_VERSION:
         raise CoreFlowError(
@@ -426,17 +436,23 @@ def _check_cores(cores, count, r, s, sample_axis, what, writable):
 # ---------------------------------------------------------------------------
 # Options
 
-def _init_struct(cls, init):
-    """A `cls` filled by the library's `_init` function, with struct_size set
-    to the size this module knows.
+def _init_struct(cls, name):
+    """A `cls` with the library's defaults, from its `name` init function.
 
-    The library writes its own sizeof, which a newer library may have grown:
-    give it room, then keep the fields known here. (A sized init, taking the
-    caller's size, would make the spare room unnecessary.)"""
+    The sized init (`name`_sized) writes at most sizeof(cls) and records how
+    much it wrote, so an older library leaves the newer fields zero and
+    tells it so. A library without it writes its own sizeof, which a newer
+    library may have grown: give it room, then keep the fields known here."""
+    lib = load()
+    sized = getattr(lib, name + "_sized", None)
+    if sized is not None:
+        opts = cls()
+        sized(ctypes.addressof(opts), ctypes.sizeof(cls))
+        return opts
     buf = (c_uint8 * (ctypes.sizeof(cls) + 1024))()
-    init(buf)
+    getattr(lib, name)(buf)
     opts = cls.from_buffer_copy(buf)
-    opts.struct_size = ctypes.sizeof(cls)
+    opts.struct_size = min(opts.struct_size, ctypes.sizeof(cls))
     return opts
 
 
@@ -453,7 +469,7 @@ def fit_options(**fields):
     """A FitOptions with the library's defaults, then `fields` set by name
     (e.g. rank_rows=4, center=True). Unknown names raise TypeError. The
     callbacks are set through Model.fit (progress=, allreduce=)."""
-    opts = _init_struct(FitOptions, load().coreflow_fit_options_init)
+    opts = _init_struct(FitOptions, "coreflow_fit_options_init")
     return _set_fields(opts, fields, ("progress", "progress_user", "allreduce", "allreduce_user"),
                        "fit_options")
 
@@ -461,7 +477,7 @@ def fit_options(**fields):
 def sample_options(**fields):
     """A SampleOptions with the library's defaults (RK4, 16 steps), then
     `fields` set by name (solver=SOLVER_DOPRI5, steps=32, rtol=..., atol=...)."""
-    opts = _init_struct(SampleOptions, load().coreflow_sample_options_init)
+    opts = _init_struct(SampleOptions, "coreflow_sample_options_init")
     return _set_fields(opts, fields, (), "sample_options")
 
 

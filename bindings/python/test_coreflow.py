@@ -684,6 +684,14 @@ def julia_structs():
     return structs
 
 
+def fields_of(struct):
+    """The field values of a ctypes struct (callbacks as addresses; the
+    padding between fields is not compared)."""
+    def value(v):
+        return ctypes.cast(v, c_void_p).value if isinstance(v, ctypes._CFuncPtr) else v
+    return {name: value(getattr(struct, name)) for name, _ in struct._fields_}
+
+
 class StructMirrors(unittest.TestCase):
     def test_python_and_julia_match_the_header(self):
         header = header_structs()
@@ -695,6 +703,22 @@ class StructMirrors(unittest.TestCase):
             py_fields = [(n, ctypes.c_void_p if n in ("progress",) else t) for n, t in py._fields_]
             self.assertEqual(_layout(py_fields), want, f"coreflow.py {mirror} vs {cname}")
             self.assertEqual(_layout(julia[mirror]), want, f"CoreFlow.jl {mirror} vs {cname}")
+
+    def test_sized_init_and_spare_room_agree(self):
+        """fit_options() uses the sized init; a library without it (older
+        builds of ABI v1) gets the spare-room path, with the same result."""
+        sized = coreflow.fit_options(rank_rows=3)
+        self.assertEqual(sized.struct_size, ctypes.sizeof(coreflow.FitOptions))
+        lib = coreflow.load()
+        older = type("OlderLibrary", (), {
+            "coreflow_fit_options_init": staticmethod(lib.coreflow_fit_options_init),
+            "coreflow_sample_options_init": staticmethod(lib.coreflow_sample_options_init),
+        })()
+        with mock.patch.object(coreflow, "load", return_value=older):
+            spare = coreflow.fit_options(rank_rows=3)
+            sample = coreflow.sample_options(steps=8)
+        self.assertEqual(fields_of(spare), fields_of(sized))
+        self.assertEqual(fields_of(sample), fields_of(coreflow.sample_options(steps=8)))
 
     def test_library_agrees_on_option_sizes(self):
         lib = coreflow.load()
