@@ -553,7 +553,7 @@ impl FlowBlock {
         let mut log_det_a = 0.0;
         for j in 0..k {
             let u = lu.U()[(j, j)].abs();
-            if !(u > 0.0) {
+            if u.is_nan() || u <= 0.0 {
                 return Err(format_err("core model: moment-matching matrix is singular"));
             }
             log_det_a += u.ln();
@@ -697,7 +697,7 @@ impl CoreModel {
         // Coordinates by variance, descending.
         let (mean, var) = column_moments(train.as_ref());
         let total: f64 = var.iter().sum();
-        if !(total > 0.0) {
+        if total.is_nan() || total <= 0.0 {
             return Err(Error::invalid(
                 "cores: the training cores have zero total variance (all identical)",
             ));

@@ -43,6 +43,9 @@ pub trait Real:
     const ONE: Self;
 }
 
+// The polynomial coefficients are the published Cephes values, kept with
+// all their digits.
+#[allow(clippy::excessive_precision)]
 impl Real for f32 {
     const NAME: &'static str = "f32";
     const ZERO: Self = 0.0;
@@ -91,6 +94,7 @@ impl Real for f32 {
     }
 }
 
+#[allow(clippy::excessive_precision)]
 impl Real for f64 {
     const NAME: &'static str = "f64";
     const ZERO: Self = 0.0;
@@ -263,8 +267,7 @@ multiversion! {
     /// `z <- silu(z + bias_j)` column by column (inference).
     pub(crate) fn bias_silu<T: Real>(z: MatMut<'_, T>, bias: &[T]) {
         let mut z = z;
-        for j in 0..z.ncols() {
-            let b = bias[j];
+        for (j, &b) in bias.iter().enumerate().take(z.ncols()) {
             for v in col_mut(&mut z, j).iter_mut() {
                 let x = *v + b;
                 let s = T::ONE / (T::ONE + (-x).exp_poly());
@@ -279,8 +282,7 @@ multiversion! {
     /// `silu'(x) = s (1 + x (1 - s))` with `s = sigmoid(x)`.
     pub(crate) fn bias_silu_deriv<T: Real>(z: MatMut<'_, T>, d: MatMut<'_, T>, bias: &[T]) {
         let (mut z, mut d) = (z, d);
-        for j in 0..z.ncols() {
-            let b = bias[j];
+        for (j, &b) in bias.iter().enumerate().take(z.ncols()) {
             let zc = col_mut(&mut z, j);
             let dc = col_mut(&mut d, j);
             for (v, dv) in zc.iter_mut().zip(dc.iter_mut()) {
@@ -297,13 +299,13 @@ multiversion! {
     /// `g <- g * d` element-wise and `bias_grad_j <- sum_i g_ij`.
     pub(crate) fn mul_colsum<T: Real>(g: MatMut<'_, T>, d: MatRef<'_, T>, bias_grad: &mut [T]) {
         let mut g = g;
-        for j in 0..g.ncols() {
+        for (j, bg) in bias_grad.iter_mut().enumerate().take(g.ncols()) {
             let gc = col_mut(&mut g, j);
             let dc = col_ref(&d, j);
             for (gv, dv) in gc.iter_mut().zip(dc.iter()) {
-                *gv = *gv * *dv;
+                *gv *= *dv;
             }
-            bias_grad[j] = lane_sum(gc);
+            *bg = lane_sum(gc);
         }
     }
 }
@@ -311,8 +313,8 @@ multiversion! {
 multiversion! {
     /// `bias_grad_j <- sum_i g_ij`.
     pub(crate) fn colsum<T: Real>(g: MatRef<'_, T>, bias_grad: &mut [T]) {
-        for j in 0..g.ncols() {
-            bias_grad[j] = lane_sum(col_ref(&g, j));
+        for (j, bg) in bias_grad.iter_mut().enumerate().take(g.ncols()) {
+            *bg = lane_sum(col_ref(&g, j));
         }
     }
 }
@@ -321,10 +323,9 @@ multiversion! {
     /// `z_ij <- z_ij + bias_j`.
     pub(crate) fn add_bias<T: Real>(z: MatMut<'_, T>, bias: &[T]) {
         let mut z = z;
-        for j in 0..z.ncols() {
-            let b = bias[j];
+        for (j, &b) in bias.iter().enumerate().take(z.ncols()) {
             for v in col_mut(&mut z, j).iter_mut() {
-                *v = *v + b;
+                *v += b;
             }
         }
     }
@@ -359,8 +360,7 @@ multiversion! {
     /// `dst_ij <- src_ij + bias_j`, converted.
     pub(crate) fn add_bias_convert<A: Real, B: Real>(src: MatRef<'_, A>, bias: &[A], dst: MatMut<'_, B>) {
         let mut dst = dst;
-        for j in 0..src.ncols() {
-            let b = bias[j];
+        for (j, &b) in bias.iter().enumerate().take(src.ncols()) {
             for (d, s) in col_mut(&mut dst, j).iter_mut().zip(col_ref(&src, j)) {
                 *d = B::from_f64((*s + b).to_f64());
             }
@@ -375,16 +375,16 @@ pub(crate) fn lane_sum<T: Real>(x: &[T]) -> T {
     let mut acc = [T::ZERO; 16];
     let mut chunks = x.chunks_exact(16);
     for c in &mut chunks {
-        for i in 0..16 {
-            acc[i] = acc[i] + c[i];
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += *v;
         }
     }
-    for (i, v) in chunks.remainder().iter().enumerate() {
-        acc[i] = acc[i] + *v;
+    for (a, v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += *v;
     }
     let mut s = T::ZERO;
     for a in acc {
-        s = s + a;
+        s += a;
     }
     s
 }
