@@ -30,7 +30,7 @@
 //! `z = A^-1 y + m`:
 //! `log p(c) = log p_flow(z) - log|det A| - sum_j log sigma_j
 //!             + log N(c_rest; mean, Sigma_rest)`,
-//! with `log p_flow` from [`likelihood`](super::likelihood).
+//! with `log p_flow` from [`likelihood`].
 //!
 //! Diagnostics: the held-out mean log-likelihood of the fitted model (flow
 //! kind only) and of a full Gaussian fitted on the same training rows. They
