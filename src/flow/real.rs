@@ -345,7 +345,13 @@ mod silu512 {
         let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693_359_4), x);
         let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.121_944_4e-4), r);
         let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5.000_000_1e-1,
+        ] {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
         let one = _mm512_set1_ps(1.0);
@@ -361,42 +367,63 @@ mod silu512 {
 
     /// `z <- silu(z + b_j)`, and `d <- silu'(z + b_j)` when given.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn bias_silu(mut z: MatMut<'_, f32>, mut d: Option<MatMut<'_, f32>>, bias: &[f32]) {
-        let one = _mm512_set1_ps(1.0);
+    pub(super) unsafe fn bias_silu(
+        mut z: MatMut<'_, f32>,
+        mut d: Option<MatMut<'_, f32>>,
+        bias: &[f32],
+    ) {
         for (j, &b) in bias.iter().enumerate().take(z.ncols()) {
-            let bv = _mm512_set1_ps(b);
             let zc = col_mut(&mut z, j);
-            let mut dc = d.as_mut().map(|d| col_mut(d, j));
-            let n = zc.len();
-            let mut i = 0;
-            let mut tail_z = [0f32; 16];
-            let mut tail_d = [0f32; 16];
-            while i < n {
-                let len = (n - i).min(16);
-                let (zp, dp): (*mut f32, *mut f32) = if len == 16 {
-                    (
-                        zc.as_mut_ptr().add(i),
-                        dc.as_mut().map_or(core::ptr::null_mut(), |dc| dc.as_mut_ptr().add(i)),
-                    )
-                } else {
-                    tail_z[..len].copy_from_slice(&zc[i..n]);
-                    (tail_z.as_mut_ptr(), tail_d.as_mut_ptr())
-                };
-                let v = _mm512_add_ps(_mm512_loadu_ps(zp), bv);
-                let (a, s) = silu(v);
-                _mm512_storeu_ps(zp, a);
-                if let Some(dc) = dc.as_mut() {
+            match d.as_mut() {
+                None => column(zc, None, b),
+                Some(d) => column(zc, Some(col_mut(d, j)), b),
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn column(zc: &mut [f32], dc: Option<&mut [f32]>, b: f32) {
+        let bv = _mm512_set1_ps(b);
+        let one = _mm512_set1_ps(1.0);
+        let n16 = zc.len() / 16 * 16;
+        let (zm, zt) = zc.split_at_mut(n16);
+        // Independent iterations: the out-of-order core overlaps them.
+        match dc {
+            None => {
+                for c in zm.chunks_exact_mut(16) {
+                    let v = _mm512_add_ps(_mm512_loadu_ps(c.as_ptr()), bv);
+                    _mm512_storeu_ps(c.as_mut_ptr(), silu(v).0);
+                }
+                if !zt.is_empty() {
+                    let mut buf = [0f32; 16];
+                    buf[..zt.len()].copy_from_slice(zt);
+                    let v = _mm512_add_ps(_mm512_loadu_ps(buf.as_ptr()), bv);
+                    _mm512_storeu_ps(buf.as_mut_ptr(), silu(v).0);
+                    zt.copy_from_slice(&buf[..zt.len()]);
+                }
+            }
+            Some(dc) => {
+                let (dm, dt) = dc.split_at_mut(n16);
+                for (c, g) in zm.chunks_exact_mut(16).zip(dm.chunks_exact_mut(16)) {
+                    let v = _mm512_add_ps(_mm512_loadu_ps(c.as_ptr()), bv);
+                    let (a, s) = silu(v);
+                    _mm512_storeu_ps(c.as_mut_ptr(), a);
                     // silu'(v) = s (1 + v (1 - s))
-                    let g = _mm512_mul_ps(s, _mm512_fmadd_ps(v, _mm512_sub_ps(one, s), one));
-                    _mm512_storeu_ps(if len == 16 { dp } else { tail_d.as_mut_ptr() }, g);
-                    if len < 16 {
-                        dc[i..n].copy_from_slice(&tail_d[..len]);
-                    }
+                    let gv = _mm512_mul_ps(s, _mm512_fmadd_ps(v, _mm512_sub_ps(one, s), one));
+                    _mm512_storeu_ps(g.as_mut_ptr(), gv);
                 }
-                if len < 16 {
-                    zc[i..n].copy_from_slice(&tail_z[..len]);
+                if !zt.is_empty() {
+                    let mut buf = [0f32; 16];
+                    buf[..zt.len()].copy_from_slice(zt);
+                    let v = _mm512_add_ps(_mm512_loadu_ps(buf.as_ptr()), bv);
+                    let (a, s) = silu(v);
+                    _mm512_storeu_ps(buf.as_mut_ptr(), a);
+                    zt.copy_from_slice(&buf[..zt.len()]);
+                    let gv = _mm512_mul_ps(s, _mm512_fmadd_ps(v, _mm512_sub_ps(one, s), one));
+                    _mm512_storeu_ps(buf.as_mut_ptr(), gv);
+                    dt.copy_from_slice(&buf[..dt.len()]);
                 }
-                i += len;
             }
         }
     }
@@ -571,7 +598,10 @@ mod tests {
                 let x = xs[i + j * n] as f64 + bias[j] as f64;
                 let s = 1.0 / (1.0 + (-x).exp());
                 let (a, g) = (x * s, s * (1.0 + x * (1.0 - s)));
-                assert!((z[i + j * n] as f64 - a).abs() <= 3e-7 * (1.0 + a.abs()), "silu({x})");
+                assert!(
+                    (z[i + j * n] as f64 - a).abs() <= 3e-7 * (1.0 + a.abs()),
+                    "silu({x})"
+                );
                 // 1 - s carries the rounding of s (one f32 ulp near 1), scaled by x.
                 let tol = 3e-7 * (1.0 + g.abs()) + 1.2e-7 * x.abs();
                 assert!((d[i + j * n] as f64 - g).abs() <= tol, "silu'({x})");
