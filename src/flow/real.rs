@@ -5,8 +5,8 @@
 //! `f64` (used by the gradient checks). Besides conversions it provides
 //! branch-free polynomial approximations of `exp` and of `sin`/`cos` of
 //! `2 pi u`, written so that loops over slices vectorise. The slice kernels
-//! below are compiled several times (AVX-512, AVX2+FMA, baseline) and one
-//! version is picked at run time; every version performs the same IEEE
+//! below are compiled twice (AVX2+FMA, baseline) and one version is
+//! picked at run time; every version performs the same IEEE
 //! operations in the same order on each element, so results do not depend on
 //! how many elements a call processes.
 
@@ -166,8 +166,10 @@ fn quadrant<T: Copy + core::ops::Neg<Output = T>>(q: u32, s: T, c: T) -> (T, T) 
     (sv, cv)
 }
 
-/// Defines a public slice kernel compiled for AVX-512, AVX2+FMA and the
-/// baseline target, dispatched at run time.
+/// Defines a slice kernel compiled for AVX2+FMA and for the baseline target,
+/// dispatched at run time. (AVX2 is the widest level whose target features
+/// are stable at the crate's minimum Rust version; on cores that split
+/// 512-bit operations in two it loses nothing.)
 macro_rules! multiversion {
     (
         $(#[$meta:meta])*
@@ -179,20 +181,9 @@ macro_rules! multiversion {
             fn body<$($T: $bound),+>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-                unsafe fn v4<$($T: $bound),+>($($arg: $ty),*) $(-> $ret)? {
-                    body::<$($T),+>($($arg),*)
-                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn v3<$($T: $bound),+>($($arg: $ty),*) $(-> $ret)? {
                     body::<$($T),+>($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                {
-                    // SAFETY: the required features were detected just above.
-                    return unsafe { v4::<$($T),+>($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
@@ -214,20 +205,9 @@ macro_rules! multiversion {
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-                unsafe fn v4($($arg: $ty),*) $(-> $ret)? {
-                    body($($arg),*)
-                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn v3($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                {
-                    // SAFETY: the required features were detected just above.
-                    return unsafe { v4($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
@@ -267,9 +247,9 @@ use faer::prelude::ReborrowMut;
 pub(crate) fn bias_silu<T: Real>(mut z: MatMut<'_, T>, bias: &[T]) {
     #[cfg(target_arch = "x86_64")]
     if let (Some(zf), Some(bias)) = (as_f32_mat(z.rb_mut()), as_f32_slice(bias)) {
-        if silu512::available() {
-            // SAFETY: AVX-512F was detected.
-            unsafe { silu512::bias_silu(zf, None, bias) };
+        if silu_avx2::available() {
+            // SAFETY: AVX2 and FMA were detected.
+            unsafe { silu_avx2::bias_silu(zf, None, bias) };
             return;
         }
     }
@@ -285,9 +265,9 @@ pub(crate) fn bias_silu_deriv<T: Real>(z: MatMut<'_, T>, d: MatMut<'_, T>, bias:
         as_f32_mat(d.rb_mut()),
         as_f32_slice(bias),
     ) {
-        if silu512::available() {
-            // SAFETY: AVX-512F was detected.
-            unsafe { silu512::bias_silu(zf, Some(df), bias) };
+        if silu_avx2::available() {
+            // SAFETY: AVX2 and FMA were detected.
+            unsafe { silu_avx2::bias_silu(zf, Some(df), bias) };
             return;
         }
     }
@@ -315,36 +295,37 @@ fn as_f32_slice<T: 'static>(s: &[T]) -> Option<&[f32]> {
     Some(unsafe { core::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
 }
 
-/// AVX-512 SiLU for `f32`: the same Cephes exponential as
+/// AVX2+FMA SiLU for `f32`: the same Cephes exponential as
 /// [`Real::exp_poly`] (with fused multiply-adds) and the sigmoid's
-/// reciprocal by `rcp14` plus one Newton step (relative error about 2^-28)
+/// reciprocal by `rcp_ps` plus one Newton step (relative error below 2^-22)
 /// instead of a division, which bounds the generic kernel's throughput.
-/// Tails go through a padded 16-lane buffer, so every element takes the
-/// same instruction sequence whatever the batch size.
+/// Tails go through a padded 8-lane buffer, so every element takes the same
+/// instruction sequence whatever the batch size.
 #[cfg(target_arch = "x86_64")]
-mod silu512 {
+mod silu_avx2 {
     use super::col_mut;
     use core::arch::x86_64::*;
     use faer::MatMut;
 
     pub(super) fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     }
 
     /// `(silu(v), sigmoid(v))`.
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn silu(v: __m512) -> (__m512, __m512) {
-        let x = _mm512_min_ps(
-            _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), v), _mm512_set1_ps(-87.3)),
-            _mm512_set1_ps(88.3),
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::excessive_precision)]
+    unsafe fn silu(v: __m256) -> (__m256, __m256) {
+        let x = _mm256_min_ps(
+            _mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), v), _mm256_set1_ps(-87.3)),
+            _mm256_set1_ps(88.3),
         );
-        let fx = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, _mm512_set1_ps(core::f32::consts::LOG2_E)),
+        let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(core::f32::consts::LOG2_E)),
         );
-        let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
         for c in [
             1.398_199_9e-3,
             8.333_452e-3,
@@ -352,21 +333,21 @@ mod silu512 {
             1.666_666_5e-1,
             5.000_000_1e-1,
         ] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
-        let one = _mm512_set1_ps(1.0);
-        let y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, one));
-        let pow2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_castps_si512(
-            _mm512_add_ps(fx, _mm512_set1_ps(8_388_735.0)),
+        let one = _mm256_set1_ps(1.0);
+        let y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_castps_si256(
+            _mm256_add_ps(fx, _mm256_set1_ps(8_388_735.0)),
         )));
-        let den = _mm512_fmadd_ps(y, pow2, one);
-        let rc = _mm512_rcp14_ps(den);
-        let s = _mm512_mul_ps(rc, _mm512_fnmadd_ps(den, rc, _mm512_set1_ps(2.0)));
-        (_mm512_mul_ps(v, s), s)
+        let den = _mm256_fmadd_ps(y, pow2, one);
+        let rc = _mm256_rcp_ps(den);
+        let s = _mm256_mul_ps(rc, _mm256_fnmadd_ps(den, rc, _mm256_set1_ps(2.0)));
+        (_mm256_mul_ps(v, s), s)
     }
 
     /// `z <- silu(z + b_j)`, and `d <- silu'(z + b_j)` when given.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn bias_silu(
         mut z: MatMut<'_, f32>,
         mut d: Option<MatMut<'_, f32>>,
@@ -382,46 +363,46 @@ mod silu512 {
     }
 
     #[inline]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn column(zc: &mut [f32], dc: Option<&mut [f32]>, b: f32) {
-        let bv = _mm512_set1_ps(b);
-        let one = _mm512_set1_ps(1.0);
-        let n16 = zc.len() / 16 * 16;
-        let (zm, zt) = zc.split_at_mut(n16);
+        let bv = _mm256_set1_ps(b);
+        let one = _mm256_set1_ps(1.0);
+        let n8 = zc.len() / 8 * 8;
+        let (zm, zt) = zc.split_at_mut(n8);
         // Independent iterations: the out-of-order core overlaps them.
         match dc {
             None => {
-                for c in zm.chunks_exact_mut(16) {
-                    let v = _mm512_add_ps(_mm512_loadu_ps(c.as_ptr()), bv);
-                    _mm512_storeu_ps(c.as_mut_ptr(), silu(v).0);
+                for c in zm.chunks_exact_mut(8) {
+                    let v = _mm256_add_ps(_mm256_loadu_ps(c.as_ptr()), bv);
+                    _mm256_storeu_ps(c.as_mut_ptr(), silu(v).0);
                 }
                 if !zt.is_empty() {
-                    let mut buf = [0f32; 16];
+                    let mut buf = [0f32; 8];
                     buf[..zt.len()].copy_from_slice(zt);
-                    let v = _mm512_add_ps(_mm512_loadu_ps(buf.as_ptr()), bv);
-                    _mm512_storeu_ps(buf.as_mut_ptr(), silu(v).0);
+                    let v = _mm256_add_ps(_mm256_loadu_ps(buf.as_ptr()), bv);
+                    _mm256_storeu_ps(buf.as_mut_ptr(), silu(v).0);
                     zt.copy_from_slice(&buf[..zt.len()]);
                 }
             }
             Some(dc) => {
-                let (dm, dt) = dc.split_at_mut(n16);
-                for (c, g) in zm.chunks_exact_mut(16).zip(dm.chunks_exact_mut(16)) {
-                    let v = _mm512_add_ps(_mm512_loadu_ps(c.as_ptr()), bv);
+                let (dm, dt) = dc.split_at_mut(n8);
+                for (c, g) in zm.chunks_exact_mut(8).zip(dm.chunks_exact_mut(8)) {
+                    let v = _mm256_add_ps(_mm256_loadu_ps(c.as_ptr()), bv);
                     let (a, s) = silu(v);
-                    _mm512_storeu_ps(c.as_mut_ptr(), a);
+                    _mm256_storeu_ps(c.as_mut_ptr(), a);
                     // silu'(v) = s (1 + v (1 - s))
-                    let gv = _mm512_mul_ps(s, _mm512_fmadd_ps(v, _mm512_sub_ps(one, s), one));
-                    _mm512_storeu_ps(g.as_mut_ptr(), gv);
+                    let gv = _mm256_mul_ps(s, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one));
+                    _mm256_storeu_ps(g.as_mut_ptr(), gv);
                 }
                 if !zt.is_empty() {
-                    let mut buf = [0f32; 16];
+                    let mut buf = [0f32; 8];
                     buf[..zt.len()].copy_from_slice(zt);
-                    let v = _mm512_add_ps(_mm512_loadu_ps(buf.as_ptr()), bv);
+                    let v = _mm256_add_ps(_mm256_loadu_ps(buf.as_ptr()), bv);
                     let (a, s) = silu(v);
-                    _mm512_storeu_ps(buf.as_mut_ptr(), a);
+                    _mm256_storeu_ps(buf.as_mut_ptr(), a);
                     zt.copy_from_slice(&buf[..zt.len()]);
-                    let gv = _mm512_mul_ps(s, _mm512_fmadd_ps(v, _mm512_sub_ps(one, s), one));
-                    _mm512_storeu_ps(buf.as_mut_ptr(), gv);
+                    let gv = _mm256_mul_ps(s, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one));
+                    _mm256_storeu_ps(buf.as_mut_ptr(), gv);
                     dt.copy_from_slice(&buf[..dt.len()]);
                 }
             }
