@@ -316,14 +316,16 @@ mod silu_avx2 {
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::excessive_precision)]
     unsafe fn silu(v: __m256) -> (__m256, __m256) {
-        let x = _mm256_min_ps(
-            _mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), v), _mm256_set1_ps(-87.3)),
-            _mm256_set1_ps(88.3),
+        // exp(x) at x = -v, with the negation folded into the reduction.
+        let w = _mm256_min_ps(
+            _mm256_max_ps(v, _mm256_set1_ps(-88.3)),
+            _mm256_set1_ps(87.3),
         );
         let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm256_mul_ps(x, _mm256_set1_ps(core::f32::consts::LOG2_E)),
+            _mm256_mul_ps(w, _mm256_set1_ps(-core::f32::consts::LOG2_E)),
         );
-        let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
+        // r = x - fx C1 - fx C2 with x = -w.
+        let r = _mm256_fnmsub_ps(fx, _mm256_set1_ps(0.693_359_4), w);
         let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), r);
         let mut p = _mm256_set1_ps(1.987_569_1e-4);
         for c in [
