@@ -30,7 +30,7 @@
 //! `z = A^-1 y + m`:
 //! `log p(c) = log p_flow(z) - log|det A| - sum_j log sigma_j
 //!             + log N(c_rest; mean, Sigma_rest)`,
-//! with `log p_flow` from [`likelihood`](super::likelihood).
+//! with `log p_flow` from [`likelihood`].
 //!
 //! Diagnostics: the held-out mean log-likelihood of the fitted model (flow
 //! kind only) and of a full Gaussian fitted on the same training rows. They
@@ -554,7 +554,7 @@ impl FlowBlock {
         let mut log_det_a = 0.0;
         for j in 0..k {
             let u = lu.U()[(j, j)].abs();
-            if !(u > 0.0) {
+            if u.is_nan() || u <= 0.0 {
                 return Err(format_err("core model: moment-matching matrix is singular"));
             }
             log_det_a += u.ln();
@@ -717,7 +717,7 @@ impl CoreModel {
         let n_t = sum_scalar(reducer, n_t as f64)? as usize;
         let n_hold = sum_scalar(reducer, n_hold as f64)? as usize;
         let total: f64 = var.iter().sum();
-        if !(total > 0.0) {
+        if total.is_nan() || total <= 0.0 {
             return Err(Error::invalid(
                 "cores: the training cores have zero total variance (all identical)",
             ));
@@ -1834,6 +1834,12 @@ mod tests {
                 },
             ] {
                 let what = format!("{:?} {:?}", model.kind(), solver.solver);
+                // One call for 100 samples = calls for 37 and 63.
+                let hundred = draw(model, &solver, 77, 0, 100);
+                let (p, q) = (draw(model, &solver, 77, 0, 37), draw(model, &solver, 77, 37, 63));
+                assert_bitwise(p.as_ref(), hundred.as_ref().subrows(0, 37), &what);
+                assert_bitwise(q.as_ref(), hundred.as_ref().subrows(37, 63), &what);
+                // Across sampling chunks (256 rows) and single samples.
                 let all = draw(model, &solver, 77, 0, 300);
                 let a = draw(model, &solver, 77, 0, 37);
                 let b = draw(model, &solver, 77, 37, 263);
