@@ -456,6 +456,64 @@ typedef struct coreflow_matrices_mut {
 } coreflow_matrices_mut;
 
 /**
+ * Options of `coreflow_metrics`. Fill with `coreflow_metrics_options_init`.
+ */
+typedef struct coreflow_metrics_options {
+    /**
+     * `sizeof(coreflow_metrics_options)`; set by `coreflow_metrics_options_init`.
+     */
+    size_t struct_size;
+    /**
+     * Worker threads; 0 = all cores (the default). The results do not
+     * depend on it.
+     */
+    uint32_t threads;
+    /**
+     * Leading singular values in the top-k spectrum distance, at least 1;
+     * default 10 (capped at min(rows, cols)).
+     */
+    uint32_t top_k;
+} coreflow_metrics_options;
+
+/**
+ * The scores of a generated set against a real one, filled by
+ * `coreflow_metrics`. Set `struct_size = sizeof(coreflow_metrics_result)`
+ * before the call.
+ */
+typedef struct coreflow_metrics_result {
+    /**
+     * `sizeof(coreflow_metrics_result)`, set by the caller.
+     */
+    size_t struct_size;
+    /**
+     * Spectrum error `||mean_B sv - mean_A sv|| / ||mean_A sv||`.
+     */
+    double sve;
+    /**
+     * Mean over the leading `top_k` singular values of the 1-Wasserstein
+     * distance between their distributions, relative to the real mean.
+     */
+    double topk_w1;
+    /**
+     * Unbiased MMD^2 of the Gaussian kernels at `h0 / 2`, `h0`, `2 h0`
+     * (`h0` the median pairwise distance of the pooled set), averaged.
+     */
+    double mmd2;
+    /**
+     * `||mean_B X - mean_A X|| / rms_A`.
+     */
+    double mean_error;
+    /**
+     * Relative Frobenius error of the row covariance (rows x rows).
+     */
+    double rowcov_error;
+    /**
+     * Relative Frobenius error of the column covariance (cols x cols).
+     */
+    double colcov_error;
+} coreflow_metrics_result;
+
+/**
  * `coreflow_sample`.
  */
 #define COREFLOW_OP_SAMPLE 0
@@ -802,6 +860,26 @@ coreflow_status coreflow_sample(const struct coreflow_model *m, const struct cor
  * calling thread only. Thread-safe.
  */
 coreflow_status coreflow_log_prob(const struct coreflow_model *m, const struct coreflow_sample_options *o, const struct coreflow_matrices *input, double *log_prob, double *residual, void *ws, size_t ws_bytes);
+
+/**
+ * Fills `o` with the defaults (all cores, top_k 10) and sets
+ * `o->struct_size`. NULL is ignored. Never allocates. Thread-safe.
+ */
+void coreflow_metrics_options_init(struct coreflow_metrics_options *o);
+
+/**
+ * Scores the `generated` set against the `real` one with the metrics of
+ * the design (section 6) and writes them into `*out`; the caller sets
+ * `out->struct_size = sizeof(coreflow_metrics_result)` first. Both sets
+ * hold complete (mask NULL), finite matrices of the same size, at least 2
+ * each (the unbiased MMD^2 needs pairs); their counts may differ. `o`
+ * (NULL = defaults) sets the threads and top_k.
+ * Returns `COREFLOW_OK` or an error status, `*out` untouched on failure.
+ * Ownership: the caller owns all buffers, only read (or written) during the
+ * call. Allocates (the metrics are not a hot path); uses up to
+ * `o->threads` threads. Thread-safe.
+ */
+coreflow_status coreflow_metrics(const struct coreflow_matrices *real, const struct coreflow_matrices *generated, const struct coreflow_metrics_options *o, struct coreflow_metrics_result *out);
 
 /**
  * The message of the last failed call on the calling thread: names the bad

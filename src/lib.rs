@@ -7,11 +7,12 @@
 //!
 //! Layers, bottom to top: [`numerics`] (faer helpers and workspaces), the
 //! maths modules ([`subspace`], [`completion`], [`flow`], [`metrics`],
-//! [`datasets`]), the fitted [`model`], and
+//! [`datasets`]), the fitted [`model`], the comparison [`baselines`], and
 //! the C ABI ([`ffi`]).
 
 #![warn(missing_docs)]
 
+pub mod baselines;
 pub mod batch;
 pub mod completion;
 pub mod datasets;

@@ -770,28 +770,68 @@ pub fn evaluate(
 ) -> Result<Metrics> {
     check_top_k(opts.top_k)?;
     check_pair(real, generated, if opts.mmd { 2 } else { 1 })?;
-    let threads = resolve_threads(opts.threads);
-    let sa = singular_values_impl(real, threads)?;
-    let sb = singular_values_impl(generated, threads)?;
-    let sve = sve_from_spectra(sa.as_ref(), sb.as_ref())?;
-    let topk_w1 = topk_from_spectra(sa.as_ref(), sb.as_ref(), opts.top_k)?;
-    let a = moments_impl(real, threads)?;
-    let b = moments_impl(generated, threads)?;
-    let mean_error = mean_error_from(&a, b.mean.as_ref())?;
-    let (rowcov_rel_error, colcov_rel_error) = covariance_errors_from(&a, &b)?;
-    let mmd = if opts.mmd {
-        Some(mmd_impl(real, generated, par_for_threads(threads))?)
-    } else {
-        None
-    };
-    Ok(Metrics {
-        sve,
-        topk_w1,
-        mmd,
-        mean_error,
-        rowcov_rel_error,
-        colcov_rel_error,
-    })
+    Reference::new_checked(real, opts)?.evaluate_checked(generated, opts)
+}
+
+/// A real set with its singular values and moments computed once, for
+/// scoring many generated sets against it (a benchmark scores every method
+/// against one test set): [`Reference::evaluate`] gives exactly what
+/// [`evaluate`] gives, without recomputing the real set's share.
+pub struct Reference<'a> {
+    real: MatrixBatch<'a>,
+    spectra: Mat<f64>,
+    moments: Moments,
+}
+
+impl<'a> Reference<'a> {
+    /// Precomputes the statistics of `real` (at least 2 complete, finite
+    /// matrices; `opts.threads` workers).
+    pub fn new(real: &MatrixBatch<'a>, opts: &EvalOptions) -> Result<Self> {
+        check_set(real, "real", 2)?;
+        real.check_finite("real")?;
+        Self::new_checked(real, opts)
+    }
+
+    fn new_checked(real: &MatrixBatch<'a>, opts: &EvalOptions) -> Result<Self> {
+        let threads = resolve_threads(opts.threads);
+        Ok(Reference {
+            real: *real,
+            spectra: singular_values_impl(real, threads)?,
+            moments: moments_impl(real, threads)?,
+        })
+    }
+
+    /// Every metric of `generated` against the real set, as [`evaluate`].
+    pub fn evaluate(&self, generated: &MatrixBatch<'_>, opts: &EvalOptions) -> Result<Metrics> {
+        check_top_k(opts.top_k)?;
+        check_pair(&self.real, generated, if opts.mmd { 2 } else { 1 })?;
+        self.evaluate_checked(generated, opts)
+    }
+
+    fn evaluate_checked(&self, generated: &MatrixBatch<'_>, opts: &EvalOptions) -> Result<Metrics> {
+        let threads = resolve_threads(opts.threads);
+        let sa = self.spectra.as_ref();
+        let sb = singular_values_impl(generated, threads)?;
+        let sve = sve_from_spectra(sa, sb.as_ref())?;
+        let topk_w1 = topk_from_spectra(sa, sb.as_ref(), opts.top_k)?;
+        let a = &self.moments;
+        let b = moments_impl(generated, threads)?;
+        let mean_error = mean_error_from(a, b.mean.as_ref())?;
+        let (rowcov_rel_error, colcov_rel_error) = covariance_errors_from(a, &b)?;
+        let mmd = if opts.mmd {
+            Some(mmd_impl(&self.real, generated, par_for_threads(threads))?)
+        } else {
+            None
+        };
+        Ok(Metrics {
+            sve,
+            topk_w1,
+            mmd,
+            mean_error,
+            rowcov_rel_error,
+            colcov_rel_error,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1339,5 +1379,34 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Numerical);
+    }
+
+    #[test]
+    fn reference_scores_equal_evaluate() {
+        let a = gaussian(12, 6, 5, 21);
+        let b = gaussian(9, 6, 5, 22);
+        let c = gaussian(7, 6, 5, 23);
+        let (ra, gb, gc) = (batch(&a, 12, 6, 5), batch(&b, 9, 6, 5), batch(&c, 7, 6, 5));
+        let opts = EvalOptions {
+            threads: 2,
+            top_k: 3,
+            mmd: true,
+        };
+        let r = Reference::new(&ra, &opts).unwrap();
+        for g in [&gb, &gc] {
+            assert_eq!(
+                r.evaluate(g, &opts).unwrap(),
+                evaluate(&ra, g, &opts).unwrap()
+            );
+        }
+        let e = r
+            .evaluate(&batch(&c[..7 * 5 * 5], 7, 5, 5), &opts)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Shape);
+        assert!(e.message().starts_with("generated:"), "{}", e.message());
+        let e = Reference::new(&batch(&a[..30], 1, 6, 5), &opts)
+            .err()
+            .unwrap();
+        assert!(e.message().starts_with("real:"), "{}", e.message());
     }
 }

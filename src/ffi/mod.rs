@@ -17,11 +17,13 @@
 #![allow(clippy::missing_safety_doc)]
 
 mod api;
+mod metrics;
 mod options;
 mod status;
 mod views;
 
 pub use api::*;
+pub use metrics::*;
 pub use options::*;
 pub use status::*;
 pub use views::*;

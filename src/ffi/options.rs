@@ -208,7 +208,12 @@ pub(crate) fn fit_options_default() -> coreflow_fit_options {
 ///
 /// # Safety
 /// `src` must be readable for `(*src).struct_size` bytes (at least `min`).
-unsafe fn read_versioned<T: Copy>(src: *const T, default: T, min: usize, what: &str) -> Result<T> {
+pub(crate) unsafe fn read_versioned<T: Copy>(
+    src: *const T,
+    default: T,
+    min: usize,
+    what: &str,
+) -> Result<T> {
     let size = *(src as *const usize);
     if size < min {
         return Err(Error::invalid(format!(

@@ -1,0 +1,142 @@
+//! The metrics of DESIGN.md section 6 through the C ABI: one call scores a
+//! generated set against a real one (SVE, top-k W1, MMD^2, mean and
+//! covariance errors), as [`crate::metrics::evaluate`] does in Rust.
+
+use super::options::read_versioned;
+use super::status::{boundary, boundary_void, coreflow_status};
+use super::views::{batch_from_c, coreflow_matrices, null};
+use crate::error::{Error, Result};
+use crate::metrics::{self, EvalOptions};
+use std::mem::{offset_of, size_of};
+
+/// Options of `coreflow_metrics`. Fill with `coreflow_metrics_options_init`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct coreflow_metrics_options {
+    /// `sizeof(coreflow_metrics_options)`; set by `coreflow_metrics_options_init`.
+    pub struct_size: usize,
+    /// Worker threads; 0 = all cores (the default). The results do not
+    /// depend on it.
+    pub threads: u32,
+    /// Leading singular values in the top-k spectrum distance, at least 1;
+    /// default 10 (capped at min(rows, cols)).
+    pub top_k: u32,
+}
+
+/// Smallest `struct_size` accepted for `coreflow_metrics_options` (ABI v1).
+pub(crate) const METRICS_OPTIONS_V1_SIZE: usize =
+    offset_of!(coreflow_metrics_options, top_k) + size_of::<u32>();
+
+fn metrics_options_default() -> coreflow_metrics_options {
+    let d = EvalOptions::default();
+    coreflow_metrics_options {
+        struct_size: size_of::<coreflow_metrics_options>(),
+        threads: d.threads as u32,
+        top_k: d.top_k as u32,
+    }
+}
+
+/// The scores of a generated set against a real one, filled by
+/// `coreflow_metrics`. Set `struct_size = sizeof(coreflow_metrics_result)`
+/// before the call.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct coreflow_metrics_result {
+    /// `sizeof(coreflow_metrics_result)`, set by the caller.
+    pub struct_size: usize,
+    /// Spectrum error `||mean_B sv - mean_A sv|| / ||mean_A sv||`.
+    pub sve: f64,
+    /// Mean over the leading `top_k` singular values of the 1-Wasserstein
+    /// distance between their distributions, relative to the real mean.
+    pub topk_w1: f64,
+    /// Unbiased MMD^2 of the Gaussian kernels at `h0 / 2`, `h0`, `2 h0`
+    /// (`h0` the median pairwise distance of the pooled set), averaged.
+    pub mmd2: f64,
+    /// `||mean_B X - mean_A X|| / rms_A`.
+    pub mean_error: f64,
+    /// Relative Frobenius error of the row covariance (rows x rows).
+    pub rowcov_error: f64,
+    /// Relative Frobenius error of the column covariance (cols x cols).
+    pub colcov_error: f64,
+}
+
+/// Smallest `struct_size` accepted for `coreflow_metrics_result` (ABI v1).
+pub(crate) const METRICS_RESULT_V1_SIZE: usize =
+    offset_of!(coreflow_metrics_result, colcov_error) + size_of::<f64>();
+
+/// Fills `o` with the defaults (all cores, top_k 10) and sets
+/// `o->struct_size`. NULL is ignored. Never allocates. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_metrics_options_init(o: *mut coreflow_metrics_options) {
+    boundary_void(|| {
+        if !o.is_null() {
+            o.write(metrics_options_default());
+        }
+    })
+}
+
+/// Reads the host's metrics options; NULL means the defaults.
+///
+/// # Safety
+/// `o` must be NULL or readable for `(*o).struct_size` bytes.
+unsafe fn read_metrics_options(o: *const coreflow_metrics_options) -> Result<EvalOptions> {
+    let c = if o.is_null() {
+        metrics_options_default()
+    } else {
+        read_versioned(o, metrics_options_default(), METRICS_OPTIONS_V1_SIZE, "o")?
+    };
+    if c.top_k == 0 {
+        return Err(Error::invalid("o->top_k: must be at least 1"));
+    }
+    Ok(EvalOptions {
+        threads: c.threads as usize,
+        top_k: c.top_k as usize,
+        mmd: true,
+    })
+}
+
+/// Scores the `generated` set against the `real` one with the metrics of
+/// the design (section 6) and writes them into `*out`; the caller sets
+/// `out->struct_size = sizeof(coreflow_metrics_result)` first. Both sets
+/// hold complete (mask NULL), finite matrices of the same size, at least 2
+/// each (the unbiased MMD^2 needs pairs); their counts may differ. `o`
+/// (NULL = defaults) sets the threads and top_k.
+/// Returns `COREFLOW_OK` or an error status, `*out` untouched on failure.
+/// Ownership: the caller owns all buffers, only read (or written) during the
+/// call. Allocates (the metrics are not a hot path); uses up to
+/// `o->threads` threads. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_metrics(
+    real: *const coreflow_matrices,
+    generated: *const coreflow_matrices,
+    o: *const coreflow_metrics_options,
+    out: *mut coreflow_metrics_result,
+) -> coreflow_status {
+    boundary(|| {
+        let a = batch_from_c(real, "real")?;
+        let b = batch_from_c(generated, "generated")?;
+        let opts = read_metrics_options(o)?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let size = *(out as *const usize);
+        if size < METRICS_RESULT_V1_SIZE {
+            return Err(Error::invalid(format!(
+                "out->struct_size: {size} is smaller than the smallest supported size {METRICS_RESULT_V1_SIZE}; set it to sizeof(coreflow_metrics_result)"
+            )));
+        }
+        let m = metrics::evaluate(&a, &b, &opts)?;
+        let full = coreflow_metrics_result {
+            struct_size: size.min(size_of::<coreflow_metrics_result>()),
+            sve: m.sve,
+            topk_w1: m.topk_w1,
+            mmd2: m.mmd.map_or(f64::NAN, |x| x.mmd2),
+            mean_error: m.mean_error,
+            rowcov_error: m.rowcov_rel_error,
+            colcov_error: m.colcov_rel_error,
+        };
+        let n = size.min(size_of::<coreflow_metrics_result>());
+        std::ptr::copy_nonoverlapping(&full as *const _ as *const u8, out as *mut u8, n);
+        Ok(())
+    })
+}
