@@ -968,3 +968,43 @@ fn golden_small_cases() {
         }
     }
 }
+
+#[test]
+fn degenerate_shapes_and_zero_data() {
+    // One sample; a single row; full ranks; all-zero data.
+    let one = Planted::new(1, 5, 4, 2, 2, 0.1, Core::Gaussian, 81);
+    for o in [opts(2, 2), opts(5, 4), riemannian(2, 2)] {
+        let f = run(&one.batch(), &o);
+        assert!(f.objective <= f.total_energy * (1.0 + 1e-12));
+        assert!(
+            ((&f.u.transpose() * &f.u) - Mat::<f64>::identity(f.u.ncols(), f.u.ncols())).norm_max()
+                < 1e-13
+        );
+    }
+    // Full ranks keep all the energy.
+    let f = run(&one.batch(), &opts(5, 4));
+    assert!((f.objective - f.total_energy).abs() < 1e-12 * f.total_energy);
+    let row: Vec<f64> = (0..18).map(|k| (k as f64 * 0.7).sin()).collect();
+    let b = MatrixBatch::from_c_order(&row, 3, 1, 6).unwrap();
+    for center in [false, true] {
+        let f = run(
+            &b,
+            &SubspaceOptions {
+                center,
+                ..opts(1, 2)
+            },
+        );
+        assert_eq!(
+            (f.u.nrows(), f.u.ncols(), f.v.nrows(), f.v.ncols()),
+            (1, 1, 6, 2)
+        );
+        assert!(f.converged);
+    }
+    let zeros = vec![0.0; 4 * 5 * 3];
+    let b = MatrixBatch::from_c_order(&zeros, 4, 5, 3).unwrap();
+    for o in [opts(2, 2), opts(0, 0), riemannian(2, 2)] {
+        let f = run(&b, &o);
+        assert_eq!(f.objective, 0.0);
+        assert!(f.converged);
+    }
+}
