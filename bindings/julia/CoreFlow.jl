@@ -438,18 +438,21 @@ end
 # Sampling, scoring, completion
 
 """
-    sample!(out, model, ws = Workspace(model, size(out, 3), (OP_SAMPLE,)); seed = 0,
-            first_index = 0, options = nothing) -> out
+    sample!(out, model, ws = nothing; seed = 0, first_index = 0, options = nothing) -> out
 
 Draws `size(out, 3)` new matrices into `out[:, :, j]`: matrix j is sample
 number `first_index + j - 1` of stream `seed`, so batches drawn in pieces or
 on several tasks are bitwise the same. `options`: `sample_options(...)`
-(nothing = RK4, 16 steps).
+(nothing = RK4, 16 steps). `ws`: a `Workspace` with `OP_SAMPLE` sized for
+the same options (nothing = one for this call).
 """
 function sample!(out::StridedArray{Float64,3}, model::Model,
-                 ws::Workspace = Workspace(model, size(out, 3), (OP_SAMPLE,));
+                 ws::Union{Nothing,Workspace} = nothing;
                  seed::Integer = 0, first_index::Integer = 0,
                  options::Union{Nothing,SampleOptions} = nothing)
+    if ws === nothing
+        ws = Workspace(model, size(out, 3), (OP_SAMPLE,); options = options)
+    end
     GC.@preserve out begin
         view = Ref(_view_mut(out))
         _check(ccall(_sym(:coreflow_sample), Int32,
@@ -460,8 +463,7 @@ function sample!(out::StridedArray{Float64,3}, model::Model,
     return out
 end
 
-function sample(model::Model, count::Integer, ws::Workspace = Workspace(model, count, (OP_SAMPLE,));
-                kw...)
+function sample(model::Model, count::Integer, ws::Union{Nothing,Workspace} = nothing; kw...)
     i = info(model)
     return sample!(Array{Float64,3}(undef, i.rows, i.cols, count), model, ws; kw...)
 end
@@ -492,14 +494,17 @@ function log_prob!(lp::Vector{Float64}, residual::Union{Nothing,Vector{Float64}}
 end
 
 """
-    log_prob(model, x, ws = ...; residual = false, options = nothing)
+    log_prob(model, x, ws = nothing; residual = false, options = nothing)
 
 The log-densities of the matrices `x[:, :, j]`, or `(log_prob, residual)`
 with `residual = true`.
 """
 function log_prob(model::Model, x::StridedArray{Float64,3},
-                  ws::Workspace = Workspace(model, size(x, 3), (OP_LOG_PROB,));
+                  ws::Union{Nothing,Workspace} = nothing;
                   residual::Bool = false, options::Union{Nothing,SampleOptions} = nothing)
+    if ws === nothing
+        ws = Workspace(model, size(x, 3), (OP_LOG_PROB,); options = options)
+    end
     lp = Vector{Float64}(undef, size(x, 3))
     res = residual ? Vector{Float64}(undef, size(x, 3)) : nothing
     log_prob!(lp, res, model, x, ws; options = options)
