@@ -18,11 +18,6 @@
 #define COREFLOW_ABI_VERSION 1
 
 /**
- * The format version this build writes and the newest it reads.
- */
-#define FORMAT_VERSION 1
-
-/**
  * A fitted model (opaque). Immutable after fitting: any number of threads
  * may use one model at the same time, each with its own workspace.
  */
