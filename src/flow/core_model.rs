@@ -1836,7 +1836,10 @@ mod tests {
                 let what = format!("{:?} {:?}", model.kind(), solver.solver);
                 // One call for 100 samples = calls for 37 and 63.
                 let hundred = draw(model, &solver, 77, 0, 100);
-                let (p, q) = (draw(model, &solver, 77, 0, 37), draw(model, &solver, 77, 37, 63));
+                let (p, q) = (
+                    draw(model, &solver, 77, 0, 37),
+                    draw(model, &solver, 77, 37, 63),
+                );
                 assert_bitwise(p.as_ref(), hundred.as_ref().subrows(0, 37), &what);
                 assert_bitwise(q.as_ref(), hundred.as_ref().subrows(37, 63), &what);
                 // Across sampling chunks (256 rows) and single samples.
