@@ -140,6 +140,22 @@ struct SampleOptions
     atol::Float64
 end
 
+struct MetricsOptions
+    struct_size::Csize_t
+    threads::UInt32
+    top_k::UInt32
+end
+
+struct MetricsResult
+    struct_size::Csize_t
+    sve::Float64
+    topk_w1::Float64
+    mmd2::Float64
+    mean_error::Float64
+    rowcov_error::Float64
+    colcov_error::Float64
+end
+
 struct ModelInfo
     struct_size::Csize_t
     rows::Csize_t

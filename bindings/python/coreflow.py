@@ -209,6 +209,30 @@ class SampleOptions(Structure):
     ]
 
 
+class MetricsOptions(Structure):
+    """coreflow_metrics_options (threads, top_k), for coreflow_metrics."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("threads", c_uint32),
+        ("top_k", c_uint32),
+    ]
+
+
+class MetricsResult(Structure):
+    """coreflow_metrics_result, filled by coreflow_metrics."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("sve", c_double),
+        ("topk_w1", c_double),
+        ("mmd2", c_double),
+        ("mean_error", c_double),
+        ("rowcov_error", c_double),
+        ("colcov_error", c_double),
+    ]
+
+
 class ModelInfo(Structure):
     """coreflow_model_info, filled by coreflow_model_get_info."""
 

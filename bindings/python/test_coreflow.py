@@ -642,6 +642,7 @@ _MIRRORS = {
     "coreflow_matrices": "Matrices", "coreflow_matrices_mut": "MatricesMut",
     "coreflow_progress": "Progress", "coreflow_fit_options": "FitOptions",
     "coreflow_sample_options": "SampleOptions", "coreflow_model_info": "ModelInfo",
+    "coreflow_metrics_options": "MetricsOptions", "coreflow_metrics_result": "MetricsResult",
 }
 
 
