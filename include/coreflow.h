@@ -18,11 +18,6 @@
 #define COREFLOW_ABI_VERSION 1
 
 /**
- * The format version this build writes and the newest it reads.
- */
-#define FORMAT_VERSION 1
-
-/**
  * A fitted model (opaque). Immutable after fitting: any number of threads
  * may use one model at the same time, each with its own workspace.
  */
@@ -702,6 +697,23 @@ const char *coreflow_version(void);
 void coreflow_fit_options_init(struct coreflow_fit_options *opts);
 
 /**
+ * Writes the first `size` bytes of the default options (at most the
+ * library's `sizeof(coreflow_fit_options)`) into `opts` and sets
+ * `opts->struct_size` to the number of bytes written. Unlike
+ * `coreflow_fit_options_init`, never writes past a host struct compiled
+ * against an older, smaller header; the header's `coreflow_fit_options_init`
+ * macro calls it with `sizeof *opts`. NULL, or a `size` smaller than
+ * `sizeof(size_t)`, is ignored. Never allocates. Thread-safe.
+ */
+void coreflow_fit_options_init_sized(struct coreflow_fit_options *opts, size_t size);
+
+/**
+ * The sized counterpart of `coreflow_sample_options_init` (see
+ * `coreflow_fit_options_init_sized`). Never allocates. Thread-safe.
+ */
+void coreflow_sample_options_init_sized(struct coreflow_sample_options *o, size_t size);
+
+/**
  * Fills `o` with the defaults (RK4, 16 steps) and sets `o->struct_size`.
  * NULL is ignored. Never allocates. Thread-safe.
  */
@@ -887,3 +899,15 @@ const char *coreflow_status_name(coreflow_status status);
 #endif  // __cplusplus
 
 #endif  /* COREFLOW_H */
+
+/*
+ * The _init functions write the library's full struct; these macros pass the
+ * size the host was compiled with, so a host built against an older header
+ * stays safe with a newer library. (&coreflow_fit_options_init still names
+ * the function.)
+ */
+#ifndef COREFLOW_INIT_MACROS
+#define COREFLOW_INIT_MACROS
+#define coreflow_fit_options_init(opts) coreflow_fit_options_init_sized((opts), sizeof *(opts))
+#define coreflow_sample_options_init(o) coreflow_sample_options_init_sized((o), sizeof *(o))
+#endif

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the header check, the Rust tests, the C
-# and C++ tests and examples through CMake/ctest (including install, pkg-config
-# and valgrind checks), and the Python binding's tests. Installs the tools it
+# and C++ tests and examples through CMake/ctest (including install, pkg-config,
+# valgrind and MPI checks), and the Python binding's tests. Installs the tools it
 # needs when they are missing: system packages with apt-get, cbindgen with
 # cargo, NumPy with pip into .venv.
 set -euo pipefail
@@ -16,6 +16,10 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v readelf >/dev/null 2>&1 || need_apt+=(binutils)
+# Open MPI for the examples/mpi tests (the compiler wrapper and the launcher).
+if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1; then
+  need_apt+=(libopenmpi-dev openmpi-bin)
+fi
 # Debian splits ensurepip (needed by `python3 -m venv`) into python3-venv.
 if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   need_apt+=(python3-venv)

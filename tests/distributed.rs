@@ -166,3 +166,84 @@ fn a_failing_allreduce_stops_every_participant() {
         }
     }
 }
+
+/// Unbiased MMD^2 of samples from `model` against `fresh` (C-order).
+fn mmd_of(model: &Model, fresh: &[f64], count: usize, m: usize, n: usize) -> f64 {
+    use coreflow::flow::ode::SolverOptions;
+    use coreflow::numerics::{MemBuffer, MemStack};
+    let so = SolverOptions::default();
+    let mut out = vec![0.0; count * m * n];
+    let mut ob = coreflow::MatrixBatchMut::from_c_order(&mut out, count, m, n).unwrap();
+    let mut buf = MemBuffer::new(model.sample_scratch(count, &so));
+    model
+        .sample(&so, 99, 0, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
+    let real = MatrixBatch::from_c_order(fresh, count, m, n).unwrap();
+    let gen = MatrixBatch::from_c_order(&out, count, m, n).unwrap();
+    coreflow::metrics::mmd2(&real, &gen, coreflow::numerics::Par::Seq)
+        .unwrap()
+        .mmd2
+}
+
+#[test]
+fn data_parallel_flow_training_gives_one_model_of_comparable_quality() {
+    use coreflow::datasets::CoreDistribution;
+    use coreflow::flow::core_model::{CoreModelChoice, FlowOptions};
+    let (count, m, n) = (240, 16, 12);
+    let spec = |seed| {
+        let mut s = PlantedSpec::new(count, m, n, 2, 2, 64);
+        s.core = CoreDistribution::Mixture {
+            components: 3,
+            spread: 0.2,
+        };
+        s.noise = 1e-3;
+        s.seed = seed;
+        s
+    };
+    let train = planted_low_rank(&spec(64)).unwrap();
+    // Fresh data from the same distribution: same bases and mixture (same
+    // seed), so take the second half of a larger draw.
+    let mut big = spec(64);
+    big.count = 2 * count;
+    let fresh_all = planted_low_rank(&big).unwrap();
+    let fresh = &fresh_all.data.data[count * m * n..];
+    let opts = |seed| FitOptions {
+        rank_rows: 2,
+        rank_cols: 2,
+        threads: 1,
+        seed,
+        flow: FlowOptions {
+            hidden: 32,
+            layers: 2,
+            time_freqs: 4,
+            steps: 400,
+            batch_size: 64,
+            core_model: CoreModelChoice::Flow,
+            ..FlowOptions::default()
+        },
+        ..FitOptions::default()
+    };
+    let singles: Vec<f64> = (1..=3)
+        .map(|seed| {
+            let batch = MatrixBatch::from_c_order(&train.data.data, count, m, n).unwrap();
+            mmd_of(
+                &Model::fit(&batch, &opts(seed)).unwrap(),
+                fresh,
+                count,
+                m,
+                n,
+            )
+        })
+        .collect();
+    let fits = fit_sharded(&train.data.data, None, count, m, n, 2, &opts(1), None);
+    let models: Vec<Model> = fits.into_iter().map(|f| f.unwrap()).collect();
+    // Every participant holds the same model: bitwise the same samples.
+    assert_eq!(models[0].to_bytes(), models[1].to_bytes());
+    let sharded = mmd_of(&models[0], fresh, count, m, n);
+    let worst = singles.iter().cloned().fold(f64::MIN, f64::max);
+    println!("MMD^2 to fresh data: single-process fits {singles:?}, 2 shards {sharded:.3e}");
+    assert!(
+        sharded <= 2.0 * worst.max(1e-4),
+        "sharded {sharded} vs single {singles:?}"
+    );
+}

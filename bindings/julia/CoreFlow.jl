@@ -13,6 +13,13 @@ they are, so nothing is copied.
     cores = CoreFlow.encode(model, x, ws)         # (4, 4, 100)
     back = CoreFlow.decode(model, cores, ws)      # (32, 24, 100)
 
+    flow = CoreFlow.fit(x; rank_rows = 4, rank_cols = 4, flow_steps = 400,
+                        flow_hidden = 64, flow_layers = 2)
+    new = CoreFlow.sample(flow, 10; seed = 1)     # (32, 24, 10)
+    lp, dist = CoreFlow.log_prob(flow, new; residual = true)
+    filled = CoreFlow.complete(flow, x_with_nans) # NaN = missing (or mask = ...)
+    CoreFlow.save(flow, "fields.cfm"); same = CoreFlow.load("fields.cfm")
+
 The library is opened on first use from `ENV["COREFLOW_LIB"]`, else
 `target/release` of the source tree this file sits in, else the system
 search path (`libcoreflow.so.0`). Failed calls throw `CoreFlowError` with
@@ -22,7 +29,10 @@ module CoreFlow
 
 using Libdl
 
-export CoreFlowError, Model, Workspace, fit, encode, encode!, decode, decode!, info, subspaces
+# sample, save and load are not exported: StatsBase and FileIO use those
+# names. Call them as CoreFlow.sample, CoreFlow.save, CoreFlow.load.
+export CoreFlowError, Model, Workspace, fit, encode, encode!, decode, decode!, info, subspaces,
+       sample!, log_prob, log_prob!, complete, complete!, to_bytes, from_bytes
 
 const ABI_VERSION = 1
 
@@ -33,15 +43,27 @@ const ERR_INVALID_ARGUMENT = Int32(2)
 const ERR_SHAPE = Int32(3)
 const ERR_NON_FINITE = Int32(4)
 const ERR_WORKSPACE = Int32(5)
+const ERR_IO = Int32(6)
+const ERR_FORMAT = Int32(7)
 const ERR_VERSION = Int32(8)
 const ERR_CANCELLED = Int32(9)
+const ERR_NUMERICAL = Int32(10)
 const ERR_UNSUPPORTED = Int32(11)
+const ERR_COMMUNICATION = Int32(12)
 const ERR_INTERNAL = Int32(99)
 const OP_SAMPLE = Int32(0)
 const OP_ENCODE = Int32(1)
 const OP_DECODE = Int32(2)
 const OP_LOG_PROB = Int32(3)
 const OP_COMPLETE = Int32(4)
+const SOLVER_EULER = Int32(0)
+const SOLVER_HEUN = Int32(1)
+const SOLVER_RK4 = Int32(2)
+const SOLVER_DOPRI5 = Int32(3)
+const CORE_MODEL_NONE = Int32(-1)   # in ModelInfo: geometry only
+const CORE_MODEL_AUTO = Int32(0)
+const CORE_MODEL_FLOW = Int32(1)
+const CORE_MODEL_GAUSSIAN = Int32(2)
 
 # Struct mirrors of include/coreflow.h, field for field (isbits structs get
 # the C layout). bindings/python/test_coreflow.py checks them against the
@@ -106,6 +128,8 @@ struct FitOptions
     progress_user::Ptr{Cvoid}
     core_model::Int32
     holdout_fraction::Float64
+    allreduce::Ptr{Cvoid}
+    allreduce_user::Ptr{Cvoid}
 end
 
 struct SampleOptions
@@ -114,6 +138,22 @@ struct SampleOptions
     steps::UInt32
     rtol::Float64
     atol::Float64
+end
+
+struct MetricsOptions
+    struct_size::Csize_t
+    threads::UInt32
+    top_k::UInt32
+end
+
+struct MetricsResult
+    struct_size::Csize_t
+    sve::Float64
+    topk_w1::Float64
+    mmd2::Float64
+    mean_error::Float64
+    rowcov_error::Float64
+    colcov_error::Float64
 end
 
 struct ModelInfo
@@ -134,6 +174,15 @@ struct ModelInfo
     subspace_iterations::UInt32
     subspace_converged::UInt8
     subspace_objective::Float64
+    masked::UInt8
+    completion_iterations::UInt32
+    completion_converged::UInt8
+    completion_objective::Float64
+    noise_variance::Float64
+    core_model::Int32
+    flow_block::Csize_t
+    heldout_loglik_flow::Float64
+    heldout_loglik_gaussian::Float64
 end
 
 # ---------------------------------------------------------------------------
@@ -194,32 +243,61 @@ end
 # ---------------------------------------------------------------------------
 # Options
 
+# The library's defaults for a `T`, from its `init` function. The sized init
+# (`init`_sized) writes at most sizeof(T) and records how much it wrote. A
+# library without it writes its own sizeof, which a newer library may have
+# grown: give it room, then keep the fields known here.
+function _init_struct(::Type{T}, init::Symbol) where {T}
+    sized = Libdl.dlsym(_handle(), Symbol(init, :_sized); throw_error = false)
+    buf = zeros(UInt8, sizeof(T) + 1024)  # zeros: fields an older library lacks
+    GC.@preserve buf begin
+        if sized !== nothing
+            ccall(sized, Cvoid, (Ptr{Cvoid}, Csize_t), buf, sizeof(T))
+        else
+            ccall(_sym(init), Cvoid, (Ptr{Cvoid},), buf)
+        end
+        return unsafe_load(Ptr{T}(pointer(buf)))
+    end
+end
+
+# `opts` with the named fields replaced (struct_size: what the init recorded,
+# at most the size known here).
+function _with_fields(opts::T, kw, hidden, what) where {T}
+    names = fieldnames(T)
+    values = Any[getfield(opts, f) for f in names]
+    values[1] = min(Csize_t(sizeof(T)), opts.struct_size)
+    for (k, v) in kw
+        i = findfirst(==(k), names)
+        if i === nothing || k === :struct_size || k in hidden
+            throw(ArgumentError("$what: unknown option $k"))
+        end
+        values[i] = convert(fieldtype(T, i), v)
+    end
+    return T(values...)
+end
+
 """
     fit_options(; kw...)
 
 The library's defaults with the named fields replaced, e.g.
 `fit_options(rank_rows = 4, center = true)`.
 """
-function fit_options(; kw...)
-    # The library writes its own sizeof(coreflow_fit_options), which a newer
-    # library may have grown: give it room, then keep the fields known here.
-    buf = zeros(UInt8, sizeof(FitOptions) + 1024)
-    opts = GC.@preserve buf begin
-        ccall(_sym(:coreflow_fit_options_init), Cvoid, (Ptr{Cvoid},), buf)
-        unsafe_load(Ptr{FitOptions}(pointer(buf)))
-    end
-    names = fieldnames(FitOptions)
-    values = Any[getfield(opts, f) for f in names]
-    values[1] = Csize_t(sizeof(FitOptions))
-    for (k, v) in kw
-        i = findfirst(==(k), names)
-        if i === nothing || k in (:struct_size, :progress, :progress_user)
-            throw(ArgumentError("fit_options: unknown option $k"))
-        end
-        values[i] = convert(fieldtype(FitOptions, i), v)
-    end
-    return FitOptions(values...)
-end
+fit_options(; kw...) = _with_fields(_init_struct(FitOptions, :coreflow_fit_options_init), kw,
+                                    (:progress, :progress_user, :allreduce, :allreduce_user),
+                                    "fit_options")
+
+"""
+    sample_options(; kw...)
+
+Solver settings of sampling and scoring: the defaults (RK4, 16 steps) with
+the named fields replaced, e.g. `sample_options(solver = SOLVER_DOPRI5)`.
+"""
+sample_options(; kw...) = _with_fields(_init_struct(SampleOptions, :coreflow_sample_options_init),
+                                       kw, (), "sample_options")
+
+# The options argument of a call: NULL (library defaults) or the struct.
+_options_arg(::Nothing) = C_NULL
+_options_arg(o::SampleOptions) = Ref(o)
 
 # ---------------------------------------------------------------------------
 # Model
@@ -300,22 +378,26 @@ function subspaces(model::Model)
 end
 
 """
-    Workspace(model, count, ops = (OP_ENCODE, OP_DECODE))
+    Workspace(model, count, ops = (OP_ENCODE, OP_DECODE); options = nothing)
 
-Scratch memory for up to `count` matrices of each of `ops`. Reuse it: calls
-that receive it never allocate.
+Scratch memory for up to `count` matrices of each of `ops` (e.g.
+`(OP_SAMPLE, OP_LOG_PROB)`); `options`: the `sample_options` of later
+sample and log_prob calls (nothing = defaults). Reuse it, one per task:
+calls that receive it never allocate.
 """
 struct Workspace
     buf::Vector{UInt8}
 end
 
-function Workspace(model::Model, count::Integer, ops = (OP_ENCODE, OP_DECODE))
+function Workspace(model::Model, count::Integer, ops = (OP_ENCODE, OP_DECODE);
+                   options::Union{Nothing,SampleOptions} = nothing)
     bytes = 0
+    opts = _options_arg(options)
     for op in ops
         b = Ref{Csize_t}(0)
         _check(ccall(_sym(:coreflow_workspace_size), Int32,
                      (Ptr{Cvoid}, Int32, Csize_t, Ptr{Cvoid}, Ptr{Csize_t}),
-                     model, op, count, C_NULL, b))
+                     model, op, count, opts, b))
         bytes = max(bytes, Int(b[]))
     end
     return Workspace(Vector{UInt8}(undef, bytes))
@@ -366,6 +448,161 @@ end
 function decode(model::Model, cores::Array{Float64,3}, ws::Workspace = Workspace(model, size(cores, 3)))
     i = info(model)
     return decode!(Array{Float64,3}(undef, i.rows, i.cols, size(cores, 3)), model, cores, ws)
+end
+
+# ---------------------------------------------------------------------------
+# Sampling, scoring, completion
+
+"""
+    sample!(out, model, ws = nothing; seed = 0, first_index = 0, options = nothing) -> out
+
+Draws `size(out, 3)` new matrices into `out[:, :, j]`: matrix j is sample
+number `first_index + j - 1` of stream `seed`, so batches drawn in pieces or
+on several tasks are bitwise the same. `options`: `sample_options(...)`
+(nothing = RK4, 16 steps). `ws`: a `Workspace` with `OP_SAMPLE` sized for
+the same options (nothing = one for this call).
+"""
+function sample!(out::StridedArray{Float64,3}, model::Model,
+                 ws::Union{Nothing,Workspace} = nothing;
+                 seed::Integer = 0, first_index::Integer = 0,
+                 options::Union{Nothing,SampleOptions} = nothing)
+    if ws === nothing
+        ws = Workspace(model, size(out, 3), (OP_SAMPLE,); options = options)
+    end
+    GC.@preserve out begin
+        view = Ref(_view_mut(out))
+        _check(ccall(_sym(:coreflow_sample), Int32,
+                     (Ptr{Cvoid}, Ptr{Cvoid}, UInt64, UInt64, Ptr{MatricesMut}, Ptr{UInt8}, Csize_t),
+                     model, _options_arg(options), seed, first_index, view, ws.buf,
+                     length(ws.buf)))
+    end
+    return out
+end
+
+function sample(model::Model, count::Integer, ws::Union{Nothing,Workspace} = nothing; kw...)
+    i = info(model)
+    return sample!(Array{Float64,3}(undef, i.rows, i.cols, count), model, ws; kw...)
+end
+
+"""
+    log_prob!(lp, residual, model, x, ws; options = nothing) -> lp
+
+Writes the log-density of `x[:, :, j]` (a density over matrices in the
+learned geometry) into `lp[j]` and, unless `residual` is `nothing`, its
+relative distance from that geometry into `residual[j]`.
+"""
+function log_prob!(lp::Vector{Float64}, residual::Union{Nothing,Vector{Float64}}, model::Model,
+                   x::StridedArray{Float64,3}, ws::Workspace;
+                   options::Union{Nothing,SampleOptions} = nothing)
+    n = size(x, 3)
+    length(lp) == n || throw(DimensionMismatch("lp: length $n expected"))
+    residual === nothing || length(residual) == n ||
+        throw(DimensionMismatch("residual: length $n expected"))
+    res = residual === nothing ? Ptr{Float64}(C_NULL) : pointer(residual)
+    GC.@preserve x lp residual begin
+        view = Ref(_view(x))
+        _check(ccall(_sym(:coreflow_log_prob), Int32,
+                     (Ptr{Cvoid}, Ptr{Cvoid}, Ptr{Matrices}, Ptr{Float64}, Ptr{Float64},
+                      Ptr{UInt8}, Csize_t),
+                     model, _options_arg(options), view, lp, res, ws.buf, length(ws.buf)))
+    end
+    return lp
+end
+
+"""
+    log_prob(model, x, ws = nothing; residual = false, options = nothing)
+
+The log-densities of the matrices `x[:, :, j]`, or `(log_prob, residual)`
+with `residual = true`.
+"""
+function log_prob(model::Model, x::StridedArray{Float64,3},
+                  ws::Union{Nothing,Workspace} = nothing;
+                  residual::Bool = false, options::Union{Nothing,SampleOptions} = nothing)
+    if ws === nothing
+        ws = Workspace(model, size(x, 3), (OP_LOG_PROB,); options = options)
+    end
+    lp = Vector{Float64}(undef, size(x, 3))
+    res = residual ? Vector{Float64}(undef, size(x, 3)) : nothing
+    log_prob!(lp, res, model, x, ws; options = options)
+    return residual ? (lp, res) : lp
+end
+
+"""
+    complete!(out, model, x, ws = ...; mask = nothing) -> out
+
+Writes `x` into `out` with its missing entries completed: where `mask`
+(an `Array{UInt8,3}` or `Array{Bool,3}` of the size and layout of `x`) is
+zero, or the NaN entries when `mask` is `nothing`. Observed entries are
+copied bitwise; `out` must not overlap `x`.
+"""
+function complete!(out::StridedArray{Float64,3}, model::Model, x::StridedArray{Float64,3},
+                   ws::Workspace = Workspace(model, size(x, 3), (OP_COMPLETE,));
+                   mask::Union{Nothing,Array{UInt8,3},Array{Bool,3}} = nothing)
+    mask === nothing || (size(mask) == size(x) && strides(mask) == strides(x)) ||
+        throw(DimensionMismatch("mask: must have the size and layout of x"))
+    GC.@preserve out x mask begin
+        v = _view(x)
+        if mask !== nothing
+            v = Matrices(v.data, Ptr{UInt8}(pointer(mask)), v.count, v.rows, v.cols,
+                         v.sample_stride, v.row_stride, v.col_stride)
+        end
+        view = Ref(v)
+        oview = Ref(_view_mut(out))
+        _check(ccall(_sym(:coreflow_complete), Int32,
+                     (Ptr{Cvoid}, Ptr{Matrices}, Ptr{MatricesMut}, Ptr{UInt8}, Csize_t),
+                     model, view, oview, ws.buf, length(ws.buf)))
+    end
+    return out
+end
+
+complete(model::Model, x::StridedArray{Float64,3}, args...; kw...) =
+    complete!(Array{Float64,3}(undef, size(x)), model, x, args...; kw...)
+
+# ---------------------------------------------------------------------------
+# Model files
+
+"""
+    save(model, path)
+
+Writes the model file (versioned, checksummed).
+"""
+function save(model::Model, path::AbstractString)
+    _check(ccall(_sym(:coreflow_model_save), Int32, (Ptr{Cvoid}, Cstring), model, path))
+    return nothing
+end
+
+"""
+    load(path) -> Model
+"""
+function load(path::AbstractString)
+    handle = Ref{Ptr{Cvoid}}(C_NULL)
+    _check(ccall(_sym(:coreflow_model_load), Int32, (Cstring, Ptr{Ptr{Cvoid}}), path, handle))
+    return Model(handle[])
+end
+
+"""
+    to_bytes(model) -> Vector{UInt8}
+
+The model file image in memory.
+"""
+function to_bytes(model::Model)
+    len = Ref{Csize_t}(0)
+    _check(ccall(_sym(:coreflow_model_to_bytes), Int32,
+                 (Ptr{Cvoid}, Ptr{UInt8}, Csize_t, Ptr{Csize_t}), model, Ptr{UInt8}(C_NULL), 0, len))
+    bytes = Vector{UInt8}(undef, len[])
+    _check(ccall(_sym(:coreflow_model_to_bytes), Int32,
+                 (Ptr{Cvoid}, Ptr{UInt8}, Csize_t, Ptr{Csize_t}), model, bytes, length(bytes), len))
+    return resize!(bytes, len[])
+end
+
+"""
+    from_bytes(bytes::Vector{UInt8}) -> Model
+"""
+function from_bytes(bytes::Vector{UInt8})
+    handle = Ref{Ptr{Cvoid}}(C_NULL)
+    _check(ccall(_sym(:coreflow_model_from_bytes), Int32,
+                 (Ptr{UInt8}, Csize_t, Ptr{Ptr{Cvoid}}), bytes, length(bytes), handle))
+    return Model(handle[])
 end
 
 end # module

@@ -1,20 +1,27 @@
-"""CoreFlow from Python through ctypes: fit, encode and decode NumPy arrays.
+"""CoreFlow from Python through ctypes: fit, encode, decode, sample, score
+and complete NumPy arrays; save and load models.
 
     import numpy as np
     import coreflow
 
     x = np.random.default_rng(0).standard_normal((100, 32, 24))  # (N, m, n)
-    model = coreflow.Model.fit(x, rank_rows=4, rank_cols=4, center=True)
+    model = coreflow.Model.fit(x, rank_rows=4, rank_cols=4, center=True,
+                               flow_steps=400, flow_hidden=64, flow_layers=2)
     cores = model.encode(x)      # (N, r, s): cores[j] is the r x s core of x[j]
     back = model.decode(cores)   # (N, m, n)
+    new = model.sample(10, seed=1)               # (10, m, n), sample j of stream 1
+    lp, dist = model.log_prob(new, residual=True)
+    filled = model.complete(x_with_nans)         # NaN = missing (or mask=...)
+    model.save("fields.cfm"); same = coreflow.Model.load("fields.cfm")
 
 No array is copied. The C API takes strided views with strides in elements,
 so any float64 array whose byte strides are multiples of 8 passes as it is:
 C-order or Fortran-order, sliced, transposed. `sample_axis` says which axis
 indexes the matrices: 0 for NumPy's (N, m, n), -1 for the (m, n, N) layout
 of Julia, Fortran and MATLAB. Outputs can be preallocated (`out=`) and are
-then filled in place; a `Workspace` sized once makes encode and decode
-allocation-free, as in C.
+then filled in place; a `Workspace` sized once makes every inference call
+allocation-free, as in C. The calls release the GIL (ctypes does), so
+threads may share one model, each with its own Workspace.
 
 Errors of the library raise `CoreFlowError` with the status code, its name
 (e.g. "COREFLOW_ERR_SHAPE") and the library's message. Arrays the views
@@ -52,6 +59,7 @@ __all__ = [
     "CoreFlowError",
     "Model",
     "Workspace",
+    "sample_options",
     "find_library",
     "fit_options",
     "load",
@@ -75,6 +83,7 @@ ERR_VERSION = 8
 ERR_CANCELLED = 9
 ERR_NUMERICAL = 10
 ERR_UNSUPPORTED = 11
+ERR_COMMUNICATION = 12
 ERR_INTERNAL = 99
 
 # Operations that take a workspace.
@@ -98,6 +107,7 @@ STAGE_FLOW = 2
 CORE_MODEL_AUTO = 0
 CORE_MODEL_FLOW = 1
 CORE_MODEL_GAUSSIAN = 2
+CORE_MODEL_NONE = -1  # in model info: geometry only
 
 
 # ---------------------------------------------------------------------------
@@ -146,6 +156,7 @@ class Progress(Structure):
 
 
 ProgressFn = CFUNCTYPE(c_int32, c_void_p, POINTER(Progress))
+AllreduceFn = CFUNCTYPE(c_int32, c_void_p, POINTER(c_double), c_size_t)
 
 
 class FitOptions(Structure):
@@ -181,6 +192,8 @@ class FitOptions(Structure):
         ("progress_user", c_void_p),
         ("core_model", c_int32),
         ("holdout_fraction", c_double),
+        ("allreduce", AllreduceFn),
+        ("allreduce_user", c_void_p),
     ]
 
 
@@ -193,6 +206,30 @@ class SampleOptions(Structure):
         ("steps", c_uint32),
         ("rtol", c_double),
         ("atol", c_double),
+    ]
+
+
+class MetricsOptions(Structure):
+    """coreflow_metrics_options (threads, top_k), for coreflow_metrics."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("threads", c_uint32),
+        ("top_k", c_uint32),
+    ]
+
+
+class MetricsResult(Structure):
+    """coreflow_metrics_result, filled by coreflow_metrics."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("sve", c_double),
+        ("topk_w1", c_double),
+        ("mmd2", c_double),
+        ("mean_error", c_double),
+        ("rowcov_error", c_double),
+        ("colcov_error", c_double),
     ]
 
 
@@ -217,6 +254,15 @@ class ModelInfo(Structure):
         ("subspace_iterations", c_uint32),
         ("subspace_converged", c_uint8),
         ("subspace_objective", c_double),
+        ("masked", c_uint8),
+        ("completion_iterations", c_uint32),
+        ("completion_converged", c_uint8),
+        ("completion_objective", c_double),
+        ("noise_variance", c_double),
+        ("core_model", c_int32),
+        ("flow_block", c_size_t),
+        ("heldout_loglik_flow", c_double),
+        ("heldout_loglik_gaussian", c_double),
     ]
 
 
@@ -239,6 +285,18 @@ _PROTOTYPES = {
     "coreflow_workspace_size": (c_int32, [_P, c_int32, c_size_t, _P, _P]),
     "coreflow_encode": (c_int32, [_P, _P, _P, _P, c_size_t]),
     "coreflow_decode": (c_int32, [_P, _P, _P, _P, c_size_t]),
+    "coreflow_sample": (c_int32, [_P, _P, c_uint64, c_uint64, _P, _P, c_size_t]),
+    "coreflow_log_prob": (c_int32, [_P, _P, _P, _P, _P, _P, c_size_t]),
+    "coreflow_complete": (c_int32, [_P, _P, _P, _P, c_size_t]),
+    "coreflow_model_save": (c_int32, [_P, c_char_p]),
+    "coreflow_model_load": (c_int32, [c_char_p, _P]),
+    "coreflow_model_to_bytes": (c_int32, [_P, _P, c_size_t, _P]),
+    "coreflow_model_from_bytes": (c_int32, [_P, c_size_t, _P]),
+}
+# Functions added to ABI v1 later: used when the library has them.
+_OPTIONAL_PROTOTYPES = {
+    "coreflow_fit_options_init_sized": (None, [_P, c_size_t]),
+    "coreflow_sample_options_init_sized": (None, [_P, c_size_t]),
 }
 
 _LIB_NAMES = {"linux": "libcoreflow.so", "darwin": "libcoreflow.dylib", "win32": "coreflow.dll"}
@@ -287,6 +345,11 @@ def load(lib_path=None):
         f = getattr(lib, fn)
         f.restype = restype
         f.argtypes = argtypes
+    for fn, (restype, argtypes) in _OPTIONAL_PROTOTYPES.items():
+        f = getattr(lib, fn, None)
+        if f is not None:
+            f.restype = restype
+            f.argtypes = argtypes
     abi = lib.coreflow_abi_version()
     if abi != ABI_VERSION:
         raise CoreFlowError(
@@ -397,22 +460,58 @@ def _check_cores(cores, count, r, s, sample_axis, what, writable):
 # ---------------------------------------------------------------------------
 # Options
 
-def fit_options(**fields):
-    """A FitOptions with the library's defaults, then `fields` set by name
-    (e.g. rank_rows=4, center=True). Unknown names raise TypeError."""
+def _init_struct(cls, name):
+    """A `cls` with the library's defaults, from its `name` init function.
+
+    The sized init (`name`_sized) writes at most sizeof(cls) and records how
+    much it wrote, so an older library leaves the newer fields zero and
+    tells it so. A library without it writes its own sizeof, which a newer
+    library may have grown: give it room, then keep the fields known here."""
     lib = load()
-    # The library writes its own sizeof(coreflow_fit_options), which a newer
-    # library may have grown: give it room, then keep the fields known here.
-    buf = (c_uint8 * (ctypes.sizeof(FitOptions) + 1024))()
-    lib.coreflow_fit_options_init(buf)
-    opts = FitOptions.from_buffer_copy(buf)
-    opts.struct_size = ctypes.sizeof(FitOptions)
-    known = {name for name, _ in FitOptions._fields_} - {"struct_size", "progress", "progress_user"}
+    sized = getattr(lib, name + "_sized", None)
+    if sized is not None:
+        opts = cls()
+        sized(ctypes.addressof(opts), ctypes.sizeof(cls))
+        return opts
+    buf = (c_uint8 * (ctypes.sizeof(cls) + 1024))()
+    getattr(lib, name)(buf)
+    opts = cls.from_buffer_copy(buf)
+    opts.struct_size = min(opts.struct_size, ctypes.sizeof(cls))
+    return opts
+
+
+def _set_fields(opts, fields, hidden, what):
+    known = {name for name, _ in type(opts)._fields_} - {"struct_size"} - set(hidden)
     for name, value in fields.items():
         if name not in known:
-            raise TypeError(f"fit_options: unknown option {name!r}")
+            raise TypeError(f"{what}: unknown option {name!r}")
         setattr(opts, name, int(value) if isinstance(value, bool) else value)
     return opts
+
+
+def fit_options(**fields):
+    """A FitOptions with the library's defaults, then `fields` set by name
+    (e.g. rank_rows=4, center=True). Unknown names raise TypeError. The
+    callbacks are set through Model.fit (progress=, allreduce=)."""
+    opts = _init_struct(FitOptions, "coreflow_fit_options_init")
+    return _set_fields(opts, fields, ("progress", "progress_user", "allreduce", "allreduce_user"),
+                       "fit_options")
+
+
+def sample_options(**fields):
+    """A SampleOptions with the library's defaults (RK4, 16 steps), then
+    `fields` set by name (solver=SOLVER_DOPRI5, steps=32, rtol=..., atol=...)."""
+    opts = _init_struct(SampleOptions, "coreflow_sample_options_init")
+    return _set_fields(opts, fields, (), "sample_options")
+
+
+def _options_ref(options):
+    """The pointer for an optional SampleOptions (None = the defaults)."""
+    if options is None:
+        return None
+    if not isinstance(options, SampleOptions):
+        raise TypeError("options: a SampleOptions (see sample_options()) or None")
+    return ctypes.addressof(options)
 
 
 # ---------------------------------------------------------------------------
@@ -420,15 +519,17 @@ def fit_options(**fields):
 
 class Workspace:
     """Scratch memory for inference calls, sized by coreflow_workspace_size
-    for each of `ops` on `model` with at most `count` matrices. Reuse one per
+    for each of `ops` on `model` with at most `count` matrices (and the
+    solver `options` of sample and log_prob; None = defaults). Reuse one per
     thread: calls that receive it never allocate."""
 
-    def __init__(self, model, ops=(OP_ENCODE, OP_DECODE), count=1):
+    def __init__(self, model, ops=(OP_ENCODE, OP_DECODE), count=1, options=None):
         lib = load()
         size = 0
         for op in ops:
             n = c_size_t(0)
-            _check(lib.coreflow_workspace_size(model.handle, op, count, None, byref(n)))
+            _check(lib.coreflow_workspace_size(model.handle, op, count, _options_ref(options),
+                                               byref(n)))
             size = max(size, n.value)
         self.buffer = np.empty(max(size, 1), dtype=np.uint8)
         self.nbytes = size
@@ -449,17 +550,31 @@ class Model:
         self._lib = load()
 
     @classmethod
-    def fit(cls, x, sample_axis=0, mask=None, progress=None, **options):
+    def fit(cls, x, sample_axis=0, mask=None, progress=None, allreduce=None, **options):
         """Fits a model to the float64 batch `x` without copying it.
 
         options: fields of coreflow_fit_options by name (rank_rows,
-        rank_cols, energy, center, threads, seed, ...). progress: called as
-        progress(stage, iteration, total, loss); a true result cancels the
-        fit (CoreFlowError with ERR_CANCELLED)."""
+        rank_cols, energy, center, threads, seed, flow_steps, ...).
+        progress: called as progress(stage, iteration, total, loss); a true
+        result cancels the fit (CoreFlowError with ERR_CANCELLED).
+        allreduce: distributed fitting (README, "Scaling out"): called as
+        allreduce(buf) with a float64 array over the library's buffer, it
+        must sum buf element-wise across all processes in place (with
+        mpi4py: comm.Allreduce(MPI.IN_PLACE, buf)); an exception or a
+        nonzero result fails the fit with ERR_COMMUNICATION."""
         lib = load()
         view = matrices_view(x, sample_axis, mask)
         opts = fit_options(**options)
         raised = []
+        if allreduce is not None:
+            def reduce_trampoline(_user, buf, n):
+                try:
+                    arr = np.ctypeslib.as_array(buf, shape=(n,)) if n else np.empty(0)
+                    return 1 if allreduce(arr) else 0
+                except BaseException as e:  # reported after the fit returns
+                    raised.append(e)
+                    return 1
+            opts.allreduce = AllreduceFn(reduce_trampoline)
         if progress is not None:
             def trampoline(_user, p):
                 try:
@@ -472,8 +587,29 @@ class Model:
         handle = c_void_p()
         status = lib.coreflow_fit(byref(view), byref(opts), byref(handle))
         if raised:
+            if status == ERR_COMMUNICATION:
+                try:
+                    _check(status)
+                except CoreFlowError as e:
+                    raise e from raised[0]
             raise raised[0]
         _check(status)
+        return cls(handle.value)
+
+    @classmethod
+    def load(cls, path):
+        """Reads a model file (ERR_IO, ERR_FORMAT or ERR_VERSION on failure)."""
+        handle = c_void_p()
+        _check(load().coreflow_model_load(os.fsencode(path), byref(handle)))
+        return cls(handle.value)
+
+    @classmethod
+    def from_bytes(cls, data):
+        """Reads a model from a file image (bytes, bytearray, memoryview or a
+        uint8 array), as written by to_bytes() or save()."""
+        buf = np.frombuffer(data, dtype=np.uint8)  # a view, never a copy
+        handle = c_void_p()
+        _check(load().coreflow_model_from_bytes(buf.ctypes.data, buf.size, byref(handle)))
         return cls(handle.value)
 
     # Lifetime -------------------------------------------------------------
@@ -504,7 +640,10 @@ class Model:
     # Access ---------------------------------------------------------------
 
     def info(self):
-        """The model summary as a dict (the fields of coreflow_model_info)."""
+        """The model summary as a dict (the fields of coreflow_model_info):
+        sizes and ranks, fit diagnostics, and the core model (core_model is
+        CORE_MODEL_FLOW, CORE_MODEL_GAUSSIAN or CORE_MODEL_NONE for a
+        geometry-only model; flow_dim, flow_block, heldout_loglik_*)."""
         info = ModelInfo()
         info.struct_size = ctypes.sizeof(ModelInfo)
         _check(self._lib.coreflow_model_get_info(self.handle, byref(info)))
@@ -525,9 +664,11 @@ class Model:
         _check(self._lib.coreflow_model_mean(self.handle, mean.ctypes.data))
         return mean
 
-    def workspace(self, count, ops=(OP_ENCODE, OP_DECODE)):
-        """A Workspace for up to `count` matrices of each of `ops`."""
-        return Workspace(self, ops, count)
+    def workspace(self, count, ops=(OP_ENCODE, OP_DECODE), options=None):
+        """A Workspace for up to `count` matrices of each of `ops` (e.g.
+        (OP_SAMPLE, OP_LOG_PROB)); `options`: the SampleOptions of sample and
+        log_prob calls (None = defaults)."""
+        return Workspace(self, ops, count, options)
 
     def empty_cores(self, count, sample_axis=0):
         """An uninitialised cores array in the layout of the C API:
@@ -571,3 +712,84 @@ class Model:
         _check(self._lib.coreflow_decode(self.handle, c.ctypes.data, byref(view),
                                          ws.address, ws.nbytes))
         return out
+
+    def sample(self, count=None, out=None, seed=0, first_index=0, ws=None, options=None,
+               sample_axis=0):
+        """Draws new matrices into `out` (any writable float64 layout, filled
+        in place; default: a new C-order (count, m, n) array, or Fortran-order
+        (m, n, count) for sample_axis=-1) and returns it. Matrix j is sample
+        number `first_index + j` of stream `seed`: the same (seed, index)
+        gives bitwise the same matrix whatever the batch or the thread.
+        `options`: a SampleOptions (None = RK4, 16 steps)."""
+        i = self.info()
+        if out is None:
+            if count is None:
+                raise TypeError("sample: give count or out")
+            shape = (count, i["rows"], i["cols"]) if sample_axis == 0 else (i["rows"], i["cols"], count)
+            out = np.empty(shape, order="C" if sample_axis == 0 else "F")
+        view = matrices_mut_view(out, sample_axis)
+        if count is not None and view.count != count:
+            raise ValueError(f"out: holds {view.count} matrices, count is {count}")
+        ws = ws if ws is not None else Workspace(self, (OP_SAMPLE,), view.count, options)
+        _check(self._lib.coreflow_sample(self.handle, _options_ref(options), seed, first_index,
+                                         byref(view), ws.address, ws.nbytes))
+        return out
+
+    def log_prob(self, x, residual=False, out=None, ws=None, options=None, sample_axis=0):
+        """Log-densities of the matrices of `x` under the model (a density
+        over matrices in the learned geometry), written into `out` (default:
+        a new array) and returned. With residual=True (or a float64 array to
+        fill), returns (log_prob, residual): each matrix's relative distance
+        ||Y - U U^T Y V V^T|| / ||Y|| from the geometry, Y = X - Xbar."""
+        view = matrices_view(x, sample_axis)
+        n = view.count
+        lp = _vector_out(out, n, "out")
+        res = None
+        if residual is not False and residual is not None:
+            res = _vector_out(None if residual is True else residual, n, "residual")
+        ws = ws if ws is not None else Workspace(self, (OP_LOG_PROB,), n, options)
+        _check(self._lib.coreflow_log_prob(self.handle, _options_ref(options), byref(view),
+                                           lp.ctypes.data, None if res is None else res.ctypes.data,
+                                           ws.address, ws.nbytes))
+        return lp if res is None else (lp, res)
+
+    def complete(self, x, mask=None, out=None, ws=None, sample_axis=0):
+        """The matrices of `x` with their missing entries completed: those
+        where `mask` (bool or uint8, same layout as x) is zero, or the NaN
+        entries when mask is None. Observed entries are copied bitwise.
+        Written into `out` (must not overlap x; default: a new array in the
+        layout of x) and returned."""
+        view = matrices_view(x, sample_axis, mask)
+        if out is None:
+            out = np.empty_like(np.asarray(x), order="K")
+        out_view = matrices_mut_view(out, sample_axis)
+        ws = ws if ws is not None else Workspace(self, (OP_COMPLETE,), view.count)
+        _check(self._lib.coreflow_complete(self.handle, byref(view), byref(out_view),
+                                           ws.address, ws.nbytes))
+        return out
+
+    # Persistence -----------------------------------------------------------
+
+    def save(self, path):
+        """Writes the model file (versioned, checksummed) to `path`."""
+        _check(self._lib.coreflow_model_save(self.handle, os.fsencode(path)))
+
+    def to_bytes(self):
+        """The model file image, as bytes."""
+        n = c_size_t(0)
+        _check(self._lib.coreflow_model_to_bytes(self.handle, None, 0, byref(n)))
+        buf = (c_uint8 * n.value)()
+        _check(self._lib.coreflow_model_to_bytes(self.handle, buf, n.value, byref(n)))
+        return bytes(buf)[:n.value]
+
+
+def _vector_out(arr, n, what):
+    """A float64 vector of n entries to be written by the library: `arr`
+    itself (contiguous, writable) or a new one."""
+    if arr is None:
+        return np.empty(n)
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.float64 or arr.shape != (n,):
+        raise ValueError(f"{what}: float64 array of shape ({n},) expected")
+    if not arr.flags.c_contiguous or not arr.flags.writeable:
+        raise ValueError(f"{what}: must be contiguous and writable")
+    return arr

@@ -2,6 +2,9 @@
 Julia binding (dlopen, raw pointers, column-major strides), and of both
 bindings' struct mirrors against include/coreflow.h.
 
+Flows are tiny here (a few hundred steps of a 2 x 32 network): the tests
+check the plumbing, not the quality of the model.
+
 Run: python -m unittest discover -s bindings/python -v
 (needs numpy, and libcoreflow from `cargo build --release` or $COREFLOW_LIB).
 """
@@ -10,6 +13,8 @@ import ctypes
 import os
 import re
 import sys
+import tempfile
+import threading
 import unittest
 from ctypes import byref, c_int32, c_size_t, c_uint32, c_void_p
 from unittest import mock
@@ -29,6 +34,15 @@ def planted(count=40, rows=20, cols=16, r=3, s=2, noise=1e-3, seed=5):
     v, _ = np.linalg.qr(rng.standard_normal((cols, s)))
     c = rng.standard_normal((count, r, s)) * np.arange(r * s, 0, -1).reshape(r, s)
     return np.einsum("ia,nab,jb->nij", u, c, v) + noise * rng.standard_normal((count, rows, cols))
+
+
+def same_value(a, b):
+    """a == b, with NaN equal to NaN."""
+    return a == b or (a != a and b != b)
+
+
+# Small flow settings for every test that trains one.
+SMALL_FLOW = dict(flow_steps=200, flow_hidden=32, flow_layers=2, batch_size=64, threads=1)
 
 
 class FitLayouts(unittest.TestCase):
@@ -213,6 +227,229 @@ class Errors(unittest.TestCase):
             m.info()
 
 
+class Sampling(unittest.TestCase):
+    """Sampling, scoring, completion and persistence of a model with a flow."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.x = planted(count=120, seed=9)
+        cls.model = coreflow.Model.fit(cls.x, rank_rows=3, rank_cols=2, center=True, seed=3,
+                                       **SMALL_FLOW)
+
+    def test_info_has_the_core_model(self):
+        info = self.model.info()
+        self.assertEqual(info["core_model"], coreflow.CORE_MODEL_FLOW)
+        self.assertEqual((info["has_flow"], info["flow_hidden"], info["flow_layers"]), (1, 32, 2))
+        self.assertTrue(1 <= info["flow_dim"] <= info["flow_block"] <= info["core_dim"])
+        self.assertTrue(np.isfinite(info["final_loss"]))
+        self.assertTrue(np.isfinite(info["heldout_loglik_flow"]))
+        self.assertTrue(np.isfinite(info["heldout_loglik_gaussian"]))
+        self.assertGreater(info["noise_variance"], 0)
+        self.assertEqual((info["masked"], info["completion_iterations"]), (0, 0))
+        self.assertTrue(np.isnan(info["completion_objective"]))
+
+    def test_sample_into_preallocated_arrays(self):
+        want = self.model.sample(6, seed=4)
+        self.assertEqual(want.shape, (6, 20, 16))
+        ws = self.model.workspace(6, ops=(coreflow.OP_SAMPLE,))
+        for out, axis in ((np.empty((6, 20, 16)), 0),                     # C order
+                          (np.empty((6, 20, 16), order="F"), 0),          # Fortran order
+                          (np.empty((20, 16, 6), order="F"), -1),         # Julia's (m, n, N)
+                          (np.full((6, 20, 32), np.nan)[:, :, ::2], 0)):  # a strided slice
+            before = out.ctypes.data
+            got = self.model.sample(out=out, seed=4, ws=ws, sample_axis=axis)
+            self.assertIs(got, out)
+            self.assertEqual(out.ctypes.data, before)
+            samples_first = np.moveaxis(out, -1, 0) if axis == -1 else out
+            self.assertTrue(np.array_equal(samples_first, want), f"layout {out.strides}")
+
+    def test_sample_index_is_the_stream_position(self):
+        whole = self.model.sample(5, seed=8)
+        head = self.model.sample(2, seed=8)
+        tail = self.model.sample(3, seed=8, first_index=2)
+        self.assertTrue(np.array_equal(np.concatenate([head, tail]), whole))
+        self.assertFalse(np.array_equal(self.model.sample(5, seed=9), whole))
+
+    def test_log_prob_and_residual(self):
+        gen = self.model.sample(4, seed=1)
+        lp, res = self.model.log_prob(gen, residual=True)
+        self.assertEqual(lp.shape, (4,))
+        self.assertTrue(np.all(np.isfinite(lp)))
+        self.assertTrue(np.all(res < 1e-12), res)  # samples lie in the geometry
+        # Preallocated outputs are filled in place; data have a residual (the noise).
+        out, res_out = np.empty(4), np.empty(4)
+        got = self.model.log_prob(self.x[:4], out=out, residual=res_out)
+        self.assertIs(got[0], out)
+        self.assertIs(got[1], res_out)
+        self.assertTrue(np.all((res_out > 1e-6) & (res_out < 1e-2)), res_out)
+        self.assertTrue(np.array_equal(self.model.log_prob(self.x[:4]), out))
+        # Fortran order gives the same values.
+        np.testing.assert_allclose(self.model.log_prob(np.asfortranarray(self.x[:4])), out,
+                                   rtol=1e-12)
+
+    def test_solver_options(self):
+        so = coreflow.sample_options(solver=coreflow.SOLVER_DOPRI5, rtol=1e-6, atol=1e-6)
+        ws = self.model.workspace(3, ops=(coreflow.OP_SAMPLE, coreflow.OP_LOG_PROB), options=so)
+        gen = self.model.sample(3, seed=2, ws=ws, options=so)
+        rk4 = self.model.sample(3, seed=2)
+        # The same ODE solved two ways: close (RK4 with 16 steps is not exact).
+        self.assertLess(np.linalg.norm(gen - rk4) / np.linalg.norm(rk4), 3e-2)
+        self.assertTrue(np.all(np.isfinite(self.model.log_prob(gen, ws=ws, options=so))))
+        with self.assertRaises(TypeError):
+            coreflow.sample_options(stepz=3)
+        bad = coreflow.sample_options(solver=9)
+        with self.assertRaises(coreflow.CoreFlowError) as cm:
+            self.model.sample(1, options=bad)
+        self.assertEqual(cm.exception.status, coreflow.ERR_INVALID_ARGUMENT)
+        self.assertIn("solver", cm.exception.message)
+
+    def test_complete_with_mask_or_nan(self):
+        truth = planted(count=120, seed=9)[100:103]  # same distribution as the training set
+        rng = np.random.default_rng(1)
+        mask = rng.random(truth.shape) > 0.3
+        with_nan = np.where(mask, truth, np.nan)
+        by_mask = self.model.complete(truth, mask=mask)
+        by_nan = self.model.complete(with_nan)
+        self.assertTrue(np.array_equal(by_mask, by_nan))
+        self.assertTrue(np.array_equal(by_mask[mask], truth[mask]))  # observed: bitwise
+        err = np.linalg.norm((by_mask - truth)[~mask]) / np.linalg.norm(truth[~mask])
+        self.assertLess(err, 1e-2)
+        out = np.empty_like(truth, order="F")
+        self.assertIs(self.model.complete(with_nan, out=out), out)
+        self.assertTrue(np.array_equal(out, by_nan))
+
+    def test_bytes_and_files(self):
+        want = self.model.sample(3, seed=6)
+        image = self.model.to_bytes()
+        self.assertIsInstance(image, bytes)
+        for data in (image, bytearray(image), memoryview(image), np.frombuffer(image, np.uint8)):
+            with coreflow.Model.from_bytes(data) as copy:
+                self.assertTrue(np.array_equal(copy.sample(3, seed=6), want))
+                want_info = self.model.info()
+                for key, value in copy.info().items():
+                    self.assertTrue(same_value(value, want_info[key]), key)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "model.cfm")
+            self.model.save(path)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), image)
+            with coreflow.Model.load(path) as loaded:
+                self.assertTrue(np.array_equal(loaded.sample(3, seed=6), want))
+            with self.assertRaises(coreflow.CoreFlowError) as cm:
+                coreflow.Model.load(os.path.join(d, "missing.cfm"))
+            self.assertEqual(cm.exception.status, coreflow.ERR_IO)
+        corrupt = bytearray(image)
+        corrupt[len(corrupt) // 2] ^= 0x10
+        with self.assertRaises(coreflow.CoreFlowError) as cm:
+            coreflow.Model.from_bytes(corrupt)
+        self.assertEqual(cm.exception.status, coreflow.ERR_FORMAT)
+
+    def test_geometry_only_model_cannot_sample(self):
+        with coreflow.Model.fit(self.x, rank_rows=3, rank_cols=2, flow_steps=0) as geo:
+            self.assertEqual(geo.info()["core_model"], coreflow.CORE_MODEL_NONE)
+            with self.assertRaises(coreflow.CoreFlowError) as cm:
+                geo.sample(1)
+            self.assertEqual(cm.exception.status, coreflow.ERR_UNSUPPORTED)
+
+
+class Threads(unittest.TestCase):
+    """One model, many threads: ctypes releases the GIL during each call, so
+    the threads sample at the same time, each with its own workspace."""
+
+    def test_eight_threads_sample_bitwise_like_one(self):
+        x = planted(count=120, seed=10)
+        per_thread, rounds, threads = 4, 3, 8
+        with coreflow.Model.fit(x, rank_rows=3, rank_cols=2, **SMALL_FLOW) as model:
+            want = model.sample(threads * per_thread, seed=21)
+            got = np.full_like(want, np.nan)
+            errors = []
+            start = threading.Barrier(threads)
+
+            def work(t):
+                try:
+                    ws = model.workspace(per_thread, ops=(coreflow.OP_SAMPLE,))
+                    part = got[t * per_thread:(t + 1) * per_thread]  # a view: filled in place
+                    start.wait()
+                    for _ in range(rounds):
+                        model.sample(out=part, seed=21, first_index=t * per_thread, ws=ws)
+                except BaseException as e:
+                    errors.append(e)
+
+            pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+            for th in pool:
+                th.start()
+            for th in pool:
+                th.join()
+            self.assertEqual(errors, [])
+            self.assertTrue(np.array_equal(got, want))
+
+
+class ThreadAllreduce:
+    """An allreduce among `n` threads of this process, standing in for MPI:
+    every member's buffer is summed in member order, so all get the same
+    result."""
+
+    def __init__(self, n):
+        self.barrier = threading.Barrier(n, timeout=60)
+        self.bufs = [None] * n
+        self.total = None
+
+    def member(self, rank):
+        def allreduce(buf):
+            self.bufs[rank] = buf
+            self.barrier.wait()
+            if rank == 0:
+                self.total = np.sum(self.bufs, axis=0)
+            self.barrier.wait()
+            buf[:] = self.total
+            self.barrier.wait()  # nobody starts the next call before all have copied
+        return allreduce
+
+
+class Distributed(unittest.TestCase):
+    """Model.fit(allreduce=...): two shards fitted in two threads through a
+    summing callback give the single-process geometry."""
+
+    def test_two_shards_give_the_whole_geometry(self):
+        x = planted(count=60, seed=11)
+        opts = dict(rank_rows=3, rank_cols=2, center=True, flow_steps=0, threads=1)
+        comm = ThreadAllreduce(2)
+        models, errors = [None, None], []
+
+        def fit(rank):
+            try:
+                shard = x[rank * 30:(rank + 1) * 30]
+                models[rank] = coreflow.Model.fit(shard, allreduce=comm.member(rank), **opts)
+            except BaseException as e:
+                errors.append(e)
+
+        pool = [threading.Thread(target=fit, args=(r,)) for r in range(2)]
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join()
+        self.assertEqual(errors, [])
+        with coreflow.Model.fit(x, **opts) as whole:
+            u, v = whole.subspaces()
+            for m in models:
+                um, vm = m.subspaces()
+                np.testing.assert_allclose(um, u, atol=1e-10)
+                np.testing.assert_allclose(vm, v, atol=1e-10)
+                np.testing.assert_allclose(m.mean(), whole.mean(), atol=1e-12)
+                self.assertEqual(m.info()["train_count"], 60)
+                m.close()
+
+    def test_a_failing_callback_stops_the_fit(self):
+        def broken(buf):
+            raise ConnectionError("peer lost")
+        with self.assertRaises(coreflow.CoreFlowError) as cm:
+            coreflow.Model.fit(planted(seed=12), rank_rows=3, rank_cols=2, flow_steps=0,
+                               allreduce=broken)
+        self.assertEqual(cm.exception.status, coreflow.ERR_COMMUNICATION)
+        self.assertEqual(cm.exception.name, "COREFLOW_ERR_COMMUNICATION")
+        self.assertIsInstance(cm.exception.__cause__, ConnectionError)
+
+
 class LibraryLookup(unittest.TestCase):
     def test_env_var_and_argument_win(self):
         with mock.patch.dict(os.environ, {"COREFLOW_LIB": "/opt/x/libcoreflow.so.0"}):
@@ -294,6 +531,99 @@ class JuliaCallingPattern(unittest.TestCase):
         np.testing.assert_allclose(np.moveaxis(back, -1, 0), want_back, atol=1e-10)
         self.assertLess(np.linalg.norm(back - xj) / np.linalg.norm(xj), 1e-2)
 
+    def test_sampling_scoring_completion_persistence(self):
+        """CoreFlow.jl's sample!, log_prob, complete! and to_bytes/from_bytes:
+        column-major (m, n, N) outputs, Vector{Float64} results, a
+        Vector{UInt8} image; the results agree with the Python binding on the
+        same model."""
+        x = planted(count=120, seed=13)
+        xj = np.asfortranarray(np.moveaxis(x, 0, -1))
+        m, n, N = xj.shape
+        lib = ctypes.CDLL(coreflow.find_library())
+        P = c_void_p
+        for name, res, args in [
+            ("coreflow_fit_options_init", None, [P]),
+            ("coreflow_sample_options_init", None, [P]),
+            ("coreflow_fit", c_int32, [P, P, P]),
+            ("coreflow_workspace_size", c_int32, [P, c_int32, c_size_t, P, P]),
+            ("coreflow_sample", c_int32, [P, P, ctypes.c_uint64, ctypes.c_uint64, P, P, c_size_t]),
+            ("coreflow_log_prob", c_int32, [P, P, P, P, P, P, c_size_t]),
+            ("coreflow_complete", c_int32, [P, P, P, P, c_size_t]),
+            ("coreflow_model_to_bytes", c_int32, [P, P, c_size_t, P]),
+            ("coreflow_model_from_bytes", c_int32, [P, c_size_t, P]),
+            ("coreflow_model_free", None, [P]),
+        ]:
+            getattr(lib, name).restype = res
+            getattr(lib, name).argtypes = args
+
+        # fit_options(; flow_steps = 200, ...) with the spare-room init
+        buf = (ctypes.c_uint8 * (ctypes.sizeof(coreflow.FitOptions) + 1024))()
+        lib.coreflow_fit_options_init(buf)
+        opts = coreflow.FitOptions.from_buffer_copy(buf)
+        opts.struct_size = ctypes.sizeof(coreflow.FitOptions)
+        opts.rank_rows, opts.rank_cols, opts.center = 3, 2, 1
+        for name, value in SMALL_FLOW.items():
+            setattr(opts, name, value)
+        view = coreflow.Matrices(xj.ctypes.data, None, N, m, n, m * n, 1, m)
+        handle = c_void_p()
+        self.assertEqual(lib.coreflow_fit(byref(view), byref(opts), byref(handle)), 0)
+        model = coreflow.Model(handle.value)  # the Python binding on the same handle
+        with model:
+            def ws_for(op, count):
+                b = c_size_t()
+                self.assertEqual(lib.coreflow_workspace_size(handle, op, count, None, byref(b)), 0)
+                return np.empty(max(b.value, 1), np.uint8)
+
+            # sample!(out, model, ws; seed = 5, first_index = 0)
+            k = 4
+            gen = np.empty((m, n, k), order="F")
+            out = coreflow.MatricesMut(gen.ctypes.data, k, m, n, m * n, 1, m)
+            ws = ws_for(coreflow.OP_SAMPLE, k)
+            self.assertEqual(lib.coreflow_sample(handle, None, 5, 0, byref(out), ws.ctypes.data,
+                                                 ws.size), 0)
+            self.assertTrue(np.array_equal(np.moveaxis(gen, -1, 0), model.sample(k, seed=5)))
+
+            # log_prob(model, x, ws) -> (Vector{Float64}, Vector{Float64})
+            lp, res = np.empty(k), np.empty(k)
+            genv = coreflow.Matrices(gen.ctypes.data, None, k, m, n, m * n, 1, m)
+            ws = ws_for(coreflow.OP_LOG_PROB, k)
+            self.assertEqual(lib.coreflow_log_prob(handle, None, byref(genv), lp.ctypes.data,
+                                                   res.ctypes.data, ws.ctypes.data, ws.size), 0)
+            want_lp, want_res = model.log_prob(np.moveaxis(gen, -1, 0), residual=True)
+            np.testing.assert_allclose(lp, want_lp, rtol=1e-12)
+            self.assertTrue(np.all(res < 1e-12))
+
+            # complete!(out, model, x, mask, ws): a Vector{UInt8} mask, column-major
+            part = xj[:, :, :2]
+            mask = np.asfortranarray(np.random.default_rng(2).random(part.shape) > 0.3).astype(np.uint8)
+            pv = coreflow.Matrices(part.ctypes.data, mask.ctypes.data, 2, m, n, m * n, 1, m)
+            filled = np.empty((m, n, 2), order="F")
+            fv = coreflow.MatricesMut(filled.ctypes.data, 2, m, n, m * n, 1, m)
+            ws = ws_for(coreflow.OP_COMPLETE, 2)
+            self.assertEqual(lib.coreflow_complete(handle, byref(pv), byref(fv), ws.ctypes.data,
+                                                   ws.size), 0)
+            self.assertTrue(np.array_equal(
+                np.moveaxis(filled, -1, 0),
+                model.complete(np.moveaxis(part, -1, 0), mask=np.moveaxis(mask, -1, 0))))
+
+            # to_bytes(model) -> Vector{UInt8}; from_bytes(bytes) -> Model
+            length = c_size_t()
+            self.assertEqual(lib.coreflow_model_to_bytes(handle, None, 0, byref(length)), 0)
+            image = np.empty(length.value, np.uint8)
+            self.assertEqual(lib.coreflow_model_to_bytes(handle, image.ctypes.data, image.size,
+                                                         byref(length)), 0)
+            self.assertEqual(image.tobytes(), model.to_bytes())
+            copy = c_void_p()
+            self.assertEqual(lib.coreflow_model_from_bytes(image.ctypes.data, image.size,
+                                                           byref(copy)), 0)
+            again = np.empty((m, n, k), order="F")
+            out = coreflow.MatricesMut(again.ctypes.data, k, m, n, m * n, 1, m)
+            ws = ws_for(coreflow.OP_SAMPLE, k)
+            self.assertEqual(lib.coreflow_sample(copy, None, 5, 0, byref(out), ws.ctypes.data,
+                                                 ws.size), 0)
+            lib.coreflow_model_free(copy)
+            self.assertTrue(np.array_equal(again, gen))
+
 
 # --- Struct mirrors against the header -------------------------------------
 
@@ -312,6 +642,7 @@ _MIRRORS = {
     "coreflow_matrices": "Matrices", "coreflow_matrices_mut": "MatricesMut",
     "coreflow_progress": "Progress", "coreflow_fit_options": "FitOptions",
     "coreflow_sample_options": "SampleOptions", "coreflow_model_info": "ModelInfo",
+    "coreflow_metrics_options": "MetricsOptions", "coreflow_metrics_result": "MetricsResult",
 }
 
 
@@ -354,6 +685,14 @@ def julia_structs():
     return structs
 
 
+def fields_of(struct):
+    """The field values of a ctypes struct (callbacks as addresses; the
+    padding between fields is not compared)."""
+    def value(v):
+        return ctypes.cast(v, c_void_p).value if isinstance(v, ctypes._CFuncPtr) else v
+    return {name: value(getattr(struct, name)) for name, _ in struct._fields_}
+
+
 class StructMirrors(unittest.TestCase):
     def test_python_and_julia_match_the_header(self):
         header = header_structs()
@@ -365,6 +704,22 @@ class StructMirrors(unittest.TestCase):
             py_fields = [(n, ctypes.c_void_p if n in ("progress",) else t) for n, t in py._fields_]
             self.assertEqual(_layout(py_fields), want, f"coreflow.py {mirror} vs {cname}")
             self.assertEqual(_layout(julia[mirror]), want, f"CoreFlow.jl {mirror} vs {cname}")
+
+    def test_sized_init_and_spare_room_agree(self):
+        """fit_options() uses the sized init; a library without it (older
+        builds of ABI v1) gets the spare-room path, with the same result."""
+        sized = coreflow.fit_options(rank_rows=3)
+        self.assertEqual(sized.struct_size, ctypes.sizeof(coreflow.FitOptions))
+        lib = coreflow.load()
+        older = type("OlderLibrary", (), {
+            "coreflow_fit_options_init": staticmethod(lib.coreflow_fit_options_init),
+            "coreflow_sample_options_init": staticmethod(lib.coreflow_sample_options_init),
+        })()
+        with mock.patch.object(coreflow, "load", return_value=older):
+            spare = coreflow.fit_options(rank_rows=3)
+            sample = coreflow.sample_options(steps=8)
+        self.assertEqual(fields_of(spare), fields_of(sized))
+        self.assertEqual(fields_of(sample), fields_of(coreflow.sample_options(steps=8)))
 
     def test_library_agrees_on_option_sizes(self):
         lib = coreflow.load()

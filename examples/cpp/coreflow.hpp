@@ -6,7 +6,9 @@
 // - coreflow::Workspace is a buffer sized by coreflow_workspace_size;
 // - coreflow::Span, MatrixBatch and MatrixBatchMut are non-owning views, so
 //   data in any layout (C-order, column-major, any strides) passes without
-//   copies.
+//   copies;
+// - models are saved to files or to std::vector<std::uint8_t> images and
+//   loaded back (Model::save / load / to_bytes / from_bytes).
 // Every call maps to one C function; the C API's rules (README.md, "API
 // conventions") apply unchanged.
 #ifndef COREFLOW_HPP
@@ -16,12 +18,14 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <initializer_list>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace coreflow {
 
@@ -89,6 +93,13 @@ struct MatrixBatch {
         auto n = static_cast<std::ptrdiff_t>(rows * cols);
         return {{data, nullptr, count, rows, cols, n, 1, static_cast<std::ptrdiff_t>(rows)}};
     }
+    /// The same view with a mask (nonzero = observed), addressed with the
+    /// data's strides: a mask array in the same layout as the data.
+    MatrixBatch with_mask(const std::uint8_t* mask) const noexcept {
+        MatrixBatch masked = *this;
+        masked.view.mask = mask;
+        return masked;
+    }
     std::size_t count() const noexcept { return view.count; }
 };
 
@@ -113,6 +124,12 @@ struct MatrixBatchMut {
 /// public fields of coreflow_fit_options as needed.
 struct FitOptions : coreflow_fit_options {
     FitOptions() noexcept { coreflow_fit_options_init(this); }
+};
+
+/// Solver settings of sampling and scoring, filled with the library's
+/// defaults (RK4, 16 steps) on construction.
+struct SampleOptions : coreflow_sample_options {
+    SampleOptions() noexcept { coreflow_sample_options_init(this); }
 };
 
 class Model;
@@ -179,6 +196,68 @@ public:
         require(cores.size() >= out.count() * info().core_dim, "cores: too small for count x core_dim");
         coreflow_matrices_mut view = out.view;
         detail::check(coreflow_decode(get(), cores.data(), &view, ws.data(), ws.size()));
+    }
+
+    /// Draws `out.count()` new matrices into `out`: matrix j is sample number
+    /// `first_index + j` of stream `seed`, so batches drawn in pieces or on
+    /// several threads are bitwise the same. `opts` NULL: RK4, 16 steps.
+    void sample(const MatrixBatchMut& out, Workspace& ws, std::uint64_t seed,
+                std::uint64_t first_index = 0, const SampleOptions* opts = nullptr) const {
+        coreflow_matrices_mut view = out.view;
+        detail::check(coreflow_sample(get(), opts, seed, first_index, &view, ws.data(), ws.size()));
+    }
+
+    /// Writes the log-density of each matrix of `in` into `log_prob` and,
+    /// unless `residual` is empty, its relative distance from the learned
+    /// geometry into `residual`.
+    void log_prob(const MatrixBatch& in, Span<double> log_prob, Span<double> residual,
+                  Workspace& ws, const SampleOptions* opts = nullptr) const {
+        require(log_prob.size() >= in.count(), "log_prob: fewer entries than matrices");
+        require(residual.size() == 0 || residual.size() >= in.count(),
+                "residual: fewer entries than matrices");
+        detail::check(coreflow_log_prob(get(), opts, &in.view, log_prob.data(),
+                                        residual.size() ? residual.data() : nullptr, ws.data(),
+                                        ws.size()));
+    }
+
+    /// Writes each matrix of `partial` into `out` with its missing entries
+    /// (mask zero, or NaN without a mask) completed; observed entries are
+    /// copied bitwise. `out` must not overlap `partial`.
+    void complete(const MatrixBatch& partial, const MatrixBatchMut& out, Workspace& ws) const {
+        coreflow_matrices_mut view = out.view;
+        detail::check(coreflow_complete(get(), &partial.view, &view, ws.data(), ws.size()));
+    }
+
+    /// Writes the model file (versioned, checksummed).
+    void save(const std::string& path) const {
+        detail::check(coreflow_model_save(get(), path.c_str()));
+    }
+
+    /// Reads a model file.
+    static Model load(const std::string& path) {
+        coreflow_model* raw = nullptr;
+        detail::check(coreflow_model_load(path.c_str(), &raw));
+        return Model(raw);
+    }
+
+    /// The model file image in memory.
+    std::vector<std::uint8_t> to_bytes() const {
+        std::size_t len = 0;
+        detail::check(coreflow_model_to_bytes(get(), nullptr, 0, &len));
+        std::vector<std::uint8_t> bytes(len);
+        detail::check(coreflow_model_to_bytes(get(), bytes.data(), bytes.size(), &len));
+        bytes.resize(len);
+        return bytes;
+    }
+
+    /// Reads a model from a file image (as written by to_bytes or save).
+    static Model from_bytes(Span<const std::uint8_t> bytes) {
+        coreflow_model* raw = nullptr;
+        detail::check(coreflow_model_from_bytes(bytes.data(), bytes.size(), &raw));
+        return Model(raw);
+    }
+    static Model from_bytes(const std::vector<std::uint8_t>& bytes) {
+        return from_bytes(Span<const std::uint8_t>(bytes.data(), bytes.size()));
     }
 
 private:

@@ -1,19 +1,26 @@
 /*
- * A host simulation that compresses its state in place every time step.
+ * A host simulation that compresses its state and draws generated fields
+ * every time step.
  *
  * The toy physics is heat diffusion on a rows x cols grid with a heat source
  * circling the domain. A first run records snapshots and fits a CoreFlow
- * model to them; a second run, started elsewhere on the orbit, then encodes
- * the state to its rank_rows x rank_cols core at every step (what the host
- * would store or send) and decodes it back to check the reconstruction.
+ * model to them (the geometry and a small flow on the cores); a second run,
+ * started elsewhere on the orbit, then at every step
+ *   - encodes the state to its rank_rows x rank_cols core (what the host
+ *     would store or send) and decodes it back to check the reconstruction;
+ *   - draws one new field from the model with coreflow_sample (sample number
+ *     t of one stream, as a stochastic forcing or an ensemble member would
+ *     be drawn) and encodes and decodes it: a generated field lies in the
+ *     learned geometry, so it comes back unchanged.
  *
  * The point is the calling pattern of a real-time host linked against the
- * STATIC library: every buffer, including the one CoreFlow workspace (sized
- * for both encode and decode with coreflow_workspace_size), is allocated
- * before the time loop, and the loop itself performs no heap allocation.
- * This is checked, not assumed: alloc_counter.c interposes malloc and its
- * siblings for the whole process and counts every call, and the program
- * fails if the count moves during the loop.
+ * STATIC library: every buffer, including the ONE CoreFlow workspace (sized
+ * with coreflow_workspace_size as the largest need of sample, encode and
+ * decode on one matrix), is allocated before the time loop, and the loop
+ * itself performs no heap allocation. This is checked, not assumed:
+ * alloc_counter.c interposes malloc and its siblings for the whole process
+ * and counts every call, and the program fails if the count moves during
+ * the loop.
  */
 #include "alloc_counter.h"
 #include "coreflow.h"
@@ -74,8 +81,12 @@ int main(void) {
     coreflow_fit_options opts;
     coreflow_fit_options_init(&opts);
     opts.energy = 0.99999; /* ranks chosen to hold this fraction of the energy */
-    opts.flow_steps = 0;   /* geometry only: this loop encodes and decodes */
     opts.center = 1;
+    /* A small flow (the defaults are sized for larger data sets). */
+    opts.flow_steps = 400;
+    opts.flow_hidden = 32;
+    opts.flow_layers = 2;
+    opts.batch_size = 64;
     coreflow_matrices train = {snapshots, NULL, N, ROWS, COLS, ROWS * COLS, COLS, 1};
     coreflow_model *model = NULL;
     coreflow_status st = coreflow_fit(&train, &opts, &model);
@@ -87,41 +98,76 @@ int main(void) {
     if (st != COREFLOW_OK) return fail("coreflow_model_get_info", st);
 
     /* Everything the loop needs, allocated once: one workspace that serves
-     * both operations on one matrix, and the core. */
-    size_t enc = 0, dec = 0;
-    if ((st = coreflow_workspace_size(model, COREFLOW_OP_ENCODE, 1, NULL, &enc)) != COREFLOW_OK)
-        return fail("coreflow_workspace_size", st);
-    if ((st = coreflow_workspace_size(model, COREFLOW_OP_DECODE, 1, NULL, &dec)) != COREFLOW_OK)
-        return fail("coreflow_workspace_size", st);
-    size_t ws_bytes = enc > dec ? enc : dec;
+     * every operation of the loop on one matrix (the largest of their
+     * sizes), the cores and the generated field. */
+    static const coreflow_op ops[] = {COREFLOW_OP_SAMPLE, COREFLOW_OP_ENCODE, COREFLOW_OP_DECODE};
+    size_t ws_bytes = 0;
+    for (size_t k = 0; k < sizeof ops / sizeof ops[0]; k++) {
+        size_t bytes = 0;
+        if ((st = coreflow_workspace_size(model, ops[k], 1, NULL, &bytes)) != COREFLOW_OK)
+            return fail("coreflow_workspace_size", st);
+        if (bytes > ws_bytes) ws_bytes = bytes;
+    }
     void *ws = malloc(ws_bytes > 0 ? ws_bytes : 1);
-    double *core = malloc(info.core_dim * sizeof *core);
-    static double restored[ROWS * COLS];
+    double *core = malloc(2 * info.core_dim * sizeof *core);
+    static double restored[ROWS * COLS], generated[ROWS * COLS], generated_back[ROWS * COLS];
     if (ws == NULL || core == NULL) return 1;
     coreflow_matrices state = {s.u, NULL, 1, ROWS, COLS, ROWS * COLS, COLS, 1};
     coreflow_matrices_mut out = {restored, 1, ROWS, COLS, ROWS * COLS, COLS, 1};
+    coreflow_matrices gen_in = {generated, NULL, 1, ROWS, COLS, ROWS * COLS, COLS, 1};
+    coreflow_matrices_mut gen_out = {generated, 1, ROWS, COLS, ROWS * COLS, COLS, 1};
+    coreflow_matrices_mut gen_back = {generated_back, 1, ROWS, COLS, ROWS * COLS, COLS, 1};
+    double *gen_core = core + info.core_dim;
+    const uint64_t stream = 99; /* the seed of the generated fields */
 
-    /* Second run, a quarter orbit ahead. One untimed encode/decode first:
-     * the first matrix product on a thread sizes that thread's packing cache
-     * (README, "Workspaces"); the loop must not allocate after that. */
+    /* Second run, a quarter orbit ahead. One untimed call of each operation
+     * first: the first matrix product on a thread sizes that thread's
+     * packing cache (README, "Workspaces"); the loop must not allocate
+     * after that. */
     memset(&s, 0, sizeof s);
     s.phase = 1.5707963;
     if ((st = coreflow_encode(model, &state, core, ws, ws_bytes)) != COREFLOW_OK)
         return fail("coreflow_encode", st);
     if ((st = coreflow_decode(model, core, &out, ws, ws_bytes)) != COREFLOW_OK)
         return fail("coreflow_decode", st);
+    if ((st = coreflow_sample(model, NULL, stream, 0, &gen_out, ws, ws_bytes)) != COREFLOW_OK)
+        return fail("coreflow_sample", st);
 
-    double worst = 0.0;
-    int calls_failed = 0;
+    double worst = 0.0, worst_gen = 0.0, gen_energy = 0.0;
+    const char *failed_call = NULL;
     unsigned long before = alloc_count();
     for (int t = 0; t < RUN_STEPS; t++) {
         step(&s);
-        st = coreflow_encode(model, &state, core, ws, ws_bytes);
-        if (st == COREFLOW_OK) st = coreflow_decode(model, core, &out, ws, ws_bytes);
-        if (st != COREFLOW_OK) {
-            calls_failed = 1;
+        /* Compress the state and restore it. */
+        if ((st = coreflow_encode(model, &state, core, ws, ws_bytes)) != COREFLOW_OK) {
+            failed_call = "coreflow_encode (state)";
             break;
         }
+        if ((st = coreflow_decode(model, core, &out, ws, ws_bytes)) != COREFLOW_OK) {
+            failed_call = "coreflow_decode (state)";
+            break;
+        }
+        /* Draw field number t of the stream, then encode and decode it. */
+        if ((st = coreflow_sample(model, NULL, stream, (uint64_t)t, &gen_out, ws, ws_bytes)) !=
+            COREFLOW_OK) {
+            failed_call = "coreflow_sample";
+            break;
+        }
+        if ((st = coreflow_encode(model, &gen_in, gen_core, ws, ws_bytes)) != COREFLOW_OK) {
+            failed_call = "coreflow_encode (generated)";
+            break;
+        }
+        if ((st = coreflow_decode(model, gen_core, &gen_back, ws, ws_bytes)) != COREFLOW_OK) {
+            failed_call = "coreflow_decode (generated)";
+            break;
+        }
+        double gerr = 0.0, gnorm = 0.0;
+        for (int k = 0; k < ROWS * COLS; k++) {
+            gerr += (generated_back[k] - generated[k]) * (generated_back[k] - generated[k]);
+            gnorm += generated[k] * generated[k];
+        }
+        worst_gen = fmax(worst_gen, sqrt(gerr / gnorm));
+        gen_energy += gnorm / RUN_STEPS;
         if (t >= RUN_STEPS / 4) { /* past the start-up transient */
             double err = 0.0, norm = 0.0;
             for (int k = 0; k < ROWS * COLS; k++) {
@@ -132,19 +178,34 @@ int main(void) {
         }
     }
     unsigned long during = alloc_count() - before;
-    if (calls_failed) return fail("encode/decode in the time loop", st);
+    if (failed_call != NULL) return fail(failed_call, st);
 
-    printf("fit on %d snapshots of %d x %d: ranks %zu x %zu (core of %zu values, %.0fx smaller)\n",
-           N, ROWS, COLS, info.rank_rows, info.rank_cols, info.core_dim,
-           (double)(ROWS * COLS) / (double)info.core_dim);
-    printf("%d steps, encode+decode each step with a %zu-byte workspace\n", RUN_STEPS, ws_bytes);
-    printf("worst relative reconstruction error: %.2e\n", worst);
+    /* The generated fields should carry the energy of the recorded ones. */
+    double train_energy = 0.0;
+    for (int i = 0; i < N; i++) {
+        double e = 0.0;
+        for (int k = 0; k < ROWS * COLS; k++)
+            e += snapshots[i * ROWS * COLS + k] * snapshots[i * ROWS * COLS + k];
+        train_energy += e / N;
+    }
+    double energy_ratio = gen_energy / train_energy;
+
+    printf("fit on %d snapshots of %d x %d: ranks %zu x %zu (core of %zu values, %.0fx smaller), "
+           "%s core model\n", N, ROWS, COLS, info.rank_rows, info.rank_cols, info.core_dim,
+           (double)(ROWS * COLS) / (double)info.core_dim,
+           info.core_model == COREFLOW_CORE_MODEL_FLOW ? "flow" : "Gaussian");
+    printf("%d steps, each: encode+decode of the state, sample+encode+decode of a generated "
+           "field, with one %zu-byte workspace\n", RUN_STEPS, ws_bytes);
+    printf("worst relative reconstruction error of the state: %.2e\n", worst);
+    printf("generated fields: worst encode/decode change %.2e, mean energy %.3f x that of "
+           "the recorded snapshots\n", worst_gen, energy_ratio);
     printf("heap allocations inside the time loop: %lu\n", during);
 
     free(core);
     free(ws);
     coreflow_model_free(model);
-    if (during != 0 || !(worst < 1e-2)) {
+    if (during != 0 || !(worst < 1e-2) || !(worst_gen < 1e-10) ||
+        !(energy_ratio > 0.5 && energy_ratio < 2.0)) {
         puts("FAILED");
         return 1;
     }

@@ -82,6 +82,42 @@ pub unsafe extern "C" fn coreflow_fit_options_init(opts: *mut coreflow_fit_optio
     })
 }
 
+/// Writes the first `size` bytes of the default options (at most the
+/// library's `sizeof(coreflow_fit_options)`) into `opts` and sets
+/// `opts->struct_size` to the number of bytes written. Unlike
+/// `coreflow_fit_options_init`, never writes past a host struct compiled
+/// against an older, smaller header; the header's `coreflow_fit_options_init`
+/// macro calls it with `sizeof *opts`. NULL, or a `size` smaller than
+/// `sizeof(size_t)`, is ignored. Never allocates. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_fit_options_init_sized(
+    opts: *mut coreflow_fit_options,
+    size: usize,
+) {
+    boundary_void(|| init_sized(opts, size, fit_options_default()))
+}
+
+/// The sized counterpart of `coreflow_sample_options_init` (see
+/// `coreflow_fit_options_init_sized`). Never allocates. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_sample_options_init_sized(
+    o: *mut coreflow_sample_options,
+    size: usize,
+) {
+    boundary_void(|| init_sized(o, size, sample_options_default()))
+}
+
+/// Copies the first `size` bytes of `value` to `dst` and records the count
+/// in its leading `struct_size`.
+unsafe fn init_sized<T: Copy>(dst: *mut T, size: usize, value: T) {
+    if dst.is_null() || size < std::mem::size_of::<usize>() {
+        return;
+    }
+    let n = size.min(std::mem::size_of::<T>());
+    std::ptr::copy_nonoverlapping(&value as *const T as *const u8, dst as *mut u8, n);
+    (dst as *mut usize).write_unaligned(n);
+}
+
 /// Fills `o` with the defaults (RK4, 16 steps) and sets `o->struct_size`.
 /// NULL is ignored. Never allocates. Thread-safe.
 #[no_mangle]

@@ -30,7 +30,7 @@
 //! `z = A^-1 y + m`:
 //! `log p(c) = log p_flow(z) - log|det A| - sum_j log sigma_j
 //!             + log N(c_rest; mean, Sigma_rest)`,
-//! with `log p_flow` from [`likelihood`](super::likelihood).
+//! with `log p_flow` from [`likelihood`].
 //!
 //! Diagnostics: the held-out mean log-likelihood of the fitted model (flow
 //! kind only) and of a full Gaussian fitted on the same training rows. They
@@ -53,6 +53,7 @@ use crate::numerics::{
     check_workspace, eigh_descending, eigh_descending_scratch, par_for_threads, temp_mat_scratch,
     temp_mat_zeroed, temp_slice, temp_slice_scratch,
 };
+use crate::reduce::{sum_scalar, LocalReducer, Reducer};
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::DenseSolveCore;
@@ -553,7 +554,7 @@ impl FlowBlock {
         let mut log_det_a = 0.0;
         for j in 0..k {
             let u = lu.U()[(j, j)].abs();
-            if !(u > 0.0) {
+            if u.is_nan() || u <= 0.0 {
                 return Err(format_err("core model: moment-matching matrix is singular"));
             }
             log_det_a += u.ln();
@@ -676,6 +677,22 @@ impl CoreModel {
         opts: &FlowOptions,
         progress: &mut dyn FnMut(usize, usize, f64) -> bool,
     ) -> Result<CoreModel> {
+        Self::fit_with_reducer(cores, opts, &LocalReducer, progress)
+    }
+
+    /// Fits the core model on this participant's rows of the cores: every
+    /// statistic (moments, covariances, counts, held-out sums) and every
+    /// training gradient is summed across participants by `reducer`, the
+    /// network starts from the same seeded weights everywhere, so every
+    /// participant ends with the same model (data-parallel training; each
+    /// draws its minibatches from its own rows and holds out its own
+    /// fraction).
+    pub fn fit_with_reducer(
+        cores: MatRef<'_, f64>,
+        opts: &FlowOptions,
+        reducer: &dyn Reducer,
+        progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+    ) -> Result<CoreModel> {
         opts.check()?;
         let (n, d) = cores.shape();
         if d == 0 {
@@ -695,9 +712,12 @@ impl CoreModel {
         let n_t = train.nrows();
 
         // Coordinates by variance, descending.
-        let (mean, var) = column_moments(train.as_ref());
+        let (mean, var) = column_moments(train.as_ref(), reducer)?;
+        // The size rules use the global number of training cores.
+        let n_t = sum_scalar(reducer, n_t as f64)? as usize;
+        let n_hold = sum_scalar(reducer, n_hold as f64)? as usize;
         let total: f64 = var.iter().sum();
-        if !(total > 0.0) {
+        if total.is_nan() || total <= 0.0 {
             return Err(Error::invalid(
                 "cores: the training cores have zero total variance (all identical)",
             ));
@@ -739,6 +759,7 @@ impl CoreModel {
         let full_gaussian = if kind == CoreModelKind::Gaussian || n_hold > 0 {
             Some(fit_gaussian(
                 train.as_ref(),
+                reducer,
                 &all,
                 &mean,
                 &var,
@@ -758,14 +779,22 @@ impl CoreModel {
             CoreModelKind::Flow => {
                 let flow_index = order[..k].to_vec();
                 let rest_index = order[k..].to_vec();
-                let (flow, final_loss) =
-                    fit_flow(train.as_ref(), &flow_index, &mean, &var, opts, progress)?;
+                let (flow, final_loss) = fit_flow(
+                    train.as_ref(),
+                    reducer,
+                    &flow_index,
+                    &mean,
+                    &var,
+                    opts,
+                    progress,
+                )?;
                 info.final_loss = final_loss;
                 let rest = if rest_index.is_empty() {
                     None
                 } else {
                     Some(fit_gaussian(
                         train.as_ref(),
+                        reducer,
                         &rest_index,
                         &mean,
                         &var,
@@ -797,10 +826,11 @@ impl CoreModel {
                 flow: None,
                 gaussian: full_gaussian,
             })?;
-            model.info.heldout_loglik_gaussian = mean_log_prob(&g, &opts.solver, held.as_ref())?;
+            model.info.heldout_loglik_gaussian =
+                mean_log_prob(&g, &opts.solver, held.as_ref(), reducer)?;
             if kind == CoreModelKind::Flow {
                 model.info.heldout_loglik_flow =
-                    mean_log_prob(&model, &opts.solver, held.as_ref())?;
+                    mean_log_prob(&model, &opts.solver, held.as_ref(), reducer)?;
             }
         }
         Ok(model)
@@ -1109,22 +1139,31 @@ fn select_rows(x: MatRef<'_, f64>, rows: &[usize]) -> Mat<f64> {
     Mat::from_fn(rows.len(), x.ncols(), |i, j| x[(rows[i], j)])
 }
 
-/// Column means and sample variances (`1 / (n - 1)`).
-fn column_moments(x: MatRef<'_, f64>) -> (Vec<f64>, Vec<f64>) {
+/// Column means and sample variances (`1 / (N - 1)`) of the rows of all
+/// participants (`reducer` completes the sums; two passes for accuracy).
+fn column_moments(x: MatRef<'_, f64>, reducer: &dyn Reducer) -> Result<(Vec<f64>, Vec<f64>)> {
     let (n, d) = x.shape();
-    let mut mean = vec![0.0; d];
-    let mut var = vec![0.0; d];
+    let mut sums = vec![0.0; d + 1];
     for j in 0..d {
-        let m = (0..n).map(|i| x[(i, j)]).sum::<f64>() / n as f64;
-        let v = (0..n).map(|i| (x[(i, j)] - m).powi(2)).sum::<f64>() / (n - 1) as f64;
-        mean[j] = m;
-        var[j] = v;
+        sums[j] = (0..n).map(|i| x[(i, j)]).sum::<f64>();
     }
-    (mean, var)
+    sums[d] = n as f64;
+    reducer.sum_in_place(&mut sums)?;
+    let total = sums[d];
+    let mean: Vec<f64> = sums[..d].iter().map(|s| s / total).collect();
+    let mut var: Vec<f64> = (0..d)
+        .map(|j| (0..n).map(|i| (x[(i, j)] - mean[j]).powi(2)).sum::<f64>())
+        .collect();
+    reducer.sum_in_place(&mut var)?;
+    for v in var.iter_mut() {
+        *v /= (total - 1.0).max(1.0);
+    }
+    Ok((mean, var))
 }
 
-/// Sample covariance (`1 / (n - 1)`) of the rows of `x` about `mean`.
-fn covariance(x: MatRef<'_, f64>, mean: &[f64]) -> Mat<f64> {
+/// Sample covariance (`1 / (N - 1)`) about `mean` of the rows of all
+/// participants.
+fn covariance(x: MatRef<'_, f64>, mean: &[f64], reducer: &dyn Reducer) -> Result<Mat<f64>> {
     let (n, d) = x.shape();
     let c = Mat::from_fn(n, d, |i, j| x[(i, j)] - mean[j]);
     let mut s = Mat::<f64>::zeros(d, d);
@@ -1133,11 +1172,16 @@ fn covariance(x: MatRef<'_, f64>, mean: &[f64]) -> Mat<f64> {
         Accum::Replace,
         c.transpose(),
         c.as_ref(),
-        1.0 / (n - 1) as f64,
+        1.0,
         Par::Seq,
     );
+    let mut flat: Vec<f64> = (0..d * d).map(|k| s[(k % d, k / d)]).collect();
+    flat.push(n as f64);
+    reducer.sum_in_place(&mut flat)?;
+    let scale = 1.0 / (flat[d * d] - 1.0).max(1.0);
+    let mut s = Mat::from_fn(d, d, |i, j| flat[i + j * d] * scale);
     crate::numerics::symmetrize(s.as_mut());
-    s
+    Ok(s)
 }
 
 /// Gaussian block on the coordinates `index`: sample mean, covariance
@@ -1145,6 +1189,7 @@ fn covariance(x: MatRef<'_, f64>, mean: &[f64]) -> Mat<f64> {
 /// `1e-12 x fallback` if that is 0), Cholesky factor.
 fn fit_gaussian(
     train: MatRef<'_, f64>,
+    reducer: &dyn Reducer,
     index: &[usize],
     mean: &[f64],
     var: &[f64],
@@ -1153,7 +1198,7 @@ fn fit_gaussian(
     let n = index.len();
     let block = Mat::from_fn(train.nrows(), n, |i, j| train[(i, index[j])]);
     let bmean: Vec<f64> = index.iter().map(|&j| mean[j]).collect();
-    let mut cov = covariance(block.as_ref(), &bmean);
+    let mut cov = covariance(block.as_ref(), &bmean, reducer)?;
     let mean_var = index.iter().map(|&j| var[j]).sum::<f64>() / n as f64;
     let delta = if mean_var > 0.0 {
         1e-6 * mean_var
@@ -1215,6 +1260,7 @@ fn sym_pow(s: MatRef<'_, f64>, p: f64) -> Result<Mat<f64>> {
 
 fn fit_flow(
     train: MatRef<'_, f64>,
+    reducer: &dyn Reducer,
     index: &[usize],
     mean: &[f64],
     var: &[f64],
@@ -1240,18 +1286,18 @@ fn fit_flow(
     let par = par_for_threads(opts.threads);
     let (net, report) = match opts.precision {
         Precision::F32 => {
-            let mut t = Trainer::<f32>::new(config, x1.as_ref(), &topts, None, par)?;
+            let mut t = Trainer::<f32>::new(config, x1.as_ref(), &topts, Some(reducer), par)?;
             let rep = t.run(progress)?;
             (FlowNet::F32(t.into_nets().0), rep)
         }
         Precision::F64 => {
-            let mut t = Trainer::<f64>::new(config, x1.as_ref(), &topts, None, par)?;
+            let mut t = Trainer::<f64>::new(config, x1.as_ref(), &topts, Some(reducer), par)?;
             let rep = t.run(progress)?;
             (FlowNet::F64(t.into_nets().0), rep)
         }
     };
     let (mm_shift, mm_matrix) = if opts.moment_matching {
-        moment_match(&net, x1.as_ref(), opts)?
+        moment_match(&net, x1.as_ref(), opts, reducer)?
     } else {
         let mut a = vec![0.0; k * k];
         for j in 0..k {
@@ -1284,6 +1330,7 @@ fn moment_match(
     net: &FlowNet,
     x1: MatRef<'_, f64>,
     opts: &FlowOptions,
+    reducer: &dyn Reducer,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let k = x1.ncols();
     let count = opts.moment_samples.max(4 * k);
@@ -1328,9 +1375,11 @@ fn moment_match(
         ));
     }
     let zk = select_rows(z.as_ref(), &kept);
-    let (m, _) = column_moments(zk.as_ref());
-    let s = covariance(zk.as_ref(), &m);
-    let r = covariance(x1, &column_moments(x1).0);
+    // The flow samples are the same on every participant (same seed, same
+    // network): their moments are local; the training block's are global.
+    let (m, _) = column_moments(zk.as_ref(), &LocalReducer)?;
+    let s = covariance(zk.as_ref(), &m, &LocalReducer)?;
+    let r = covariance(x1, &column_moments(x1, reducer)?.0, reducer)?;
     let r_half = sym_pow(r.as_ref(), 0.5)?;
     let s_inv_half = sym_pow(s.as_ref(), -0.5)?;
     let mut a = Mat::<f64>::zeros(k, k);
@@ -1352,12 +1401,21 @@ fn moment_match(
 }
 
 /// Mean log-density of the rows of `x` under `model`.
-fn mean_log_prob(model: &CoreModel, solver: &SolverOptions, x: MatRef<'_, f64>) -> Result<f64> {
+fn mean_log_prob(
+    model: &CoreModel,
+    solver: &SolverOptions,
+    x: MatRef<'_, f64>,
+    reducer: &dyn Reducer,
+) -> Result<f64> {
     let n = x.nrows();
     let mut out = vec![0.0; n];
-    let mut mem = MemBuffer::new(model.log_prob_scratch(n, solver));
-    model.log_prob(solver, x, &mut out, MemStack::new(&mut mem))?;
-    Ok(out.iter().sum::<f64>() / n as f64)
+    if n > 0 {
+        let mut mem = MemBuffer::new(model.log_prob_scratch(n, solver));
+        model.log_prob(solver, x, &mut out, MemStack::new(&mut mem))?;
+    }
+    let mut sums = [out.iter().sum::<f64>(), n as f64];
+    reducer.sum_in_place(&mut sums)?;
+    Ok(sums[0] / sums[1])
 }
 
 #[cfg(test)]
@@ -1634,8 +1692,8 @@ mod tests {
 
     /// Mean and covariance of the rows of `x` (columns `cols`).
     fn moments(x: MatRef<'_, f64>) -> (Vec<f64>, Mat<f64>) {
-        let (m, _) = column_moments(x);
-        let c = covariance(x, &m);
+        let (m, _) = column_moments(x, &LocalReducer).unwrap();
+        let c = covariance(x, &m, &LocalReducer).unwrap();
         (m, c)
     }
 
@@ -1776,6 +1834,15 @@ mod tests {
                 },
             ] {
                 let what = format!("{:?} {:?}", model.kind(), solver.solver);
+                // One call for 100 samples = calls for 37 and 63.
+                let hundred = draw(model, &solver, 77, 0, 100);
+                let (p, q) = (
+                    draw(model, &solver, 77, 0, 37),
+                    draw(model, &solver, 77, 37, 63),
+                );
+                assert_bitwise(p.as_ref(), hundred.as_ref().subrows(0, 37), &what);
+                assert_bitwise(q.as_ref(), hundred.as_ref().subrows(37, 63), &what);
+                // Across sampling chunks (256 rows) and single samples.
                 let all = draw(model, &solver, 77, 0, 300);
                 let a = draw(model, &solver, 77, 0, 37);
                 let b = draw(model, &solver, 77, 37, 263);

@@ -12,6 +12,22 @@
 //! - [`likelihood`]: log-densities by the instantaneous change of variables;
 //! - [`core_model`]: the fitted core model (flow block + Gaussian block, or
 //!   the Gaussian fallback).
+//!
+//! Decisions where DESIGN.md is silent (each is documented where it lives):
+//! - the core model is fitted on the cores left after the `holdout_fraction`
+//!   split (seeded); `holdout_fraction = 0` fits on all of them. The AUTO
+//!   rule `N < 3 k` counts those training cores;
+//! - moment matching draws `max(moment_samples, 4 k)` flow samples (4000 by
+//!   default) with the solver given in the options (RK4, 16 steps);
+//! - the warm-up is `min(200, steps / 2)` steps so that short runs decay;
+//! - the reported final loss is the mean batch loss of the last 100 steps;
+//! - training draws batch rows uniformly with replacement;
+//! - batches are one sample per row; every per-sample result (network
+//!   output, solver trajectory, affine maps of the core model) is computed
+//!   row by row, so it does not depend on the batch or chunk it ran in.
+//!   Adaptive DOPRI5 controls each row's step size separately for the same
+//!   reason;
+//! - ODE states are `f64`; the network computes in `f32` (default) or `f64`.
 
 pub mod assignment;
 pub mod core_model;

@@ -471,7 +471,7 @@ impl<T: Real> VelocityNet<T> {
                 for (h, bh) in bias.iter_mut().enumerate() {
                     let mut s = *bh;
                     for i in 0..nf {
-                        s = s + tau[(0, i)] * wt[(i, h)];
+                        s += tau[(0, i)] * wt[(i, h)];
                     }
                     *bh = s;
                 }
@@ -662,7 +662,7 @@ impl<T: Real> VelocityNet<T> {
                 let w = wo[(hh, j)];
                 let tcol = &col_ref(&tan.rb(), hh)[j * b..(j + 1) * b];
                 for (a, tv) in acc.iter_mut().zip(tcol) {
-                    *a = *a + *tv * w;
+                    *a += *tv * w;
                 }
             }
             for (d, a) in div.iter_mut().zip(acc.iter()) {
@@ -756,7 +756,7 @@ real::multiversion! {
             let tcol = col_mut(&mut t, h);
             for j in 0..blocks {
                 for (tv, dv) in tcol[j * b..(j + 1) * b].iter_mut().zip(dcol) {
-                    *tv = *tv * *dv;
+                    *tv *= *dv;
                 }
             }
         }
@@ -842,13 +842,13 @@ mod tests {
         loss_and_grad(&net, &x, &t, &target, Some(&mut grad));
         let mut fd = vec![0.0; c.num_params()];
         let eps = 1e-6;
-        for p in 0..c.num_params() {
+        for (p, fdp) in fd.iter_mut().enumerate() {
             let mut n2 = net.clone();
             n2.params_mut()[p] += eps;
             let lp = loss_and_grad(&n2, &x, &t, &target, None);
             n2.params_mut()[p] -= 2.0 * eps;
             let lm = loss_and_grad(&n2, &x, &t, &target, None);
-            fd[p] = (lp - lm) / (2.0 * eps);
+            *fdp = (lp - lm) / (2.0 * eps);
         }
         // Relative error per parameter tensor.
         for l in 0..c.linear_layers() {
@@ -864,6 +864,7 @@ mod tests {
                     .sqrt();
                 let den: f64 = r.clone().map(|i| fd[i].powi(2)).sum::<f64>().sqrt();
                 let rel = num / den;
+                eprintln!("gradient check, layer {l} {name}: relative error {rel:.2e}");
                 assert!(rel < 1e-6, "layer {l} {name}: relative error {rel:e}");
             }
         }

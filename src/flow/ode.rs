@@ -283,7 +283,7 @@ multiversion! {
         for j in 0..k1.ncols() {
             let (c1, c2) = (col_ref(&k1, j), col_ref(&k2, j));
             for ((xv, u), v) in col_mut(&mut x, j).iter_mut().zip(c1).zip(c2) {
-                *xv = *xv + a * (*u + b * *v);
+                *xv += a * (*u + b * *v);
             }
         }
     }

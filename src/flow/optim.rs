@@ -222,7 +222,7 @@ multiversion! {
     /// `x <- alpha x`.
     pub fn scale<T: Real>(x: &mut [T], alpha: T) {
         for v in x.iter_mut() {
-            *v = *v * alpha;
+            *v *= alpha;
         }
     }
 }

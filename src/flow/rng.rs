@@ -138,6 +138,7 @@ multiversion! {
 
 /// Natural logarithm of a positive normal `f32` (Cephes logf, branch-free).
 #[inline(always)]
+#[allow(clippy::excessive_precision)]
 fn ln_f32(x: f32) -> f32 {
     let bits = x.to_bits();
     let mut e = ((bits >> 23) & 0xff) as i32 - 126;

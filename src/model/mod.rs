@@ -146,6 +146,16 @@ impl FitOptions {
     }
 }
 
+/// Row `j` of a `b x (r s)` matrix of core vectors, seen as the r x s core
+/// (the row holds vec(C), column-major).
+fn core_row_mut(cores: MatMut<'_, f64>, j: usize, r: usize, s: usize) -> MatMut<'_, f64> {
+    let row = cores.get_mut(j..j + 1, ..);
+    let stride = row.col_stride();
+    // SAFETY: element (a, q) of the view is column a + q r of row j, inside
+    // the row's r s columns.
+    unsafe { MatMut::from_raw_parts_mut(row.as_ptr_mut(), r, s, stride, stride * r as isize) }
+}
+
 /// Matrices per chunk of sampling and scoring: bounds the workspace
 /// whatever the call's count (results do not depend on it).
 const CHUNK: usize = 64;
@@ -419,14 +429,19 @@ impl Model {
         info.train_count = crate::reduce::sum_scalar(reducer, train.count() as f64)? as usize;
         info.noise_variance = prior.noise_var;
         let core = if opts.fits_core_model() {
-            let core = CoreModel::fit(core_mat, &flow_opts, &mut |step, total, loss| {
-                progress(&Progress {
-                    stage: Stage::Flow,
-                    iteration: step as u64,
-                    total: total as u64,
-                    loss,
-                })
-            })?;
+            let core = CoreModel::fit_with_reducer(
+                core_mat,
+                &flow_opts,
+                reducer,
+                &mut |step, total, loss| {
+                    progress(&Progress {
+                        stage: Stage::Flow,
+                        iteration: step as u64,
+                        total: total as u64,
+                        loss,
+                    })
+                },
+            )?;
             set_core_info(&mut info, &core);
             Some(core)
         } else {
@@ -557,30 +572,8 @@ impl Model {
         let (r, s) = (self.info.rank_rows, self.info.rank_cols);
         let (mut t, _) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
         for j in 0..input.count() {
-            numerics::gemm(
-                t.rb_mut(),
-                Accum::Replace,
-                input.sample(j),
-                self.v.as_ref(),
-                1.0,
-                Par::Seq,
-            );
-            let mut c = MatMut::from_column_major_slice_mut(&mut cores[j * d..(j + 1) * d], r, s);
-            numerics::gemm(
-                c.rb_mut(),
-                Accum::Replace,
-                self.u.transpose(),
-                t.rb(),
-                1.0,
-                Par::Seq,
-            );
-            if let Some(mc) = &self.mean_core {
-                for b in 0..s {
-                    for a in 0..r {
-                        c[(a, b)] -= mc[(a, b)];
-                    }
-                }
-            }
+            let c = MatMut::from_column_major_slice_mut(&mut cores[j * d..(j + 1) * d], r, s);
+            self.encode_one(input.sample(j), c, t.rb_mut());
         }
         Ok(())
     }
@@ -625,6 +618,34 @@ impl Model {
             self.decode_one(c, out.sample_mut(j), t.rb_mut());
         }
         Ok(())
+    }
+
+    /// `c <- U^T (x - Xbar) V` with `t` an m x s temporary.
+    fn encode_one(&self, x: MatRef<'_, f64>, mut c: MatMut<'_, f64>, mut t: MatMut<'_, f64>) {
+        numerics::gemm(
+            t.rb_mut(),
+            Accum::Replace,
+            x,
+            self.v.as_ref(),
+            1.0,
+            Par::Seq,
+        );
+        numerics::gemm(
+            c.rb_mut(),
+            Accum::Replace,
+            self.u.transpose(),
+            t.rb(),
+            1.0,
+            Par::Seq,
+        );
+        if let Some(mc) = &self.mean_core {
+            let (r, s) = c.shape();
+            for b in 0..s {
+                for a in 0..r {
+                    c[(a, b)] -= mc[(a, b)];
+                }
+            }
+        }
     }
 
     /// `x <- U c V^T + Xbar` with `t` an m x s temporary.
@@ -720,20 +741,8 @@ impl Model {
                 stack,
             )?;
             for j in 0..len {
-                // Row j holds vec(C) (column-major r x s) with stride b.
-                let c = cores.rb().get(j..j + 1, ..);
-                // SAFETY: element (a, q) of the r x s view is column a + q r of
-                // row j, inside the b x d temporary.
-                let c = unsafe {
-                    MatRef::from_raw_parts(
-                        c.as_ptr(),
-                        r,
-                        s,
-                        c.col_stride(),
-                        c.col_stride() * r as isize,
-                    )
-                };
-                self.decode_one(c, out.sample_mut(start + j), t.rb_mut());
+                let c = core_row_mut(cores.rb_mut(), j, r, s);
+                self.decode_one(c.rb(), out.sample_mut(start + j), t.rb_mut());
             }
             start += len;
         }
@@ -804,35 +813,8 @@ impl Model {
             let len = (count - start).min(b);
             for j in 0..len {
                 let x = input.sample(start + j);
-                numerics::gemm(
-                    t.rb_mut(),
-                    Accum::Replace,
-                    x,
-                    self.v.as_ref(),
-                    1.0,
-                    Par::Seq,
-                );
-                let row = cores.rb_mut().get_mut(j..j + 1, ..);
-                let stride = row.col_stride();
-                // SAFETY: as in `sample`: an r x s view of row j of the temporary.
-                let mut c = unsafe {
-                    MatMut::from_raw_parts_mut(row.as_ptr_mut(), r, s, stride, stride * r as isize)
-                };
-                numerics::gemm(
-                    c.rb_mut(),
-                    Accum::Replace,
-                    self.u.transpose(),
-                    t.rb(),
-                    1.0,
-                    Par::Seq,
-                );
-                if let Some(mc) = &self.mean_core {
-                    for q in 0..s {
-                        for a in 0..r {
-                            c[(a, q)] -= mc[(a, q)];
-                        }
-                    }
-                }
+                let mut c = core_row_mut(cores.rb_mut(), j, r, s);
+                self.encode_one(x, c.rb_mut(), t.rb_mut());
                 if let Some(res) = residual.as_deref_mut() {
                     // ||Y - U C V^T|| / ||Y|| directly (no cancellation).
                     self.decode_one(c.rb(), proj.rb_mut(), t.rb_mut());

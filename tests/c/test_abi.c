@@ -6,6 +6,7 @@
 #include "coreflow.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,6 +94,42 @@ static coreflow_matrices c_order_view(const double *data, size_t count) {
     return v;
 }
 
+/* A host compiled against an older header has a smaller options struct.
+ * The sized init (what the header's coreflow_fit_options_init macro calls)
+ * writes only that prefix and records its size, and a fit with it takes the
+ * defaults for the fields the host lacks: here everything from `allreduce`
+ * on, which the first ABI v1 header did not have. Bytes past the prefix are
+ * filled with a pattern that would crash a fit that read them as pointers. */
+static void check_older_host(const coreflow_matrices *train) {
+    coreflow_fit_options storage[2]; /* aligned room for the prefix and more */
+    unsigned char *bytes = (unsigned char *)storage;
+    const size_t old_size = offsetof(coreflow_fit_options, allreduce);
+    memset(storage, 0xA5, sizeof storage);
+    coreflow_fit_options_init_sized(storage, old_size);
+    CHECK(storage[0].struct_size == old_size, "sized init recorded %zu, not %zu",
+          storage[0].struct_size, old_size);
+    int untouched = 1;
+    for (size_t k = old_size; k < sizeof storage; k++) untouched &= bytes[k] == 0xA5;
+    CHECK(untouched, "the sized init wrote past the host's struct");
+    CHECK(storage[0].energy == 0.99 && storage[0].flow_steps == 4000, "sized init defaults");
+
+    storage[0].rank_rows = R;
+    storage[0].rank_cols = S;
+    storage[0].threads = 1;
+    storage[0].flow_steps = 0;
+    coreflow_model *model = NULL;
+    coreflow_status st = coreflow_fit(train, &storage[0], &model);
+    CHECK(st == COREFLOW_OK && model != NULL, "fit with an older struct: %s %s",
+          coreflow_status_name(st), coreflow_last_error_message());
+    coreflow_model_free(model);
+
+    coreflow_sample_options so[2];
+    memset(so, 0xA5, sizeof so);
+    coreflow_sample_options_init_sized(so, offsetof(coreflow_sample_options, rtol));
+    CHECK(so[0].struct_size == offsetof(coreflow_sample_options, rtol) && so[0].steps == 16,
+          "sized sample options init");
+}
+
 int main(void) {
     /* Planted data X_i = U* C_i V*^T, C-order (N, M, NC), and a column-major copy. */
     static double ustar[M * R], vstar[NC * S], x[N * M * NC], xf[N * M * NC];
@@ -136,6 +173,7 @@ int main(void) {
     if (model == NULL) return 1;
     CHECK(progress_calls > 0, "progress never called");
     CHECK(strcmp(coreflow_last_error_message(), "") == 0, "message after success");
+    check_older_host(&train);
 
     coreflow_model_info info;
     memset(&info, 0, sizeof info);
