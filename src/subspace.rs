@@ -49,9 +49,16 @@
 //!   complete data, the Riemannian solver is the building block of the
 //!   masked updates.
 //! * **Stopping**: the relative increase of f is at most `tol` for 3
-//!   consecutive iterations (and, for the Riemannian method, the relative
+//!   consecutive steps (and, for the Riemannian method, the relative
 //!   gradient norm `||grad f|| / ||G||` is at most `gtol`), or `max_iter`
-//!   iterations ran (reported by `converged = false`).
+//!   iterations ran (reported by `converged = false`). A Riemannian step is
+//!   an iteration; a HOOI step is one block update (two per sweep), whose
+//!   objective comes free with its eigenvalues, so HOOI may stop after the U
+//!   update of a sweep (the cores then come from the blocks `Y_i`).
+//! * **Cores**: the fit returns the cores of all samples in the canonical
+//!   basis, from the last step's blocks (`C_i = W_i^T V` or `U^T Y_i`, two
+//!   small products per sample) rotated by the canonical change of basis, so
+//!   no pass over the data is needed for them.
 //! * **Canonical basis** ([`canonicalize`]): U is rotated to the eigenvectors
 //!   of `sum C_i C_i^T` and V to those of `sum C_i^T C_i` (descending), with
 //!   `C_i = U^T X_i V`; each column's entry of largest magnitude is made
@@ -122,14 +129,15 @@ pub struct SubspaceOptions {
     pub center: bool,
     /// Refinement method. Default [`SubspaceMethod::Hooi`].
     pub method: SubspaceMethod,
-    /// Iteration cap, at least 1. Default 100, ample for HOOI (measured 4-5
+    /// Iteration cap, at least 1. Default 100, ample for HOOI (measured 2-3
     /// iterations from the HOSVD start with a clear eigen-gap at the rank
     /// cut, tens when the gap is small). The Riemannian method needs about
     /// 3x more iterations with a clear gap and a few hundred with small gaps:
     /// raise `max_iter` (e.g. to 1000) for it.
     pub max_iter: usize,
     /// Stop when the relative increase of the objective is at most `tol` for
-    /// 3 consecutive iterations. Default 1e-10; non-negative.
+    /// 3 consecutive steps (HOOI: block updates, two per iteration;
+    /// Riemannian: iterations). Default 1e-10; non-negative.
     pub tol: f64,
     /// Riemannian method only: also require the relative gradient norm
     /// `||grad f|| / ||G||` (Riemannian over Euclidean gradient, both factors)
@@ -238,12 +246,20 @@ pub struct SubspaceFit {
     /// `sum_i ||X_i - M||^2`; `objective / total_energy` is the fraction of
     /// the energy the subspaces keep.
     pub total_energy: f64,
-    /// Iterations of the refinement method.
+    /// Iterations of the refinement method (HOOI: sweeps, the last of which
+    /// may stop after its U update).
     pub iterations: usize,
+    /// Steps the stopping rule counted: HOOI block updates (two per sweep),
+    /// Riemannian iterations. `history` has `steps + 1` entries.
+    pub steps: usize,
     /// True when the stopping rule was met before `max_iter`.
     pub converged: bool,
-    /// The objective after the initialisation and after every iteration.
+    /// The objective after the initialisation and after every step.
     pub history: Vec<f64>,
+    /// The cores `C_i = U^T (X_i - M) V` of the training samples at the
+    /// returned (canonical) U, V: `count` blocks of `r * s` values, each the
+    /// column-major r x s core, as [`project_cores`] writes them.
+    pub cores: Vec<f64>,
     /// All eigenvalues of A = sum (X_i - M)(X_i - M)^T, descending.
     pub row_eigenvalues: Vec<f64>,
     /// All eigenvalues of B = sum (X_i - M)^T (X_i - M), descending.
@@ -980,9 +996,12 @@ impl<'s> Hooi<'s> {
         f
     }
 
-    /// `U <-` top-r eigenvectors of the Gram matrix of `rows_gram`.
-    fn rows_update(&mut self, u: MatMut<'_, f64>, par: Par) -> Result<()> {
-        numerics::top_eigenvectors(self.gram_rows.rb(), u, self.vals_rows, par, self.stack)
+    /// `U <-` top-r eigenvectors of the Gram matrix of `rows_gram`; returns
+    /// the objective at the new U (the sum of the top-r eigenvalues).
+    fn rows_update(&mut self, u: MatMut<'_, f64>, par: Par) -> Result<f64> {
+        let r = u.ncols();
+        numerics::top_eigenvectors(self.gram_rows.rb(), u, self.vals_rows, par, self.stack)?;
+        Ok(self.vals_rows[..r].iter().sum())
     }
 
     /// `V <-` top-s eigenvectors of `sum W_i W_i^T`, `W_i = (X_i - M)^T U`;
@@ -1026,6 +1045,9 @@ enum CoreSource<'a> {
     /// `C_i = W_i^T V` from the blocks `W_i = X_i^T U - M^T U` in the
     /// layout of `block_products`.
     Left(&'a [f64]),
+    /// `C_i = U^T Y_i` from the blocks `Y_i = X_i V - M V` in the layout of
+    /// `block_products`.
+    Right(&'a [f64]),
 }
 
 fn for_each_core_scratch(
@@ -1138,6 +1160,10 @@ fn for_each_core(
                     let wi = block(w, i, n, r);
                     gemm(c.rb_mut(), Accum::Replace, wi.transpose(), v, 1.0, Par::Seq);
                 }
+                CoreSource::Right(y) => {
+                    let yi = block(y, i, m, s);
+                    gemm(c.rb_mut(), Accum::Replace, u.transpose(), yi, 1.0, Par::Seq);
+                }
             }
             f(k, i, c.rb());
         }
@@ -1245,10 +1271,12 @@ fn rotate_scratch(p: usize, k: usize) -> StackReq {
 }
 
 /// `basis <- basis Q` with Q the eigenvectors of `gram` (lower triangle,
-/// descending), then the sign rule.
+/// descending), then the sign rule; `rotation` (k x k) receives the whole
+/// orthogonal change of basis `old^T new` (Q with the sign flips).
 fn rotate_to_eigenbasis(
     mut basis: MatMut<'_, f64>,
     gram: MatRef<'_, f64>,
+    rotation: MatMut<'_, f64>,
     par: Par,
     stack: &mut MemStack,
 ) -> Result<()> {
@@ -1265,8 +1293,16 @@ fn rotate_to_eigenbasis(
         1.0,
         par,
     );
+    numerics::fix_column_signs(rotated.rb_mut());
+    gemm(
+        rotation,
+        Accum::Replace,
+        basis.rb().transpose(),
+        rotated.rb(),
+        1.0,
+        par,
+    );
     basis.copy_from(rotated.rb());
-    numerics::fix_column_signs(basis);
     Ok(())
 }
 
@@ -1278,18 +1314,24 @@ fn canonical_scratch(
     par: Par,
 ) -> StackReq {
     let t = par.degree().max(1);
+    let (r, s) = (rank_rows, rank_cols);
     StackReq::all_of(&[
-        temp_slice_scratch::<f64>(t * (rank_rows * rank_rows + rank_cols * rank_cols)),
+        temp_slice_scratch::<f64>(t * (r * r + s * s)),
+        temp_mat_scratch::<f64>(r, r),
+        temp_mat_scratch::<f64>(s, s),
         StackReq::any_of(&[
-            for_each_core_scratch(rows, cols, rank_rows, rank_cols, par),
-            rotate_scratch(rows, rank_rows),
-            rotate_scratch(cols, rank_cols),
+            for_each_core_scratch(rows, cols, r, s, par),
+            rotate_scratch(rows, r),
+            rotate_scratch(cols, s),
+            temp_slice_scratch::<f64>(t * r * s),
         ]),
     ])
 }
 
 /// Rotates U, V to the canonical basis from the cores of `source`; returns
-/// the objective `trace(sum C_i C_i^T)`.
+/// the objective `trace(sum C_i C_i^T)`. With `cores` (count blocks of
+/// `r * s`, column-major), also writes the cores in the rotated basis,
+/// `R_U^T C_i R_V` with R the changes of basis.
 #[allow(clippy::too_many_arguments)]
 fn canonical_rotation(
     data: &MatrixBatch,
@@ -1297,14 +1339,19 @@ fn canonical_rotation(
     u: MatMut<'_, f64>,
     v: MatMut<'_, f64>,
     source: CoreSource<'_>,
+    cores: Option<&mut [f64]>,
     reducer: &dyn Reducer,
     par: Par,
     stack: &mut MemStack,
 ) -> Result<f64> {
     let (r, s) = (u.ncols(), v.ncols());
-    let (rr, ss) = (r * r, s * s);
+    let (rr, ss, rs) = (r * r, s * s, r * s);
+    let count = data.count();
     let t = par.degree().max(1);
     let (acc, stack) = temp_slice(t * (rr + ss), 0.0f64, stack);
+    let (mut rot_u, stack) = temp_mat_zeroed::<f64>(r, r, stack);
+    let (mut rot_v, stack) = temp_mat_zeroed::<f64>(s, s, stack);
+    let cores = cores.map(|c| SharedBuf::new(&mut c[..count * rs]));
     {
         let shared = SharedBuf::new(acc);
         for_each_core(
@@ -1315,7 +1362,7 @@ fn canonical_rotation(
             source,
             par,
             stack,
-            &|k, _, c| {
+            &|k, i, c| {
                 // SAFETY: worker k owns part k of `acc`.
                 let (cct, ctc) = unsafe {
                     (
@@ -1325,6 +1372,10 @@ fn canonical_rotation(
                 };
                 syrk_lower(cct, Accum::Add, c, 1.0, Par::Seq);
                 syrk_lower(ctc, Accum::Add, c.transpose(), 1.0, Par::Seq);
+                if let Some(out) = cores.as_ref() {
+                    // SAFETY: core i is written by the worker of sample i only.
+                    unsafe { out.block(i * rs, r, s) }.copy_from(c);
+                }
             },
         );
     }
@@ -1333,8 +1384,30 @@ fn canonical_rotation(
     let cct = MatRef::from_column_major_slice(&sums[..rr], r, r);
     let ctc = MatRef::from_column_major_slice(&sums[rr..], s, s);
     let objective: f64 = (0..r).map(|a| cct[(a, a)]).sum();
-    rotate_to_eigenbasis(u, cct, par, stack)?;
-    rotate_to_eigenbasis(v, ctc, par, stack)?;
+    rotate_to_eigenbasis(u, cct, rot_u.rb_mut(), par, stack)?;
+    rotate_to_eigenbasis(v, ctc, rot_v.rb_mut(), par, stack)?;
+    if let Some(out) = cores {
+        // C_i <- R_U^T C_i R_V, one temporary per worker.
+        let (tmp, _) = temp_slice(t * rs, 0.0f64, stack);
+        let tmp = SharedBuf::new(tmp);
+        let (rot_u, rot_v) = (rot_u.rb(), rot_v.rb());
+        parallel_for(count, workers(par, count), &|k, range| {
+            // SAFETY: worker k owns part k of `tmp` and the cores of its range.
+            let mut half = unsafe { tmp.block(k * rs, r, s) };
+            for i in range {
+                let mut c = unsafe { out.block(i * rs, r, s) };
+                gemm(
+                    half.rb_mut(),
+                    Accum::Replace,
+                    rot_u.transpose(),
+                    c.rb(),
+                    1.0,
+                    Par::Seq,
+                );
+                gemm(c.rb_mut(), Accum::Replace, half.rb(), rot_v, 1.0, Par::Seq);
+            }
+        });
+    }
     Ok(objective)
 }
 
@@ -1364,7 +1437,17 @@ pub fn canonicalize(
 ) -> Result<f64> {
     check_bases(data, u.rb(), v.rb())?;
     check_mean(mean, data.rows(), data.cols())?;
-    canonical_rotation(data, mean, u, v, CoreSource::Data, reducer, par, stack)
+    canonical_rotation(
+        data,
+        mean,
+        u,
+        v,
+        CoreSource::Data,
+        None,
+        reducer,
+        par,
+        stack,
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -2187,6 +2270,34 @@ impl StopRule {
     }
 }
 
+/// Which block products a buffer holds.
+#[derive(Copy, Clone)]
+enum BlockSource {
+    /// `W_i = (X_i - M)^T U` (n x r blocks).
+    Cols,
+    /// `Y_i = (X_i - M) V` (m x s blocks).
+    Rows,
+}
+
+/// Appends `f_new` to the history, checks it and records the step in the
+/// stopping rule; true once the rule is met.
+fn record_step(
+    history: &mut Vec<f64>,
+    stop: &mut StopRule,
+    f: &mut f64,
+    f_new: f64,
+) -> Result<bool> {
+    history.push(f_new);
+    if !f_new.is_finite() {
+        return Err(Error::numerical(
+            "subspace: the objective became non-finite",
+        ));
+    }
+    let done = stop.update(*f, f_new);
+    *f = f_new;
+    Ok(done)
+}
+
 /// Fits U and V to the complete samples in `data` (DESIGN.md section 3):
 /// optional centering, HOSVD initialisation, ranks by energy where a rank is
 /// 0, HOOI or Riemannian refinement, canonical basis.
@@ -2271,40 +2382,50 @@ pub fn fit(
     ]));
     let stack = MemStack::new(&mut buf);
     let (big, stack) = temp_slice(len, 0.0f64, stack);
-    let mut history = Vec::with_capacity(opts.max_iter + 1);
+    // HOOI records two steps per iteration.
+    let mut history = Vec::with_capacity(2 * opts.max_iter + 1);
     let max_iter = opts.max_iter;
+    // Which blocks `big` holds when the loop ends: W_i = (X_i - M)^T U for
+    // the final U, or (a HOOI fit that stopped after a U update) Y_i =
+    // (X_i - M) V for the final V.
+    let mut source_blocks = BlockSource::Cols;
     let (iterations, converged) = match opts.method {
         SubspaceMethod::Hooi => {
             let mut hooi = Hooi::new(m, n, r, stack);
             hooi.rows_gram(data, mean_ref, v.as_ref(), big, reducer, par)?;
             let mut f = hooi.objective_from_rows_gram(u.as_ref(), par);
             history.push(f);
+            // The stopping rule counts block updates: each is an exact
+            // maximisation of f over one factor and yields f for free (the
+            // sum of the leading eigenvalues of its Gram matrix).
             let mut stop = StopRule::new(opts.tol);
             let mut outcome = (max_iter, false);
             for it in 1..=max_iter {
                 if it > 1 {
                     hooi.rows_gram(data, mean_ref, v.as_ref(), big, reducer, par)?;
                 }
-                hooi.rows_update(u.as_mut(), par)?;
-                let f_new =
-                    hooi.cols_update(data, mean_ref, u.as_ref(), v.as_mut(), big, reducer, par)?;
-                history.push(f_new);
-                if !f_new.is_finite() {
-                    return Err(Error::numerical(
-                        "subspace: the objective became non-finite",
-                    ));
+                let f_rows = hooi.rows_update(u.as_mut(), par)?;
+                let done = record_step(&mut history, &mut stop, &mut f, f_rows)?;
+                if done {
+                    if !progress(it, max_iter, f_rows) {
+                        return Err(Error::cancelled("subspace"));
+                    }
+                    // `big` holds Y_i = (X_i - M) V for the final V.
+                    source_blocks = BlockSource::Rows;
+                    outcome = (it, true);
+                    break;
                 }
-                if !progress(it, max_iter, f_new) {
+                let f_cols =
+                    hooi.cols_update(data, mean_ref, u.as_ref(), v.as_mut(), big, reducer, par)?;
+                let done = record_step(&mut history, &mut stop, &mut f, f_cols)?;
+                if !progress(it, max_iter, f_cols) {
                     return Err(Error::cancelled("subspace"));
                 }
-                let done = stop.update(f, f_new);
-                f = f_new;
                 if done {
                     outcome = (it, true);
                     break;
                 }
             }
-            // `big` holds W_i = (X_i - M)^T U for the final U.
             outcome
         }
         SubspaceMethod::Riemannian => {
@@ -2329,12 +2450,18 @@ pub fn fit(
             (report.iterations, report.converged)
         }
     };
+    let source = match source_blocks {
+        BlockSource::Cols => CoreSource::Left(big),
+        BlockSource::Rows => CoreSource::Right(big),
+    };
+    let mut cores = vec![0.0; count * r * s];
     let objective = canonical_rotation(
         data,
         mean_ref,
         u.as_mut(),
         v.as_mut(),
-        CoreSource::Left(big),
+        source,
+        Some(&mut cores),
         reducer,
         par,
         stack,
@@ -2349,8 +2476,10 @@ pub fn fit(
         objective,
         total_energy,
         iterations,
+        steps: history.len() - 1,
         converged,
         history,
+        cores,
         row_eigenvalues,
         col_eigenvalues,
     })

@@ -266,7 +266,7 @@ fn objective_never_decreases() {
         for o in [opts(3, 3), riemannian(3, 3), opts(7, 6)] {
             let f = run(&p.batch(), &o);
             assert_monotone(&f.history);
-            assert_eq!(f.history.len(), f.iterations + 1);
+            assert_eq!(f.history.len(), f.steps + 1);
             assert!((f.history.last().unwrap() - f.objective).abs() < 1e-10 * f.objective);
         }
     }
@@ -1007,4 +1007,64 @@ fn degenerate_shapes_and_zero_data() {
         assert_eq!(f.objective, 0.0);
         assert!(f.converged);
     }
+}
+
+/// The cores the fit returns are `project_cores` at the returned bases, for
+/// every method, with and without centering, whether HOOI stopped after a U
+/// update or after a V update.
+#[test]
+fn fit_cores_equal_projected_cores() {
+    let mut stops = [false, false];
+    for (k, seed) in (0..12u64).enumerate() {
+        let p = Planted::new(
+            30,
+            24,
+            20,
+            4,
+            3,
+            [1e-3, 1e-2, 1e-1][k % 3],
+            Core::Uniform,
+            300 + seed,
+        );
+        let b = p.batch();
+        let center = k % 2 == 1;
+        for mut o in [opts(4, 3), riemannian(4, 3)] {
+            o.center = center;
+            o.threads = 1 + k % 2;
+            let f = run(&b, &o);
+            let (count, m, n, r, s) = (p.count, p.rows, p.cols, 4, 3);
+            let mut cores = vec![0.0; count * r * s];
+            let mut buf = MemBuffer::new(subspace::project_cores_scratch(m, n, r, s, Par::Seq));
+            subspace::project_cores(
+                &b,
+                f.mean.as_ref().map(|x| x.as_ref()),
+                f.u.as_ref(),
+                f.v.as_ref(),
+                &mut cores,
+                Par::Seq,
+                MemStack::new(&mut buf),
+            )
+            .unwrap();
+            let scale = cores.iter().fold(0.0f64, |a, c| a.max(c.abs()));
+            let err = cores
+                .iter()
+                .zip(&f.cores)
+                .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+            assert!(
+                err < 1e-12 * scale,
+                "{:?} center {center}: {err:e}",
+                o.method
+            );
+            let energy: f64 = f.cores.iter().map(|c| c * c).sum();
+            assert!((energy - f.objective).abs() < 1e-12 * f.objective);
+            if o.method == SubspaceMethod::Hooi {
+                // An even step count means the last update was a V update.
+                stops[f.steps % 2] = true;
+            }
+        }
+    }
+    assert!(
+        stops[0] && stops[1],
+        "both stopping positions covered: {stops:?}"
+    );
 }

@@ -386,18 +386,6 @@ impl Model {
             // Checked here for the message's hint about missing entries.
             completion::check_observed_finite(train, false, "train")?;
             let fit = subspace::fit(train, &sub_opts, reducer, &mut subspace_progress)?;
-            let (r, s) = (fit.u.ncols(), fit.v.ncols());
-            let mut c = vec![0.0; train.count() * r * s];
-            let mut buf = MemBuffer::new(subspace::project_cores_scratch(m, n, r, s, par));
-            subspace::project_cores(
-                train,
-                fit.mean.as_ref().map(|x| x.as_ref()),
-                fit.u.as_ref(),
-                fit.v.as_ref(),
-                &mut c,
-                par,
-                MemStack::new(&mut buf),
-            )?;
             info = ModelInfo {
                 subspace_iterations: fit.iterations,
                 subspace_converged: fit.converged,
@@ -414,7 +402,7 @@ impl Model {
                 (fit.total_energy - fit.objective).max(0.0),
                 n_total * (m * n) as f64,
             );
-            (u, v, mean, cores) = (fit.u, fit.v, fit.mean, c);
+            (u, v, mean, cores) = (fit.u, fit.v, fit.mean, fit.cores);
         }
         let (r, s) = (u.ncols(), v.ncols());
         let core_mat = MatRef::from_row_major_slice(&cores, train.count(), r * s);
