@@ -14,7 +14,8 @@
 //!
 //! Sampling: samples per second of a fixed-step Euler or RK4 solve from
 //! `t = 0` to 1 of `--sample-count` states, processed the way the core model
-//! samples (chunks of 256 rows, calling thread only). FLOP estimate
+//! samples (chunks of 256 rows on the calling thread; with `--threads T`, T
+//! threads each integrate a contiguous part, as a host splits index ranges). FLOP estimate
 //! `2 NFE (d_in H + (L - 1) H^2 + H d)` per sample.
 //!
 //! `--matmul-peak` adds the rate of a single-thread f32 faer GEMM
@@ -26,6 +27,7 @@ use coreflow::flow::ode::{integrate, integrate_scratch};
 use coreflow::flow::{rng, NetConfig, Solver, SolverOptions, TrainOptions, Trainer, VelocityNet};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::matmul::matmul;
+use faer::reborrow::ReborrowMut;
 use faer::{Accum, Mat, Par};
 use std::time::Instant;
 
@@ -256,34 +258,55 @@ fn main() {
                 x0[(i, j)] = g[j];
             }
         }
-        let mut mem = MemBuffer::new(integrate_scratch(&net, chunk, &opts));
-        let run = |x: &mut Mat<f64>, opts: &SolverOptions, mem: &mut MemBuffer| {
-            let mut start = 0;
-            while start < n {
-                let b = (n - start).min(chunk);
-                integrate(
-                    &net,
-                    opts,
-                    0.0,
-                    1.0,
-                    x.as_mut().subrows_mut(start, b),
-                    MemStack::new(mem),
-                )
-                .unwrap();
-                start += b;
-            }
+        // Inference runs on the caller's threads: with T threads, T scoped
+        // threads each integrate a contiguous part of the states with their
+        // own workspace (how a host splits `first_index` ranges).
+        let threads = a.threads.max(1);
+        let mut mems: Vec<MemBuffer> = (0..threads)
+            .map(|_| MemBuffer::new(integrate_scratch(&net, chunk, &opts)))
+            .collect();
+        let run = |x: &mut Mat<f64>, opts: &SolverOptions, mems: &mut [MemBuffer]| {
+            let part = n.div_ceil(threads);
+            let mut rest = x.as_mut();
+            std::thread::scope(|scope| {
+                for mem in mems.iter_mut() {
+                    let rows = part.min(rest.nrows());
+                    if rows == 0 {
+                        break;
+                    }
+                    let (mut mine, tail) = rest.split_at_row_mut(rows);
+                    rest = tail;
+                    let net = &net;
+                    scope.spawn(move || {
+                        let mut start = 0;
+                        while start < rows {
+                            let b = (rows - start).min(chunk);
+                            integrate(
+                                net,
+                                opts,
+                                0.0,
+                                1.0,
+                                mine.rb_mut().subrows_mut(start, b),
+                                MemStack::new(mem),
+                            )
+                            .unwrap();
+                            start += b;
+                        }
+                    });
+                }
+            });
         };
         let warm = SolverOptions {
             steps: (a.sample_steps / 10).max(1),
             ..opts
         };
         let mut x = x0.clone();
-        run(&mut x, &warm, &mut mem);
+        run(&mut x, &warm, &mut mems);
         let mut rates = vec![];
         for rep in 0..a.repeats {
             let mut x = x0.clone();
             let t0 = Instant::now();
-            run(&mut x, &opts, &mut mem);
+            run(&mut x, &opts, &mut mems);
             let dt = t0.elapsed().as_secs_f64();
             rates.push(n as f64 / dt);
             eprintln!("sample repeat {rep}: {:.1} samples/s", rates[rep]);
