@@ -279,8 +279,19 @@ fn c_order_batch(z: &[f64], count: usize, m: usize, n: usize) -> MatrixBatch<'_>
     MatrixBatch::from_c_order(z, count, m, n).expect("internal: owned C-order buffer")
 }
 
-/// Workspace for [`e_step`] with `par` workers.
+/// Entries of one panel of `Z_i` (and of its prediction) in the E-step:
+/// about 128 KB each, so that a panel stays in the core's cache from the
+/// prediction through the update to the product with V.
+const PANEL_ENTRIES: usize = 16 * 1024;
+
+/// Rows per panel of the E-step for `rows x cols` matrices.
+fn panel_rows(rows: usize, cols: usize) -> usize {
+    (PANEL_ENTRIES / cols.max(1)).clamp(8.min(rows.max(1)), rows.max(1))
+}
+
+/// Workspace for [`e_step`] on `count` samples with `par` workers.
 pub fn e_step_scratch(
+    count: usize,
     rows: usize,
     cols: usize,
     rank_rows: usize,
@@ -289,7 +300,7 @@ pub fn e_step_scratch(
 ) -> StackReq {
     let t = par.degree().max(1);
     StackReq::all_of(&[
-        temp_slice_scratch::<f64>(2 * t),
+        temp_slice_scratch::<f64>(2 * count),
         StackReq::new_aligned::<u8>(
             e_step_worker_bytes(rows, cols, rank_rows, rank_cols) * t,
             numerics::ALIGN,
@@ -297,17 +308,17 @@ pub fn e_step_scratch(
     ])
 }
 
-/// Scratch bytes of one E-step worker (any alignment).
-fn e_step_worker_bytes(rows: usize, cols: usize, rank_rows: usize, rank_cols: usize) -> usize {
+/// Scratch bytes of one E-step worker (any alignment): `U C_i` and one
+/// panel of the prediction.
+fn e_step_worker_bytes(rows: usize, cols: usize, _rank_rows: usize, rank_cols: usize) -> usize {
     StackReq::all_of(&[
-        temp_mat_scratch::<f64>(rank_rows, rank_cols),
         temp_mat_scratch::<f64>(rows, rank_cols),
-        temp_mat_scratch::<f64>(rows, cols),
+        temp_slice_scratch::<f64>(panel_rows(rows, cols) * cols),
     ])
     .unaligned_bytes_required()
 }
-/// A raw pointer to the completed buffer, shared by workers that touch
-/// disjoint samples.
+
+/// A raw pointer to a buffer shared by workers that touch disjoint samples.
 #[derive(Copy, Clone)]
 struct SharedSlice(*mut f64, usize);
 // SAFETY: workers write disjoint sample blocks and the scope joins them.
@@ -315,43 +326,171 @@ unsafe impl Send for SharedSlice {}
 unsafe impl Sync for SharedSlice {}
 
 impl SharedSlice {
+    fn new(buf: &mut [f64]) -> Self {
+        Self(buf.as_mut_ptr(), buf.len())
+    }
+
     // A method (not field access) so closures capture the whole Sync wrapper.
     fn ptr(&self) -> *mut f64 {
         self.0
     }
+
+    /// Elements `[offset, offset + len)`.
+    ///
+    /// # Safety
+    /// The range lies inside the buffer and no two live slices overlap.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f64] {
+        debug_assert!(offset + len <= self.1);
+        std::slice::from_raw_parts_mut(self.0.add(offset), len)
+    }
 }
 
-/// One E-step over all local samples: with `C_i = U^T Z_i V / (1 + lambda)`,
-/// evaluates the masked objective F and replaces the missing entries of
-/// `Z_i` by those of `U C_i V^T` (only the missing entries are predicted).
+/// Independent partial sums of the row updates (vectorisable; the order of
+/// the additions is fixed, so results do not depend on the thread count).
+const LANES: usize = 8;
+
+fn sum_lanes(acc: [f64; LANES], tail: f64) -> f64 {
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
+}
+
+/// One row of the E-step with every entry observed: returns
+/// `sum (z - p)^2`.
+fn residual_row(z: &[f64], p: &[f64]) -> f64 {
+    let mut acc = [0.0; LANES];
+    let body = z.len() - z.len() % LANES;
+    for (zc, pc) in z[..body]
+        .chunks_exact(LANES)
+        .zip(p[..body].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            let d = zc[l] - pc[l];
+            acc[l] += d * d;
+        }
+    }
+    let tail = z[body..]
+        .iter()
+        .zip(&p[body..])
+        .map(|(z, p)| (z - p) * (z - p))
+        .sum();
+    sum_lanes(acc, tail)
+}
+
+/// One row of the E-step under a contiguous mask row: missing entries of
+/// `z` take the prediction `p`; returns `sum (z - p)^2` over the observed
+/// ones.
+fn update_row_masked(z: &mut [f64], p: &[f64], mask: &[u8]) -> f64 {
+    let mut acc = [0.0; LANES];
+    let body = z.len() - z.len() % LANES;
+    let (zb, zt) = z.split_at_mut(body);
+    for ((zc, pc), mc) in zb
+        .chunks_exact_mut(LANES)
+        .zip(p[..body].chunks_exact(LANES))
+        .zip(mask[..body].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            let o = mc[l] != 0;
+            let d = zc[l] - pc[l];
+            acc[l] += if o { d * d } else { 0.0 };
+            zc[l] = if o { zc[l] } else { pc[l] };
+        }
+    }
+    let mut tail = 0.0;
+    for ((zv, &pv), &mv) in zt.iter_mut().zip(&p[body..]).zip(&mask[body..]) {
+        if mv != 0 {
+            tail += (*zv - pv) * (*zv - pv);
+        } else {
+            *zv = pv;
+        }
+    }
+    sum_lanes(acc, tail)
+}
+
+/// As [`update_row_masked`] with the observation given entry by entry.
+fn update_row_with(z: &mut [f64], p: &[f64], observed: impl Fn(usize) -> bool) -> f64 {
+    let mut acc = [0.0; LANES];
+    let mut tail = 0.0;
+    let body = z.len() - z.len() % LANES;
+    for (b, (zv, &pv)) in z.iter_mut().zip(p).enumerate() {
+        if observed(b) {
+            let d = (*zv - pv) * (*zv - pv);
+            if b < body {
+                acc[b % LANES] += d;
+            } else {
+                tail += d;
+            }
+        } else {
+            *zv = pv;
+        }
+    }
+    sum_lanes(acc, tail)
+}
+
+/// One E-step over all local samples, fused with the first products of the
+/// next HOOI sweep. With the projected cores `P_i = U^T Z_i V` in `cores`
+/// (`count` column-major r x s blocks, see [`subspace::project_cores`] and
+/// [`subspace::project_cores_from_left`]) and `C_i = P_i / (1 + lambda)`:
+/// evaluates the masked objective F, replaces the missing entries of `Z_i`
+/// by those of `U C_i V^T`, and, when `rows_out` is given, writes
+/// `Y_i = Z_i V` (new `Z_i`) into it in the block layout of
+/// [`subspace::hooi_sweep_from_rows`]. Each sample is done panel of rows by
+/// panel of rows while the panel is in cache: one pass over `z`, whose
+/// observed entries (the centered observations, bitwise) give the
+/// residuals, so the data are read only for their observation pattern.
+///
 /// `z` holds the centered completed data in C-order; `data` the original
 /// observations. Samples are split over `par` workers. Returns the local
-/// `(F, observed residual sum of squares)`.
+/// `(F, observed residual sum of squares)`, summed in sample order.
 #[allow(clippy::too_many_arguments)]
 pub fn e_step(
     data: &MatrixBatch,
     nan_is_missing: bool,
-    mean: Option<MatRef<'_, f64>>,
     z: &mut [f64],
     u: MatRef<'_, f64>,
     v: MatRef<'_, f64>,
+    cores: &[f64],
     ridge: f64,
+    rows_out: Option<&mut [f64]>,
     par: Par,
     stack: &mut MemStack,
-) -> (f64, f64) {
+) -> Result<(f64, f64)> {
     let (count, m, n) = (data.count(), data.rows(), data.cols());
     let (r, s) = (u.ncols(), v.ncols());
+    if u.nrows() != m || v.nrows() != n {
+        return Err(Error::shape(format!(
+            "e_step: bases {} x {r} and {} x {s} for {m} x {n} matrices",
+            u.nrows(),
+            v.nrows()
+        )));
+    }
+    let check = |what: &str, len: usize, needed: usize| {
+        if len < needed {
+            Err(Error::shape(format!(
+                "e_step: {what} has {len} values, at least {needed} needed"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    check("z", z.len(), count * m * n)?;
+    check("cores", cores.len(), count * r * s)?;
+    if let Some(out) = rows_out.as_deref() {
+        check("rows_out", out.len(), count * m * s)?;
+    }
     let t = par.degree().clamp(1, count.max(1));
-    // Per-worker partial sums and scratch, carved once from the workspace.
-    let (sums, stack) = temp_slice(2 * t, 0.0f64, stack);
+    let shrink = 1.0 / (1.0 + ridge);
+    let panel = panel_rows(m, n);
+    // Per-sample sums and per-worker scratch, carved once from the workspace.
+    let (sums, stack) = temp_slice(2 * count, 0.0f64, stack);
     let worker_bytes = e_step_worker_bytes(m, n, r, s);
     let (scratch, _) = stack.make_aligned_uninit::<u8>(worker_bytes * t, numerics::ALIGN);
-    let shared_z = SharedSlice(z.as_mut_ptr(), z.len());
-    let shared_sums = SharedSlice(sums.as_mut_ptr(), sums.len());
+    let shared_z = SharedSlice::new(z);
+    let shared_sums = SharedSlice::new(sums);
+    let shared_rows = rows_out.map(SharedSlice::new);
     let shared_scratch = SharedSlice(scratch.as_mut_ptr() as *mut f64, scratch.len());
     numerics::parallel_parts(count, t, &|k, range| {
         // SAFETY: worker k alone uses bytes [k w, (k + 1) w) of the scratch,
-        // sums[2k..2k+2] and the sample blocks of its range of z.
+        // and the sums, sample blocks of z and row blocks of its range.
         let ws = unsafe {
             std::slice::from_raw_parts_mut(
                 (shared_scratch.ptr() as *mut std::mem::MaybeUninit<u8>).add(k * worker_bytes),
@@ -359,60 +498,69 @@ pub fn e_step(
             )
         };
         let stack = MemStack::new(ws);
-        let (mut c, stack) = temp_mat_zeroed::<f64>(r, s, stack);
-        let (mut t1, stack) = temp_mat_zeroed::<f64>(m, s, stack);
-        let (mut pred, _) = temp_mat_zeroed::<f64>(m, n, stack);
-        let (mut f, mut rss) = (0.0, 0.0);
+        let (mut uc, stack) = temp_mat_zeroed::<f64>(m, s, stack);
+        let (pbuf, _) = temp_slice(panel * n, 0.0f64, stack);
         for i in range {
-            debug_assert!((i + 1) * m * n <= shared_z.1);
-            let zi =
-                unsafe { std::slice::from_raw_parts_mut(shared_z.ptr().add(i * m * n), m * n) };
-            let zm = MatRef::from_row_major_slice(zi, m, n);
-            gemm(t1.rb_mut(), Accum::Replace, zm, v, 1.0, Par::Seq);
-            gemm(
-                c.rb_mut(),
-                Accum::Replace,
-                u.transpose(),
-                t1.rb(),
-                1.0 / (1.0 + ridge),
-                Par::Seq,
-            );
-            f += ridge * c.squared_norm_l2();
-            gemm(t1.rb_mut(), Accum::Replace, u, c.rb(), 1.0, Par::Seq);
-            gemm(
-                pred.rb_mut(),
-                Accum::Replace,
-                t1.rb(),
-                v.transpose(),
-                1.0,
-                Par::Seq,
-            );
+            let zi = unsafe { shared_z.slice(i * m * n, m * n) };
+            let pi = MatRef::from_column_major_slice(&cores[i * r * s..(i + 1) * r * s], r, s);
+            // U C_i with C_i = P_i / (1 + lambda); the ridge term of F.
+            gemm(uc.rb_mut(), Accum::Replace, u, pi, shrink, Par::Seq);
+            let mut f = ridge * shrink * shrink * pi.squared_norm_l2();
+            let mut rss = 0.0;
             let x = data.sample(i);
             let obs = observed_of(data, i, nan_is_missing);
-            for a in 0..m {
-                let zrow = &mut zi[a * n..(a + 1) * n];
-                for (b, zab) in zrow.iter_mut().enumerate() {
-                    if obs.at(x, a, b) {
-                        let centered = x[(a, b)] - mean.map_or(0.0, |mm| mm[(a, b)]);
-                        let d = centered - pred[(a, b)];
-                        rss += d * d;
-                    } else {
-                        *zab = pred[(a, b)];
-                    }
+            let mut a0 = 0;
+            while a0 < m {
+                let rows = panel.min(m - a0);
+                let zp = &mut zi[a0 * n..(a0 + rows) * n];
+                let pp = &mut pbuf[..rows * n];
+                gemm(
+                    MatMut::from_row_major_slice_mut(pp, rows, n),
+                    Accum::Replace,
+                    uc.rb().subrows(a0, rows),
+                    v.transpose(),
+                    1.0,
+                    Par::Seq,
+                );
+                for (k, (zrow, prow)) in zp.chunks_exact_mut(n).zip(pp.chunks_exact(n)).enumerate()
+                {
+                    let a = a0 + k;
+                    rss += match obs {
+                        Observed::All => residual_row(zrow, prow),
+                        Observed::Mask(mk) => match mk.row(a) {
+                            Some(mrow) => update_row_masked(zrow, prow, mrow),
+                            None => update_row_with(zrow, prow, |b| mk.observed(a, b)),
+                        },
+                        Observed::NotNan => update_row_with(zrow, prow, |b| !x[(a, b)].is_nan()),
+                    };
                 }
+                if let Some(rows_out) = shared_rows {
+                    // SAFETY: rows [a0, a0 + rows) of block i belong to sample i.
+                    let yp = unsafe { rows_out.slice(i * m * s + a0 * s, rows * s) };
+                    gemm(
+                        MatMut::from_row_major_slice_mut(yp, rows, s),
+                        Accum::Replace,
+                        MatRef::from_row_major_slice(zp, rows, n),
+                        v,
+                        1.0,
+                        Par::Seq,
+                    );
+                }
+                a0 += rows;
             }
-        }
-        unsafe {
-            *shared_sums.ptr().add(2 * k) = f + rss;
-            *shared_sums.ptr().add(2 * k + 1) = rss;
+            f += rss;
+            // SAFETY: sums[2i..2i+2] belong to sample i.
+            let out = unsafe { shared_sums.slice(2 * i, 2) };
+            out[0] = f;
+            out[1] = rss;
         }
     });
     let (mut f, mut rss) = (0.0, 0.0);
-    for k in 0..t {
-        f += sums[2 * k];
-        rss += sums[2 * k + 1];
+    for part in sums.chunks_exact(2) {
+        f += part[0];
+        rss += part[1];
     }
-    (f, rss)
+    Ok((f, rss))
 }
 
 /// Fits U, V to incomplete data by iterative completion (see the module
@@ -475,16 +623,45 @@ pub fn fit_masked(
     let mut v = col_vecs.get(.., ..s).to_owned();
     drop((row_vecs, col_vecs));
 
-    let m_step_req = match sub.method {
-        SubspaceMethod::Hooi => subspace::hooi_sweep_scratch(count, m, n, r, s, par),
-        SubspaceMethod::Riemannian => subspace::riemannian_solve_scratch(count, m, n, r, s, par),
+    // The workspace of the rounds, allocated once: the block buffer of the
+    // HOOI sweeps (Y_i from the E-step, then W_i from the V-update), the
+    // projected cores P_i = U^T Z_i V, and the scratch of the steps.
+    let hooi = sub.method == SubspaceMethod::Hooi;
+    let blocks_len = if hooi {
+        subspace::hooi_blocks_len(count, m, n, r, s)
+    } else {
+        0
     };
-    let mut buf = MemBuffer::new(StackReq::any_of(&[
-        m_step_req,
-        e_step_scratch(m, n, r, s, par),
+    let m_step_req = if hooi {
+        subspace::hooi_sweep_from_rows_scratch(m, n, r, s, par)
+    } else {
+        subspace::riemannian_solve_scratch(count, m, n, r, s, par)
+    };
+    let mut buf = MemBuffer::new(StackReq::all_of(&[
+        temp_slice_scratch::<f64>(blocks_len),
+        temp_slice_scratch::<f64>(count * r * s),
+        StackReq::any_of(&[
+            m_step_req,
+            e_step_scratch(count, m, n, r, s, par),
+            subspace::project_cores_scratch(m, n, r, s, par),
+            subspace::project_cores_from_left_scratch(m, n, r, s, par),
+        ]),
     ]));
     let stack = MemStack::new(&mut buf);
+    let (blocks, stack) = temp_slice(blocks_len, 0.0f64, stack);
+    let (cores, stack) = temp_slice(count * r * s, 0.0f64, stack);
+    subspace::project_cores(
+        &c_order_batch(&z, count, m, n),
+        None,
+        u.as_ref(),
+        v.as_ref(),
+        cores,
+        par,
+        stack,
+    )?;
 
+    // A round: the E-step (fused with the products Y_i = Z_i V of the next
+    // HOOI sweep), then the M-step, whose last products give the cores.
     let mut history = Vec::with_capacity(opts.max_iter + 1);
     let mut converged = false;
     let mut iterations = 0;
@@ -494,14 +671,15 @@ pub fn fit_masked(
         let (f_local, rss_local) = e_step(
             data,
             opts.nan_is_missing,
-            mean.as_ref().map(|x| x.as_ref()),
             &mut z,
             u.as_ref(),
             v.as_ref(),
+            cores,
             opts.ridge,
+            if hooi { Some(&mut *blocks) } else { None },
             par,
             stack,
-        );
+        )?;
         let mut fr = [f_local, rss_local];
         reducer.sum_in_place(&mut fr)?;
         let f = fr[0];
@@ -521,33 +699,42 @@ pub fn fit_masked(
             break;
         }
         f_prev = f;
-        match sub.method {
-            SubspaceMethod::Hooi => {
-                subspace::hooi_sweep(
-                    &c_order_batch(&z, count, m, n),
-                    None,
-                    u.as_mut(),
-                    v.as_mut(),
-                    reducer,
-                    par,
-                    stack,
-                )?;
-            }
-            SubspaceMethod::Riemannian => {
-                subspace::riemannian_solve(
-                    &c_order_batch(&z, count, m, n),
-                    None,
-                    u.as_mut(),
-                    v.as_mut(),
-                    opts.inner_steps,
-                    0.0,
-                    0.0,
-                    reducer,
-                    &mut |_, _| true,
-                    par,
-                    stack,
-                )?;
-            }
+        let zb = c_order_batch(&z, count, m, n);
+        if hooi {
+            subspace::hooi_sweep_from_rows(
+                &zb,
+                None,
+                u.as_mut(),
+                v.as_mut(),
+                blocks,
+                reducer,
+                par,
+                stack,
+            )?;
+            subspace::project_cores_from_left(
+                &zb,
+                u.as_ref(),
+                v.as_ref(),
+                blocks,
+                cores,
+                par,
+                stack,
+            )?;
+        } else {
+            subspace::riemannian_solve(
+                &zb,
+                None,
+                u.as_mut(),
+                v.as_mut(),
+                opts.inner_steps,
+                0.0,
+                0.0,
+                reducer,
+                &mut |_, _| true,
+                par,
+                stack,
+            )?;
+            subspace::project_cores(&zb, None, u.as_ref(), v.as_ref(), cores, par, stack)?;
         }
         iterations += 1;
     }
