@@ -47,6 +47,7 @@
 
 use crate::batch::{MaskRef, MatrixBatch};
 use crate::error::{Error, Result};
+use crate::flow::real::multiversion;
 use crate::numerics::{
     self, gemm, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch, MemBuffer,
     MemStack, Par, StackReq,
@@ -350,78 +351,89 @@ impl SharedSlice {
 /// the additions is fixed, so results do not depend on the thread count).
 const LANES: usize = 8;
 
+#[inline(always)]
 fn sum_lanes(acc: [f64; LANES], tail: f64) -> f64 {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
 }
 
-/// One row of the E-step with every entry observed: returns
-/// `sum (z - p)^2`.
-fn residual_row(z: &[f64], p: &[f64]) -> f64 {
-    let mut acc = [0.0; LANES];
-    let body = z.len() - z.len() % LANES;
-    for (zc, pc) in z[..body]
-        .chunks_exact(LANES)
-        .zip(p[..body].chunks_exact(LANES))
-    {
-        for l in 0..LANES {
-            let d = zc[l] - pc[l];
-            acc[l] += d * d;
+multiversion! {
+    /// One row of the E-step with every entry observed: returns
+    /// `sum (z - p)^2`.
+    fn residual_row(z: &[f64], p: &[f64]) -> f64 {
+        let mut acc = [0.0; LANES];
+        let body = z.len() - z.len() % LANES;
+        for (zc, pc) in z[..body]
+            .chunks_exact(LANES)
+            .zip(p[..body].chunks_exact(LANES))
+        {
+            for l in 0..LANES {
+                let d = zc[l] - pc[l];
+                acc[l] += d * d;
+            }
         }
+        let mut tail = 0.0;
+        for (zv, pv) in z[body..].iter().zip(&p[body..]) {
+            tail += (zv - pv) * (zv - pv);
+        }
+        sum_lanes(acc, tail)
     }
-    let tail = z[body..]
-        .iter()
-        .zip(&p[body..])
-        .map(|(z, p)| (z - p) * (z - p))
-        .sum();
-    sum_lanes(acc, tail)
 }
 
-/// One row of the E-step under a contiguous mask row: missing entries of
-/// `z` take the prediction `p`; returns `sum (z - p)^2` over the observed
-/// ones.
-fn update_row_masked(z: &mut [f64], p: &[f64], mask: &[u8]) -> f64 {
-    let mut acc = [0.0; LANES];
-    let body = z.len() - z.len() % LANES;
-    let (zb, zt) = z.split_at_mut(body);
-    for ((zc, pc), mc) in zb
-        .chunks_exact_mut(LANES)
-        .zip(p[..body].chunks_exact(LANES))
-        .zip(mask[..body].chunks_exact(LANES))
-    {
-        for l in 0..LANES {
-            let o = mc[l] != 0;
-            let d = zc[l] - pc[l];
-            acc[l] += if o { d * d } else { 0.0 };
-            zc[l] = if o { zc[l] } else { pc[l] };
+/// One entry of the E-step, without branches (the missing entries fall at
+/// random): a missing `z` takes the prediction `p` (bitwise), an observed
+/// one adds `(z - p)^2` to `acc`.
+#[inline(always)]
+fn update_entry(z: &mut f64, p: f64, observed: bool, acc: &mut f64) {
+    let keep = 0u64.wrapping_sub(observed as u64);
+    let d = *z - p;
+    *acc += f64::from_bits((d * d).to_bits() & keep);
+    *z = f64::from_bits((z.to_bits() & keep) | (p.to_bits() & !keep));
+}
+
+multiversion! {
+    /// One row of the E-step under a contiguous mask row: missing entries of
+    /// `z` take the prediction `p`; returns `sum (z - p)^2` over the observed
+    /// ones.
+    fn update_row_masked(z: &mut [f64], p: &[f64], mask: &[u8]) -> f64 {
+        let mut acc = [0.0; LANES];
+        let body = z.len() - z.len() % LANES;
+        let (zb, zt) = z.split_at_mut(body);
+        for ((zc, pc), mc) in zb
+            .chunks_exact_mut(LANES)
+            .zip(p[..body].chunks_exact(LANES))
+            .zip(mask[..body].chunks_exact(LANES))
+        {
+            for l in 0..LANES {
+                update_entry(&mut zc[l], pc[l], mc[l] != 0, &mut acc[l]);
+            }
         }
-    }
-    let mut tail = 0.0;
-    for ((zv, &pv), &mv) in zt.iter_mut().zip(&p[body..]).zip(&mask[body..]) {
-        if mv != 0 {
-            tail += (*zv - pv) * (*zv - pv);
-        } else {
-            *zv = pv;
+        let mut tail = 0.0;
+        for ((zv, &pv), &mv) in zt.iter_mut().zip(&p[body..]).zip(&mask[body..]) {
+            update_entry(zv, pv, mv != 0, &mut tail);
         }
+        sum_lanes(acc, tail)
     }
-    sum_lanes(acc, tail)
 }
 
 /// As [`update_row_masked`] with the observation given entry by entry.
+// Not inlined: compiled on its own, the loop vectorises without branches.
+#[inline(never)]
 fn update_row_with(z: &mut [f64], p: &[f64], observed: impl Fn(usize) -> bool) -> f64 {
     let mut acc = [0.0; LANES];
-    let mut tail = 0.0;
     let body = z.len() - z.len() % LANES;
-    for (b, (zv, &pv)) in z.iter_mut().zip(p).enumerate() {
-        if observed(b) {
-            let d = (*zv - pv) * (*zv - pv);
-            if b < body {
-                acc[b % LANES] += d;
-            } else {
-                tail += d;
-            }
-        } else {
-            *zv = pv;
+    let (zb, zt) = z.split_at_mut(body);
+    for (c, (zc, pc)) in zb
+        .chunks_exact_mut(LANES)
+        .zip(p[..body].chunks_exact(LANES))
+        .enumerate()
+    {
+        for l in 0..LANES {
+            update_entry(&mut zc[l], pc[l], observed(c * LANES + l), &mut acc[l]);
         }
+    }
+    let mut tail = 0.0;
+    for (b, (zv, &pv)) in zt.iter_mut().zip(&p[body..]).enumerate() {
+        update_entry(zv, pv, observed(body + b), &mut tail);
     }
     sum_lanes(acc, tail)
 }
