@@ -308,7 +308,7 @@ pub struct MaskRef<'a> {
     cols: usize,
 }
 
-impl<'a> MaskRef<'a> {
+impl MaskRef<'_> {
     /// True when entry `(r, c)` is observed.
     #[inline]
     pub fn observed(&self, r: usize, c: usize) -> bool {
@@ -323,16 +323,6 @@ impl<'a> MaskRef<'a> {
     /// Columns of the matrix.
     pub fn cols(&self) -> usize {
         self.cols
-    }
-    /// Row `r` as one slice when its entries are contiguous (C-order
-    /// layouts), or `None`.
-    pub fn row(&self, r: usize) -> Option<&'a [u8]> {
-        debug_assert!(r < self.rows);
-        if self.col_stride != 1 && self.cols > 1 {
-            return None;
-        }
-        let off = (self.base as isize + r as isize * self.row_stride) as usize;
-        self.data.get(off..off + self.cols)
     }
 }
 

@@ -47,7 +47,6 @@
 
 use crate::batch::{MaskRef, MatrixBatch};
 use crate::error::{Error, Result};
-use crate::flow::real::multiversion;
 use crate::numerics::{
     self, gemm, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch, MemBuffer,
     MemStack, Par, StackReq,
@@ -199,13 +198,27 @@ pub struct CompletionFit {
     pub col_eigenvalues: Vec<f64>,
 }
 
+/// Bytes per row of a packed observation pattern.
+fn packed_row_bytes(cols: usize) -> usize {
+    cols.div_ceil(8)
+}
+
+/// Length in bytes of the packed observation pattern of `count` matrices
+/// `rows x cols`: one bit per entry (1 = observed), row by row, each row
+/// starting on a byte, entry `b` of a row in bit `b % 8` of its byte `b / 8`.
+pub fn packed_observed_len(count: usize, rows: usize, cols: usize) -> usize {
+    count * rows * packed_row_bytes(cols)
+}
+
 /// Fills the owned buffer `z` (C-order) with the observed values and the
-/// initial fill of section 4, and returns (mean or None, observed count).
+/// initial fill of section 4, and `observed` with the packed observation
+/// pattern; returns (mean or None, observed count).
 fn initial_fill(
     data: &MatrixBatch,
     nan_is_missing: bool,
     center: bool,
     z: &mut [f64],
+    observed: &mut [u8],
     reducer: &dyn Reducer,
 ) -> Result<(Option<Mat<f64>>, f64)> {
     let (count, m, n) = (data.count(), data.rows(), data.cols());
@@ -258,13 +271,17 @@ fn initial_fill(
             }
         })
     });
+    let row_bytes = packed_row_bytes(n);
+    observed.fill(0);
     for i in 0..count {
         let x = data.sample(i);
         let obs = observed_of(data, i, nan_is_missing);
         let zi = &mut z[i * m * n..(i + 1) * m * n];
         for a in 0..m {
+            let bits = &mut observed[(i * m + a) * row_bytes..(i * m + a + 1) * row_bytes];
             for b in 0..n {
                 let v = if obs.at(x, a, b) {
+                    bits[b / 8] |= 1 << (b % 8);
                     x[(a, b)]
                 } else {
                     fill(a, b)
@@ -347,36 +364,14 @@ impl SharedSlice {
     }
 }
 
-/// Independent partial sums of the row updates (vectorisable; the order of
-/// the additions is fixed, so results do not depend on the thread count).
+/// Independent partial sums of the row updates, one per bit of a pattern
+/// byte (vectorisable; the order of the additions is fixed, so results do
+/// not depend on the thread count or the instruction set).
 const LANES: usize = 8;
 
 #[inline(always)]
 fn sum_lanes(acc: [f64; LANES], tail: f64) -> f64 {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
-}
-
-multiversion! {
-    /// One row of the E-step with every entry observed: returns
-    /// `sum (z - p)^2`.
-    fn residual_row(z: &[f64], p: &[f64]) -> f64 {
-        let mut acc = [0.0; LANES];
-        let body = z.len() - z.len() % LANES;
-        for (zc, pc) in z[..body]
-            .chunks_exact(LANES)
-            .zip(p[..body].chunks_exact(LANES))
-        {
-            for l in 0..LANES {
-                let d = zc[l] - pc[l];
-                acc[l] += d * d;
-            }
-        }
-        let mut tail = 0.0;
-        for (zv, pv) in z[body..].iter().zip(&p[body..]) {
-            tail += (zv - pv) * (zv - pv);
-        }
-        sum_lanes(acc, tail)
-    }
 }
 
 /// One entry of the E-step, without branches (the missing entries fall at
@@ -390,74 +385,110 @@ fn update_entry(z: &mut f64, p: f64, observed: bool, acc: &mut f64) {
     *z = f64::from_bits((z.to_bits() & keep) | (p.to_bits() & !keep));
 }
 
-multiversion! {
-    /// One row of the E-step under a contiguous mask row: missing entries of
-    /// `z` take the prediction `p`; returns `sum (z - p)^2` over the observed
-    /// ones.
-    fn update_row_masked(z: &mut [f64], p: &[f64], mask: &[u8]) -> f64 {
-        let mut acc = [0.0; LANES];
-        let body = z.len() - z.len() % LANES;
-        let (zb, zt) = z.split_at_mut(body);
-        for ((zc, pc), mc) in zb
-            .chunks_exact_mut(LANES)
-            .zip(p[..body].chunks_exact(LANES))
-            .zip(mask[..body].chunks_exact(LANES))
-        {
-            for l in 0..LANES {
-                update_entry(&mut zc[l], pc[l], mc[l] != 0, &mut acc[l]);
-            }
-        }
-        let mut tail = 0.0;
-        for ((zv, &pv), &mv) in zt.iter_mut().zip(&p[body..]).zip(&mask[body..]) {
-            update_entry(zv, pv, mv != 0, &mut tail);
-        }
-        sum_lanes(acc, tail)
+/// One row of the E-step: missing entries of `z` (by the packed row pattern
+/// `bits`) take the prediction `p`; returns `sum (z - p)^2` over the
+/// observed ones. AVX2 where the processor has it, with the same bits.
+fn update_row(z: &mut [f64], p: &[f64], bits: &[u8]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected just above.
+        return unsafe { update_row_avx2(z, p, bits) };
     }
+    update_row_generic(z, p, bits)
 }
 
-/// As [`update_row_masked`] with the observation given entry by entry.
-// Not inlined: compiled on its own, the loop vectorises without branches.
-#[inline(never)]
-fn update_row_with(z: &mut [f64], p: &[f64], observed: impl Fn(usize) -> bool) -> f64 {
+/// [`update_row`] in plain Rust.
+fn update_row_generic(z: &mut [f64], p: &[f64], bits: &[u8]) -> f64 {
     let mut acc = [0.0; LANES];
     let body = z.len() - z.len() % LANES;
     let (zb, zt) = z.split_at_mut(body);
-    for (c, (zc, pc)) in zb
+    for ((zc, pc), &byte) in zb
         .chunks_exact_mut(LANES)
         .zip(p[..body].chunks_exact(LANES))
-        .enumerate()
+        .zip(bits)
     {
         for l in 0..LANES {
-            update_entry(&mut zc[l], pc[l], observed(c * LANES + l), &mut acc[l]);
+            update_entry(&mut zc[l], pc[l], (byte >> l) & 1 != 0, &mut acc[l]);
         }
     }
+    update_tail(zt, &p[body..], bits.get(body / LANES), acc)
+}
+
+/// The last `z.len() < 8` entries of a row (bits from `byte`), then the sum
+/// of the lanes.
+#[inline(always)]
+fn update_tail(z: &mut [f64], p: &[f64], byte: Option<&u8>, acc: [f64; LANES]) -> f64 {
     let mut tail = 0.0;
-    for (b, (zv, &pv)) in zt.iter_mut().zip(&p[body..]).enumerate() {
-        update_entry(zv, pv, observed(body + b), &mut tail);
+    if let Some(&byte) = byte {
+        for (l, (zv, &pv)) in z.iter_mut().zip(p).enumerate() {
+            update_entry(zv, pv, (byte >> l) & 1 != 0, &mut tail);
+        }
     }
     sum_lanes(acc, tail)
 }
 
-/// One E-step over all local samples, fused with the first products of the
-/// next HOOI sweep. With the projected cores `P_i = U^T Z_i V` in `cores`
-/// (`count` column-major r x s blocks, see [`subspace::project_cores`] and
-/// [`subspace::project_cores_from_left`]) and `C_i = P_i / (1 + lambda)`:
-/// evaluates the masked objective F, replaces the missing entries of `Z_i`
-/// by those of `U C_i V^T`, and, when `rows_out` is given, writes
-/// `Y_i = Z_i V` (new `Z_i`) into it in the block layout of
-/// [`subspace::hooi_sweep_from_rows`]. Each sample is done panel of rows by
-/// panel of rows while the panel is in cache: one pass over `z`, whose
-/// observed entries (the centered observations, bitwise) give the
-/// residuals, so the data are read only for their observation pattern.
+/// [`update_row`] with AVX2: the lanes of [`update_row_generic`] in two
+/// 4-wide registers, so the results are the same bits.
 ///
-/// `z` holds the centered completed data in C-order; `data` the original
-/// observations. Samples are split over `par` workers. Returns the local
+/// # Safety
+/// The processor must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn update_row_avx2(z: &mut [f64], p: &[f64], bits: &[u8]) -> f64 {
+    use std::arch::x86_64::*;
+    let body = z.len() - z.len() % LANES;
+    assert!(p.len() >= z.len() && bits.len() * LANES >= body);
+    let sel_lo = _mm256_setr_epi64x(1, 2, 4, 8);
+    let sel_hi = _mm256_setr_epi64x(16, 32, 64, 128);
+    let mut acc_lo = _mm256_setzero_pd();
+    let mut acc_hi = _mm256_setzero_pd();
+    let (zp, pp) = (z.as_mut_ptr(), p.as_ptr());
+    for (c, &byte) in bits[..body / LANES].iter().enumerate() {
+        let bb = _mm256_set1_epi64x(byte as i64);
+        for (half, sel, acc) in [(0, sel_lo, &mut acc_lo), (4, sel_hi, &mut acc_hi)] {
+            // All ones where observed.
+            let mut keep = _mm256_cmpeq_epi64(_mm256_and_si256(bb, sel), sel);
+            // Opaque to the optimiser: knowing `keep` is a lane mask, it
+            // would fuse the select and the store below into a masked store,
+            // which some processors microcode (about 2x slower here).
+            std::arch::asm!("/* {0} */", inout(ymm_reg) keep, options(pure, nomem, nostack, preserves_flags));
+            let at = c * LANES + half;
+            let zv = _mm256_loadu_pd(zp.add(at));
+            let pv = _mm256_loadu_pd(pp.add(at));
+            let d = _mm256_sub_pd(zv, pv);
+            let d2 = _mm256_castpd_si256(_mm256_mul_pd(d, d));
+            *acc = _mm256_add_pd(*acc, _mm256_castsi256_pd(_mm256_and_si256(d2, keep)));
+            let (zi, pi) = (_mm256_castpd_si256(zv), _mm256_castpd_si256(pv));
+            let new = _mm256_or_si256(_mm256_and_si256(keep, zi), _mm256_andnot_si256(keep, pi));
+            _mm256_storeu_si256(zp.add(at) as *mut __m256i, new);
+        }
+    }
+    let mut acc = [0.0; LANES];
+    _mm256_storeu_pd(acc.as_mut_ptr(), acc_lo);
+    _mm256_storeu_pd(acc.as_mut_ptr().add(4), acc_hi);
+    update_tail(&mut z[body..], &p[body..], bits.get(body / LANES), acc)
+}
+
+/// One E-step over all local samples, fused with the first products of the
+/// next HOOI sweep. `z` holds the `count` centered completed matrices
+/// (C-order, m x n, m and n the rows of U and V) and `observed` their packed
+/// observation pattern (see [`packed_observed_len`]). With the projected
+/// cores `P_i = U^T Z_i V` in `cores` (`count` column-major r x s blocks, as
+/// [`subspace::project_cores`] and [`subspace::project_cores_from_left`]
+/// write them) and `C_i = P_i / (1 + lambda)`: evaluates the masked
+/// objective F, replaces the missing entries of `Z_i` by those of
+/// `U C_i V^T`, and, when `rows_out` is given, writes `Y_i = Z_i V` (new
+/// `Z_i`) into it in the block layout of [`subspace::hooi_sweep_from_rows`].
+///
+/// Each sample is done panel of rows by panel of rows while the panel is in
+/// cache: one pass over `z` and the pattern, no other data. The observed
+/// entries of `Z_i` are the centered observations (bitwise), so they give
+/// the residuals. Samples are split over `par` workers. Returns the local
 /// `(F, observed residual sum of squares)`, summed in sample order.
 #[allow(clippy::too_many_arguments)]
 pub fn e_step(
-    data: &MatrixBatch,
-    nan_is_missing: bool,
     z: &mut [f64],
+    observed: &[u8],
     u: MatRef<'_, f64>,
     v: MatRef<'_, f64>,
     cores: &[f64],
@@ -466,15 +497,14 @@ pub fn e_step(
     par: Par,
     stack: &mut MemStack,
 ) -> Result<(f64, f64)> {
-    let (count, m, n) = (data.count(), data.rows(), data.cols());
-    let (r, s) = (u.ncols(), v.ncols());
-    if u.nrows() != m || v.nrows() != n {
+    let (m, n, r, s) = (u.nrows(), v.nrows(), u.ncols(), v.ncols());
+    if m * n == 0 || z.len() % (m * n) != 0 {
         return Err(Error::shape(format!(
-            "e_step: bases {} x {r} and {} x {s} for {m} x {n} matrices",
-            u.nrows(),
-            v.nrows()
+            "e_step: z has {} values, not a whole number of {m} x {n} matrices",
+            z.len()
         )));
     }
+    let count = z.len() / (m * n);
     let check = |what: &str, len: usize, needed: usize| {
         if len < needed {
             Err(Error::shape(format!(
@@ -484,7 +514,7 @@ pub fn e_step(
             Ok(())
         }
     };
-    check("z", z.len(), count * m * n)?;
+    check("observed", observed.len(), packed_observed_len(count, m, n))?;
     check("cores", cores.len(), count * r * s)?;
     if let Some(out) = rows_out.as_deref() {
         check("rows_out", out.len(), count * m * s)?;
@@ -492,6 +522,7 @@ pub fn e_step(
     let t = par.degree().clamp(1, count.max(1));
     let shrink = 1.0 / (1.0 + ridge);
     let panel = panel_rows(m, n);
+    let row_bytes = packed_row_bytes(n);
     // Per-sample sums and per-worker scratch, carved once from the workspace.
     let (sums, stack) = temp_slice(2 * count, 0.0f64, stack);
     let worker_bytes = e_step_worker_bytes(m, n, r, s);
@@ -519,8 +550,6 @@ pub fn e_step(
             gemm(uc.rb_mut(), Accum::Replace, u, pi, shrink, Par::Seq);
             let mut f = ridge * shrink * shrink * pi.squared_norm_l2();
             let mut rss = 0.0;
-            let x = data.sample(i);
-            let obs = observed_of(data, i, nan_is_missing);
             let mut a0 = 0;
             while a0 < m {
                 let rows = panel.min(m - a0);
@@ -534,17 +563,13 @@ pub fn e_step(
                     1.0,
                     Par::Seq,
                 );
-                for (k, (zrow, prow)) in zp.chunks_exact_mut(n).zip(pp.chunks_exact(n)).enumerate()
+                let bits = &observed[(i * m + a0) * row_bytes..(i * m + a0 + rows) * row_bytes];
+                for ((zrow, prow), brow) in zp
+                    .chunks_exact_mut(n)
+                    .zip(pp.chunks_exact(n))
+                    .zip(bits.chunks_exact(row_bytes))
                 {
-                    let a = a0 + k;
-                    rss += match obs {
-                        Observed::All => residual_row(zrow, prow),
-                        Observed::Mask(mk) => match mk.row(a) {
-                            Some(mrow) => update_row_masked(zrow, prow, mrow),
-                            None => update_row_with(zrow, prow, |b| mk.observed(a, b)),
-                        },
-                        Observed::NotNan => update_row_with(zrow, prow, |b| !x[(a, b)].is_nan()),
-                    };
+                    rss += update_row(zrow, prow, brow);
                 }
                 if let Some(rows_out) = shared_rows {
                     // SAFETY: rows [a0, a0 + rows) of block i belong to sample i.
@@ -597,10 +622,18 @@ pub fn fit_masked(
     check_observed_finite(data, opts.nan_is_missing, "train")?;
     let par = numerics::par_for_threads(sub.threads);
 
-    // The one allocation of the fit's size: the completed matrices.
+    // The allocations of the fit's size: the completed matrices and their
+    // packed observation pattern (1/64 of it).
     let mut z = vec![0.0; count * m * n];
-    let (mean, observed_count) =
-        initial_fill(data, opts.nan_is_missing, sub.center, &mut z, reducer)?;
+    let mut observed = vec![0u8; packed_observed_len(count, m, n)];
+    let (mean, observed_count) = initial_fill(
+        data,
+        opts.nan_is_missing,
+        sub.center,
+        &mut z,
+        &mut observed,
+        reducer,
+    )?;
 
     // HOSVD of the filled matrices (already centered: no mean here).
     let mut row_vecs = Mat::<f64>::zeros(m, m);
@@ -681,9 +714,8 @@ pub fn fit_masked(
     let mut f_prev = f64::INFINITY;
     loop {
         let (f_local, rss_local) = e_step(
-            data,
-            opts.nan_is_missing,
             &mut z,
+            &observed,
             u.as_ref(),
             v.as_ref(),
             cores,
