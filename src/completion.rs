@@ -1074,3 +1074,189 @@ fn lt_mul(l: MatRef<'_, f64>, x: &[f64], out: &mut [f64]) {
     let om = MatMut::from_column_major_slice_mut(out, d, 1);
     gemm(om, Accum::Replace, l.transpose(), xm, 1.0, Par::Seq);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datasets::{mcar_mask, planted_low_rank, PlantedSpec};
+    use crate::reduce::LocalReducer;
+    use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+    use rand_xoshiro::Xoshiro256PlusPlus;
+
+    fn uniform(rng: &mut Xoshiro256PlusPlus) -> f64 {
+        (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    }
+
+    #[test]
+    fn row_kernels_agree_bitwise() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        for n in 1..=41 {
+            let z0: Vec<f64> = (0..n).map(|_| uniform(&mut rng)).collect();
+            let p: Vec<f64> = (0..n).map(|_| uniform(&mut rng)).collect();
+            let bits: Vec<u8> = (0..packed_row_bytes(n))
+                .map(|_| rng.next_u64() as u8)
+                .collect();
+            let (mut za, mut zb) = (z0.clone(), z0.clone());
+            let fa = update_row(&mut za, &p, &bits);
+            let fb = update_row_generic(&mut zb, &p, &bits);
+            assert_eq!(fa.to_bits(), fb.to_bits(), "n = {n}");
+            let mut expect = 0.0;
+            for b in 0..n {
+                let observed = bits[b / 8] >> (b % 8) & 1 != 0;
+                let want = if observed { z0[b] } else { p[b] };
+                assert_eq!(za[b].to_bits(), want.to_bits(), "n = {n}, entry {b}");
+                assert_eq!(zb[b].to_bits(), want.to_bits(), "n = {n}, entry {b}");
+                if observed {
+                    expect += (z0[b] - p[b]).powi(2);
+                }
+            }
+            assert!((fa - expect).abs() <= 1e-15 * expect.max(1.0));
+        }
+    }
+
+    /// The fused E-step gives the objective, the completed matrices and the
+    /// blocks `Z_i V` of a direct evaluation, bitwise the same with 1 and 3
+    /// workers; the sweep from its blocks and the cores from the sweep's
+    /// blocks match `hooi_sweep` and `project_cores`.
+    #[test]
+    fn fused_round_matches_a_direct_evaluation() {
+        let (count, m, n, r, s) = (7, 19, 13, 3, 2);
+        let mut spec = PlantedSpec::new(count, m, n, r, s, 5);
+        spec.noise = 0.1;
+        let p = planted_low_rank(&spec).unwrap();
+        let mask = mcar_mask(count, m, n, 0.4, 6).unwrap();
+        let data = MatrixBatch::from_c_order(&p.data.data, count, m, n)
+            .unwrap()
+            .with_mask(&mask)
+            .unwrap();
+        let mut z = vec![0.0; count * m * n];
+        let mut observed = vec![0u8; packed_observed_len(count, m, n)];
+        initial_fill(&data, false, true, &mut z, &mut observed, &LocalReducer).unwrap();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+        let u = Mat::from_fn(m, r, |_, _| uniform(&mut rng))
+            .qr()
+            .compute_thin_Q();
+        let v = Mat::from_fn(n, s, |_, _| uniform(&mut rng))
+            .qr()
+            .compute_thin_Q();
+        let ridge = 0.3;
+        let par = Par::Seq;
+        let mut buf = MemBuffer::new(StackReq::any_of(&[
+            e_step_scratch(count, m, n, r, s, Par::rayon(3)),
+            subspace::project_cores_scratch(m, n, r, s, par),
+            subspace::hooi_sweep_scratch(count, m, n, r, s, par),
+            subspace::project_cores_from_left_scratch(m, n, r, s, par),
+        ]));
+        let stack = MemStack::new(&mut buf);
+        let mut cores = vec![0.0; count * r * s];
+        let zb = MatrixBatch::from_c_order(&z, count, m, n).unwrap();
+        subspace::project_cores(&zb, None, u.as_ref(), v.as_ref(), &mut cores, par, stack).unwrap();
+
+        // Direct evaluation.
+        let mut z_ref = z.clone();
+        let mut f_ref = 0.0;
+        for i in 0..count {
+            let zi = MatRef::from_row_major_slice(&z_ref[i * m * n..(i + 1) * m * n], m, n);
+            let c = u.transpose() * zi * &v / (1.0 + ridge);
+            f_ref += ridge * c.squared_norm_l2();
+            let pred = &u * &c * v.transpose();
+            for a in 0..m {
+                for b in 0..n {
+                    let k = i * m * n + a * n + b;
+                    if mask[k] != 0 {
+                        f_ref += (z_ref[k] - pred[(a, b)]).powi(2);
+                    } else {
+                        z_ref[k] = pred[(a, b)];
+                    }
+                }
+            }
+        }
+
+        let len = subspace::hooi_blocks_len(count, m, n, r, s);
+        let mut results = Vec::new();
+        for workers in [Par::Seq, Par::rayon(3)] {
+            let mut zf = z.clone();
+            let mut blocks = vec![0.0; len];
+            let (f, _) = e_step(
+                &mut zf,
+                &observed,
+                u.as_ref(),
+                v.as_ref(),
+                &cores,
+                ridge,
+                Some(&mut blocks),
+                workers,
+                stack,
+            )
+            .unwrap();
+            results.push((f, zf, blocks));
+        }
+        let (f, zf, blocks) = &results[0];
+        assert_eq!(f.to_bits(), results[1].0.to_bits());
+        assert!(zf.iter().zip(&results[1].1).all(|(a, b)| a == b));
+        assert!(blocks.iter().zip(&results[1].2).all(|(a, b)| a == b));
+        assert!((f - f_ref).abs() <= 1e-12 * f_ref, "{f} vs {f_ref}");
+        for (k, (a, b)) in zf.iter().zip(&z_ref).enumerate() {
+            if mask[k] != 0 {
+                assert_eq!(a.to_bits(), b.to_bits());
+            } else {
+                assert!((a - b).abs() <= 1e-12, "entry {k}: {a} vs {b}");
+            }
+        }
+        for i in 0..count {
+            let zi = MatRef::from_row_major_slice(&zf[i * m * n..(i + 1) * m * n], m, n);
+            let y = zi * &v;
+            let got = MatRef::from_row_major_slice(&blocks[i * m * s..(i + 1) * m * s], m, s);
+            assert!((&y - got).norm_max() <= 1e-12 * y.norm_max());
+        }
+
+        // The sweep from the fused blocks against a plain sweep.
+        let zb = MatrixBatch::from_c_order(zf, count, m, n).unwrap();
+        let mut blocks = blocks.clone();
+        let (mut u1, mut v1) = (u.clone(), v.clone());
+        let (mut u2, mut v2) = (u.clone(), v.clone());
+        let f1 = subspace::hooi_sweep_from_rows(
+            &zb,
+            None,
+            u1.as_mut(),
+            v1.as_mut(),
+            &mut blocks,
+            &LocalReducer,
+            par,
+            stack,
+        )
+        .unwrap();
+        let f2 = subspace::hooi_sweep(
+            &zb,
+            None,
+            u2.as_mut(),
+            v2.as_mut(),
+            &LocalReducer,
+            par,
+            stack,
+        )
+        .unwrap();
+        assert!((f1 - f2).abs() <= 1e-12 * f2, "{f1} vs {f2}");
+        let proj = |a: &Mat<f64>| a * a.transpose();
+        assert!((proj(&u1) - proj(&u2)).norm_max() <= 1e-10);
+        assert!((proj(&v1) - proj(&v2)).norm_max() <= 1e-10);
+        let mut left = vec![0.0; count * r * s];
+        let mut direct = vec![0.0; count * r * s];
+        subspace::project_cores_from_left(
+            &zb,
+            u1.as_ref(),
+            v1.as_ref(),
+            &blocks,
+            &mut left,
+            par,
+            stack,
+        )
+        .unwrap();
+        subspace::project_cores(&zb, None, u1.as_ref(), v1.as_ref(), &mut direct, par, stack)
+            .unwrap();
+        let scale = direct.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+        for (a, b) in left.iter().zip(&direct) {
+            assert!((a - b).abs() <= 1e-12 * scale, "{a} vs {b}");
+        }
+    }
+}
