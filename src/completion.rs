@@ -29,6 +29,39 @@
 //! position (the initial fill where a position is never observed), and the
 //! scheme runs on `X_i - Xbar`.
 //!
+//! # One round
+//!
+//! The E-step and the HOOI M-step share their passes over the completed
+//! matrices, so that a round reads `Z` twice, as a complete-data HOOI
+//! iteration reads `X` twice:
+//!
+//! * **Cores** from the previous sweep: its V-update leaves the blocks
+//!   `W_i = Z_i^T U` (new U), so `C_i = W_i^T V / (1 + lambda)` costs
+//!   `2 n r s` flops per matrix and no pass
+//!   ([`subspace::project_cores_from_left`]); before the first round they
+//!   come from one projection pass.
+//! * **E-step fused with the first products of the sweep** ([`e_step`]):
+//!   each `Z_i` is done a panel of rows at a time (about 128 KB) while the
+//!   panel is in cache: the prediction `U C_i V^T` (one thin product), the
+//!   masked residuals and the update of the missing entries, then the
+//!   block `Y_i = Z_i V` of the next U-update. The observed entries of
+//!   `Z_i` are the centered observations, bitwise, so the residuals come
+//!   from `Z_i` itself and the observation pattern, packed once to one bit
+//!   per entry; the update selects by bit masks (the missing entries fall
+//!   at random, branches would mispredict), on AVX2 where available.
+//! * **Rest of the sweep** ([`subspace::hooi_sweep_from_rows`]): Gram matrix
+//!   of the `Y_i`, new U, the blocks `W_i = Z_i^T U` (second pass), their
+//!   Gram matrix, new V.
+//!
+//! Per matrix a round is three thin products (prediction, `Z_i V`,
+//! `Z_i^T U`) and two Gram updates where a complete-data iteration has two
+//! thin products and the same Gram updates, plus the write of the missing
+//! entries: measured about 1.2-1.3x a complete-data HOOI iteration
+//! (BENCHMARKS.md, "Incomplete data"). F is summed per sample, then in
+//! sample order, so it does not depend on the thread count. With the
+//! Riemannian M-step the cores come from a projection pass after the inner
+//! steps and the E-step writes no blocks.
+//!
 //! # Completing a new matrix
 //!
 //! The MAP core under the Gaussian prior of the training cores
