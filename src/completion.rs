@@ -340,12 +340,12 @@ fn panel_rows(rows: usize, cols: usize) -> usize {
     (PANEL_ENTRIES / cols.max(1)).clamp(8.min(rows.max(1)), rows.max(1))
 }
 
-/// Workspace for [`e_step`] on `count` samples with `par` workers.
+/// Workspace for [`e_step`] on `count` samples with `par` workers (the row
+/// rank does not enter).
 pub fn e_step_scratch(
     count: usize,
     rows: usize,
     cols: usize,
-    rank_rows: usize,
     rank_cols: usize,
     par: Par,
 ) -> StackReq {
@@ -353,7 +353,7 @@ pub fn e_step_scratch(
     StackReq::all_of(&[
         temp_slice_scratch::<f64>(2 * count),
         StackReq::new_aligned::<u8>(
-            e_step_worker_bytes(rows, cols, rank_rows, rank_cols) * t,
+            e_step_worker_bytes(rows, cols, rank_cols) * t,
             numerics::ALIGN,
         ),
     ])
@@ -361,7 +361,7 @@ pub fn e_step_scratch(
 
 /// Scratch bytes of one E-step worker (any alignment): `U C_i` and one
 /// panel of the prediction.
-fn e_step_worker_bytes(rows: usize, cols: usize, _rank_rows: usize, rank_cols: usize) -> usize {
+fn e_step_worker_bytes(rows: usize, cols: usize, rank_cols: usize) -> usize {
     StackReq::all_of(&[
         temp_mat_scratch::<f64>(rows, rank_cols),
         temp_slice_scratch::<f64>(panel_rows(rows, cols) * cols),
@@ -558,7 +558,7 @@ pub fn e_step(
     let row_bytes = packed_row_bytes(n);
     // Per-sample sums and per-worker scratch, carved once from the workspace.
     let (sums, stack) = temp_slice(2 * count, 0.0f64, stack);
-    let worker_bytes = e_step_worker_bytes(m, n, r, s);
+    let worker_bytes = e_step_worker_bytes(m, n, s);
     let (scratch, _) = stack.make_aligned_uninit::<u8>(worker_bytes * t, numerics::ALIGN);
     let shared_z = SharedSlice::new(z);
     let shared_sums = SharedSlice::new(sums);
@@ -577,6 +577,7 @@ pub fn e_step(
         let (mut uc, stack) = temp_mat_zeroed::<f64>(m, s, stack);
         let (pbuf, _) = temp_slice(panel * n, 0.0f64, stack);
         for i in range {
+            // SAFETY: sample i belongs to this worker.
             let zi = unsafe { shared_z.slice(i * m * n, m * n) };
             let pi = MatRef::from_column_major_slice(&cores[i * r * s..(i + 1) * r * s], r, s);
             // U C_i with C_i = P_i / (1 + lambda); the ridge term of F.
@@ -720,7 +721,7 @@ pub fn fit_masked(
         temp_slice_scratch::<f64>(count * r * s),
         StackReq::any_of(&[
             m_step_req,
-            e_step_scratch(count, m, n, r, s, par),
+            e_step_scratch(count, m, n, s, par),
             subspace::project_cores_scratch(m, n, r, s, par),
             subspace::project_cores_from_left_scratch(m, n, r, s, par),
         ]),
@@ -1175,7 +1176,7 @@ mod tests {
         let ridge = 0.3;
         let par = Par::Seq;
         let mut buf = MemBuffer::new(StackReq::any_of(&[
-            e_step_scratch(count, m, n, r, s, Par::rayon(3)),
+            e_step_scratch(count, m, n, s, Par::rayon(3)),
             subspace::project_cores_scratch(m, n, r, s, par),
             subspace::hooi_sweep_scratch(count, m, n, r, s, par),
             subspace::project_cores_from_left_scratch(m, n, r, s, par),

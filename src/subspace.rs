@@ -33,6 +33,11 @@
 //!   as one syrk on an `m x (N s)` matrix, measured). Each block step
 //!   maximises f exactly over one factor, so f never decreases. After a
 //!   sweep, f is the sum of the top-s eigenvalues of the second Gram matrix.
+//!   [`hooi_sweep_from_rows`] is the sweep after its first products were
+//!   made elsewhere (the completion E-step makes them while each matrix is
+//!   in cache); the blocks `W_i` a sweep leaves behind give the cores at
+//!   the new bases, `C_i = W_i^T V`, without a pass over the data
+//!   ([`project_cores_from_left`]).
 //! * **Riemannian conjugate gradient** ([`riemannian_solve`]): Euclidean
 //!   gradients `G_U = 2 sum Y_i (Y_i^T U)`, `G_V = 2 sum W_i (W_i^T V)`,
 //!   Riemannian gradients for the embedded metric
