@@ -29,6 +29,39 @@
 //! position (the initial fill where a position is never observed), and the
 //! scheme runs on `X_i - Xbar`.
 //!
+//! # One round
+//!
+//! The E-step and the HOOI M-step share their passes over the completed
+//! matrices, so that a round reads `Z` twice, as a complete-data HOOI
+//! iteration reads `X` twice:
+//!
+//! * **Cores** from the previous sweep: its V-update leaves the blocks
+//!   `W_i = Z_i^T U` (new U), so `C_i = W_i^T V / (1 + lambda)` costs
+//!   `2 n r s` flops per matrix and no pass
+//!   ([`subspace::project_cores_from_left`]); before the first round they
+//!   come from one projection pass.
+//! * **E-step fused with the first products of the sweep** ([`e_step`]):
+//!   each `Z_i` is done a panel of rows at a time (about 128 KB) while the
+//!   panel is in cache: the prediction `U C_i V^T` (one thin product), the
+//!   masked residuals and the update of the missing entries, then the
+//!   block `Y_i = Z_i V` of the next U-update. The observed entries of
+//!   `Z_i` are the centered observations, bitwise, so the residuals come
+//!   from `Z_i` itself and the observation pattern, packed once to one bit
+//!   per entry; the update selects by bit masks (the missing entries fall
+//!   at random, branches would mispredict), on AVX2 where available.
+//! * **Rest of the sweep** ([`subspace::hooi_sweep_from_rows`]): Gram matrix
+//!   of the `Y_i`, new U, the blocks `W_i = Z_i^T U` (second pass), their
+//!   Gram matrix, new V.
+//!
+//! Per matrix a round is three thin products (prediction, `Z_i V`,
+//! `Z_i^T U`) and two Gram updates where a complete-data iteration has two
+//! thin products and the same Gram updates, plus the write of the missing
+//! entries: measured about 1.2-1.3x a complete-data HOOI iteration
+//! (BENCHMARKS.md, "Incomplete data"). F is summed per sample, then in
+//! sample order, so it does not depend on the thread count. With the
+//! Riemannian M-step the cores come from a projection pass after the inner
+//! steps and the E-step writes no blocks.
+//!
 //! # Completing a new matrix
 //!
 //! The MAP core under the Gaussian prior of the training cores
@@ -198,13 +231,27 @@ pub struct CompletionFit {
     pub col_eigenvalues: Vec<f64>,
 }
 
+/// Bytes per row of a packed observation pattern.
+fn packed_row_bytes(cols: usize) -> usize {
+    cols.div_ceil(8)
+}
+
+/// Length in bytes of the packed observation pattern of `count` matrices
+/// `rows x cols`: one bit per entry (1 = observed), row by row, each row
+/// starting on a byte, entry `b` of a row in bit `b % 8` of its byte `b / 8`.
+pub fn packed_observed_len(count: usize, rows: usize, cols: usize) -> usize {
+    count * rows * packed_row_bytes(cols)
+}
+
 /// Fills the owned buffer `z` (C-order) with the observed values and the
-/// initial fill of section 4, and returns (mean or None, observed count).
+/// initial fill of section 4, and `observed` with the packed observation
+/// pattern; returns (mean or None, observed count).
 fn initial_fill(
     data: &MatrixBatch,
     nan_is_missing: bool,
     center: bool,
     z: &mut [f64],
+    observed: &mut [u8],
     reducer: &dyn Reducer,
 ) -> Result<(Option<Mat<f64>>, f64)> {
     let (count, m, n) = (data.count(), data.rows(), data.cols());
@@ -257,13 +304,17 @@ fn initial_fill(
             }
         })
     });
+    let row_bytes = packed_row_bytes(n);
+    observed.fill(0);
     for i in 0..count {
         let x = data.sample(i);
         let obs = observed_of(data, i, nan_is_missing);
         let zi = &mut z[i * m * n..(i + 1) * m * n];
         for a in 0..m {
+            let bits = &mut observed[(i * m + a) * row_bytes..(i * m + a + 1) * row_bytes];
             for b in 0..n {
                 let v = if obs.at(x, a, b) {
+                    bits[b / 8] |= 1 << (b % 8);
                     x[(a, b)]
                 } else {
                     fill(a, b)
@@ -279,35 +330,46 @@ fn c_order_batch(z: &[f64], count: usize, m: usize, n: usize) -> MatrixBatch<'_>
     MatrixBatch::from_c_order(z, count, m, n).expect("internal: owned C-order buffer")
 }
 
-/// Workspace for [`e_step`] with `par` workers.
+/// Entries of one panel of `Z_i` (and of its prediction) in the E-step:
+/// about 128 KB each, so that a panel stays in the core's cache from the
+/// prediction through the update to the product with V.
+const PANEL_ENTRIES: usize = 16 * 1024;
+
+/// Rows per panel of the E-step for `rows x cols` matrices.
+fn panel_rows(rows: usize, cols: usize) -> usize {
+    (PANEL_ENTRIES / cols.max(1)).clamp(8.min(rows.max(1)), rows.max(1))
+}
+
+/// Workspace for [`e_step`] on `count` samples with `par` workers (the row
+/// rank does not enter).
 pub fn e_step_scratch(
+    count: usize,
     rows: usize,
     cols: usize,
-    rank_rows: usize,
     rank_cols: usize,
     par: Par,
 ) -> StackReq {
     let t = par.degree().max(1);
     StackReq::all_of(&[
-        temp_slice_scratch::<f64>(2 * t),
+        temp_slice_scratch::<f64>(2 * count),
         StackReq::new_aligned::<u8>(
-            e_step_worker_bytes(rows, cols, rank_rows, rank_cols) * t,
+            e_step_worker_bytes(rows, cols, rank_cols) * t,
             numerics::ALIGN,
         ),
     ])
 }
 
-/// Scratch bytes of one E-step worker (any alignment).
-fn e_step_worker_bytes(rows: usize, cols: usize, rank_rows: usize, rank_cols: usize) -> usize {
+/// Scratch bytes of one E-step worker (any alignment): `U C_i` and one
+/// panel of the prediction.
+fn e_step_worker_bytes(rows: usize, cols: usize, rank_cols: usize) -> usize {
     StackReq::all_of(&[
-        temp_mat_scratch::<f64>(rank_rows, rank_cols),
         temp_mat_scratch::<f64>(rows, rank_cols),
-        temp_mat_scratch::<f64>(rows, cols),
+        temp_slice_scratch::<f64>(panel_rows(rows, cols) * cols),
     ])
     .unaligned_bytes_required()
 }
-/// A raw pointer to the completed buffer, shared by workers that touch
-/// disjoint samples.
+
+/// A raw pointer to a buffer shared by workers that touch disjoint samples.
 #[derive(Copy, Clone)]
 struct SharedSlice(*mut f64, usize);
 // SAFETY: workers write disjoint sample blocks and the scope joins them.
@@ -315,43 +377,196 @@ unsafe impl Send for SharedSlice {}
 unsafe impl Sync for SharedSlice {}
 
 impl SharedSlice {
+    fn new(buf: &mut [f64]) -> Self {
+        Self(buf.as_mut_ptr(), buf.len())
+    }
+
     // A method (not field access) so closures capture the whole Sync wrapper.
     fn ptr(&self) -> *mut f64 {
         self.0
     }
+
+    /// Elements `[offset, offset + len)`.
+    ///
+    /// # Safety
+    /// The range lies inside the buffer and no two live slices overlap.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f64] {
+        debug_assert!(offset + len <= self.1);
+        std::slice::from_raw_parts_mut(self.0.add(offset), len)
+    }
 }
 
-/// One E-step over all local samples: with `C_i = U^T Z_i V / (1 + lambda)`,
-/// evaluates the masked objective F and replaces the missing entries of
-/// `Z_i` by those of `U C_i V^T` (only the missing entries are predicted).
-/// `z` holds the centered completed data in C-order; `data` the original
-/// observations. Samples are split over `par` workers. Returns the local
-/// `(F, observed residual sum of squares)`.
+/// Independent partial sums of the row updates, one per bit of a pattern
+/// byte (vectorisable; the order of the additions is fixed, so results do
+/// not depend on the thread count or the instruction set).
+const LANES: usize = 8;
+
+#[inline(always)]
+fn sum_lanes(acc: [f64; LANES], tail: f64) -> f64 {
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
+}
+
+/// One entry of the E-step, without branches (the missing entries fall at
+/// random): a missing `z` takes the prediction `p` (bitwise), an observed
+/// one adds `(z - p)^2` to `acc`.
+#[inline(always)]
+fn update_entry(z: &mut f64, p: f64, observed: bool, acc: &mut f64) {
+    let keep = 0u64.wrapping_sub(observed as u64);
+    let d = *z - p;
+    *acc += f64::from_bits((d * d).to_bits() & keep);
+    *z = f64::from_bits((z.to_bits() & keep) | (p.to_bits() & !keep));
+}
+
+/// One row of the E-step: missing entries of `z` (by the packed row pattern
+/// `bits`) take the prediction `p`; returns `sum (z - p)^2` over the
+/// observed ones. AVX2 where the processor has it, with the same bits.
+fn update_row(z: &mut [f64], p: &[f64], bits: &[u8]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected just above.
+        return unsafe { update_row_avx2(z, p, bits) };
+    }
+    update_row_generic(z, p, bits)
+}
+
+/// [`update_row`] in plain Rust.
+fn update_row_generic(z: &mut [f64], p: &[f64], bits: &[u8]) -> f64 {
+    let mut acc = [0.0; LANES];
+    let body = z.len() - z.len() % LANES;
+    let (zb, zt) = z.split_at_mut(body);
+    for ((zc, pc), &byte) in zb
+        .chunks_exact_mut(LANES)
+        .zip(p[..body].chunks_exact(LANES))
+        .zip(bits)
+    {
+        for l in 0..LANES {
+            update_entry(&mut zc[l], pc[l], (byte >> l) & 1 != 0, &mut acc[l]);
+        }
+    }
+    update_tail(zt, &p[body..], bits.get(body / LANES), acc)
+}
+
+/// The last `z.len() < 8` entries of a row (bits from `byte`), then the sum
+/// of the lanes.
+#[inline(always)]
+fn update_tail(z: &mut [f64], p: &[f64], byte: Option<&u8>, acc: [f64; LANES]) -> f64 {
+    let mut tail = 0.0;
+    if let Some(&byte) = byte {
+        for (l, (zv, &pv)) in z.iter_mut().zip(p).enumerate() {
+            update_entry(zv, pv, (byte >> l) & 1 != 0, &mut tail);
+        }
+    }
+    sum_lanes(acc, tail)
+}
+
+/// [`update_row`] with AVX2: the lanes of [`update_row_generic`] in two
+/// 4-wide registers, so the results are the same bits.
+///
+/// # Safety
+/// The processor must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn update_row_avx2(z: &mut [f64], p: &[f64], bits: &[u8]) -> f64 {
+    use std::arch::x86_64::*;
+    let body = z.len() - z.len() % LANES;
+    assert!(p.len() >= z.len() && bits.len() * LANES >= body);
+    let sel_lo = _mm256_setr_epi64x(1, 2, 4, 8);
+    let sel_hi = _mm256_setr_epi64x(16, 32, 64, 128);
+    let mut acc_lo = _mm256_setzero_pd();
+    let mut acc_hi = _mm256_setzero_pd();
+    let (zp, pp) = (z.as_mut_ptr(), p.as_ptr());
+    for (c, &byte) in bits[..body / LANES].iter().enumerate() {
+        let bb = _mm256_set1_epi64x(byte as i64);
+        for (half, sel, acc) in [(0, sel_lo, &mut acc_lo), (4, sel_hi, &mut acc_hi)] {
+            // All ones where observed.
+            let mut keep = _mm256_cmpeq_epi64(_mm256_and_si256(bb, sel), sel);
+            // Opaque to the optimiser: knowing `keep` is a lane mask, it
+            // would fuse the select and the store below into a masked store,
+            // which some processors microcode (about 2x slower here).
+            std::arch::asm!("/* {0} */", inout(ymm_reg) keep, options(pure, nomem, nostack, preserves_flags));
+            let at = c * LANES + half;
+            let zv = _mm256_loadu_pd(zp.add(at));
+            let pv = _mm256_loadu_pd(pp.add(at));
+            let d = _mm256_sub_pd(zv, pv);
+            let d2 = _mm256_castpd_si256(_mm256_mul_pd(d, d));
+            *acc = _mm256_add_pd(*acc, _mm256_castsi256_pd(_mm256_and_si256(d2, keep)));
+            let (zi, pi) = (_mm256_castpd_si256(zv), _mm256_castpd_si256(pv));
+            let new = _mm256_or_si256(_mm256_and_si256(keep, zi), _mm256_andnot_si256(keep, pi));
+            _mm256_storeu_si256(zp.add(at) as *mut __m256i, new);
+        }
+    }
+    let mut acc = [0.0; LANES];
+    _mm256_storeu_pd(acc.as_mut_ptr(), acc_lo);
+    _mm256_storeu_pd(acc.as_mut_ptr().add(4), acc_hi);
+    update_tail(&mut z[body..], &p[body..], bits.get(body / LANES), acc)
+}
+
+/// One E-step over all local samples, fused with the first products of the
+/// next HOOI sweep. `z` holds the `count` centered completed matrices
+/// (C-order, m x n, m and n the rows of U and V) and `observed` their packed
+/// observation pattern (see [`packed_observed_len`]). With the projected
+/// cores `P_i = U^T Z_i V` in `cores` (`count` column-major r x s blocks, as
+/// [`subspace::project_cores`] and [`subspace::project_cores_from_left`]
+/// write them) and `C_i = P_i / (1 + lambda)`: evaluates the masked
+/// objective F, replaces the missing entries of `Z_i` by those of
+/// `U C_i V^T`, and, when `rows_out` is given, writes `Y_i = Z_i V` (new
+/// `Z_i`) into it in the block layout of [`subspace::hooi_sweep_from_rows`].
+///
+/// Each sample is done panel of rows by panel of rows while the panel is in
+/// cache: one pass over `z` and the pattern, no other data. The observed
+/// entries of `Z_i` are the centered observations (bitwise), so they give
+/// the residuals. Samples are split over `par` workers. Returns the local
+/// `(F, observed residual sum of squares)`, summed in sample order.
 #[allow(clippy::too_many_arguments)]
 pub fn e_step(
-    data: &MatrixBatch,
-    nan_is_missing: bool,
-    mean: Option<MatRef<'_, f64>>,
     z: &mut [f64],
+    observed: &[u8],
     u: MatRef<'_, f64>,
     v: MatRef<'_, f64>,
+    cores: &[f64],
     ridge: f64,
+    rows_out: Option<&mut [f64]>,
     par: Par,
     stack: &mut MemStack,
-) -> (f64, f64) {
-    let (count, m, n) = (data.count(), data.rows(), data.cols());
-    let (r, s) = (u.ncols(), v.ncols());
+) -> Result<(f64, f64)> {
+    let (m, n, r, s) = (u.nrows(), v.nrows(), u.ncols(), v.ncols());
+    if m * n == 0 || z.len() % (m * n) != 0 {
+        return Err(Error::shape(format!(
+            "e_step: z has {} values, not a whole number of {m} x {n} matrices",
+            z.len()
+        )));
+    }
+    let count = z.len() / (m * n);
+    let check = |what: &str, len: usize, needed: usize| {
+        if len < needed {
+            Err(Error::shape(format!(
+                "e_step: {what} has {len} values, at least {needed} needed"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    check("observed", observed.len(), packed_observed_len(count, m, n))?;
+    check("cores", cores.len(), count * r * s)?;
+    if let Some(out) = rows_out.as_deref() {
+        check("rows_out", out.len(), count * m * s)?;
+    }
     let t = par.degree().clamp(1, count.max(1));
-    // Per-worker partial sums and scratch, carved once from the workspace.
-    let (sums, stack) = temp_slice(2 * t, 0.0f64, stack);
-    let worker_bytes = e_step_worker_bytes(m, n, r, s);
+    let shrink = 1.0 / (1.0 + ridge);
+    let panel = panel_rows(m, n);
+    let row_bytes = packed_row_bytes(n);
+    // Per-sample sums and per-worker scratch, carved once from the workspace.
+    let (sums, stack) = temp_slice(2 * count, 0.0f64, stack);
+    let worker_bytes = e_step_worker_bytes(m, n, s);
     let (scratch, _) = stack.make_aligned_uninit::<u8>(worker_bytes * t, numerics::ALIGN);
-    let shared_z = SharedSlice(z.as_mut_ptr(), z.len());
-    let shared_sums = SharedSlice(sums.as_mut_ptr(), sums.len());
+    let shared_z = SharedSlice::new(z);
+    let shared_sums = SharedSlice::new(sums);
+    let shared_rows = rows_out.map(SharedSlice::new);
     let shared_scratch = SharedSlice(scratch.as_mut_ptr() as *mut f64, scratch.len());
     numerics::parallel_parts(count, t, &|k, range| {
         // SAFETY: worker k alone uses bytes [k w, (k + 1) w) of the scratch,
-        // sums[2k..2k+2] and the sample blocks of its range of z.
+        // and the sums, sample blocks of z and row blocks of its range.
         let ws = unsafe {
             std::slice::from_raw_parts_mut(
                 (shared_scratch.ptr() as *mut std::mem::MaybeUninit<u8>).add(k * worker_bytes),
@@ -359,60 +574,64 @@ pub fn e_step(
             )
         };
         let stack = MemStack::new(ws);
-        let (mut c, stack) = temp_mat_zeroed::<f64>(r, s, stack);
-        let (mut t1, stack) = temp_mat_zeroed::<f64>(m, s, stack);
-        let (mut pred, _) = temp_mat_zeroed::<f64>(m, n, stack);
-        let (mut f, mut rss) = (0.0, 0.0);
+        let (mut uc, stack) = temp_mat_zeroed::<f64>(m, s, stack);
+        let (pbuf, _) = temp_slice(panel * n, 0.0f64, stack);
         for i in range {
-            debug_assert!((i + 1) * m * n <= shared_z.1);
-            let zi =
-                unsafe { std::slice::from_raw_parts_mut(shared_z.ptr().add(i * m * n), m * n) };
-            let zm = MatRef::from_row_major_slice(zi, m, n);
-            gemm(t1.rb_mut(), Accum::Replace, zm, v, 1.0, Par::Seq);
-            gemm(
-                c.rb_mut(),
-                Accum::Replace,
-                u.transpose(),
-                t1.rb(),
-                1.0 / (1.0 + ridge),
-                Par::Seq,
-            );
-            f += ridge * c.squared_norm_l2();
-            gemm(t1.rb_mut(), Accum::Replace, u, c.rb(), 1.0, Par::Seq);
-            gemm(
-                pred.rb_mut(),
-                Accum::Replace,
-                t1.rb(),
-                v.transpose(),
-                1.0,
-                Par::Seq,
-            );
-            let x = data.sample(i);
-            let obs = observed_of(data, i, nan_is_missing);
-            for a in 0..m {
-                let zrow = &mut zi[a * n..(a + 1) * n];
-                for (b, zab) in zrow.iter_mut().enumerate() {
-                    if obs.at(x, a, b) {
-                        let centered = x[(a, b)] - mean.map_or(0.0, |mm| mm[(a, b)]);
-                        let d = centered - pred[(a, b)];
-                        rss += d * d;
-                    } else {
-                        *zab = pred[(a, b)];
-                    }
+            // SAFETY: sample i belongs to this worker.
+            let zi = unsafe { shared_z.slice(i * m * n, m * n) };
+            let pi = MatRef::from_column_major_slice(&cores[i * r * s..(i + 1) * r * s], r, s);
+            // U C_i with C_i = P_i / (1 + lambda); the ridge term of F.
+            gemm(uc.rb_mut(), Accum::Replace, u, pi, shrink, Par::Seq);
+            let mut f = ridge * shrink * shrink * pi.squared_norm_l2();
+            let mut rss = 0.0;
+            let mut a0 = 0;
+            while a0 < m {
+                let rows = panel.min(m - a0);
+                let zp = &mut zi[a0 * n..(a0 + rows) * n];
+                let pp = &mut pbuf[..rows * n];
+                gemm(
+                    MatMut::from_row_major_slice_mut(pp, rows, n),
+                    Accum::Replace,
+                    uc.rb().subrows(a0, rows),
+                    v.transpose(),
+                    1.0,
+                    Par::Seq,
+                );
+                let bits = &observed[(i * m + a0) * row_bytes..(i * m + a0 + rows) * row_bytes];
+                for ((zrow, prow), brow) in zp
+                    .chunks_exact_mut(n)
+                    .zip(pp.chunks_exact(n))
+                    .zip(bits.chunks_exact(row_bytes))
+                {
+                    rss += update_row(zrow, prow, brow);
                 }
+                if let Some(rows_out) = shared_rows {
+                    // SAFETY: rows [a0, a0 + rows) of block i belong to sample i.
+                    let yp = unsafe { rows_out.slice(i * m * s + a0 * s, rows * s) };
+                    gemm(
+                        MatMut::from_row_major_slice_mut(yp, rows, s),
+                        Accum::Replace,
+                        MatRef::from_row_major_slice(zp, rows, n),
+                        v,
+                        1.0,
+                        Par::Seq,
+                    );
+                }
+                a0 += rows;
             }
-        }
-        unsafe {
-            *shared_sums.ptr().add(2 * k) = f + rss;
-            *shared_sums.ptr().add(2 * k + 1) = rss;
+            f += rss;
+            // SAFETY: sums[2i..2i+2] belong to sample i.
+            let out = unsafe { shared_sums.slice(2 * i, 2) };
+            out[0] = f;
+            out[1] = rss;
         }
     });
     let (mut f, mut rss) = (0.0, 0.0);
-    for k in 0..t {
-        f += sums[2 * k];
-        rss += sums[2 * k + 1];
+    for part in sums.chunks_exact(2) {
+        f += part[0];
+        rss += part[1];
     }
-    (f, rss)
+    Ok((f, rss))
 }
 
 /// Fits U, V to incomplete data by iterative completion (see the module
@@ -437,10 +656,18 @@ pub fn fit_masked(
     check_observed_finite(data, opts.nan_is_missing, "train")?;
     let par = numerics::par_for_threads(sub.threads);
 
-    // The one allocation of the fit's size: the completed matrices.
+    // The allocations of the fit's size: the completed matrices and their
+    // packed observation pattern (1/64 of it).
     let mut z = vec![0.0; count * m * n];
-    let (mean, observed_count) =
-        initial_fill(data, opts.nan_is_missing, sub.center, &mut z, reducer)?;
+    let mut observed = vec![0u8; packed_observed_len(count, m, n)];
+    let (mean, observed_count) = initial_fill(
+        data,
+        opts.nan_is_missing,
+        sub.center,
+        &mut z,
+        &mut observed,
+        reducer,
+    )?;
 
     // HOSVD of the filled matrices (already centered: no mean here).
     let mut row_vecs = Mat::<f64>::zeros(m, m);
@@ -475,16 +702,45 @@ pub fn fit_masked(
     let mut v = col_vecs.get(.., ..s).to_owned();
     drop((row_vecs, col_vecs));
 
-    let m_step_req = match sub.method {
-        SubspaceMethod::Hooi => subspace::hooi_sweep_scratch(count, m, n, r, s, par),
-        SubspaceMethod::Riemannian => subspace::riemannian_solve_scratch(count, m, n, r, s, par),
+    // The workspace of the rounds, allocated once: the block buffer of the
+    // HOOI sweeps (Y_i from the E-step, then W_i from the V-update), the
+    // projected cores P_i = U^T Z_i V, and the scratch of the steps.
+    let hooi = sub.method == SubspaceMethod::Hooi;
+    let blocks_len = if hooi {
+        subspace::hooi_blocks_len(count, m, n, r, s)
+    } else {
+        0
     };
-    let mut buf = MemBuffer::new(StackReq::any_of(&[
-        m_step_req,
-        e_step_scratch(m, n, r, s, par),
+    let m_step_req = if hooi {
+        subspace::hooi_sweep_from_rows_scratch(m, n, r, s, par)
+    } else {
+        subspace::riemannian_solve_scratch(count, m, n, r, s, par)
+    };
+    let mut buf = MemBuffer::new(StackReq::all_of(&[
+        temp_slice_scratch::<f64>(blocks_len),
+        temp_slice_scratch::<f64>(count * r * s),
+        StackReq::any_of(&[
+            m_step_req,
+            e_step_scratch(count, m, n, s, par),
+            subspace::project_cores_scratch(m, n, r, s, par),
+            subspace::project_cores_from_left_scratch(m, n, r, s, par),
+        ]),
     ]));
     let stack = MemStack::new(&mut buf);
+    let (blocks, stack) = temp_slice(blocks_len, 0.0f64, stack);
+    let (cores, stack) = temp_slice(count * r * s, 0.0f64, stack);
+    subspace::project_cores(
+        &c_order_batch(&z, count, m, n),
+        None,
+        u.as_ref(),
+        v.as_ref(),
+        cores,
+        par,
+        stack,
+    )?;
 
+    // A round: the E-step (fused with the products Y_i = Z_i V of the next
+    // HOOI sweep), then the M-step, whose last products give the cores.
     let mut history = Vec::with_capacity(opts.max_iter + 1);
     let mut converged = false;
     let mut iterations = 0;
@@ -492,16 +748,16 @@ pub fn fit_masked(
     let mut f_prev = f64::INFINITY;
     loop {
         let (f_local, rss_local) = e_step(
-            data,
-            opts.nan_is_missing,
-            mean.as_ref().map(|x| x.as_ref()),
             &mut z,
+            &observed,
             u.as_ref(),
             v.as_ref(),
+            cores,
             opts.ridge,
+            if hooi { Some(&mut *blocks) } else { None },
             par,
             stack,
-        );
+        )?;
         let mut fr = [f_local, rss_local];
         reducer.sum_in_place(&mut fr)?;
         let f = fr[0];
@@ -521,33 +777,42 @@ pub fn fit_masked(
             break;
         }
         f_prev = f;
-        match sub.method {
-            SubspaceMethod::Hooi => {
-                subspace::hooi_sweep(
-                    &c_order_batch(&z, count, m, n),
-                    None,
-                    u.as_mut(),
-                    v.as_mut(),
-                    reducer,
-                    par,
-                    stack,
-                )?;
-            }
-            SubspaceMethod::Riemannian => {
-                subspace::riemannian_solve(
-                    &c_order_batch(&z, count, m, n),
-                    None,
-                    u.as_mut(),
-                    v.as_mut(),
-                    opts.inner_steps,
-                    0.0,
-                    0.0,
-                    reducer,
-                    &mut |_, _| true,
-                    par,
-                    stack,
-                )?;
-            }
+        let zb = c_order_batch(&z, count, m, n);
+        if hooi {
+            subspace::hooi_sweep_from_rows(
+                &zb,
+                None,
+                u.as_mut(),
+                v.as_mut(),
+                blocks,
+                reducer,
+                par,
+                stack,
+            )?;
+            subspace::project_cores_from_left(
+                &zb,
+                u.as_ref(),
+                v.as_ref(),
+                blocks,
+                cores,
+                par,
+                stack,
+            )?;
+        } else {
+            subspace::riemannian_solve(
+                &zb,
+                None,
+                u.as_mut(),
+                v.as_mut(),
+                opts.inner_steps,
+                0.0,
+                0.0,
+                reducer,
+                &mut |_, _| true,
+                par,
+                stack,
+            )?;
+            subspace::project_cores(&zb, None, u.as_ref(), v.as_ref(), cores, par, stack)?;
         }
         iterations += 1;
     }
@@ -842,4 +1107,190 @@ fn lt_mul(l: MatRef<'_, f64>, x: &[f64], out: &mut [f64]) {
     let xm = MatRef::from_column_major_slice(x, d, 1);
     let om = MatMut::from_column_major_slice_mut(out, d, 1);
     gemm(om, Accum::Replace, l.transpose(), xm, 1.0, Par::Seq);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datasets::{mcar_mask, planted_low_rank, PlantedSpec};
+    use crate::reduce::LocalReducer;
+    use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+    use rand_xoshiro::Xoshiro256PlusPlus;
+
+    fn uniform(rng: &mut Xoshiro256PlusPlus) -> f64 {
+        (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    }
+
+    #[test]
+    fn row_kernels_agree_bitwise() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        for n in 1..=41 {
+            let z0: Vec<f64> = (0..n).map(|_| uniform(&mut rng)).collect();
+            let p: Vec<f64> = (0..n).map(|_| uniform(&mut rng)).collect();
+            let bits: Vec<u8> = (0..packed_row_bytes(n))
+                .map(|_| rng.next_u64() as u8)
+                .collect();
+            let (mut za, mut zb) = (z0.clone(), z0.clone());
+            let fa = update_row(&mut za, &p, &bits);
+            let fb = update_row_generic(&mut zb, &p, &bits);
+            assert_eq!(fa.to_bits(), fb.to_bits(), "n = {n}");
+            let mut expect = 0.0;
+            for b in 0..n {
+                let observed = bits[b / 8] >> (b % 8) & 1 != 0;
+                let want = if observed { z0[b] } else { p[b] };
+                assert_eq!(za[b].to_bits(), want.to_bits(), "n = {n}, entry {b}");
+                assert_eq!(zb[b].to_bits(), want.to_bits(), "n = {n}, entry {b}");
+                if observed {
+                    expect += (z0[b] - p[b]).powi(2);
+                }
+            }
+            assert!((fa - expect).abs() <= 1e-15 * expect.max(1.0));
+        }
+    }
+
+    /// The fused E-step gives the objective, the completed matrices and the
+    /// blocks `Z_i V` of a direct evaluation, bitwise the same with 1 and 3
+    /// workers; the sweep from its blocks and the cores from the sweep's
+    /// blocks match `hooi_sweep` and `project_cores`.
+    #[test]
+    fn fused_round_matches_a_direct_evaluation() {
+        let (count, m, n, r, s) = (7, 19, 13, 3, 2);
+        let mut spec = PlantedSpec::new(count, m, n, r, s, 5);
+        spec.noise = 0.1;
+        let p = planted_low_rank(&spec).unwrap();
+        let mask = mcar_mask(count, m, n, 0.4, 6).unwrap();
+        let data = MatrixBatch::from_c_order(&p.data.data, count, m, n)
+            .unwrap()
+            .with_mask(&mask)
+            .unwrap();
+        let mut z = vec![0.0; count * m * n];
+        let mut observed = vec![0u8; packed_observed_len(count, m, n)];
+        initial_fill(&data, false, true, &mut z, &mut observed, &LocalReducer).unwrap();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+        let u = Mat::from_fn(m, r, |_, _| uniform(&mut rng))
+            .qr()
+            .compute_thin_Q();
+        let v = Mat::from_fn(n, s, |_, _| uniform(&mut rng))
+            .qr()
+            .compute_thin_Q();
+        let ridge = 0.3;
+        let par = Par::Seq;
+        let mut buf = MemBuffer::new(StackReq::any_of(&[
+            e_step_scratch(count, m, n, s, Par::rayon(3)),
+            subspace::project_cores_scratch(m, n, r, s, par),
+            subspace::hooi_sweep_scratch(count, m, n, r, s, par),
+            subspace::project_cores_from_left_scratch(m, n, r, s, par),
+        ]));
+        let stack = MemStack::new(&mut buf);
+        let mut cores = vec![0.0; count * r * s];
+        let zb = MatrixBatch::from_c_order(&z, count, m, n).unwrap();
+        subspace::project_cores(&zb, None, u.as_ref(), v.as_ref(), &mut cores, par, stack).unwrap();
+
+        // Direct evaluation.
+        let mut z_ref = z.clone();
+        let mut f_ref = 0.0;
+        for i in 0..count {
+            let zi = MatRef::from_row_major_slice(&z_ref[i * m * n..(i + 1) * m * n], m, n);
+            let c = u.transpose() * zi * &v / (1.0 + ridge);
+            f_ref += ridge * c.squared_norm_l2();
+            let pred = &u * &c * v.transpose();
+            for a in 0..m {
+                for b in 0..n {
+                    let k = i * m * n + a * n + b;
+                    if mask[k] != 0 {
+                        f_ref += (z_ref[k] - pred[(a, b)]).powi(2);
+                    } else {
+                        z_ref[k] = pred[(a, b)];
+                    }
+                }
+            }
+        }
+
+        let len = subspace::hooi_blocks_len(count, m, n, r, s);
+        let mut results = Vec::new();
+        for workers in [Par::Seq, Par::rayon(3)] {
+            let mut zf = z.clone();
+            let mut blocks = vec![0.0; len];
+            let (f, _) = e_step(
+                &mut zf,
+                &observed,
+                u.as_ref(),
+                v.as_ref(),
+                &cores,
+                ridge,
+                Some(&mut blocks),
+                workers,
+                stack,
+            )
+            .unwrap();
+            results.push((f, zf, blocks));
+        }
+        let (f, zf, blocks) = &results[0];
+        assert_eq!(f.to_bits(), results[1].0.to_bits());
+        assert!(zf.iter().zip(&results[1].1).all(|(a, b)| a == b));
+        assert!(blocks.iter().zip(&results[1].2).all(|(a, b)| a == b));
+        assert!((f - f_ref).abs() <= 1e-12 * f_ref, "{f} vs {f_ref}");
+        for (k, (a, b)) in zf.iter().zip(&z_ref).enumerate() {
+            if mask[k] != 0 {
+                assert_eq!(a.to_bits(), b.to_bits());
+            } else {
+                assert!((a - b).abs() <= 1e-12, "entry {k}: {a} vs {b}");
+            }
+        }
+        for i in 0..count {
+            let zi = MatRef::from_row_major_slice(&zf[i * m * n..(i + 1) * m * n], m, n);
+            let y = zi * &v;
+            let got = MatRef::from_row_major_slice(&blocks[i * m * s..(i + 1) * m * s], m, s);
+            assert!((&y - got).norm_max() <= 1e-12 * y.norm_max());
+        }
+
+        // The sweep from the fused blocks against a plain sweep.
+        let zb = MatrixBatch::from_c_order(zf, count, m, n).unwrap();
+        let mut blocks = blocks.clone();
+        let (mut u1, mut v1) = (u.clone(), v.clone());
+        let (mut u2, mut v2) = (u.clone(), v.clone());
+        let f1 = subspace::hooi_sweep_from_rows(
+            &zb,
+            None,
+            u1.as_mut(),
+            v1.as_mut(),
+            &mut blocks,
+            &LocalReducer,
+            par,
+            stack,
+        )
+        .unwrap();
+        let f2 = subspace::hooi_sweep(
+            &zb,
+            None,
+            u2.as_mut(),
+            v2.as_mut(),
+            &LocalReducer,
+            par,
+            stack,
+        )
+        .unwrap();
+        assert!((f1 - f2).abs() <= 1e-12 * f2, "{f1} vs {f2}");
+        let proj = |a: &Mat<f64>| a * a.transpose();
+        assert!((proj(&u1) - proj(&u2)).norm_max() <= 1e-10);
+        assert!((proj(&v1) - proj(&v2)).norm_max() <= 1e-10);
+        let mut left = vec![0.0; count * r * s];
+        let mut direct = vec![0.0; count * r * s];
+        subspace::project_cores_from_left(
+            &zb,
+            u1.as_ref(),
+            v1.as_ref(),
+            &blocks,
+            &mut left,
+            par,
+            stack,
+        )
+        .unwrap();
+        subspace::project_cores(&zb, None, u1.as_ref(), v1.as_ref(), &mut direct, par, stack)
+            .unwrap();
+        let scale = direct.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+        for (a, b) in left.iter().zip(&direct) {
+            assert!((a - b).abs() <= 1e-12 * scale, "{a} vs {b}");
+        }
+    }
 }

@@ -33,6 +33,11 @@
 //!   as one syrk on an `m x (N s)` matrix, measured). Each block step
 //!   maximises f exactly over one factor, so f never decreases. After a
 //!   sweep, f is the sum of the top-s eigenvalues of the second Gram matrix.
+//!   [`hooi_sweep_from_rows`] is the sweep after its first products were
+//!   made elsewhere (the completion E-step makes them while each matrix is
+//!   in cache); the blocks `W_i` a sweep leaves behind give the cores at
+//!   the new bases, `C_i = W_i^T V`, without a pass over the data
+//!   ([`project_cores_from_left`]).
 //! * **Riemannian conjugate gradient** ([`riemannian_solve`]): Euclidean
 //!   gradients `G_U = 2 sum Y_i (Y_i^T U)`, `G_V = 2 sum W_i (W_i^T V)`,
 //!   Riemannian gradients for the embedded metric
@@ -919,9 +924,80 @@ pub fn hooi_sweep(
     check_mean(mean, data.rows(), data.cols())?;
     let (count, m, n) = (data.count(), data.rows(), data.cols());
     let (big, stack) = temp_slice(big_len(count, m, n, r, s), 0.0f64, stack);
+    block_products(data, false, mean, v.rb(), big, par, stack);
+    hooi_sweep_blocks(data, mean, u, v, big, reducer, par, stack)
+}
+
+/// Length of the block buffer of [`hooi_sweep_from_rows`]: room for the row
+/// blocks `Y_i` (`N m s` values) and the column blocks `W_i` (`N n r`).
+pub fn hooi_blocks_len(
+    count: usize,
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+) -> usize {
+    big_len(count, rows, cols, rank_rows, rank_cols)
+}
+
+/// Workspace for [`hooi_sweep_from_rows`] (the block buffer not included).
+pub fn hooi_sweep_from_rows_scratch(
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    par: Par,
+) -> StackReq {
+    hooi_small_scratch(rows, cols, rank_rows, rank_cols, par)
+}
+
+/// One HOOI sweep whose first products are already done: on entry `blocks`
+/// (at least [`hooi_blocks_len`] long) holds the row blocks
+/// `Y_i = (X_i - M) V`, block i the row-major m x s matrix at offset
+/// `i m s`. Updates U from their Gram matrix, then V from the blocks
+/// `W_i = (X_i - M)^T U` (new U), which are left in `blocks`: block i the
+/// row-major n x r matrix at offset `i n r` (the cores at the new (U, V)
+/// are `C_i = W_i^T V`, see [`project_cores_from_left`]). Returns the
+/// objective at the new (U, V). One pass over the data instead of two.
+#[allow(clippy::too_many_arguments)]
+pub fn hooi_sweep_from_rows(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    u: MatMut<'_, f64>,
+    v: MatMut<'_, f64>,
+    blocks: &mut [f64],
+    reducer: &dyn Reducer,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<f64> {
+    let (r, s) = check_bases(data, u.rb(), v.rb())?;
+    check_mean(mean, data.rows(), data.cols())?;
+    let (count, m, n) = (data.count(), data.rows(), data.cols());
+    if blocks.len() < big_len(count, m, n, r, s) {
+        return Err(Error::shape(format!(
+            "blocks: {} values, at least {} needed",
+            blocks.len(),
+            big_len(count, m, n, r, s)
+        )));
+    }
+    hooi_sweep_blocks(data, mean, u, v, blocks, reducer, par, stack)
+}
+
+/// The sweep after the row blocks are in `big`.
+#[allow(clippy::too_many_arguments)]
+fn hooi_sweep_blocks(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    mut u: MatMut<'_, f64>,
+    v: MatMut<'_, f64>,
+    big: &mut [f64],
+    reducer: &dyn Reducer,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<f64> {
+    let (count, m, n, r) = (data.count(), data.rows(), data.cols(), u.ncols());
     let mut hooi = Hooi::new(m, n, r, stack);
-    let mut u = u;
-    hooi.rows_gram(data, mean, v.rb(), big, reducer, par)?;
+    hooi.rows_gram_from_blocks(big, count, v.ncols(), reducer, par)?;
     hooi.rows_update(u.rb_mut(), par)?;
     hooi.cols_update(data, mean, u.rb(), v, big, reducer, par)
 }
@@ -965,14 +1041,20 @@ impl<'s> Hooi<'s> {
         par: Par,
     ) -> Result<()> {
         block_products(data, false, mean, v, big, par, self.stack);
-        block_gram(
-            big,
-            data.count(),
-            v.ncols(),
-            self.gram_rows.rb_mut(),
-            par,
-            self.stack,
-        );
+        self.rows_gram_from_blocks(big, data.count(), v.ncols(), reducer, par)
+    }
+
+    /// `sum Y_i Y_i^T` (lower triangle, reduced) from the `count` blocks
+    /// `Y_i` (m x s) already in `big`.
+    fn rows_gram_from_blocks(
+        &mut self,
+        big: &[f64],
+        count: usize,
+        s: usize,
+        reducer: &dyn Reducer,
+        par: Par,
+    ) -> Result<()> {
+        block_gram(big, count, s, self.gram_rows.rb_mut(), par, self.stack);
         reduce_mat(reducer, self.gram_rows.rb_mut())
     }
 
@@ -1251,6 +1333,58 @@ pub fn project_cores(
         u,
         v,
         CoreSource::Data,
+        par,
+        stack,
+        &|_, i, c| {
+            // SAFETY: core i is written by the worker that handles sample i only.
+            unsafe { shared.block(i * r * s, r, s) }.copy_from(c);
+        },
+    );
+    Ok(())
+}
+
+/// Workspace for [`project_cores_from_left`].
+pub fn project_cores_from_left_scratch(
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    par: Par,
+) -> StackReq {
+    for_each_core_scratch(rows, cols, rank_rows, rank_cols, par)
+}
+
+/// The cores `C_i = W_i^T V` from the column blocks `W_i = (X_i - M)^T U`
+/// that [`hooi_sweep_from_rows`] leaves in `blocks` (the same values as
+/// [`project_cores`] at that (U, V), without a pass over the data: 2 n r s
+/// flops per sample). Layout of `cores` as for [`project_cores`].
+#[allow(clippy::too_many_arguments)]
+pub fn project_cores_from_left(
+    data: &MatrixBatch,
+    u: MatRef<'_, f64>,
+    v: MatRef<'_, f64>,
+    blocks: &[f64],
+    cores: &mut [f64],
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<()> {
+    let (r, s) = check_bases(data, u, v)?;
+    let (count, n) = (data.count(), data.cols());
+    check_len("cores", cores.len(), count * r * s)?;
+    if blocks.len() < count * n * r {
+        return Err(Error::shape(format!(
+            "blocks: {} values, at least {} needed",
+            blocks.len(),
+            count * n * r
+        )));
+    }
+    let shared = SharedBuf::new(cores);
+    for_each_core(
+        data,
+        None,
+        u,
+        v,
+        CoreSource::Left(blocks),
         par,
         stack,
         &|_, i, c| {
