@@ -500,7 +500,7 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
             "model data: PRIO noise variance is not positive",
         ));
     }
-    if !(prior_ridge > 0.0) || prior_variances.iter().any(|v| *v < 0.0) {
+    if prior_ridge.is_nan() || prior_ridge <= 0.0 || prior_variances.iter().any(|v| *v < 0.0) {
         return Err(format_err(
             "model data: PRIO variances are negative or the ridge is not positive",
         ));
