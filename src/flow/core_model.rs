@@ -65,8 +65,8 @@
 //! `b`. Every product is row-wise, so the result depends only on
 //! `(seed, index)` and the model, not on the count or chunking of the call.
 //! Sampling and log-densities run on the calling thread and never allocate;
-//! their workspaces are `O(rows x (d + q))`, processed in row blocks of at
-//! most `2^15` values per `d`-vector matrix.
+//! their workspaces are `O(rows x (d + q))`, with the `d`-vector
+//! temporaries processed in row blocks of at most `2^18` values.
 
 use super::likelihood::{self, DivergenceField};
 use super::network::{NetConfig, VelocityNet};
