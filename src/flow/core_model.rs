@@ -38,8 +38,8 @@
 //!   covariance is diagonal and they are uncorrelated with the flow block),
 //!   and isotropic `N(0, delta)` in the `d - q` directions the components do
 //!   not span. `delta = 1e-6 x` the block's mean variance,
-//!   `(trace - sum_{j <= k} lambda_j) / (d - k)` (`1e-12 x trace / d` if
-//!   that is 0). With `k = 0` this is `N(mu, Cov + delta I)`, the
+//!   `(trace - sum_{j <= k} lambda_j) / (d - k)`, and at least
+//!   `1e-12 x trace / d`. With `k = 0` this is `N(mu, Cov + delta I)`, the
 //!   full-covariance Gaussian with the ridge of section 5, stored as
 //!   `d x q` numbers.
 //!
@@ -757,11 +757,14 @@ impl CoreModel {
                 let (flow, final_loss) =
                     fit_flow(train.as_ref(), reducer, &pcs, k, opts, progress)?;
                 info.final_loss = final_loss;
+                // 1e-6 x the block's mean variance, floored at 1e-12 x the
+                // mean core variance (a block with no variance left).
                 let rest = (total - flow_var).max(0.0);
-                let ridge = if k < d && rest > 0.0 {
-                    1e-6 * rest / (d - k) as f64
+                let floor = 1e-12 * total / d as f64;
+                let ridge = if k < d {
+                    (1e-6 * rest / (d - k) as f64).max(floor)
                 } else {
-                    1e-12 * total / d as f64
+                    floor
                 };
                 (Some(flow), ridge)
             }
