@@ -121,13 +121,9 @@ fn main() {
                 });
                 // The true bases with a weak prior: least squares on the
                 // observed entries of each matrix.
-                let prior = CorePrior {
-                    mean: vec![0.0; r * s],
-                    chol: Mat::<f64>::identity(r * s, r * s) * faer::Scale(1e3),
-                    noise_var: noise * noise,
-                };
+                let prior = CorePrior::isotropic(vec![0.0; r * s], 1e6, noise * noise);
                 let mut buf =
-                    MemBuffer::new(coreflow::completion::complete_one_scratch(m, n, r, s));
+                    MemBuffer::new(coreflow::completion::complete_one_scratch(m, n, r, s, 0));
                 let truth = held_out(&p, &mask, eval.min(count), |i, z| {
                     let one = MatrixBatch::from_c_order(
                         &p.data.data[i * m * n..(i + 1) * m * n],

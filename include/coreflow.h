@@ -328,7 +328,8 @@ typedef struct coreflow_model_info {
      */
     size_t core_dim;
     /**
-     * Dimension of the flow block (0 without a flow).
+     * Dimension of the flow block: the number of leading principal
+     * components of the cores the flow models (0 without a flow).
      */
     size_t flow_dim;
     /**
@@ -397,7 +398,8 @@ typedef struct coreflow_model_info {
      */
     coreflow_core_model core_model;
     /**
-     * Flow block size k by the energy rule (also when the Gaussian was chosen).
+     * Flow block size k (leading principal components) by the energy rule
+     * (also when the Gaussian was chosen).
      */
     size_t flow_block;
     /**

@@ -64,19 +64,35 @@
 //!
 //! # Completing a new matrix
 //!
-//! The MAP core under the Gaussian prior of the training cores
-//! (`c ~ N(mu, Sigma)`, `Sigma = L L^T`) and noise variance `sigma^2`
-//! estimated from the training residuals:
+//! The MAP core under the Gaussian prior of the training cores,
+//! `c ~ N(mu, Sigma)`, and noise variance `sigma^2` estimated from the
+//! training residuals:
 //!
 //! ```text
 //! min_c ||P(Y - U C V^T)||^2 / sigma^2 + (c - mu)^T Sigma^-1 (c - mu).
 //! ```
 //!
-//! With `c = mu + L z` this is the well-conditioned system
-//! `(I + L^T A^T P A L / sigma^2) z = L^T A^T P (Y - A mu) / sigma^2`,
-//! `A c = U C V^T`, solved by conjugate gradients (each product costs two
-//! small matrix products with U and V). The result is
-//! `P(Y) + P^perp(U C V^T)`: observed entries come back bitwise unchanged.
+//! The prior is held in low rank ([`CorePrior`]): with the principal
+//! directions `Q` (`d x q`, `q = min(d, N)`, from [`crate::pca`]) and
+//! variances `lambda_j` of the N training cores,
+//! `Sigma = Q diag(lambda) Q^T + delta I`, `delta = 1e-6 x` the mean core
+//! variance. It is exactly the sample covariance plus the ridge, whose rank
+//! is at most `N - 1`, in `d q` numbers instead of `d^2`; inverse and square
+//! root are explicit:
+//!
+//! ```text
+//! Sigma^-1  = Q diag(1 / (lambda + delta)) Q^T + (I - Q Q^T) / delta,
+//! Sigma^1/2 = Q diag(sqrt(lambda + delta)) Q^T + sqrt(delta) (I - Q Q^T)
+//!           = sqrt(delta) I + Q diag(sqrt(lambda + delta) - sqrt(delta)) Q^T.
+//! ```
+//!
+//! With `c = mu + S z`, `S = Sigma^1/2` (symmetric), the problem is the
+//! well-conditioned system
+//! `(I + S A^T P A S / sigma^2) z = S A^T P (Y - A mu) / sigma^2`,
+//! `A c = U C V^T`, solved by conjugate gradients: each product costs two
+//! small matrix products with U and V and two with `Q` (`O(d q)`). The
+//! result is `P(Y) + P^perp(U C V^T)`: observed entries come back bitwise
+//! unchanged.
 
 use crate::batch::{MaskRef, MatrixBatch};
 use crate::error::{Error, Result};
@@ -843,76 +859,52 @@ pub fn fit_masked(
     })
 }
 
-/// The Gaussian prior of the cores and the noise level, for completing new
-/// matrices.
+/// The Gaussian prior of the cores, `N(mu, Sigma)` with
+/// `Sigma = Q diag(lambda) Q^T + delta I` (the sample covariance of the
+/// training cores in its principal components, plus the ridge), and the
+/// noise level, for completing new matrices. `Q` has `q = min(d, N)`
+/// columns, so the prior takes `d x q` numbers, never `d x d`.
 #[derive(Clone, Debug)]
 pub struct CorePrior {
-    /// Mean of the training cores (column-major vec, length d).
+    /// Mean `mu` of the training cores (column-major vec, length d).
     pub mean: Vec<f64>,
-    /// Lower Cholesky factor L of the regularised core covariance (d x d).
-    pub chol: Mat<f64>,
+    /// Principal directions `Q` of the training cores (`d x q`,
+    /// orthonormal columns).
+    pub basis: Mat<f64>,
+    /// Variances `lambda_j >= 0` along the directions (length q).
+    pub variances: Vec<f64>,
+    /// Ridge `delta > 0`: the variance in every direction outside `Q` and
+    /// the regulariser added along `Q`.
+    pub ridge: f64,
     /// Noise variance per observed entry, from the training residuals.
     pub noise_var: f64,
 }
 
 impl CorePrior {
-    /// From the training cores (N x d, one core per row), the residual sum
-    /// of squares on the observed training entries and their count. The
-    /// covariance is regularised by `1e-6 x` its mean variance (and an
-    /// absolute floor) so that L exists; the noise variance is floored at
-    /// `1e-12 x` the mean core energy per entry.
+    /// From the training cores (N x d, one core per row; every participant
+    /// passes its own and `reducer` completes the sums), the residual sum of
+    /// squares on the observed training entries and their count. The
+    /// covariance is regularised by `delta = 1e-6 x` its mean variance (and
+    /// an absolute floor); the noise variance is floored at `1e-12 x` the
+    /// mean core energy per entry. Products use `par`.
     pub fn from_cores(
         cores: MatRef<'_, f64>,
         residual_ss: f64,
         observed: f64,
         entries_per_matrix: usize,
         reducer: &dyn Reducer,
+        par: Par,
     ) -> Result<CorePrior> {
-        let (n_local, d) = cores.shape();
-        let mut stats = vec![0.0; d + d * d + 1];
-        for i in 0..n_local {
-            for k in 0..d {
-                stats[k] += cores[(i, k)];
+        let d = cores.ncols();
+        let pcs = crate::pca::principal_components(cores, reducer, par).map_err(|e| {
+            if e.kind() == crate::error::ErrorKind::InvalidArgument {
+                Error::invalid("train: no matrix to estimate the core prior from")
+            } else {
+                e
             }
-        }
-        stats[d + d * d] = n_local as f64;
-        // First pass: the mean (one reduction), second: the scatter.
-        let mut first = stats[..d].to_vec();
-        first.push(n_local as f64);
-        reducer.sum_in_place(&mut first)?;
-        let n = first[d];
-        if n < 1.0 {
-            return Err(Error::invalid(
-                "train: no matrix to estimate the core prior from",
-            ));
-        }
-        let mean: Vec<f64> = first[..d].iter().map(|s| s / n).collect();
-        let mut scatter = Mat::<f64>::zeros(d, d);
-        let centered = Mat::from_fn(n_local, d, |i, k| cores[(i, k)] - mean[k]);
-        numerics::syrk_lower(
-            scatter.as_mut(),
-            Accum::Replace,
-            centered.transpose(),
-            1.0,
-            Par::Seq,
-        );
-        let mut flat: Vec<f64> = (0..d * d).map(|k| scatter[(k % d, k / d)]).collect();
-        reducer.sum_in_place(&mut flat)?;
-        let denom = (n - 1.0).max(1.0);
-        let mut cov = Mat::from_fn(d, d, |a, b| {
-            let (i, j) = if a >= b { (a, b) } else { (b, a) };
-            flat[i + j * d] / denom
-        });
-        let mean_var = (0..d).map(|k| cov[(k, k)]).sum::<f64>() / d as f64;
-        let delta = (1e-6 * mean_var).max(1e-300);
-        for k in 0..d {
-            cov[(k, k)] += delta;
-        }
-        let chol = cov
-            .llt(faer::Side::Lower)
-            .map_err(|_| Error::numerical("core covariance is not positive definite"))?
-            .L()
-            .to_owned();
+        })?;
+        let mean_var = pcs.total_variance / d as f64;
+        let ridge = (1e-6 * mean_var).max(1e-300);
         let floor =
             1e-12 * (mean_var * d as f64 / entries_per_matrix as f64).max(f64::MIN_POSITIVE);
         let noise_var = if observed > 0.0 {
@@ -921,23 +913,77 @@ impl CorePrior {
             floor
         };
         Ok(CorePrior {
-            mean,
-            chol,
+            mean: pcs.mean,
+            basis: pcs.basis,
+            variances: pcs.variances,
+            ridge,
             noise_var,
         })
     }
+
+    /// The isotropic prior `N(mean, variance I)` (no principal directions).
+    pub fn isotropic(mean: Vec<f64>, variance: f64, noise_var: f64) -> CorePrior {
+        let d = mean.len();
+        CorePrior {
+            mean,
+            basis: Mat::zeros(d, 0),
+            variances: Vec::new(),
+            ridge: variance,
+            noise_var,
+        }
+    }
+
+    /// Core dimension d.
+    pub fn dim(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// Number q of principal directions.
+    pub fn components(&self) -> usize {
+        self.basis.ncols()
+    }
+
+    /// `out <- Sigma^(1/2) x = sqrt(delta) x + Q diag(sqrt(lambda + delta)
+    /// - sqrt(delta)) Q^T x` (symmetric); `tmp` has length q.
+    fn sqrt_mul(&self, x: &[f64], out: &mut [f64], tmp: &mut [f64]) {
+        let (d, q) = (self.dim(), self.components());
+        let sd = self.ridge.sqrt();
+        let xm = MatRef::from_column_major_slice(x, d, 1);
+        {
+            let tm = MatMut::from_column_major_slice_mut(tmp, q, 1);
+            gemm(
+                tm,
+                Accum::Replace,
+                self.basis.transpose(),
+                xm,
+                1.0,
+                Par::Seq,
+            );
+        }
+        for (t, l) in tmp.iter_mut().zip(&self.variances) {
+            *t *= (l + self.ridge).sqrt() - sd;
+        }
+        for (o, xv) in out.iter_mut().zip(x) {
+            *o = sd * xv;
+        }
+        let om = MatMut::from_column_major_slice_mut(out, d, 1);
+        let tm = MatRef::from_column_major_slice(tmp, q, 1);
+        gemm(om, Accum::Add, self.basis.as_ref(), tm, 1.0, Par::Seq);
+    }
 }
 
-/// Workspace for [`complete_one`].
+/// Workspace for [`complete_one`] with a prior of `components` principal
+/// directions.
 pub fn complete_one_scratch(
     rows: usize,
     cols: usize,
     rank_rows: usize,
     rank_cols: usize,
+    components: usize,
 ) -> StackReq {
     let d = rank_rows * rank_cols;
     StackReq::all_of(&[
-        temp_slice_scratch::<f64>(6 * d),
+        temp_slice_scratch::<f64>(6 * d + components),
         temp_mat_scratch::<f64>(rows, rank_cols),
         temp_mat_scratch::<f64>(rows, cols),
     ])
@@ -964,7 +1010,9 @@ pub fn complete_one(
     let (m, n) = y.shape();
     let (r, s) = (u.ncols(), v.ncols());
     let d = r * s;
-    let (buf, stack) = temp_slice(6 * d, 0.0f64, stack);
+    debug_assert_eq!(prior.dim(), d);
+    let (buf, stack) = temp_slice(6 * d + prior.components(), 0.0f64, stack);
+    let (tmp, buf) = buf.split_at_mut(prior.components());
     let (z, rest) = buf.split_at_mut(d);
     let (res, rest) = rest.split_at_mut(d);
     let (p, rest) = rest.split_at_mut(d);
@@ -973,7 +1021,6 @@ pub fn complete_one(
     let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
     let (mut full, _) = temp_mat_zeroed::<f64>(m, n, stack);
     let sigma2 = prior.noise_var;
-    let l = prior.chol.as_ref();
 
     // full <- P(A c) for a core vector c; then w <- A^T full = vec(U^T full V).
     let apply_ptpa =
@@ -998,7 +1045,7 @@ pub fn complete_one(
             project_to_core(u, v, full.as_ref(), w, t);
         };
 
-    // Right-hand side: L^T A^T P (Y - Xbar - A mu) / sigma^2.
+    // Right-hand side: S A^T P (Y - Xbar - A mu) / sigma^2.
     apply_ptpa(&prior.mean, w, &mut t, &mut full);
     for b in 0..n {
         for a in 0..m {
@@ -1013,17 +1060,17 @@ pub fn complete_one(
     for k in 0..d {
         c[k] = (c[k] - w[k]) / sigma2;
     }
-    lt_mul(l, c, res); // res = b (z starts at 0, so the residual is b)
+    prior.sqrt_mul(c, res, tmp); // res = b (z starts at 0, so the residual is b)
     p.copy_from_slice(res);
     let b_norm = dot(res, res).sqrt();
     let mut rr = b_norm * b_norm;
     let mut iters = 0;
     if b_norm > 0.0 {
         while iters < CG_MAX_ITER {
-            // kp = p + L^T A^T P A L p / sigma^2
-            l_mul(l, p, c);
+            // kp = p + S A^T P A S p / sigma^2
+            prior.sqrt_mul(p, c, tmp);
             apply_ptpa(c, w, &mut t, &mut full);
-            lt_mul(l, w, kp);
+            prior.sqrt_mul(w, kp, tmp);
             for k in 0..d {
                 kp[k] = p[k] + kp[k] / sigma2;
             }
@@ -1044,8 +1091,8 @@ pub fn complete_one(
             }
         }
     }
-    // c = mu + L z, prediction = Xbar + U C V^T.
-    l_mul(l, z, c);
+    // c = mu + S z, prediction = Xbar + U C V^T.
+    prior.sqrt_mul(z, c, tmp);
     for k in 0..d {
         c[k] += prior.mean[k];
     }
@@ -1091,22 +1138,6 @@ fn project_to_core(
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// `out <- L x` for lower-triangular L.
-fn l_mul(l: MatRef<'_, f64>, x: &[f64], out: &mut [f64]) {
-    let d = x.len();
-    let xm = MatRef::from_column_major_slice(x, d, 1);
-    let om = MatMut::from_column_major_slice_mut(out, d, 1);
-    gemm(om, Accum::Replace, l, xm, 1.0, Par::Seq);
-}
-
-/// `out <- L^T x`.
-fn lt_mul(l: MatRef<'_, f64>, x: &[f64], out: &mut [f64]) {
-    let d = x.len();
-    let xm = MatRef::from_column_major_slice(x, d, 1);
-    let om = MatMut::from_column_major_slice_mut(out, d, 1);
-    gemm(om, Accum::Replace, l.transpose(), xm, 1.0, Par::Seq);
 }
 
 #[cfg(test)]

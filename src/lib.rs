@@ -22,6 +22,7 @@ pub mod flow;
 pub mod metrics;
 pub mod model;
 pub mod numerics;
+pub mod pca;
 pub mod reduce;
 pub mod subspace;
 

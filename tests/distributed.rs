@@ -139,6 +139,108 @@ fn sharded_fits_match_the_single_process_fit() {
     }
 }
 
+/// Samples and completions (one vector), and log-densities of `model` on
+/// fixed inputs.
+fn gaussian_outputs(
+    model: &Model,
+    data: &[f64],
+    mask: &[u8],
+    m: usize,
+    n: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    use coreflow::flow::ode::SolverOptions;
+    use coreflow::numerics::{MemBuffer, MemStack};
+    use coreflow::MatrixBatchMut;
+    let k = 5;
+    let so = SolverOptions::default();
+    let mut buf = MemBuffer::new(
+        model
+            .sample_scratch(k, &so)
+            .or(model.log_prob_scratch(k, &so))
+            .or(model.complete_scratch(k)),
+    );
+    let mut gen = vec![0.0; k * m * n];
+    model
+        .sample(
+            &so,
+            3,
+            0,
+            &mut MatrixBatchMut::from_c_order(&mut gen, k, m, n).unwrap(),
+            MemStack::new(&mut buf),
+        )
+        .unwrap();
+    let input = MatrixBatch::from_c_order(&data[..k * m * n], k, m, n).unwrap();
+    let mut lp = vec![0.0; k];
+    model
+        .log_prob(&so, &input, &mut lp, None, MemStack::new(&mut buf))
+        .unwrap();
+    let partial = input.with_mask(&mask[..k * m * n]).unwrap();
+    let mut comp = vec![0.0; k * m * n];
+    model
+        .complete(
+            &partial,
+            &mut MatrixBatchMut::from_c_order(&mut comp, k, m, n).unwrap(),
+            MemStack::new(&mut buf),
+        )
+        .unwrap();
+    (gen.into_iter().chain(comp).collect(), lp)
+}
+
+#[test]
+fn sharded_core_priors_and_gaussian_core_models_match_the_single_process_fit() {
+    // The principal components of the cores go through the reducer: the
+    // d x d scatter for d = 12 <= N = 90, the range finder for
+    // d = 100 > N (signal rank 10 x 10, so the bases are well defined).
+    let (count, m, n) = (90, 30, 24);
+    for rank in [(4, 3), (10, 10)] {
+        let mut spec = PlantedSpec::new(count, m, n, rank.0, rank.1, 65);
+        spec.noise = 1e-2;
+        let planted = planted_low_rank(&spec).unwrap();
+        let data = &planted.data.data;
+        let mask = mcar_mask(count, m, n, 0.3, 66).unwrap();
+        let opts = FitOptions {
+            rank_rows: rank.0,
+            rank_cols: rank.1,
+            center: true,
+            threads: 1,
+            flow: coreflow::flow::core_model::FlowOptions {
+                core_model: coreflow::flow::core_model::CoreModelChoice::Gaussian,
+                steps: 0,
+                holdout_fraction: 0.0,
+                ..Default::default()
+            },
+            ..FitOptions::default()
+        };
+        let whole = MatrixBatch::from_c_order(data, count, m, n).unwrap();
+        let single = Model::fit(&whole, &opts).unwrap();
+        let d = rank.0 * rank.1;
+        assert_eq!(single.core_prior().components(), d.min(count));
+        let (expect, expect_lp) = gaussian_outputs(&single, data, &mask, m, n);
+        let scale = expect.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+        for p in [1, 2, 4] {
+            let fits = fit_sharded(data, None, count, m, n, p, &opts, None);
+            let models: Vec<Model> = fits.into_iter().map(|f| f.unwrap()).collect();
+            // Every participant holds bitwise the same model.
+            let bytes = models[0].to_bytes();
+            for other in &models[1..] {
+                assert_eq!(other.to_bytes(), bytes, "d {d}, p {p}");
+            }
+            // And the same outputs as the single-process fit, up to the
+            // rounding of sums taken in another order.
+            let (got, got_lp) = gaussian_outputs(&models[0], data, &mask, m, n);
+            let err = got
+                .iter()
+                .zip(&expect)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(err <= 1e-8 * scale, "d {d}, p {p}: {err} (scale {scale})");
+            for (a, b) in got_lp.iter().zip(&expect_lp) {
+                assert!((a - b).abs() <= 1e-8 * b.abs(), "d {d}, p {p}: {a} vs {b}");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_failing_allreduce_stops_every_participant() {
     let (count, m, n) = (40, 20, 16);

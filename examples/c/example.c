@@ -163,7 +163,8 @@ static int print_info(const context *ctx) {
     printf("       subspace: %u iterations, converged %d\n", info.subspace_iterations,
            info.subspace_converged);
     if (info.core_model == COREFLOW_CORE_MODEL_FLOW) {
-        printf("       core model: flow on %zu of %zu core coordinates (%u x %u hidden), "
+        printf("       core model: flow on %zu principal components of %zu core coordinates "
+               "(%u x %u hidden), "
                "final loss %.4f\n", info.flow_dim, info.core_dim, info.flow_layers,
                info.flow_hidden, info.final_loss);
     } else if (info.core_model == COREFLOW_CORE_MODEL_GAUSSIAN) {

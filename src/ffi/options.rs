@@ -339,7 +339,8 @@ pub struct coreflow_model_info {
     pub rank_cols: usize,
     /// Core dimension r * s.
     pub core_dim: usize,
-    /// Dimension of the flow block (0 without a flow).
+    /// Dimension of the flow block: the number of leading principal
+    /// components of the cores the flow models (0 without a flow).
     pub flow_dim: usize,
     /// 1 when the mean was subtracted.
     pub centered: u8,
@@ -374,7 +375,8 @@ pub struct coreflow_model_info {
     /// The fitted core model: -1 geometry only, else `COREFLOW_CORE_MODEL_FLOW`
     /// or `COREFLOW_CORE_MODEL_GAUSSIAN` (the choice AUTO made).
     pub core_model: coreflow_core_model,
-    /// Flow block size k by the energy rule (also when the Gaussian was chosen).
+    /// Flow block size k (leading principal components) by the energy rule
+    /// (also when the Gaussian was chosen).
     pub flow_block: usize,
     /// Held-out mean log-likelihood of the flow model (NaN when not fitted).
     pub heldout_loglik_flow: f64,

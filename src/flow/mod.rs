@@ -1,4 +1,5 @@
-//! Flow matching on the leading core coordinates (DESIGN.md section 5).
+//! Flow matching on the leading principal components of the cores (DESIGN.md
+//! section 5).
 //!
 //! Submodules, bottom to top:
 //! - [`real`]: the network's floating-point types and vectorised kernels;
@@ -10,8 +11,8 @@
 //! - [`train`]: the flow-matching training loop;
 //! - [`ode`]: fixed-step and adaptive ODE solvers;
 //! - [`likelihood`]: log-densities by the instantaneous change of variables;
-//! - [`core_model`]: the fitted core model (flow block + Gaussian block, or
-//!   the Gaussian fallback).
+//! - [`core_model`]: the fitted core model (flow on the leading principal
+//!   components + Gaussian block, or the Gaussian fallback).
 //!
 //! Decisions where DESIGN.md is silent (each is documented where it lives):
 //! - the core model is fitted on the cores left after the `holdout_fraction`
@@ -41,7 +42,7 @@ pub mod train;
 
 pub use core_model::{
     CoreModel, CoreModelChoice, CoreModelInfo, CoreModelKind, CoreModelParts, FlowOptions,
-    FlowParts, GaussianParts, NetParams, Precision,
+    FlowParts, NetParams, Precision,
 };
 pub use likelihood::DivergenceField;
 pub use network::{LayerSlot, NetConfig, Tape, Times, VelocityNet};

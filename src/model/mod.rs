@@ -406,7 +406,7 @@ impl Model {
         }
         let (r, s) = (u.ncols(), v.ncols());
         let core_mat = MatRef::from_row_major_slice(&cores, train.count(), r * s);
-        let prior = CorePrior::from_cores(core_mat, residual_ss, observed, m * n, reducer)?;
+        let prior = CorePrior::from_cores(core_mat, residual_ss, observed, m * n, reducer, par)?;
         let mean_core = mean.as_ref().map(|x| u.transpose() * x * &v);
         info.rows = m;
         info.cols = n;
@@ -470,6 +470,12 @@ impl Model {
     /// The model of the cores (`None` for a geometry-only model).
     pub fn core_model(&self) -> Option<&CoreModel> {
         self.core.as_ref()
+    }
+
+    /// The Gaussian prior of the training cores used by
+    /// [`complete`](Self::complete) (low rank plus a ridge).
+    pub fn core_prior(&self) -> &CorePrior {
+        &self.prior
     }
 
     /// The model file image (little-endian, versioned, checksummed; see
@@ -836,6 +842,7 @@ impl Model {
             self.info.cols,
             self.info.rank_rows,
             self.info.rank_cols,
+            self.prior.components(),
         )
     }
 

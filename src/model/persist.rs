@@ -8,11 +8,18 @@
 //! trailer  CRC-32 (IEEE) of every preceding byte, u32
 //! ```
 //!
-//! Sections of version 1: `META` (sizes, flags and summary numbers, as two
+//! Sections of version 2: `META` (sizes, flags and summary numbers, as two
 //! counted arrays of u64 and f64 so later versions can append fields),
 //! `BASU` (U, column-major), `BASV` (V), `MEAN` (Xbar, only when centered),
-//! `PRIO` (core prior: mean, Cholesky factor, noise variance) and, when the
-//! model has one, `CORE` (the core model). Unknown sections are skipped.
+//! `PRIO` (core prior: mean, number q of principal directions, directions
+//! `d x q`, variances, ridge, noise variance) and, when the model has one,
+//! `CORE` (the core model: summary, then mean, q, principal directions,
+//! variances and ridge, then the flow block when there is one). Unknown
+//! sections are skipped. Nothing in the file is `d x d`: both Gaussians are
+//! stored as their principal directions plus a ridge, `q <= min(d, N)`.
+//!
+//! Version 1 (dense Cholesky factors and a flow block on core coordinates)
+//! is not read: its files are refused with `ErrorKind::Version`.
 //!
 //! Reading checks, in order: the magic (`Format`), the version (`Version`),
 //! the checksum (`Format`), then every section length against the bytes
@@ -23,15 +30,14 @@ use super::{set_core_info, Model, ModelInfo};
 use crate::completion::CorePrior;
 use crate::error::{Error, ErrorKind, Result};
 use crate::flow::core_model::{
-    CoreModel, CoreModelChoice, CoreModelInfo, CoreModelKind, CoreModelParts, FlowParts,
-    GaussianParts, NetParams,
+    CoreModel, CoreModelChoice, CoreModelInfo, CoreModelKind, CoreModelParts, FlowParts, NetParams,
 };
 use faer::Mat;
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"COREFLOW";
 /// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 16;
 
 fn format_err(msg: impl Into<String>) -> Error {
@@ -66,13 +72,6 @@ impl Writer {
     }
     fn mat(&mut self, m: &Mat<f64>) {
         self.f64s((0..m.ncols()).flat_map(|j| (0..m.nrows()).map(move |i| m[(i, j)])));
-    }
-    /// A length-prefixed array of indices.
-    fn indices(&mut self, idx: &[usize]) {
-        self.u64(idx.len() as u64);
-        for &i in idx {
-            self.u64(i as u64);
-        }
     }
     /// A length-prefixed array of f64.
     fn f64_array(&mut self, xs: &[f64]) {
@@ -138,23 +137,6 @@ impl<'a> Reader<'a> {
                 self.what
             ))
         })
-    }
-    /// A length-prefixed array of indices (length checked before allocating).
-    fn indices(&mut self) -> Result<Vec<usize>> {
-        let n = self.usize()?;
-        let bytes = n
-            .checked_mul(8)
-            .ok_or_else(|| format_err("model data: array length overflows"))?;
-        let raw = self.take(bytes)?;
-        raw.chunks_exact(8)
-            .map(|c| usize::try_from(u64::from_le_bytes(c.try_into().unwrap())))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| {
-                format_err(format!(
-                    "model data: {} holds an oversized index",
-                    self.what
-                ))
-            })
     }
     /// A length-prefixed array of finite f64.
     fn f64_array(&mut self) -> Result<Vec<f64>> {
@@ -243,9 +225,12 @@ pub fn to_bytes(model: &Model) -> Vec<u8> {
         w.section(b"MEAN", |w| w.mat(mean));
     }
     w.section(b"PRIO", |w| {
-        w.f64s(model.prior.mean.iter().copied());
-        w.mat(&model.prior.chol);
-        w.f64s([model.prior.noise_var]);
+        let p = &model.prior;
+        w.f64s(p.mean.iter().copied());
+        w.u64(p.basis.ncols() as u64);
+        w.mat(&p.basis);
+        w.f64s(p.variances.iter().copied());
+        w.f64s([p.ridge, p.noise_var]);
     });
     if let Some(core) = &model.core {
         w.section(b"CORE", |w| write_core(w, &core.to_parts()));
@@ -282,10 +267,14 @@ fn write_core(w: &mut Writer, p: &CoreModelParts) {
         i.heldout_loglik_flow,
         i.heldout_loglik_gaussian,
     ]);
+    let q = p.variances.len();
+    w.u64(q as u64);
+    w.f64s(p.mean.iter().copied());
+    w.f64s(p.basis.iter().copied());
+    w.f64s(p.variances.iter().copied());
+    w.f64s([p.ridge]);
     w.u64(p.flow.is_some() as u64);
     if let Some(f) = &p.flow {
-        w.indices(&f.index);
-        w.f64_array(&f.mean);
         w.f64_array(&f.scale);
         for x in [f.hidden, f.layers, f.time_freqs] {
             w.u64(x as u64);
@@ -306,12 +295,19 @@ fn write_core(w: &mut Writer, p: &CoreModelParts) {
         w.f64_array(&f.mm_shift);
         w.f64_array(&f.mm_matrix);
     }
-    w.u64(p.gaussian.is_some() as u64);
-    if let Some(g) = &p.gaussian {
-        w.indices(&g.index);
-        w.f64_array(&g.mean);
-        w.f64_array(&g.chol);
+}
+
+/// The number q of principal directions of a `d`-dimensional Gaussian
+/// (checked: `q <= d`).
+fn read_components(r: &mut Reader<'_>, d: usize) -> Result<usize> {
+    let q = r.usize()?;
+    if q > d {
+        return Err(format_err(format!(
+            "model data: {} has {q} principal directions in dimension {d}",
+            r.what
+        )));
     }
+    Ok(q)
 }
 
 fn read_core(r: &mut Reader<'_>, core_dim: usize) -> Result<CoreModel> {
@@ -343,11 +339,17 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize) -> Result<CoreModel> {
         heldout_loglik_flow: r.f64()?,
         heldout_loglik_gaussian: r.f64()?,
     };
+    let q = read_components(r, dim)?;
+    let mean = r.f64s(dim)?;
+    let basis = r.f64s(
+        dim.checked_mul(q)
+            .ok_or_else(|| format_err("model data: CORE basis size overflows"))?,
+    )?;
+    let variances = r.f64s(q)?;
+    let ridge = r.f64()?;
     let flow = match r.u64()? {
         0 => None,
         1 => {
-            let index = r.indices()?;
-            let mean = r.f64_array()?;
             let scale = r.f64_array()?;
             let (hidden, layers, time_freqs) = (r.usize()?, r.usize()?, r.usize()?);
             let params = match r.u64()? {
@@ -361,8 +363,6 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize) -> Result<CoreModel> {
             let mm_shift = r.f64_array()?;
             let mm_matrix = r.f64_array()?;
             Some(FlowParts {
-                index,
-                mean,
                 scale,
                 hidden,
                 layers,
@@ -374,21 +374,15 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize) -> Result<CoreModel> {
         }
         _ => return Err(format_err("model data: CORE flow flag is not 0 or 1")),
     };
-    let gaussian = match r.u64()? {
-        0 => None,
-        1 => Some(GaussianParts {
-            index: r.indices()?,
-            mean: r.f64_array()?,
-            chol: r.f64_array()?,
-        }),
-        _ => return Err(format_err("model data: CORE Gaussian flag is not 0 or 1")),
-    };
     r.done()?;
     CoreModel::from_parts(CoreModelParts {
         dim,
         info,
+        mean,
+        basis,
+        variances,
+        ridge,
         flow,
-        gaussian,
     })
 }
 
@@ -400,10 +394,10 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
         ));
     }
     let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
-    if version == 0 || version > FORMAT_VERSION {
+    if version != FORMAT_VERSION {
         return Err(Error::new(
             ErrorKind::Version,
-            format!("model data: format version {version} is not supported (this build reads 1..={FORMAT_VERSION})"),
+            format!("model data: format version {version} is not supported (this build reads version {FORMAT_VERSION} only)"),
         ));
     }
     let (body, trailer) = data.split_at(data.len() - 4);
@@ -495,12 +489,20 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
     };
     let mut rp = find(b"PRIO", "PRIO")?;
     let prior_mean = rp.f64s(d)?;
-    let chol = rp.mat(d, d)?;
+    let q = read_components(&mut rp, d)?;
+    let prior_basis = rp.mat(d, q)?;
+    let prior_variances = rp.f64s(q)?;
+    let prior_ridge = rp.f64()?;
     let noise_var = rp.f64()?;
     rp.done()?;
     if !(noise_var > 0.0) {
         return Err(format_err(
             "model data: PRIO noise variance is not positive",
+        ));
+    }
+    if prior_ridge.is_nan() || prior_ridge <= 0.0 || prior_variances.iter().any(|v| *v < 0.0) {
+        return Err(format_err(
+            "model data: PRIO variances are negative or the ridge is not positive",
         ));
     }
     let core = if has(b"CORE") {
@@ -541,7 +543,9 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
     }
     let prior = CorePrior {
         mean: prior_mean,
-        chol,
+        basis: prior_basis,
+        variances: prior_variances,
+        ridge: prior_ridge,
         noise_var,
     };
     Ok(Model::from_parts(u, v, mean, prior, core, info))

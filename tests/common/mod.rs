@@ -25,8 +25,7 @@ impl Rng {
 /// A random m x r matrix with orthonormal columns.
 pub fn orthonormal(m: usize, r: usize, rng: &mut Rng) -> Mat<f64> {
     let g = Mat::from_fn(m, r, |_, _| rng.normal());
-    let q = g.qr().compute_thin_Q();
-    q
+    g.qr().compute_thin_Q()
 }
 
 /// N planted matrices U* C_i V*^T + noise in C-order (N, m, n), with the truth.

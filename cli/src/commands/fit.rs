@@ -57,7 +57,8 @@ pub struct FitArgs {
 pub enum CoreModelArg {
     /// The flow, or a full Gaussian when the training set is too small for it.
     Auto,
-    /// Always the flow (plus a Gaussian on the low-variance coordinates).
+    /// Always the flow (plus a Gaussian on the low-variance principal
+    /// components).
     Flow,
     /// Always a full-covariance Gaussian on the cores.
     Gaussian,

@@ -69,7 +69,7 @@ fn fields(m: &coreflow::Model) -> Vec<(&'static str, Value)> {
 pub fn core_model_summary(i: &ModelInfo, kind: CoreModelKind) -> String {
     let mut s = match kind {
         CoreModelKind::Flow => format!(
-            "flow on {} of {} core coordinates (hidden {} x {} layers), final loss {:.4}",
+            "flow on the {} leading principal components of the {} core coordinates (hidden {} x {} layers), final loss {:.4}",
             i.flow_dim, i.core_dim, i.flow_hidden, i.flow_layers, i.final_loss
         ),
         CoreModelKind::Gaussian => format!(
@@ -77,7 +77,7 @@ pub fn core_model_summary(i: &ModelInfo, kind: CoreModelKind) -> String {
             i.core_dim,
             if i.flow_block > 0 {
                 format!(
-                    " (a flow on {} coordinates needs at least {} training matrices)",
+                    " (a flow on {} principal components needs at least {} training matrices)",
                     i.flow_block,
                     3 * i.flow_block
                 )

@@ -1,0 +1,276 @@
+//! Principal components of distributed rows, in memory `d x min(d, N)`.
+//!
+//! Input: the rows `x_i` (`i = 1..N`, length `d`) of every participant;
+//! every sum over rows is completed by a [`Reducer`] (see
+//! [`crate::reduce`]), so participants holding different rows get the same
+//! result. Output: the mean `mu`, the principal directions `Q` (`d x q`,
+//! orthonormal columns, by descending variance), their sample variances
+//! `lambda_j` (eigenvalues of the covariance `S / (N - 1)`,
+//! `S = sum_i (x_i - mu)(x_i - mu)^T`), and the total variance
+//! `trace(S) / (N - 1)`.
+//!
+//! - `d <= N`: the `d x d` scatter `S` is summed through the reducer and
+//!   decomposed; `q = d` (a complete basis).
+//! - `d > N`: `S` has rank at most `N - 1`, and it is never formed. A
+//!   one-pass range finder with `q = N` columns: `Y = S Omega`, summed as
+//!   `sum_i (x_i - mu) ((x_i - mu)^T Omega)` with a seeded Gaussian `Omega`
+//!   (`d x q`, the same on every participant), `Q0 = orth(Y)` (thin QR), the
+//!   projected scatter `B = sum_i (Q0^T (x_i - mu)) (Q0^T (x_i - mu))^T`
+//!   (`q x q`) summed through the reducer, `B = E diag(l) E^T`, and
+//!   `Q = Q0 E`, `lambda = l / (N - 1)`. Since `q >= rank(S) + 1`, `Q0`
+//!   spans the range of `S` (with probability one), so this is the exact
+//!   eigendecomposition up to rounding; the surplus directions get
+//!   `lambda ~ 0`. Memory: a few `d x q` and `N_local x max(d, q)` matrices.
+//!
+//! Signs: every direction is flipped so that its entry of largest magnitude
+//! is positive (ties by the lowest index), as for the canonical bases.
+
+use crate::error::{Error, Result};
+use crate::flow::rng;
+use crate::numerics::{self, gemm, MemBuffer, MemStack, Par};
+use crate::reduce::Reducer;
+use faer::{Accum, Mat, MatRef};
+
+/// Seed of the range finder's test matrix (any fixed value: the result does
+/// not depend on it beyond rounding).
+const RANGE_SEED: u64 = 0x7063_615f_7261_6e67;
+
+/// The principal components of a set of rows (see the module docs).
+#[derive(Clone, Debug)]
+pub struct PrincipalComponents {
+    /// Mean `mu` of the rows (length `d`).
+    pub mean: Vec<f64>,
+    /// Principal directions `Q`, `d x q`, orthonormal columns, by
+    /// descending variance.
+    pub basis: Mat<f64>,
+    /// Sample variances `lambda_j >= 0` along the directions (length `q`,
+    /// descending).
+    pub variances: Vec<f64>,
+    /// `trace(S) / (N - 1)`: the sum of the coordinate variances.
+    pub total_variance: f64,
+    /// Number of rows over all participants.
+    pub count: usize,
+}
+
+/// Reduces the lower triangle of the symmetric `a` through `reducer` and
+/// mirrors it (one buffer of `n (n + 1) / 2` values).
+fn reduce_symmetric(a: &mut Mat<f64>, reducer: &dyn Reducer) -> Result<()> {
+    let n = a.nrows();
+    let mut flat = Vec::with_capacity(n * (n + 1) / 2);
+    for j in 0..n {
+        for i in j..n {
+            flat.push(a[(i, j)]);
+        }
+    }
+    reducer.sum_in_place(&mut flat)?;
+    let mut k = 0;
+    for j in 0..n {
+        for i in j..n {
+            a[(i, j)] = flat[k];
+            a[(j, i)] = flat[k];
+            k += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Eigenpairs of the symmetric `a` (descending).
+fn eig(a: &Mat<f64>) -> Result<(Mat<f64>, Vec<f64>)> {
+    let n = a.nrows();
+    let mut vecs = Mat::<f64>::zeros(n, n);
+    let mut vals = vec![0.0; n];
+    let mut mem = MemBuffer::new(numerics::eigh_descending_scratch(n, Par::Seq));
+    numerics::eigh_descending(
+        a.as_ref(),
+        vecs.as_mut(),
+        &mut vals,
+        Par::Seq,
+        MemStack::new(&mut mem),
+    )?;
+    Ok((vecs, vals))
+}
+
+/// The principal components of the rows of `x` (`N_local x d`, this
+/// participant's rows) and of every other participant's (see the module
+/// docs). Products use `par`; the result does not depend on how the rows
+/// are split between participants beyond rounding.
+pub fn principal_components(
+    x: MatRef<'_, f64>,
+    reducer: &dyn Reducer,
+    par: Par,
+) -> Result<PrincipalComponents> {
+    let (n_local, d) = x.shape();
+    if d == 0 {
+        return Err(Error::shape("rows: have no columns"));
+    }
+    let mut first = vec![0.0; d + 1];
+    for j in 0..d {
+        first[j] = (0..n_local).map(|i| x[(i, j)]).sum::<f64>();
+    }
+    first[d] = n_local as f64;
+    reducer.sum_in_place(&mut first)?;
+    let n = first[d];
+    if n < 1.0 {
+        return Err(Error::invalid("rows: there is no row to take moments of"));
+    }
+    let count = n as usize;
+    let mean: Vec<f64> = first[..d].iter().map(|s| s / n).collect();
+    let centred = Mat::from_fn(n_local, d, |i, j| x[(i, j)] - mean[j]);
+    let denom = (n - 1.0).max(1.0);
+
+    let (mut basis, vals, trace) = if d <= count {
+        let mut s = Mat::<f64>::zeros(d, d);
+        numerics::syrk_lower(s.as_mut(), Accum::Replace, centred.transpose(), 1.0, par);
+        reduce_symmetric(&mut s, reducer)?;
+        let trace = (0..d).map(|j| s[(j, j)]).sum::<f64>();
+        let (vecs, vals) = eig(&s)?;
+        (vecs, vals, trace)
+    } else {
+        let q = count;
+        // The test matrix: column j is normal stream j of the fixed seed.
+        let mut omega = Mat::<f64>::zeros(d, q);
+        let mut col = vec![0.0; d];
+        for j in 0..q {
+            rng::fill_normal(&mut rng::stream(RANGE_SEED, j as u64), &mut col);
+            for (i, v) in col.iter().enumerate() {
+                omega[(i, j)] = *v;
+            }
+        }
+        let mut t = Mat::<f64>::zeros(n_local, q);
+        gemm(
+            t.as_mut(),
+            Accum::Replace,
+            centred.as_ref(),
+            omega.as_ref(),
+            1.0,
+            par,
+        );
+        drop(omega);
+        let mut y = Mat::<f64>::zeros(d, q);
+        gemm(
+            y.as_mut(),
+            Accum::Replace,
+            centred.transpose(),
+            t.as_ref(),
+            1.0,
+            par,
+        );
+        // Y and the trace in one reduction.
+        let mut flat: Vec<f64> = Vec::with_capacity(d * q + 1);
+        for j in 0..q {
+            flat.extend((0..d).map(|i| y[(i, j)]));
+        }
+        flat.push(numerics::norm_sq(centred.as_ref()));
+        reducer.sum_in_place(&mut flat)?;
+        let trace = flat[d * q];
+        for j in 0..q {
+            for i in 0..d {
+                y[(i, j)] = flat[i + j * d];
+            }
+        }
+        drop(flat);
+        let mut mem = MemBuffer::new(numerics::retract_qr_scratch(d, q, Par::Seq));
+        numerics::retract_qr(y.as_mut(), Par::Seq, MemStack::new(&mut mem));
+        drop(mem);
+        // Projected scatter B = P^T P, P = (X - mu) Q0.
+        gemm(
+            t.as_mut(),
+            Accum::Replace,
+            centred.as_ref(),
+            y.as_ref(),
+            1.0,
+            par,
+        );
+        let mut b = Mat::<f64>::zeros(q, q);
+        numerics::syrk_lower(b.as_mut(), Accum::Replace, t.transpose(), 1.0, par);
+        reduce_symmetric(&mut b, reducer)?;
+        let (e, vals) = eig(&b)?;
+        let mut basis = Mat::<f64>::zeros(d, q);
+        gemm(
+            basis.as_mut(),
+            Accum::Replace,
+            y.as_ref(),
+            e.as_ref(),
+            1.0,
+            par,
+        );
+        (basis, vals, trace)
+    };
+    numerics::fix_column_signs(basis.as_mut());
+    let variances: Vec<f64> = vals.iter().map(|v| v.max(0.0) / denom).collect();
+    if variances.iter().any(|v| !v.is_finite()) || !trace.is_finite() {
+        return Err(Error::numerical(
+            "principal components: non-finite variances",
+        ));
+    }
+    Ok(PrincipalComponents {
+        mean,
+        basis,
+        variances,
+        total_variance: trace / denom,
+        count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reduce::LocalReducer;
+
+    /// Rows with a decaying spectrum in `rank` random directions plus a
+    /// little isotropic noise.
+    fn rows(n: usize, d: usize, rank: usize, seed: u64) -> Mat<f64> {
+        let mut z = vec![0.0; rank + d];
+        let mut dirs = Mat::<f64>::zeros(d, rank);
+        for j in 0..rank {
+            rng::fill_normal(&mut rng::stream(seed ^ 0xd1, j as u64), &mut z[..d]);
+            for i in 0..d {
+                dirs[(i, j)] = z[i];
+            }
+        }
+        let mut x = Mat::<f64>::zeros(n, d);
+        for i in 0..n {
+            rng::fill_normal(&mut rng::stream(seed, i as u64), &mut z);
+            for c in 0..d {
+                let mut v = 0.3 + 1e-2 * z[rank + c];
+                for j in 0..rank {
+                    v += z[j] * dirs[(c, j)] / (1.0 + j as f64);
+                }
+                x[(i, c)] = v;
+            }
+        }
+        x
+    }
+
+    fn dense_covariance(x: &Mat<f64>) -> Mat<f64> {
+        let (n, d) = x.shape();
+        let mean: Vec<f64> = (0..d)
+            .map(|j| (0..n).map(|i| x[(i, j)]).sum::<f64>() / n as f64)
+            .collect();
+        let c = Mat::from_fn(n, d, |i, j| x[(i, j)] - mean[j]);
+        c.transpose() * &c * faer::Scale(1.0 / (n as f64 - 1.0))
+    }
+
+    #[test]
+    fn both_paths_give_the_eigendecomposition_of_the_covariance() {
+        // d <= N (scatter) and d > N (range finder).
+        for (n, d) in [(60, 12), (15, 40)] {
+            let x = rows(n, d, 5, 7);
+            let pcs = principal_components(x.as_ref(), &LocalReducer, Par::Seq).unwrap();
+            let q = pcs.basis.ncols();
+            assert_eq!(q, d.min(n), "n {n}, d {d}");
+            assert_eq!(pcs.count, n);
+            // Orthonormal, and Q diag(lambda) Q^T is the covariance.
+            let qtq = pcs.basis.transpose() * &pcs.basis;
+            assert!((&qtq - Mat::<f64>::identity(q, q)).norm_max() < 1e-12);
+            let lam = Mat::from_fn(q, q, |i, j| if i == j { pcs.variances[i] } else { 0.0 });
+            let rebuilt = &pcs.basis * &lam * pcs.basis.transpose();
+            let cov = dense_covariance(&x);
+            let err = (&rebuilt - &cov).norm_max() / cov.norm_max();
+            assert!(err < 1e-12, "n {n}, d {d}: {err}");
+            let trace: f64 = (0..d).map(|j| cov[(j, j)]).sum();
+            assert!((pcs.total_variance - trace).abs() < 1e-12 * trace);
+            assert!(pcs.variances.windows(2).all(|w| w[0] >= w[1]));
+        }
+    }
+}
