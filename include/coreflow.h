@@ -403,7 +403,9 @@ typedef struct coreflow_model_info {
      */
     size_t flow_block;
     /**
-     * Held-out mean log-likelihood of the flow model (NaN when not fitted).
+     * Held-out mean log-likelihood of the flow model (NaN when not fitted;
+     * -infinity when some held-out core has no finite density under the
+     * flow).
      */
     double heldout_loglik_flow;
     /**

@@ -378,7 +378,9 @@ pub struct coreflow_model_info {
     /// Flow block size k (leading principal components) by the energy rule
     /// (also when the Gaussian was chosen).
     pub flow_block: usize,
-    /// Held-out mean log-likelihood of the flow model (NaN when not fitted).
+    /// Held-out mean log-likelihood of the flow model (NaN when not fitted;
+    /// -infinity when some held-out core has no finite density under the
+    /// flow).
     pub heldout_loglik_flow: f64,
     /// Held-out mean log-likelihood of a full Gaussian on the cores.
     pub heldout_loglik_gaussian: f64,

@@ -281,7 +281,9 @@ pub struct CoreModelInfo {
     /// Mean training loss over the last 100 steps (NaN without a flow).
     pub final_loss: f64,
     /// Held-out mean log-likelihood of the fitted flow model (NaN for the
-    /// Gaussian kind or without a hold-out).
+    /// Gaussian kind or without a hold-out; minus infinity when the flow
+    /// gives some held-out core no finite density, i.e. it has concentrated
+    /// on a lower-dimensional set).
     pub heldout_loglik_flow: f64,
     /// Held-out mean log-likelihood of the Gaussian kind fitted on the same
     /// training cores (NaN without a hold-out).
@@ -1450,7 +1452,11 @@ fn moment_match(
     Ok((m, flat))
 }
 
-/// Mean log-density of the rows of `x` under `model`.
+/// Mean log-density of the rows of `x` under `model`, minus infinity when
+/// the density of some row is not finite (a flow that has concentrated on a
+/// lower-dimensional set: integrating a held-out core backwards leaves the
+/// finite range). A diagnostic of the fit, so that case does not fail it;
+/// every participant still takes part in the reduction.
 fn mean_log_prob(
     model: &CoreModel,
     solver: &SolverOptions,
@@ -1459,11 +1465,16 @@ fn mean_log_prob(
 ) -> Result<f64> {
     let n = x.nrows();
     let mut out = vec![0.0; n];
+    let mut local = 0.0;
     if n > 0 {
         let mut mem = MemBuffer::new(model.log_prob_scratch(n, solver));
-        model.log_prob(solver, x, &mut out, MemStack::new(&mut mem))?;
+        match model.log_prob(solver, x, &mut out, MemStack::new(&mut mem)) {
+            Ok(()) => local = out.iter().sum::<f64>(),
+            Err(e) if e.kind() == crate::ErrorKind::Numerical => local = f64::NEG_INFINITY,
+            Err(e) => return Err(e),
+        }
     }
-    let mut sums = [out.iter().sum::<f64>(), n as f64];
+    let mut sums = [local, n as f64];
     reducer.sum_in_place(&mut sums)?;
     Ok(sums[0] / sums[1])
 }
@@ -1472,6 +1483,25 @@ fn mean_log_prob(
 mod tests {
     use super::*;
     use crate::flow::ode::Solver;
+
+    #[test]
+    fn non_finite_held_out_density_is_minus_infinity_not_an_error() {
+        let x = normals(200, 3, 5);
+        let opts = FlowOptions {
+            core_model: CoreModelChoice::Gaussian,
+            holdout_fraction: 0.0,
+            ..FlowOptions::default()
+        };
+        let model = CoreModel::fit(x.as_ref(), &opts, &mut |_, _, _| true).unwrap();
+        let solver = SolverOptions::default();
+        let far = Mat::<f64>::from_fn(2, 3, |i, _| if i == 0 { 1e200 } else { 0.5 });
+        let mean = mean_log_prob(&model, &solver, far.as_ref(), &LocalReducer).unwrap();
+        assert_eq!(mean, f64::NEG_INFINITY);
+        let near = far.get(1..2, ..).to_owned();
+        assert!(mean_log_prob(&model, &solver, near.as_ref(), &LocalReducer)
+            .unwrap()
+            .is_finite());
+    }
 
     fn normals(n: usize, d: usize, seed: u64) -> Mat<f64> {
         let mut m = Mat::<f64>::zeros(n, d);

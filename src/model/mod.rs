@@ -211,7 +211,9 @@ pub struct ModelInfo {
     /// Flow block size k given by the energy rule (also when the Gaussian
     /// fallback was chosen; 0 for a geometry-only model).
     pub flow_block: usize,
-    /// Held-out mean log-likelihood of the flow model (NaN when not fitted).
+    /// Held-out mean log-likelihood of the flow model (NaN when not fitted;
+    /// minus infinity when some held-out core has no finite density under
+    /// the flow).
     pub heldout_loglik_flow: f64,
     /// Held-out mean log-likelihood of a full Gaussian on the cores (NaN
     /// without a hold-out).
