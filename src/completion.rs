@@ -231,6 +231,9 @@ pub struct CompletionFit {
     pub mean: Option<Mat<f64>>,
     /// Completed training matrices minus the mean, C-order (N, m, n).
     pub completed: Vec<f64>,
+    /// Cores of the completed matrices at the returned U, V: N blocks of
+    /// `r * s` values, each the column-major r x s core.
+    pub cores: Vec<f64>,
     /// F after every round (the masked objective never increases).
     pub history: Vec<f64>,
     /// Rounds performed.
@@ -833,13 +836,15 @@ pub fn fit_masked(
         iterations += 1;
     }
 
-    // Canonical basis on the completed data.
+    // Canonical basis on the completed data, and the cores there (one pass).
+    let mut final_cores = vec![0.0; count * r * s];
     let mut cbuf = MemBuffer::new(subspace::canonicalize_scratch(m, n, r, s, par));
-    subspace::canonicalize(
+    subspace::canonicalize_with_cores(
         &c_order_batch(&z, count, m, n),
         None,
         u.as_mut(),
         v.as_mut(),
+        &mut final_cores,
         reducer,
         par,
         MemStack::new(&mut cbuf),
@@ -849,6 +854,7 @@ pub fn fit_masked(
         v,
         mean,
         completed: z,
+        cores: final_cores,
         history,
         iterations,
         converged,

@@ -1584,6 +1584,37 @@ pub fn canonicalize(
     )
 }
 
+/// [`canonicalize`] that also writes the cores `C_i = U^T (X_i - M) V` at
+/// the rotated U, V into `cores` (`count` blocks of `r * s` values, each the
+/// column-major r x s core, as [`project_cores`] writes them), from the same
+/// pass over the data. Workspace: [`canonicalize_scratch`].
+#[allow(clippy::too_many_arguments)]
+pub fn canonicalize_with_cores(
+    data: &MatrixBatch,
+    mean: Option<MatRef<'_, f64>>,
+    u: MatMut<'_, f64>,
+    v: MatMut<'_, f64>,
+    cores: &mut [f64],
+    reducer: &dyn Reducer,
+    par: Par,
+    stack: &mut MemStack,
+) -> Result<f64> {
+    let (r, s) = check_bases(data, u.rb(), v.rb())?;
+    check_mean(mean, data.rows(), data.cols())?;
+    check_len("cores", cores.len(), data.count() * r * s)?;
+    canonical_rotation(
+        data,
+        mean,
+        u,
+        v,
+        CoreSource::Data,
+        Some(cores),
+        reducer,
+        par,
+        stack,
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Riemannian conjugate gradient.
 

@@ -1068,3 +1068,72 @@ fn fit_cores_equal_projected_cores() {
         "both stopping positions covered: {stops:?}"
     );
 }
+
+/// `canonicalize_with_cores` rotates like `canonicalize` and writes the
+/// cores `project_cores` gives at the rotated bases; a wrong length is
+/// refused with a message naming `cores`.
+#[test]
+fn canonicalize_with_cores_matches_canonicalize_and_projection() {
+    let p = Planted::new(20, 16, 14, 3, 2, 1e-2, Core::Gaussian, 77);
+    let b = p.batch();
+    let (count, m, n, r, s) = (p.count, p.rows, p.cols, 3, 2);
+    let par = Par::Seq;
+    let start_u = orthonormal(m, r, &mut Rng::new(5));
+    let start_v = orthonormal(n, s, &mut Rng::new(6));
+    let mut buf = MemBuffer::new(subspace::canonicalize_scratch(m, n, r, s, par));
+    let (mut u1, mut v1) = (start_u.clone(), start_v.clone());
+    let f1 = subspace::canonicalize(
+        &b,
+        None,
+        u1.as_mut(),
+        v1.as_mut(),
+        &LocalReducer,
+        par,
+        MemStack::new(&mut buf),
+    )
+    .unwrap();
+    let (mut u2, mut v2) = (start_u.clone(), start_v.clone());
+    let mut cores = vec![0.0; count * r * s];
+    let f2 = subspace::canonicalize_with_cores(
+        &b,
+        None,
+        u2.as_mut(),
+        v2.as_mut(),
+        &mut cores,
+        &LocalReducer,
+        par,
+        MemStack::new(&mut buf),
+    )
+    .unwrap();
+    assert_eq!(f1, f2);
+    assert!(max_abs_diff(&u1, &u2) == 0.0 && max_abs_diff(&v1, &v2) == 0.0);
+    let mut direct = vec![0.0; count * r * s];
+    let mut pbuf = MemBuffer::new(subspace::project_cores_scratch(m, n, r, s, par));
+    subspace::project_cores(
+        &b,
+        None,
+        u2.as_ref(),
+        v2.as_ref(),
+        &mut direct,
+        par,
+        MemStack::new(&mut pbuf),
+    )
+    .unwrap();
+    let scale = direct.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+    for (x, y) in cores.iter().zip(&direct) {
+        assert!((x - y).abs() <= 1e-12 * scale, "{x} vs {y}");
+    }
+    let mut short = vec![0.0; count * r * s - 1];
+    let err = subspace::canonicalize_with_cores(
+        &b,
+        None,
+        u2.as_mut(),
+        v2.as_mut(),
+        &mut short,
+        &LocalReducer,
+        par,
+        MemStack::new(&mut buf),
+    )
+    .unwrap_err();
+    assert!(err.message().contains("cores"), "{}", err.message());
+}

@@ -18,7 +18,7 @@ use crate::completion::{self, CompletionOptions, CorePrior};
 use crate::error::{Error, Result};
 use crate::flow::core_model::{CoreModel, CoreModelChoice, CoreModelKind, FlowOptions};
 use crate::flow::ode::SolverOptions;
-use crate::numerics::{self, check_workspace, temp_mat_zeroed, MemBuffer, MemStack, StackReq};
+use crate::numerics::{self, check_workspace, temp_mat_zeroed, MemStack, StackReq};
 use crate::reduce::{LocalReducer, Reducer};
 use crate::subspace::{self, SubspaceMethod, SubspaceOptions};
 use faer::prelude::{Reborrow, ReborrowMut};
@@ -344,20 +344,7 @@ impl Model {
                     })
                 },
             )?;
-            let count = train.count();
-            let z = MatrixBatch::from_c_order(&fit.completed, count, m, n)?;
-            let (r, s) = (fit.u.ncols(), fit.v.ncols());
-            let mut c = vec![0.0; count * r * s];
-            let mut buf = MemBuffer::new(subspace::project_cores_scratch(m, n, r, s, par));
-            subspace::project_cores(
-                &z,
-                None,
-                fit.u.as_ref(),
-                fit.v.as_ref(),
-                &mut c,
-                par,
-                MemStack::new(&mut buf),
-            )?;
+            let c = fit.cores;
             let energy =
                 crate::reduce::sum_scalar(reducer, fit.completed.iter().map(|x| x * x).sum())?;
             let objective = crate::reduce::sum_scalar(reducer, c.iter().map(|x| x * x).sum())?;

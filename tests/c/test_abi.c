@@ -3,48 +3,10 @@
  * low-rank set, model access, encode/decode, and every documented error path.
  * Compiled with -std=c99 -Wall -Wextra -Wpedantic -Werror.
  */
-#include "coreflow.h"
+#define TEST_RNG_SEED 0x9E3779B97F4A7C15ull
+#include "check.h"
 
-#include <math.h>
-#include <stddef.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-static int failures = 0;
-static int checks = 0;
-
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        checks++;                                                                          \
-        if (!(cond)) {                                                                     \
-            failures++;                                                                    \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);       \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fprintf(stderr, "\n");                                                         \
-        }                                                                                  \
-    } while (0)
-
-/* Expects status `want` and a last-error message mentioning `arg`. */
-static void expect_error(coreflow_status got, coreflow_status want, const char *arg, int line) {
-    const char *msg = coreflow_last_error_message();
-    checks++;
-    if (got != want || msg == NULL || strstr(msg, arg) == NULL) {
-        failures++;
-        fprintf(stderr, "line %d: expected %s naming '%s', got %s: '%s'\n", line,
-                coreflow_status_name(want), arg, coreflow_status_name(got), msg ? msg : "(null)");
-    }
-}
-#define EXPECT_ERROR(call, want, arg) expect_error((call), (want), (arg), __LINE__)
-
-/* xorshift64* and Box-Muller: a small seeded Gaussian source. */
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static double uniform01(void) {
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return ((rng_state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
-}
+/* Box-Muller on uniform01: a small seeded Gaussian source. */
 static double gaussian(void) {
     double u = uniform01(), v = uniform01();
     if (u < 1e-300) u = 1e-300;

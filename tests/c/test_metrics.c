@@ -5,46 +5,8 @@
  * documented error path names its argument.
  * Compiled with -std=c99 -Wall -Wextra -Wpedantic -Werror.
  */
-#include "coreflow.h"
-
-#include <math.h>
-#include <stddef.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-static int failures = 0;
-static int checks = 0;
-
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        checks++;                                                                          \
-        if (!(cond)) {                                                                     \
-            failures++;                                                                    \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);       \
-            fprintf(stderr, __VA_ARGS__);                                                  \
-            fprintf(stderr, "\n");                                                         \
-        }                                                                                  \
-    } while (0)
-
-static void expect_error(coreflow_status got, coreflow_status want, const char *arg, int line) {
-    const char *msg = coreflow_last_error_message();
-    checks++;
-    if (got != want || msg == NULL || strstr(msg, arg) == NULL) {
-        failures++;
-        fprintf(stderr, "line %d: expected %s naming '%s', got %s: '%s'\n", line,
-                coreflow_status_name(want), arg, coreflow_status_name(got), msg ? msg : "(null)");
-    }
-}
-#define EXPECT_ERROR(call, want, arg) expect_error((call), (want), (arg), __LINE__)
-
-static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
-static double uniform01(void) {
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return ((rng_state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
-}
+#define TEST_RNG_SEED 0x2545F4914F6CDD1Dull
+#include "check.h"
 
 enum { N = 12, M = 6, NC = 5 };
 
