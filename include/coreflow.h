@@ -18,6 +18,13 @@
 #define COREFLOW_ABI_VERSION 1
 
 /**
+ * Largest fraction of the total variance the noise-floor rule leaves
+ * below a gap: a gap with more variance beneath it separates signal from
+ * signal (one dominant direction), not signal from noise.
+ */
+#define NOISE_TAIL_MAX 0.05
+
+/**
  * A fitted model (opaque). Immutable after fitting: any number of threads
  * may use one model at the same time, each with its own workspace.
  */
@@ -217,6 +224,13 @@ typedef struct coreflow_fit_options {
      * Passed unchanged to `allreduce`.
      */
     void *allreduce_user;
+    /**
+     * Noise floor of the flow block: the block ends at the first ratio of
+     * at least this much between consecutive principal-component variances
+     * with at most 5 % of the core variance below it; 0 = the
+     * `flow_energy` rule alone, otherwise at least 1; default 10.
+     */
+    double flow_noise_gap;
 } coreflow_fit_options;
 
 /**

@@ -336,7 +336,7 @@ fn the_map_completion_equals_the_dense_solve() {
 
 #[test]
 fn the_flow_block_counts_principal_components_not_coordinates() {
-    // Four non-Gaussian latent coordinates (a mixture of four centres)
+    // Four non-Gaussian latent coordinates (a mixture of five centres)
     // spread by a random rotation over all 30 core coordinates, plus tiny
     // noise: every coordinate carries variance, four components carry it
     // all.
@@ -348,8 +348,12 @@ fn the_flow_block_counts_principal_components_not_coordinates() {
         [-2.0, 1.0, 0.0, 0.5],
         [0.0, -2.0, -1.0, 1.0],
         [1.0, 1.5, 2.0, -2.0],
+        [-1.0, -1.0, 1.5, 2.0],
     ];
-    let latent = Mat::from_fn(n, k_true, |i, j| centres[i % 4][j] + 0.3 * rng.normal());
+    // Five centres span all four latent directions (four would span three,
+    // and the fourth direction would hold only the isotropic spread, a
+    // Gaussian below a gap that the noise-floor rule leaves out).
+    let latent = Mat::from_fn(n, k_true, |i, j| centres[i % 5][j] + 0.3 * rng.normal());
     let noise = Mat::from_fn(n, d, |_, _| 1e-3 * rng.normal());
     let train = &latent * rot.transpose() + noise;
     // The coordinates ordered by variance need many more than four to hold

@@ -130,6 +130,7 @@ struct FitOptions
     holdout_fraction::Float64
     allreduce::Ptr{Cvoid}
     allreduce_user::Ptr{Cvoid}
+    flow_noise_gap::Float64
 end
 
 struct SampleOptions

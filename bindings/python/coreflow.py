@@ -194,6 +194,7 @@ class FitOptions(Structure):
         ("holdout_fraction", c_double),
         ("allreduce", AllreduceFn),
         ("allreduce_user", c_void_p),
+        ("flow_noise_gap", c_double),
     ]
 
 

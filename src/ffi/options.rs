@@ -155,6 +155,11 @@ pub struct coreflow_fit_options {
     pub allreduce: coreflow_allreduce_fn,
     /// Passed unchanged to `allreduce`.
     pub allreduce_user: *mut c_void,
+    /// Noise floor of the flow block: the block ends at the first ratio of
+    /// at least this much between consecutive principal-component variances
+    /// with at most 5 % of the core variance below it; 0 = the
+    /// `flow_energy` rule alone, otherwise at least 1; default 10.
+    pub flow_noise_gap: f64,
 }
 
 /// Host allreduce callback (see `coreflow_fit_options.allreduce`).
@@ -200,6 +205,7 @@ pub(crate) fn fit_options_default() -> coreflow_fit_options {
         holdout_fraction: f.holdout_fraction,
         allreduce: None,
         allreduce_user: std::ptr::null_mut(),
+        flow_noise_gap: f.flow_noise_gap,
     }
 }
 
@@ -282,6 +288,7 @@ pub(crate) fn to_fit_options(o: &coreflow_fit_options) -> Result<FitOptions> {
             time_freqs: o.flow_time_freqs as usize,
             flow_energy: o.flow_energy,
             flow_max_dim: o.flow_max_dim as usize,
+            flow_noise_gap: o.flow_noise_gap,
             steps: o.flow_steps as usize,
             batch_size: o.batch_size as usize,
             learning_rate: o.learning_rate,

@@ -15,8 +15,10 @@
 //! `c = mu + Q a + w`, `a = Q^T (c - mu)` its PC scores and `w` its part
 //! outside the span of `Q` (zero for the training cores). The flow block is
 //! the smallest leading set of components holding `flow_energy` of the total
-//! variance `trace(Cov)` (`k` components, at least 1, at most `flow_max_dim`
-//! when that is nonzero). The canonical bases spread a few directions of
+//! variance `trace(Cov)`, ended earlier at a noise floor (the first gap of
+//! `flow_noise_gap` between consecutive variances with at most 5 % of the
+//! variance below it; [`flow_block_size`]), `k` components, at least 1, at
+//! most `flow_max_dim` when that is nonzero. The canonical bases spread a few directions of
 //! variation over many core coordinates; the components gather them again
 //! (measured on the synthetic sets: 8 instead of 39 on blobs, 12 instead of
 //! 32-35 on waves).
@@ -130,6 +132,12 @@ pub struct FlowOptions {
     pub flow_energy: f64,
     /// Maximum flow block size, 0 = no cap (default 0).
     pub flow_max_dim: usize,
+    /// Ratio of consecutive component variances taken as the noise floor:
+    /// the flow block ends at the first gap `lambda_j >= flow_noise_gap x
+    /// lambda_(j+1)` inside the energy block below which at most
+    /// [`NOISE_TAIL_MAX`] of the variance lies; 0 = the energy rule alone;
+    /// otherwise at least 1 (default 10).
+    pub flow_noise_gap: f64,
     /// Optimiser steps (default 4000; must be > 0 unless the model is forced
     /// Gaussian).
     pub steps: usize,
@@ -176,6 +184,7 @@ impl Default for FlowOptions {
             time_freqs: 16,
             flow_energy: 0.999,
             flow_max_dim: 0,
+            flow_noise_gap: 10.0,
             steps: 4000,
             batch_size: 128,
             learning_rate: 1e-2,
@@ -197,6 +206,60 @@ impl Default for FlowOptions {
 }
 
 const MAX_SIZE: usize = 1 << 20;
+
+/// Largest fraction of the total variance the noise-floor rule leaves
+/// below a gap: a gap with more variance beneath it separates signal from
+/// signal (one dominant direction), not signal from noise.
+pub const NOISE_TAIL_MAX: f64 = 0.05;
+
+/// The number `k` of leading principal components in the flow block.
+///
+/// `variances` are the component variances, descending, and `total` the
+/// total variance (at least their sum; the directions they do not span may
+/// hold the rest). Energy rule: the smallest `k` with `sum_{j <= k}
+/// lambda_j >= energy x total`. Noise floor (when `noise_gap > 0`): the
+/// first `j < k` with `lambda_j >= noise_gap x lambda_(j+1)` and
+/// `total - sum_{i <= j} lambda_i <= NOISE_TAIL_MAX x total` ends the block
+/// at `j`. Projected noise, or a completion's error in the cores, spreads
+/// over many components whose variances decay smoothly and together often
+/// exceed the `1 - energy` the energy rule leaves out; standardised, each
+/// would weigh in the flow as much as a signal direction. Then the cap
+/// `max_dim` (0 = none); the result is at least 1 (and at most
+/// `variances.len()`, at least 1 when it is empty).
+pub fn flow_block_size(
+    variances: &[f64],
+    total: f64,
+    energy: f64,
+    noise_gap: f64,
+    max_dim: usize,
+) -> usize {
+    let q = variances.len();
+    let mut k = 0;
+    let mut cum = 0.0;
+    while k < q {
+        cum += variances[k];
+        k += 1;
+        if cum >= energy * total * (1.0 - 1e-12) {
+            break;
+        }
+    }
+    if noise_gap > 0.0 {
+        let mut kept = 0.0;
+        for j in 0..k.saturating_sub(1) {
+            kept += variances[j];
+            if variances[j] >= noise_gap * variances[j + 1]
+                && total - kept <= NOISE_TAIL_MAX * total
+            {
+                k = j + 1;
+                break;
+            }
+        }
+    }
+    if max_dim > 0 {
+        k = k.min(max_dim);
+    }
+    k.max(1)
+}
 
 impl FlowOptions {
     /// Checks every field; the error names the first invalid one as
@@ -220,6 +283,14 @@ impl FlowOptions {
             return Err(Error::invalid(format!(
                 "opts.flow_energy: must be in (0, 1], got {}",
                 self.flow_energy
+            )));
+        }
+        if !(self.flow_noise_gap == 0.0
+            || (self.flow_noise_gap >= 1.0 && self.flow_noise_gap.is_finite()))
+        {
+            return Err(Error::invalid(format!(
+                "opts.flow_noise_gap: must be 0 (off) or a finite ratio >= 1, got {}",
+                self.flow_noise_gap
             )));
         }
         if self.steps == 0 && self.core_model != CoreModelChoice::Gaussian {
@@ -719,19 +790,7 @@ impl CoreModel {
             ));
         }
         let lam = &pcs.variances;
-        let q = lam.len();
-        let mut k = 0;
-        let mut cum = 0.0;
-        while k < q {
-            cum += lam[k];
-            k += 1;
-            if cum >= opts.flow_energy * total * (1.0 - 1e-12) {
-                break;
-            }
-        }
-        if opts.flow_max_dim > 0 {
-            k = k.min(opts.flow_max_dim);
-        }
+        let k = flow_block_size(lam, total, opts.flow_energy, opts.flow_noise_gap, opts.flow_max_dim);
         let flow_var: f64 = lam[..k].iter().sum();
         let kind = match opts.core_model {
             CoreModelChoice::Gaussian => CoreModelKind::Gaussian,
@@ -1701,7 +1760,9 @@ mod tests {
             .collect();
         let opts = FlowOptions {
             core_model: CoreModelChoice::Flow,
+            // Every direction in the flow, however small.
             flow_energy: 1.0,
+            flow_noise_gap: 0.0,
             ..small_opts()
         };
         let model = CoreModel::fit(train.as_ref(), &opts, &mut |_, _, _| true).unwrap();
@@ -1796,6 +1857,7 @@ mod tests {
             let opts = FlowOptions {
                 core_model: CoreModelChoice::Flow,
                 flow_energy: 1.0,
+                flow_noise_gap: 0.0,
                 // On the standardised principal-component scores 150 steps
                 // already train this flow to a covariance error of 0.027
                 // without the correction; 60 steps leave it visibly off.
@@ -2086,6 +2148,55 @@ mod tests {
         }
     }
 
+    /// Eight signal variances (2.0 .. 0.6) and 392 noise variances decaying
+    /// smoothly from `top` by 1 % per component.
+    fn signal_and_noise(top: f64) -> (Vec<f64>, f64) {
+        let mut v: Vec<f64> = (0..8).map(|j| 2.0 - 0.2 * j as f64).collect();
+        v.extend((0..392).map(|j| top * 0.99f64.powi(j)));
+        let total = v.iter().sum();
+        (v, total)
+    }
+
+    #[test]
+    fn the_noise_floor_ends_the_flow_block_at_the_gap() {
+        // Noise holding about 2.3 % of the variance: the energy rule takes
+        // most of it into the block, the gap rule stops at the signal.
+        let (v, total) = signal_and_noise(2e-3);
+        let energy_only = flow_block_size(&v, total, 0.999, 0.0, 0);
+        assert!(energy_only > 200, "{energy_only}");
+        assert_eq!(flow_block_size(&v, total, 0.999, 10.0, 0), 8);
+        // The gap must be at least the ratio asked for: 0.6 / 2e-3 = 300.
+        assert_eq!(flow_block_size(&v, total, 0.999, 299.0, 0), 8);
+        assert_eq!(flow_block_size(&v, total, 0.999, 301.0, 0), energy_only);
+        // The cap still applies, and so does the energy rule when it ends
+        // the block first.
+        assert_eq!(flow_block_size(&v, total, 0.999, 10.0, 5), 5);
+        assert_eq!(flow_block_size(&v, total, 0.5, 10.0, 0), 3);
+    }
+
+    #[test]
+    fn the_noise_floor_needs_little_variance_below_the_gap() {
+        // One dominant direction 20x above the next, with 10 % of the
+        // variance in the rest: a gap between signals, not a noise floor.
+        let v = [90.0, 4.5, 3.0, 2.5, 1e-6, 1e-6];
+        let total: f64 = v.iter().sum();
+        assert_eq!(flow_block_size(&v, total, 0.999, 10.0, 0), 4);
+        // With 4 % below it, the same ratio is taken as the floor.
+        let v = [96.0, 1.5, 1.5, 1.0, 1e-6, 1e-6];
+        let total: f64 = v.iter().sum();
+        assert_eq!(flow_block_size(&v, total, 0.999, 10.0, 0), 1);
+        // Directions outside the components count in the tail: with a
+        // third of the variance there, no gap is a floor and the energy
+        // rule takes every component.
+        assert_eq!(flow_block_size(&v, 1.5 * total, 0.999, 10.0, 0), 6);
+    }
+
+    #[test]
+    fn the_flow_block_has_at_least_one_component() {
+        assert_eq!(flow_block_size(&[1.0, 0.5], 1.5, 1e-9, 10.0, 0), 1);
+        assert_eq!(flow_block_size(&[0.0, 0.0], 0.0, 0.999, 10.0, 0), 1);
+    }
+
     macro_rules! invalid_option_tests {
         ($($name:ident: $field:literal => $mutate:expr;)*) => {$(
             #[test]
@@ -2111,6 +2222,10 @@ mod tests {
         rejects_zero_flow_energy: "flow_energy" => |o: &mut FlowOptions| o.flow_energy = 0.0;
         rejects_flow_energy_above_one: "flow_energy" => |o: &mut FlowOptions| o.flow_energy = 1.5;
         rejects_nan_flow_energy: "flow_energy" => |o: &mut FlowOptions| o.flow_energy = f64::NAN;
+        rejects_negative_flow_noise_gap: "flow_noise_gap" => |o: &mut FlowOptions| o.flow_noise_gap = -10.0;
+        rejects_flow_noise_gap_below_one: "flow_noise_gap" => |o: &mut FlowOptions| o.flow_noise_gap = 0.5;
+        rejects_nan_flow_noise_gap: "flow_noise_gap" => |o: &mut FlowOptions| o.flow_noise_gap = f64::NAN;
+        rejects_infinite_flow_noise_gap: "flow_noise_gap" => |o: &mut FlowOptions| o.flow_noise_gap = f64::INFINITY;
         rejects_zero_steps: "steps" => |o: &mut FlowOptions| o.steps = 0;
         rejects_zero_batch_size: "batch_size" => |o: &mut FlowOptions| o.batch_size = 0;
         rejects_zero_learning_rate: "learning_rate" => |o: &mut FlowOptions| o.learning_rate = 0.0;

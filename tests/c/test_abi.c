@@ -59,13 +59,13 @@ static coreflow_matrices c_order_view(const double *data, size_t count) {
 /* A host compiled against an older header has a smaller options struct.
  * The sized init (what the header's coreflow_fit_options_init macro calls)
  * writes only that prefix and records its size, and a fit with it takes the
- * defaults for the fields the host lacks: here everything from `allreduce`
- * on, which the first ABI v1 header did not have. Bytes past the prefix are
- * filled with a pattern that would crash a fit that read them as pointers. */
-static void check_older_host(const coreflow_matrices *train) {
+ * defaults for the fields the host lacks: everything from `allreduce` on
+ * (the first ABI v1 header), or `flow_noise_gap` (the second). Bytes past the
+ * prefix are filled with a pattern that would crash a fit that read them as
+ * pointers or take the block rule from garbage. */
+static void check_older_host(const coreflow_matrices *train, size_t old_size) {
     coreflow_fit_options storage[2]; /* aligned room for the prefix and more */
     unsigned char *bytes = (unsigned char *)storage;
-    const size_t old_size = offsetof(coreflow_fit_options, allreduce);
     memset(storage, 0xA5, sizeof storage);
     coreflow_fit_options_init_sized(storage, old_size);
     CHECK(storage[0].struct_size == old_size, "sized init recorded %zu, not %zu",
@@ -121,6 +121,7 @@ int main(void) {
     CHECK(opts.struct_size == sizeof opts, "struct_size %zu", opts.struct_size);
     CHECK(opts.energy == 0.99 && opts.subspace_method == COREFLOW_SUBSPACE_METHOD_HOOI, "defaults");
     CHECK(opts.flow_steps == 4000 && opts.flow_hidden == 256 && opts.learning_rate == 1e-2, "flow defaults");
+    CHECK(opts.flow_energy == 0.999 && opts.flow_noise_gap == 10.0, "flow block defaults");
     opts.rank_rows = R;
     opts.rank_cols = S;
     opts.threads = 1;
@@ -135,7 +136,8 @@ int main(void) {
     if (model == NULL) return 1;
     CHECK(progress_calls > 0, "progress never called");
     CHECK(strcmp(coreflow_last_error_message(), "") == 0, "message after success");
-    check_older_host(&train);
+    check_older_host(&train, offsetof(coreflow_fit_options, allreduce));
+    check_older_host(&train, offsetof(coreflow_fit_options, flow_noise_gap));
 
     coreflow_model_info info;
     memset(&info, 0, sizeof info);
@@ -323,6 +325,10 @@ int main(void) {
     flow.flow_hidden = 0;
     flow.flow_steps = 10;
     EXPECT_ERROR(coreflow_fit(&train, &flow, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "hidden");
+    coreflow_fit_options gap = opts;
+    gap.flow_noise_gap = 0.5;
+    gap.flow_steps = 10;
+    EXPECT_ERROR(coreflow_fit(&train, &gap, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "flow_noise_gap");
     coreflow_sample_options so;
     coreflow_sample_options_init(&so);
     size_t sbytes = 0;

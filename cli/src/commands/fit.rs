@@ -100,6 +100,10 @@ pub struct FlowArgs {
     /// Largest flow block (0 = no cap).
     #[arg(long, value_name = "K", default_value_t = FlowOptions::default().flow_max_dim)]
     pub flow_max_dim: usize,
+    /// Noise floor of the flow block: a ratio of consecutive component
+    /// variances that ends the block (0 = the energy rule alone).
+    #[arg(long, value_name = "RATIO", default_value_t = FlowOptions::default().flow_noise_gap)]
+    pub flow_noise_gap: f64,
     /// Pairing of noise and data in each batch.
     #[arg(long, value_enum, default_value_t = CouplingArg::Independent)]
     pub coupling: CouplingArg,
@@ -134,6 +138,14 @@ impl FlowArgs {
                 self.flow_energy
             )));
         }
+        if !(self.flow_noise_gap == 0.0
+            || (self.flow_noise_gap >= 1.0 && self.flow_noise_gap.is_finite()))
+        {
+            return Err(CliError::input(format!(
+                "--flow-noise-gap {}: must be 0 (off) or a ratio >= 1",
+                self.flow_noise_gap
+            )));
+        }
         if !(0.0..=0.9).contains(&self.holdout) {
             return Err(CliError::input(format!(
                 "--holdout {}: must be in [0, 0.9]",
@@ -153,6 +165,7 @@ impl FlowArgs {
             batch_size: self.batch,
             flow_energy: self.flow_energy,
             flow_max_dim: self.flow_max_dim,
+            flow_noise_gap: self.flow_noise_gap,
             coupling: match self.coupling {
                 CouplingArg::Independent => Coupling::Independent,
                 CouplingArg::MinibatchOt => Coupling::MinibatchOt,
