@@ -978,6 +978,23 @@ impl CorePrior {
     }
 }
 
+/// Workspace for [`map_core`] with a prior of `components` principal
+/// directions.
+pub fn map_core_scratch(
+    rows: usize,
+    cols: usize,
+    rank_rows: usize,
+    rank_cols: usize,
+    components: usize,
+) -> StackReq {
+    let d = rank_rows * rank_cols;
+    StackReq::all_of(&[
+        temp_slice_scratch::<f64>(5 * d + components),
+        temp_mat_scratch::<f64>(rows, rank_cols),
+        temp_mat_scratch::<f64>(rows, cols),
+    ])
+}
+
 /// Workspace for [`complete_one`] with a prior of `components` principal
 /// directions.
 pub fn complete_one_scratch(
@@ -989,41 +1006,42 @@ pub fn complete_one_scratch(
 ) -> StackReq {
     let d = rank_rows * rank_cols;
     StackReq::all_of(&[
-        temp_slice_scratch::<f64>(6 * d + components),
-        temp_mat_scratch::<f64>(rows, rank_cols),
-        temp_mat_scratch::<f64>(rows, cols),
+        temp_slice_scratch::<f64>(d),
+        map_core_scratch(rows, cols, rank_rows, rank_cols, components),
     ])
 }
 
-/// Maximum conjugate-gradient iterations of [`complete_one`].
+/// Maximum conjugate-gradient iterations of [`map_core`].
 const CG_MAX_ITER: usize = 500;
 
-/// Completes one matrix: `out = P(Y) + P^perp(Xbar + U C V^T)` with the MAP
-/// core C (module docs). `y` may hold anything at missing entries (NaN
-/// included); `out` may not alias `y`. Never allocates. Returns the number
-/// of conjugate-gradient iterations.
+/// The MAP core of one partially observed matrix under `prior` (module
+/// docs): `core` (column-major `r x s`, length `r s`) receives
+/// `argmin_c ||P(Y - Xbar - U C V^T)||^2 / sigma^2 + (c - mu)^T Sigma^-1
+/// (c - mu)`. `y` may hold anything at missing entries (NaN included).
+/// Never allocates. Returns the number of conjugate-gradient iterations.
 #[allow(clippy::too_many_arguments)]
-pub fn complete_one(
+pub fn map_core(
     u: MatRef<'_, f64>,
     v: MatRef<'_, f64>,
     mean: Option<MatRef<'_, f64>>,
     prior: &CorePrior,
     y: MatRef<'_, f64>,
     obs: Observed<'_>,
-    mut out: MatMut<'_, f64>,
+    core: &mut [f64],
     stack: &mut MemStack,
 ) -> Result<usize> {
     let (m, n) = y.shape();
     let (r, s) = (u.ncols(), v.ncols());
     let d = r * s;
     debug_assert_eq!(prior.dim(), d);
-    let (buf, stack) = temp_slice(6 * d + prior.components(), 0.0f64, stack);
+    debug_assert_eq!(core.len(), d);
+    let c = core;
+    let (buf, stack) = temp_slice(5 * d + prior.components(), 0.0f64, stack);
     let (tmp, buf) = buf.split_at_mut(prior.components());
     let (z, rest) = buf.split_at_mut(d);
     let (res, rest) = rest.split_at_mut(d);
     let (p, rest) = rest.split_at_mut(d);
-    let (kp, rest) = rest.split_at_mut(d);
-    let (c, w) = rest.split_at_mut(d);
+    let (kp, w) = rest.split_at_mut(d);
     let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
     let (mut full, _) = temp_mat_zeroed::<f64>(m, n, stack);
     let sigma2 = prior.noise_var;
@@ -1097,11 +1115,39 @@ pub fn complete_one(
             }
         }
     }
-    // c = mu + S z, prediction = Xbar + U C V^T.
+    // c = mu + S z.
     prior.sqrt_mul(z, c, tmp);
     for k in 0..d {
         c[k] += prior.mean[k];
     }
+    if c.iter().any(|x| !x.is_finite()) {
+        return Err(Error::numerical("completion produced a non-finite core"));
+    }
+    Ok(iters)
+}
+
+/// Completes one matrix: `out = P(Y) + P^perp(Xbar + U C V^T)` with the MAP
+/// core C of [`map_core`]. `y` may hold anything at missing entries (NaN
+/// included); `out` may not alias `y`. Never allocates. Returns the number
+/// of conjugate-gradient iterations.
+#[allow(clippy::too_many_arguments)]
+pub fn complete_one(
+    u: MatRef<'_, f64>,
+    v: MatRef<'_, f64>,
+    mean: Option<MatRef<'_, f64>>,
+    prior: &CorePrior,
+    y: MatRef<'_, f64>,
+    obs: Observed<'_>,
+    mut out: MatMut<'_, f64>,
+    stack: &mut MemStack,
+) -> Result<usize> {
+    let (m, n) = y.shape();
+    let (r, s) = (u.ncols(), v.ncols());
+    let (c, stack) = temp_slice(r * s, 0.0f64, stack);
+    let iters = map_core(u, v, mean, prior, y, obs, c, stack)?;
+    // The prediction Xbar + U C V^T, written where the entries are missing.
+    let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
+    let (mut full, _) = temp_mat_zeroed::<f64>(m, n, stack);
     let cm = MatRef::from_column_major_slice(c, r, s);
     gemm(t.rb_mut(), Accum::Replace, u, cm, 1.0, Par::Seq);
     gemm(

@@ -212,7 +212,19 @@ const MAX_SIZE: usize = 1 << 20;
 /// signal (one dominant direction), not signal from noise.
 pub const NOISE_TAIL_MAX: f64 = 0.05;
 
-/// The number `k` of leading principal components in the flow block.
+/// The flow block chosen among the principal components.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct BlockChoice {
+    /// Number `k` of leading components in the flow block.
+    pub size: usize,
+    /// First component below the noise floor, when the noise-floor rule
+    /// found one (then `size <= noise_from`; they differ only under
+    /// `max_dim`).
+    pub noise_from: Option<usize>,
+}
+
+/// The number `k` of leading principal components in the flow block, and
+/// where the noise floor starts.
 ///
 /// `variances` are the component variances, descending, and `total` the
 /// total variance (at least their sum; the directions they do not span may
@@ -226,13 +238,13 @@ pub const NOISE_TAIL_MAX: f64 = 0.05;
 /// would weigh in the flow as much as a signal direction. Then the cap
 /// `max_dim` (0 = none); the result is at least 1 (and at most
 /// `variances.len()`, at least 1 when it is empty).
-pub fn flow_block_size(
+pub fn flow_block(
     variances: &[f64],
     total: f64,
     energy: f64,
     noise_gap: f64,
     max_dim: usize,
-) -> usize {
+) -> BlockChoice {
     let q = variances.len();
     let mut k = 0;
     let mut cum = 0.0;
@@ -243,6 +255,7 @@ pub fn flow_block_size(
             break;
         }
     }
+    let mut noise_from = None;
     if noise_gap > 0.0 {
         let mut kept = 0.0;
         for j in 0..k.saturating_sub(1) {
@@ -251,6 +264,7 @@ pub fn flow_block_size(
                 && total - kept <= NOISE_TAIL_MAX * total
             {
                 k = j + 1;
+                noise_from = Some(k);
                 break;
             }
         }
@@ -258,7 +272,10 @@ pub fn flow_block_size(
     if max_dim > 0 {
         k = k.min(max_dim);
     }
-    k.max(1)
+    BlockChoice {
+        size: k.max(1),
+        noise_from,
+    }
 }
 
 impl FlowOptions {
@@ -745,7 +762,7 @@ impl CoreModel {
         opts: &FlowOptions,
         progress: &mut dyn FnMut(usize, usize, f64) -> bool,
     ) -> Result<CoreModel> {
-        Self::fit_with_reducer(cores, opts, &LocalReducer, progress)
+        Self::fit_with_reducer(cores, opts, None, &LocalReducer, progress)
     }
 
     /// Fits the core model on this participant's rows of the cores: every
@@ -755,9 +772,20 @@ impl CoreModel {
     /// participant ends with the same model (data-parallel training; each
     /// draws its minibatches from its own rows and holds out its own
     /// fraction).
+    ///
+    /// `noise_variance`: the variance per entry of the white noise in the
+    /// matrices the cores were projected from, when known (`Model::fit`
+    /// passes the residual variance of its geometry fit). Below a noise
+    /// floor ([`flow_block`]) the components are noise: white noise of
+    /// variance `sigma^2` per entry gives every core coordinate variance
+    /// `sigma^2` (orthonormal bases), so their variances are capped at
+    /// `sigma^2`. More variance there is estimation error of the cores (a
+    /// masked fit's completion), which a model of the data should not
+    /// reproduce.
     pub fn fit_with_reducer(
         cores: MatRef<'_, f64>,
         opts: &FlowOptions,
+        noise_variance: Option<f64>,
         reducer: &dyn Reducer,
         progress: &mut dyn FnMut(usize, usize, f64) -> bool,
     ) -> Result<CoreModel> {
@@ -790,7 +818,14 @@ impl CoreModel {
             ));
         }
         let lam = &pcs.variances;
-        let k = flow_block_size(lam, total, opts.flow_energy, opts.flow_noise_gap, opts.flow_max_dim);
+        let block = flow_block(
+            lam,
+            total,
+            opts.flow_energy,
+            opts.flow_noise_gap,
+            opts.flow_max_dim,
+        );
+        let k = block.size;
         let flow_var: f64 = lam[..k].iter().sum();
         let kind = match opts.core_model {
             CoreModelChoice::Gaussian => CoreModelKind::Gaussian,
@@ -830,6 +865,14 @@ impl CoreModel {
                 (Some(flow), ridge)
             }
         };
+        let mut pcs = pcs;
+        if let (Some(from), Some(sigma2)) = (block.noise_from, noise_variance) {
+            if sigma2.is_finite() && sigma2 > 0.0 {
+                for l in &mut pcs.variances[from..] {
+                    *l = l.min(sigma2);
+                }
+            }
+        }
         let parts = CoreModelParts {
             dim: d,
             info,
@@ -2162,16 +2205,29 @@ mod tests {
         // Noise holding about 2.3 % of the variance: the energy rule takes
         // most of it into the block, the gap rule stops at the signal.
         let (v, total) = signal_and_noise(2e-3);
-        let energy_only = flow_block_size(&v, total, 0.999, 0.0, 0);
+        let energy_only = flow_block(&v, total, 0.999, 0.0, 0).size;
         assert!(energy_only > 200, "{energy_only}");
-        assert_eq!(flow_block_size(&v, total, 0.999, 10.0, 0), 8);
+        assert_eq!(
+            flow_block(&v, total, 0.999, 10.0, 0),
+            BlockChoice {
+                size: 8,
+                noise_from: Some(8)
+            }
+        );
+        assert_eq!(flow_block(&v, total, 0.999, 0.0, 0).noise_from, None);
         // The gap must be at least the ratio asked for: 0.6 / 2e-3 = 300.
-        assert_eq!(flow_block_size(&v, total, 0.999, 299.0, 0), 8);
-        assert_eq!(flow_block_size(&v, total, 0.999, 301.0, 0), energy_only);
+        assert_eq!(flow_block(&v, total, 0.999, 299.0, 0).size, 8);
+        assert_eq!(flow_block(&v, total, 0.999, 301.0, 0).size, energy_only);
         // The cap still applies, and so does the energy rule when it ends
         // the block first.
-        assert_eq!(flow_block_size(&v, total, 0.999, 10.0, 5), 5);
-        assert_eq!(flow_block_size(&v, total, 0.5, 10.0, 0), 3);
+        assert_eq!(
+            flow_block(&v, total, 0.999, 10.0, 5),
+            BlockChoice {
+                size: 5,
+                noise_from: Some(8)
+            }
+        );
+        assert_eq!(flow_block(&v, total, 0.5, 10.0, 0).size, 3);
     }
 
     #[test]
@@ -2180,21 +2236,70 @@ mod tests {
         // variance in the rest: a gap between signals, not a noise floor.
         let v = [90.0, 4.5, 3.0, 2.5, 1e-6, 1e-6];
         let total: f64 = v.iter().sum();
-        assert_eq!(flow_block_size(&v, total, 0.999, 10.0, 0), 4);
+        assert_eq!(flow_block(&v, total, 0.999, 10.0, 0).size, 4);
         // With 4 % below it, the same ratio is taken as the floor.
         let v = [96.0, 1.5, 1.5, 1.0, 1e-6, 1e-6];
         let total: f64 = v.iter().sum();
-        assert_eq!(flow_block_size(&v, total, 0.999, 10.0, 0), 1);
+        assert_eq!(flow_block(&v, total, 0.999, 10.0, 0).size, 1);
         // Directions outside the components count in the tail: with a
         // third of the variance there, no gap is a floor and the energy
         // rule takes every component.
-        assert_eq!(flow_block_size(&v, 1.5 * total, 0.999, 10.0, 0), 6);
+        assert_eq!(flow_block(&v, 1.5 * total, 0.999, 10.0, 0).size, 6);
+    }
+
+    #[test]
+    fn components_below_the_noise_floor_get_at_most_the_noise_variance() {
+        // Four signal directions (variances 4, 3, 2, 1) and, in the other
+        // 26 coordinates, estimation error of variance 1e-2: 25x the white
+        // noise variance 4e-4 the cores' matrices carry.
+        let (n, d) = (400, 30);
+        let mut z = vec![0.0; n * d];
+        rng::fill_normal(&mut rng::stream(5, 0), &mut z);
+        let x = Mat::from_fn(n, d, |i, j| {
+            let var = if j < 4 { (4 - j) as f64 } else { 1e-2 };
+            var.sqrt() * z[i * d + j]
+        });
+        let opts = FlowOptions {
+            core_model: CoreModelChoice::Gaussian,
+            holdout_fraction: 0.0,
+            ..FlowOptions::default()
+        };
+        let fit = |noise| {
+            CoreModel::fit_with_reducer(x.as_ref(), &opts, noise, &LocalReducer, &mut |_, _, _| {
+                true
+            })
+            .unwrap()
+            .to_parts()
+        };
+        let plain = fit(None);
+        let capped = fit(Some(4e-4));
+        assert_eq!(plain.info.flow_block, 4);
+        assert_eq!(capped.info.flow_block, 4);
+        assert!(plain.variances[4..].iter().all(|&l| l > 5e-3));
+        // The signal keeps its variances bitwise; the rest is capped.
+        assert_eq!(plain.variances[..4], capped.variances[..4]);
+        assert!(capped.variances[4..].iter().all(|&l| l == 4e-4));
+        // Without a floor (the energy rule alone) nothing is capped.
+        let energy_only = FlowOptions {
+            flow_noise_gap: 0.0,
+            ..opts
+        };
+        let p = CoreModel::fit_with_reducer(
+            x.as_ref(),
+            &energy_only,
+            Some(4e-4),
+            &LocalReducer,
+            &mut |_, _, _| true,
+        )
+        .unwrap()
+        .to_parts();
+        assert_eq!(p.variances, plain.variances);
     }
 
     #[test]
     fn the_flow_block_has_at_least_one_component() {
-        assert_eq!(flow_block_size(&[1.0, 0.5], 1.5, 1e-9, 10.0, 0), 1);
-        assert_eq!(flow_block_size(&[0.0, 0.0], 0.0, 0.999, 10.0, 0), 1);
+        assert_eq!(flow_block(&[1.0, 0.5], 1.5, 1e-9, 10.0, 0).size, 1);
+        assert_eq!(flow_block(&[0.0, 0.0], 0.0, 0.999, 10.0, 0).size, 1);
     }
 
     macro_rules! invalid_option_tests {

@@ -409,6 +409,7 @@ impl Model {
             let core = CoreModel::fit_with_reducer(
                 core_mat,
                 &flow_opts,
+                Some(prior.noise_var),
                 reducer,
                 &mut |step, total, loss| {
                     progress(&Progress {
