@@ -242,7 +242,7 @@ impl Config {
              of the training stream); G = {g} generated per method (sample seed {sseed}); \
              every flow: H = {h}, L = {l}, {k} time frequencies, {steps} steps, batch {b}, \
              learning rate {lr}, warm-up {w}, EMA {ema}, solver RK4 with 16 steps; CoreFlow and \
-             PCA + flow: flow block energy {fe}, moment matching with {ms} samples, core model \
+             PCA + flow: flow block energy {fe}, noise gap {ng}, moment matching with {ms} samples, core model \
              {cm:?}, no hold-out; CoreFlow geometry: HOOI, at most {hooi} iterations; threads {th}",
             seed = self.seed,
             m = self.rows,
@@ -267,6 +267,7 @@ impl Config {
             w = o.flow.warmup_steps,
             ema = o.flow.ema_decay,
             fe = o.flow.flow_energy,
+            ng = o.flow.flow_noise_gap,
             ms = o.flow.moment_samples,
             hooi = self.subspace_max_iter,
             cm = self.core_model,
