@@ -227,7 +227,8 @@ typedef struct coreflow_fit_options {
     /**
      * Noise floor of the flow block: the block ends at the first ratio of
      * at least this much between consecutive principal-component variances
-     * with at most 5 % of the core variance below it; 0 = the
+     * with at most 5 % of the core variance below it, and the components
+     * below get at most the fit's residual variance per entry; 0 = the
      * `flow_energy` rule alone, otherwise at least 1; default 10.
      */
     double flow_noise_gap;

@@ -39,7 +39,10 @@
 //!   components, independent `N(0, lambda_j + delta)` (their sample
 //!   covariance is diagonal and they are uncorrelated with the flow block),
 //!   and isotropic `N(0, delta)` in the `d - q` directions the components do
-//!   not span. `delta = 1e-6 x` the block's mean variance,
+//!   not span; below a noise floor the `lambda_j` are capped at the noise
+//!   variance per entry when the caller knows it
+//!   ([`CoreModel::fit_with_reducer`]). `delta = 1e-6 x` the block's mean
+//!   variance,
 //!   `(trace - sum_{j <= k} lambda_j) / (d - k)`, and at least
 //!   `1e-12 x trace / d`. With `k = 0` this is `N(mu, Cov + delta I)`, the
 //!   full-covariance Gaussian with the ridge of section 5, stored as
