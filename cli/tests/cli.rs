@@ -409,6 +409,17 @@ fn bad_input_gives_exit_code_2_and_one_line() {
         s(&model),
     ])
     .bad_input(&["--bogus"]);
+    coreflow(&[
+        "fit",
+        "--data",
+        s(&good),
+        "--flow-noise-gap",
+        "0.5",
+        "-q",
+        "--out",
+        s(&model),
+    ])
+    .bad_input(&["--flow-noise-gap 0.5", "ratio >= 1"]);
 
     // Model files: missing, not a model, truncated.
     coreflow(&["info", s(&dir.join("none.cfm"))]).bad_input(&["none.cfm", "no such file"]);
