@@ -17,9 +17,9 @@
 //! the smallest leading set of components holding `flow_energy` of the total
 //! variance `trace(Cov)`, ended earlier at a noise floor (the first gap of
 //! `flow_noise_gap` between consecutive variances with at most 5 % of the
-//! variance below it; [`flow_block_size`]), `k` components, at least 1, at
-//! most `flow_max_dim` when that is nonzero. The canonical bases spread a few directions of
-//! variation over many core coordinates; the components gather them again
+//! variance below it; [`flow_block`]), `k` components, at least 1, at most
+//! `flow_max_dim` when that is nonzero. The canonical bases spread a few
+//! directions of variation over many core coordinates; the components gather them again
 //! (measured on the synthetic sets: 8 instead of 39 on blobs, 12 instead of
 //! 32-35 on waves).
 //!
@@ -239,8 +239,8 @@ pub struct BlockChoice {
 /// over many components whose variances decay smoothly and together often
 /// exceed the `1 - energy` the energy rule leaves out; standardised, each
 /// would weigh in the flow as much as a signal direction. Then the cap
-/// `max_dim` (0 = none); the result is at least 1 (and at most
-/// `variances.len()`, at least 1 when it is empty).
+/// `max_dim` (0 = none). The size is at least 1, and at most
+/// `variances.len()` unless that is 0.
 pub fn flow_block(
     variances: &[f64],
     total: f64,
