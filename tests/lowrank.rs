@@ -12,7 +12,7 @@ use coreflow::flow::core_model::{CoreModel, CoreModelChoice, CoreModelKind, Flow
 use coreflow::flow::ode::SolverOptions;
 use coreflow::numerics::{MemBuffer, MemStack, Par};
 use coreflow::reduce::LocalReducer;
-use coreflow::{FitOptions, MatrixBatch, Model};
+use coreflow::{MatrixBatch, Model};
 use faer::prelude::Solve;
 use faer::{Mat, MatRef, Side};
 
@@ -405,23 +405,7 @@ fn storage_is_d_times_n_when_the_cores_outnumber_the_samples() {
     let batch = MatrixBatch::from_c_order(&data.data.data, count, m, n).unwrap();
     let d = r * r;
     for core_model in [CoreModelChoice::Gaussian, CoreModelChoice::Flow] {
-        let opts = FitOptions {
-            rank_rows: r,
-            rank_cols: r,
-            threads: 1,
-            subspace_max_iter: 5,
-            flow: FlowOptions {
-                core_model,
-                steps: 5,
-                hidden: 8,
-                layers: 1,
-                time_freqs: 2,
-                moment_samples: 50,
-                flow_max_dim: 4,
-                ..FlowOptions::default()
-            },
-            ..FitOptions::default()
-        };
+        let opts = common::large_core_options(r, core_model);
         let model = Model::fit(&batch, &opts).unwrap();
         let prior = model.core_prior();
         assert_eq!(prior.mean.len(), d);

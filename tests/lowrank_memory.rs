@@ -4,8 +4,10 @@
 //! below one `d x d` matrix (20 MB). A global allocator records the peak;
 //! this file holds one test so that nothing else allocates meanwhile.
 
+mod common;
+
 use coreflow::datasets::{planted_low_rank, PlantedSpec};
-use coreflow::flow::core_model::{CoreModelChoice, FlowOptions};
+use coreflow::flow::core_model::CoreModelChoice;
 use coreflow::{FitOptions, MatrixBatch, Model};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -71,23 +73,7 @@ fn a_fit_with_more_core_coordinates_than_samples_never_holds_d_by_d() {
     };
     Model::fit(&batch, &small).unwrap();
     for core_model in [CoreModelChoice::Gaussian, CoreModelChoice::Flow] {
-        let opts = FitOptions {
-            rank_rows: r,
-            rank_cols: r,
-            threads: 1,
-            subspace_max_iter: 5,
-            flow: FlowOptions {
-                core_model,
-                steps: 5,
-                hidden: 8,
-                layers: 1,
-                time_freqs: 2,
-                moment_samples: 50,
-                flow_max_dim: 4,
-                ..FlowOptions::default()
-            },
-            ..FitOptions::default()
-        };
+        let opts = common::large_core_options(r, core_model);
         let base = CURRENT.load(Ordering::SeqCst);
         PEAK.store(base, Ordering::SeqCst);
         let model = Model::fit(&batch, &opts).unwrap();

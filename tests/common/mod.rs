@@ -78,3 +78,29 @@ pub fn subspace_distance(u: faer::MatRef<f64>, w: faer::MatRef<f64>) -> f64 {
     let p = u * u.transpose() - w * w.transpose();
     p.norm_l2() / (2.0 * u.ncols() as f64).sqrt()
 }
+
+/// Fit options for the large-core tests (r = s = `rank`): a few HOOI
+/// iterations and a tiny flow of at most 4 dimensions, so that the core
+/// model's storage, not its training, is what the test sees.
+pub fn large_core_options(
+    rank: usize,
+    core_model: coreflow::flow::core_model::CoreModelChoice,
+) -> coreflow::FitOptions {
+    coreflow::FitOptions {
+        rank_rows: rank,
+        rank_cols: rank,
+        threads: 1,
+        subspace_max_iter: 5,
+        flow: coreflow::flow::core_model::FlowOptions {
+            core_model,
+            steps: 5,
+            hidden: 8,
+            layers: 1,
+            time_freqs: 2,
+            moment_samples: 50,
+            flow_max_dim: 4,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
