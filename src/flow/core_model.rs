@@ -457,6 +457,50 @@ impl VelocityField for FlowNet {
     fn eval(&self, times: Times<'_>, x: MatRef<'_, f64>, v: MatMut<'_, f64>, stack: &mut MemStack) {
         with_net!(self, n => n.eval(times, x, v, stack))
     }
+    fn eval_stage_scratch(&self, batch: usize) -> StackReq {
+        with_net!(self, n => n.eval_stage_scratch(batch))
+    }
+    fn eval_stage(
+        &self,
+        times: Times<'_>,
+        x: MatRef<'_, f64>,
+        a: f64,
+        k: MatRef<'_, f64>,
+        v: MatMut<'_, f64>,
+        stack: &mut MemStack,
+    ) {
+        with_net!(self, n => n.eval_stage(times, x, a, k, v, stack))
+    }
+    fn eval_combine_scratch(&self, batch: usize) -> StackReq {
+        with_net!(self, n => n.eval_combine_scratch(batch))
+    }
+    fn eval_combine(
+        &self,
+        times: Times<'_>,
+        x: MatRef<'_, f64>,
+        stage: Option<(f64, MatRef<'_, f64>)>,
+        v: MatMut<'_, f64>,
+        acc: MatMut<'_, f64>,
+        base: Option<MatRef<'_, f64>>,
+        c: f64,
+        stack: &mut MemStack,
+    ) {
+        with_net!(self, n => n.eval_combine(times, x, stage, v, acc, base, c, stack))
+    }
+    fn eval_advance_scratch(&self, batch: usize) -> StackReq {
+        with_net!(self, n => n.eval_advance_scratch(batch))
+    }
+    fn eval_advance(
+        &self,
+        times: Times<'_>,
+        x: MatMut<'_, f64>,
+        stage: Option<(f64, MatRef<'_, f64>)>,
+        acc: Option<MatRef<'_, f64>>,
+        c: f64,
+        stack: &mut MemStack,
+    ) {
+        with_net!(self, n => n.eval_advance(times, x, stage, acc, c, stack))
+    }
 }
 
 impl DivergenceField for FlowNet {

@@ -176,6 +176,86 @@ impl<X: Real> Input<'_, X> {
     }
 }
 
+/// Where the velocity `f = v(x, t)` of a forward pass goes, in the caller's
+/// real type `X`.
+pub enum Sink<'a, X> {
+    /// `out <- f`.
+    Store(MatMut<'a, X>),
+    /// `out <- f` and `acc <- base + c f` (`base` is `acc` itself when
+    /// `None`): a Runge–Kutta stage that also accumulates the step.
+    StoreCombine {
+        /// Receives `f`.
+        out: MatMut<'a, X>,
+        /// The accumulator.
+        acc: MatMut<'a, X>,
+        /// The value the accumulator starts from (`None`: its own).
+        base: Option<MatRef<'a, X>>,
+        /// The weight of `f`.
+        c: X,
+    },
+}
+
+/// The input and output of one forward pass.
+enum Io<'a, X> {
+    /// Input `x` or `x + a k`; the output goes to a [`Sink`].
+    Separate {
+        input: Input<'a, X>,
+        sink: Sink<'a, X>,
+    },
+    /// Input `x` or `x + a k`, then `x <- x + c (acc + f)` (`acc` = 0 when
+    /// `None`): the last stage of a solver step, which updates the state it
+    /// was evaluated at.
+    Advance {
+        x: MatMut<'a, X>,
+        step: Option<(X, MatRef<'a, X>)>,
+        acc: Option<MatRef<'a, X>>,
+        c: X,
+    },
+}
+
+impl<X: Real> Io<'_, X> {
+    fn input(&self) -> Input<'_, X> {
+        match self {
+            Io::Separate { input, .. } => *input,
+            Io::Advance { x, step, .. } => Input {
+                x: x.rb(),
+                step: *step,
+            },
+        }
+    }
+    fn rows(&self) -> usize {
+        self.input().x.nrows()
+    }
+    fn check(&self, dim: usize) {
+        let b = self.rows();
+        let ok = |m: (usize, usize)| m == (b, dim);
+        let inp = self.input();
+        assert!(ok(inp.x.shape()) && inp.step.is_none_or(|(_, k)| ok(k.shape())));
+        match self {
+            Io::Separate { sink, .. } => match sink {
+                Sink::Store(out) => assert!(ok(out.shape())),
+                Sink::StoreCombine { out, acc, base, .. } => assert!(
+                    ok(out.shape()) && ok(acc.shape()) && base.is_none_or(|m| ok(m.shape()))
+                ),
+            },
+            Io::Advance { acc, .. } => assert!(acc.is_none_or(|m| ok(m.shape()))),
+        }
+    }
+    /// Delivers `f = o + bias` (the output product `o`, bias added per
+    /// column) as the variant says.
+    fn emit<T: Real>(&mut self, o: MatRef<'_, T>, bias: &[T]) {
+        match self {
+            Io::Separate { sink, .. } => match sink {
+                Sink::Store(out) => real::add_bias_convert(o, bias, out.rb_mut()),
+                Sink::StoreCombine { out, acc, base, c } => {
+                    real::bias_store_combine(o, bias, out.rb_mut(), acc.rb_mut(), *base, *c)
+                }
+            },
+            Io::Advance { x, acc, c, .. } => real::bias_advance(o, bias, x.rb_mut(), *acc, *c),
+        }
+    }
+}
+
 /// The activations of one training forward pass, kept for the backward pass.
 ///
 /// Carved from one caller-provided slice of [`Tape::len`] values: the input
@@ -276,6 +356,31 @@ fn temp_rows<T: Real>(
         MatMut::from_column_major_slice_with_stride_mut(buf, rows, cols, ld),
         stack,
     )
+}
+
+/// A `rows x cols` batch matrix laid out like [`temp_rows`], left
+/// uninitialised.
+///
+/// # Safety
+///
+/// Every element must be written before it is read. The callers use it for
+/// destinations of products with `Accum::Replace` (faer documents that the
+/// destination is then not read) and of conversions that write every
+/// element; skipping the zero fill saves a pass over the largest
+/// temporaries of every sampler step.
+unsafe fn temp_rows_uninit<T: Real>(
+    rows: usize,
+    cols: usize,
+    stack: &mut MemStack,
+) -> (MatMut<'_, T>, &mut MemStack) {
+    let ld = rows.max(2);
+    let (buf, stack) = stack.make_aligned_uninit::<T>(ld * cols, crate::numerics::ALIGN);
+    // SAFETY: the buffer holds `ld * cols >= rows * cols` values of `T`
+    // with column stride `ld`; initialisation is the caller's contract.
+    let mat = unsafe {
+        MatMut::from_raw_parts_mut(buf.as_mut_ptr() as *mut T, rows, cols, 1, ld as isize)
+    };
+    (mat, stack)
 }
 
 #[inline]
@@ -383,7 +488,9 @@ impl<T: Real> VelocityNet<T> {
         par: Par,
         stack: &mut MemStack,
     ) {
-        self.forward_impl(times, Input { x, step: None }, out, par, stack)
+        let input = Input { x, step: None };
+        let sink = Sink::Store(out);
+        self.forward_impl(times, Io::Separate { input, sink }, par, stack)
     }
 
     /// `out <- v(x + a k, t)`: a solver stage, with the combination formed
@@ -399,34 +506,64 @@ impl<T: Real> VelocityNet<T> {
         par: Par,
         stack: &mut MemStack,
     ) {
-        self.forward_impl(
-            times,
-            Input {
-                x,
-                step: Some((a, k)),
-            },
-            out,
-            par,
-            stack,
-        )
+        let input = Input {
+            x,
+            step: Some((a, k)),
+        };
+        let sink = Sink::Store(out);
+        self.forward_impl(times, Io::Separate { input, sink }, par, stack)
+    }
+
+    /// `f = v(x + a k, t)` (`v(x, t)` when `step` is `None`) into `sink`,
+    /// with the accumulation of [`Sink::StoreCombine`] fused into the output
+    /// layer (workspace of [`forward`](Self::forward)).
+    pub fn forward_into<X: Real>(
+        &self,
+        times: Times<'_>,
+        x: MatRef<'_, X>,
+        step: Option<(X, MatRef<'_, X>)>,
+        sink: Sink<'_, X>,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
+        let input = Input { x, step };
+        self.forward_impl(times, Io::Separate { input, sink }, par, stack)
+    }
+
+    /// `x <- x + c (acc + v(x + a k, t))` (`acc` = 0 when `None`, `v(x, t)`
+    /// when `step` is `None`): the last stage of a solver step, fused into
+    /// the output layer (workspace of [`forward`](Self::forward)).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_advance<X: Real>(
+        &self,
+        times: Times<'_>,
+        x: MatMut<'_, X>,
+        step: Option<(X, MatRef<'_, X>)>,
+        acc: Option<MatRef<'_, X>>,
+        c: X,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
+        self.forward_impl(times, Io::Advance { x, step, acc, c }, par, stack)
     }
 
     fn forward_impl<X: Real>(
         &self,
         times: Times<'_>,
-        x: Input<'_, X>,
-        out: MatMut<'_, X>,
+        mut io: Io<'_, X>,
         par: Par,
         stack: &mut MemStack,
     ) {
         let c = self.config;
-        let b = x.x.nrows();
-        assert!(x.x.ncols() == c.dim && out.nrows() == b && out.ncols() == c.dim);
+        let b = io.rows();
+        io.check(c.dim);
         let (bias, stack) = temp_slice(c.hidden, T::ZERO, stack);
-        let (mut a, stack) = temp_rows::<T>(b, c.hidden, stack);
-        let (mut z, stack) = temp_rows::<T>(b, c.hidden, stack);
-        let (mut o, stack) = temp_rows::<T>(b, c.dim, stack);
-        self.first_layer(times, x, a.rb_mut(), bias, par, stack);
+        // SAFETY: a, z and o are destinations of Replace products before
+        // they are read.
+        let (mut a, stack) = unsafe { temp_rows_uninit::<T>(b, c.hidden, stack) };
+        let (mut z, stack) = unsafe { temp_rows_uninit::<T>(b, c.hidden, stack) };
+        let (mut o, stack) = unsafe { temp_rows_uninit::<T>(b, c.dim, stack) };
+        self.first_layer(times, io.input(), a.rb_mut(), bias, par, stack);
         real::bias_silu(a.rb_mut(), bias);
         for l in 1..c.layers {
             gemm(z.rb_mut(), a.rb(), self.weight(l), par);
@@ -434,7 +571,7 @@ impl<T: Real> VelocityNet<T> {
             core::mem::swap(&mut a, &mut z);
         }
         gemm(o.rb_mut(), a.rb(), self.weight(c.layers), par);
-        real::add_bias_convert(o.rb(), self.bias(c.layers), out);
+        io.emit(o.rb(), self.bias(c.layers));
     }
 
     fn first_layer_scratch(&self, batch: usize) -> StackReq {
@@ -475,7 +612,8 @@ impl<T: Real> VelocityNet<T> {
                     }
                     *bh = s;
                 }
-                let (mut xin, _) = temp_rows::<T>(b, c.dim, stack);
+                // SAFETY: the conversion writes every element.
+                let (mut xin, _) = unsafe { temp_rows_uninit::<T>(b, c.dim, stack) };
                 x.write(xin.rb_mut());
                 gemm(z, xin.rb(), w.subrows(0, c.dim), par);
             }

@@ -22,7 +22,7 @@
 //! nothing allocates.
 
 pub use super::network::Times;
-use super::network::VelocityNet;
+use super::network::{Sink, VelocityNet};
 use super::real::{col_mut, col_ref, multiversion, Real};
 use crate::error::{Error, Result};
 use crate::numerics::{temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch};
@@ -66,6 +66,68 @@ pub trait VelocityField {
         lincomb(xs.rb_mut(), x, a, k);
         self.eval(times, xs.rb(), v, stack);
     }
+    /// Workspace of [`eval_combine`](Self::eval_combine) for `batch` rows.
+    fn eval_combine_scratch(&self, batch: usize) -> StackReq {
+        StackReq::any_of(&[self.eval_scratch(batch), self.eval_stage_scratch(batch)])
+    }
+    /// `v <- f` and `acc <- base + c f` (`base` is `acc` itself when
+    /// `None`) with `f = v(x + a k, t)`, or `v(x, t)` without `stage`: a
+    /// Runge–Kutta stage that also accumulates the step. The default
+    /// evaluates into `v` and combines in a second pass; fields may fuse
+    /// the two.
+    #[allow(clippy::too_many_arguments)]
+    fn eval_combine(
+        &self,
+        times: Times<'_>,
+        x: MatRef<'_, f64>,
+        stage: Option<(f64, MatRef<'_, f64>)>,
+        v: MatMut<'_, f64>,
+        acc: MatMut<'_, f64>,
+        base: Option<MatRef<'_, f64>>,
+        c: f64,
+        stack: &mut MemStack,
+    ) {
+        let (mut v, mut acc) = (v, acc);
+        match stage {
+            None => self.eval(times, x, v.rb_mut(), stack),
+            Some((a, k)) => self.eval_stage(times, x, a, k, v.rb_mut(), stack),
+        }
+        match base {
+            Some(base) => lincomb(acc.rb_mut(), base, c, v.rb()),
+            None => add_combination(acc.rb_mut(), c, v.rb(), 0.0, v.rb()),
+        }
+    }
+    /// Workspace of [`eval_advance`](Self::eval_advance) for `batch` rows.
+    fn eval_advance_scratch(&self, batch: usize) -> StackReq {
+        StackReq::all_of(&[
+            temp_mat_scratch::<f64>(batch, self.dim()),
+            self.eval_combine_scratch(batch),
+        ])
+    }
+    /// `x <- x + c (acc + v(x + a k, t))` (`acc` = 0 when `None`, `v(x, t)`
+    /// without `stage`): the last stage of a solver step. The default
+    /// evaluates into a temporary; fields may fuse the update into their
+    /// output.
+    fn eval_advance(
+        &self,
+        times: Times<'_>,
+        x: MatMut<'_, f64>,
+        stage: Option<(f64, MatRef<'_, f64>)>,
+        acc: Option<MatRef<'_, f64>>,
+        c: f64,
+        stack: &mut MemStack,
+    ) {
+        let mut x = x;
+        let (mut f, stack) = temp_mat_zeroed::<f64>(x.nrows(), x.ncols(), stack);
+        match stage {
+            None => self.eval(times, x.rb(), f.rb_mut(), stack),
+            Some((a, k)) => self.eval_stage(times, x.rb(), a, k, f.rb_mut(), stack),
+        }
+        match acc {
+            Some(acc) => add_combination(x.rb_mut(), c, acc, 1.0, f.rb()),
+            None => add_combination(x.rb_mut(), c, f.rb(), 0.0, f.rb()),
+        }
+    }
 }
 
 impl<T: Real> VelocityField for VelocityNet<T> {
@@ -91,6 +153,42 @@ impl<T: Real> VelocityField for VelocityNet<T> {
         stack: &mut MemStack,
     ) {
         self.forward_stage(times, x, a, k, v, Par::Seq, stack);
+    }
+    fn eval_combine_scratch(&self, batch: usize) -> StackReq {
+        self.forward_scratch(batch)
+    }
+    fn eval_combine(
+        &self,
+        times: Times<'_>,
+        x: MatRef<'_, f64>,
+        stage: Option<(f64, MatRef<'_, f64>)>,
+        v: MatMut<'_, f64>,
+        acc: MatMut<'_, f64>,
+        base: Option<MatRef<'_, f64>>,
+        c: f64,
+        stack: &mut MemStack,
+    ) {
+        let sink = Sink::StoreCombine {
+            out: v,
+            acc,
+            base,
+            c,
+        };
+        self.forward_into(times, x, stage, sink, Par::Seq, stack);
+    }
+    fn eval_advance_scratch(&self, batch: usize) -> StackReq {
+        self.forward_scratch(batch)
+    }
+    fn eval_advance(
+        &self,
+        times: Times<'_>,
+        x: MatMut<'_, f64>,
+        stage: Option<(f64, MatRef<'_, f64>)>,
+        acc: Option<MatRef<'_, f64>>,
+        c: f64,
+        stack: &mut MemStack,
+    ) {
+        self.forward_advance(times, x, stage, acc, c, Par::Seq, stack);
     }
 }
 
@@ -212,12 +310,20 @@ pub fn integrate_scratch<F: VelocityField + ?Sized>(
 ) -> StackReq {
     let mat = temp_mat_scratch::<f64>(batch, field.dim());
     match opts.solver {
-        Solver::Euler => StackReq::all_of(&[mat, field.eval_scratch(batch)]),
-        Solver::Heun | Solver::Rk4 => StackReq::all_of(&[
+        Solver::Euler => field.eval_advance_scratch(batch),
+        Solver::Heun => StackReq::all_of(&[
+            mat,
+            StackReq::any_of(&[field.eval_scratch(batch), field.eval_advance_scratch(batch)]),
+        ]),
+        Solver::Rk4 => StackReq::all_of(&[
             mat,
             mat,
             mat,
-            StackReq::any_of(&[field.eval_scratch(batch), field.eval_stage_scratch(batch)]),
+            StackReq::any_of(&[
+                field.eval_scratch(batch),
+                field.eval_combine_scratch(batch),
+                field.eval_advance_scratch(batch),
+            ]),
         ]),
         Solver::Dopri5 => StackReq::all_of(&[
             StackReq::all_of(&[mat; 9]),
@@ -300,24 +406,33 @@ fn fixed_step<F: VelocityField + ?Sized>(
 ) -> SolveStats {
     let (b, m) = x.shape();
     let h = (t1 - t0) / n as f64;
+    // The last stage of every step updates x in the same pass as it
+    // converts the network output (eval_advance), and the middle RK4 stages
+    // accumulate k1 + 2 k2 + 2 k3 as they store their k (eval_combine): the
+    // same operations in the same order as separate passes, fewer sweeps
+    // over the batch.
     let evals = match solver {
         Solver::Euler => {
-            let (mut k, stack) = temp_mat_zeroed::<f64>(b, m, stack);
             for i in 0..n {
                 let t = t0 + i as f64 * h;
-                field.eval(Times::Shared(t), x.rb(), k.rb_mut(), stack);
-                add_combination(x.rb_mut(), h, k.rb(), 0.0, k.rb());
+                field.eval_advance(Times::Shared(t), x.rb_mut(), None, None, h, stack);
             }
             n
         }
         Solver::Heun => {
             let (mut k1, stack) = temp_mat_zeroed::<f64>(b, m, stack);
-            let (mut k2, stack) = temp_mat_zeroed::<f64>(b, m, stack);
             for i in 0..n {
                 let t = t0 + i as f64 * h;
                 field.eval(Times::Shared(t), x.rb(), k1.rb_mut(), stack);
-                field.eval_stage(Times::Shared(t + h), x.rb(), h, k1.rb(), k2.rb_mut(), stack);
-                add_combination(x.rb_mut(), 0.5 * h, k1.rb(), 1.0, k2.rb());
+                let stage = Some((h, k1.rb()));
+                field.eval_advance(
+                    Times::Shared(t + h),
+                    x.rb_mut(),
+                    stage,
+                    Some(k1.rb()),
+                    0.5 * h,
+                    stack,
+                );
             }
             2 * n
         }
@@ -330,13 +445,38 @@ fn fixed_step<F: VelocityField + ?Sized>(
             for i in 0..n {
                 let t = t0 + i as f64 * h;
                 let half = Times::Shared(t + 0.5 * h);
-                field.eval(Times::Shared(t), x.rb(), acc.rb_mut(), stack);
-                field.eval_stage(half, x.rb(), 0.5 * h, acc.rb(), ka.rb_mut(), stack);
-                add_combination(acc.rb_mut(), 2.0, ka.rb(), 0.0, ka.rb());
-                field.eval_stage(half, x.rb(), 0.5 * h, ka.rb(), kb.rb_mut(), stack);
-                add_combination(acc.rb_mut(), 2.0, kb.rb(), 0.0, kb.rb());
-                field.eval_stage(Times::Shared(t + h), x.rb(), h, kb.rb(), ka.rb_mut(), stack);
-                add_combination(x.rb_mut(), h / 6.0, acc.rb(), 1.0, ka.rb());
+                field.eval(Times::Shared(t), x.rb(), ka.rb_mut(), stack);
+                let stage = Some((0.5 * h, ka.rb()));
+                field.eval_combine(
+                    half,
+                    x.rb(),
+                    stage,
+                    kb.rb_mut(),
+                    acc.rb_mut(),
+                    Some(ka.rb()),
+                    2.0,
+                    stack,
+                );
+                let stage = Some((0.5 * h, kb.rb()));
+                field.eval_combine(
+                    half,
+                    x.rb(),
+                    stage,
+                    ka.rb_mut(),
+                    acc.rb_mut(),
+                    None,
+                    2.0,
+                    stack,
+                );
+                let stage = Some((h, ka.rb()));
+                field.eval_advance(
+                    Times::Shared(t + h),
+                    x.rb_mut(),
+                    stage,
+                    Some(acc.rb()),
+                    h / 6.0,
+                    stack,
+                );
             }
             4 * n
         }
@@ -671,6 +811,67 @@ mod tests {
                 let p = (w[0] / w[1]).log2();
                 eprintln!("{solver:?}: observed order {p:.3}");
                 assert!((p - order).abs() < 0.1, "{solver:?}: order {p} ({errs:?})");
+            }
+        }
+    }
+
+    /// A network seen only through `eval`: every solver stage goes through
+    /// the trait's unfused defaults.
+    struct Unfused<'a>(&'a VelocityNet<f32>);
+
+    impl VelocityField for Unfused<'_> {
+        fn dim(&self) -> usize {
+            VelocityField::dim(self.0)
+        }
+        fn eval_scratch(&self, batch: usize) -> StackReq {
+            self.0.eval_scratch(batch)
+        }
+        fn eval(
+            &self,
+            times: Times<'_>,
+            x: MatRef<'_, f64>,
+            v: MatMut<'_, f64>,
+            stack: &mut MemStack,
+        ) {
+            self.0.eval(times, x, v, stack)
+        }
+    }
+
+    #[test]
+    fn fused_network_stages_equal_separate_passes_bitwise() {
+        let config = super::super::NetConfig {
+            dim: 7,
+            hidden: 16,
+            layers: 2,
+            time_freqs: 3,
+        };
+        let net = VelocityNet::<f32>::new(config, 5).unwrap();
+        let x0 = Mat::from_fn(9, 7, |i, j| ((3 * i + 5 * j) % 11) as f64 / 5.0 - 1.0);
+        for solver in [Solver::Euler, Solver::Heun, Solver::Rk4] {
+            let opts = SolverOptions {
+                solver,
+                steps: 6,
+                ..Default::default()
+            };
+            let run = |field: &dyn VelocityField| {
+                let mut x = x0.clone();
+                let mut mem = MemBuffer::new(integrate_scratch(field, x.nrows(), &opts));
+                integrate(field, &opts, 0.0, 1.0, x.as_mut(), MemStack::new(&mut mem)).unwrap();
+                x
+            };
+            let (fused, separate) = (run(&net), run(&Unfused(&net)));
+            assert!(
+                (&fused - &x0).norm_max() > 1e-3,
+                "{solver:?}: the state moved"
+            );
+            for j in 0..x0.ncols() {
+                for i in 0..x0.nrows() {
+                    assert_eq!(
+                        fused[(i, j)].to_bits(),
+                        separate[(i, j)].to_bits(),
+                        "{solver:?} ({i}, {j})"
+                    );
+                }
             }
         }
     }

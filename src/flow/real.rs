@@ -517,6 +517,74 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// With `f_ij = src_ij + bias_j` converted: `out <- f` and
+    /// `acc <- base + c f` (`base` is `acc` itself when `None`).
+    pub(crate) fn bias_store_combine<A: Real, B: Real>(
+        src: MatRef<'_, A>,
+        bias: &[A],
+        out: MatMut<'_, B>,
+        acc: MatMut<'_, B>,
+        base: Option<MatRef<'_, B>>,
+        c: B,
+    ) {
+        let (mut out, mut acc) = (out, acc);
+        for (j, &b) in bias.iter().enumerate().take(src.ncols()) {
+            let sc = col_ref(&src, j);
+            let oc = col_mut(&mut out, j);
+            let ac = col_mut(&mut acc, j);
+            match &base {
+                Some(m) => {
+                    let bc = col_ref(m, j);
+                    for (((o, a), s), b0) in oc.iter_mut().zip(ac.iter_mut()).zip(sc).zip(bc) {
+                        let f = B::from_f64((*s + b).to_f64());
+                        *o = f;
+                        *a = *b0 + c * f;
+                    }
+                }
+                None => {
+                    for ((o, a), s) in oc.iter_mut().zip(ac.iter_mut()).zip(sc) {
+                        let f = B::from_f64((*s + b).to_f64());
+                        *o = f;
+                        *a += c * f;
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// With `f_ij = src_ij + bias_j` converted: `x <- x + c (acc + f)`, or
+    /// `x <- x + c f` without `acc`.
+    pub(crate) fn bias_advance<A: Real, B: Real>(
+        src: MatRef<'_, A>,
+        bias: &[A],
+        x: MatMut<'_, B>,
+        acc: Option<MatRef<'_, B>>,
+        c: B,
+    ) {
+        let mut x = x;
+        for (j, &b) in bias.iter().enumerate().take(src.ncols()) {
+            let sc = col_ref(&src, j);
+            let xc = col_mut(&mut x, j);
+            match &acc {
+                Some(m) => {
+                    let ac = col_ref(m, j);
+                    for ((xv, s), a) in xc.iter_mut().zip(sc).zip(ac) {
+                        *xv += c * (*a + B::from_f64((*s + b).to_f64()));
+                    }
+                }
+                None => {
+                    for (xv, s) in xc.iter_mut().zip(sc) {
+                        *xv += c * B::from_f64((*s + b).to_f64());
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Sum of a slice with 16 independent partial sums (vectorises; the order is
 /// fixed by the slice length only).
 #[inline(always)]
