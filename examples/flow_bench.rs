@@ -23,7 +23,7 @@
 //!
 //! Output: progress on stderr, one JSON line on stdout.
 
-use coreflow::flow::ode::{integrate, integrate_scratch};
+use coreflow::flow::latent::{self, LatentMaps};
 use coreflow::flow::{rng, NetConfig, Solver, SolverOptions, TrainOptions, Trainer, VelocityNet};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::matmul::matmul;
@@ -51,6 +51,7 @@ struct Args {
     matmul_peak: bool,
     peak_size: usize,
     chunk: usize,
+    state_coordinates: bool,
 }
 
 fn parse() -> Args {
@@ -74,6 +75,7 @@ fn parse() -> Args {
         matmul_peak: false,
         peak_size: 1024,
         chunk: 256,
+        state_coordinates: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -104,6 +106,7 @@ fn parse() -> Args {
             "--peak-size" => a.peak_size = val().parse().unwrap(),
             "--chunk" => a.chunk = val().parse().unwrap(),
             "--skip-train" => a.skip_train = true,
+            "--state-coordinates" => a.state_coordinates = true,
             "--matmul-peak" => a.matmul_peak = true,
             "--help" | "-h" => {
                 eprintln!("see the module documentation of examples/flow_bench.rs");
@@ -262,8 +265,12 @@ fn main() {
         // threads each integrate a contiguous part of the states with their
         // own workspace (how a host splits `first_index` ranges).
         let threads = a.threads.max(1);
+        // The maps belong to the prepared model (built once, like at load).
+        let maps = (!a.state_coordinates).then(|| LatentMaps::new(&net));
+        let maps = maps.as_ref();
+        let hidden_coords = maps.is_some() && LatentMaps::<f32>::pays(net.config(), &opts);
         let mut mems: Vec<MemBuffer> = (0..threads)
-            .map(|_| MemBuffer::new(integrate_scratch(&net, chunk, &opts)))
+            .map(|_| MemBuffer::new(latent::integrate_scratch(&net, maps, chunk, &opts)))
             .collect();
         let run = |x: &mut Mat<f64>, opts: &SolverOptions, mems: &mut [MemBuffer]| {
             let part = n.div_ceil(threads);
@@ -281,8 +288,9 @@ fn main() {
                         let mut start = 0;
                         while start < rows {
                             let b = (rows - start).min(chunk);
-                            integrate(
+                            latent::integrate(
                                 net,
+                                maps,
                                 opts,
                                 0.0,
                                 1.0,
@@ -315,7 +323,21 @@ fn main() {
         let med = median(&rates);
         let nfe = opts.evaluations().unwrap() as f64;
         let flop = 2.0 * nfe * macs;
+        // Multiply-adds actually performed per sample.
+        let c = net.config();
+        let (k, h, l) = (c.dim as f64, c.hidden as f64, c.layers as f64);
+        let done = if hidden_coords {
+            2.0 * (2.0 * k * h + nfe * l * h * h)
+        } else {
+            2.0 * nfe * (k * h + (l - 1.0) * h * h + h * k)
+        };
         json.extend([
+            (
+                "coordinates".into(),
+                format!("\"{}\"", if hidden_coords { "hidden" } else { "state" }),
+            ),
+            ("sample_flop_done_per_sample".into(), format!("{done}")),
+            ("sample_gflops_done".into(), format!("{}", done * med / 1e9)),
             ("sample_count".into(), n.to_string()),
             ("solver".into(), format!("\"{}\"", a.solver)),
             ("sample_steps".into(), a.sample_steps.to_string()),

@@ -32,6 +32,7 @@
 
 pub mod assignment;
 pub mod core_model;
+pub mod latent;
 pub mod likelihood;
 pub mod network;
 pub mod ode;

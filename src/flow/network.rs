@@ -161,14 +161,21 @@ pub struct VelocityNet<T: Real> {
 
 /// A network input `x` or `x + a k`, in the caller's real type.
 #[derive(Copy, Clone)]
-struct Input<'a, X> {
-    x: MatRef<'a, X>,
-    step: Option<(X, MatRef<'a, X>)>,
+pub(crate) struct Input<'a, X> {
+    pub(crate) x: MatRef<'a, X>,
+    pub(crate) step: Option<(X, MatRef<'a, X>)>,
 }
 
-impl<X: Real> Input<'_, X> {
+impl<'a, X: Real> Input<'a, X> {
+    /// Columns `j0..j0 + n` of the input.
+    pub(crate) fn subcols(&self, j0: usize, n: usize) -> Input<'a, X> {
+        Input {
+            x: self.x.subcols(j0, n),
+            step: self.step.map(|(a, k)| (a, k.subcols(j0, n))),
+        }
+    }
     /// Writes the input, converted, into `dst`.
-    fn write<T: Real>(&self, dst: MatMut<'_, T>) {
+    pub(crate) fn write<T: Real>(&self, dst: MatMut<'_, T>) {
         match self.step {
             None => real::convert(self.x, dst),
             Some((a, k)) => real::axpy_convert(self.x, a, k, dst),
@@ -196,7 +203,7 @@ pub enum Sink<'a, X> {
 }
 
 /// The input and output of one forward pass.
-enum Io<'a, X> {
+pub(crate) enum Io<'a, X> {
     /// Input `x` or `x + a k`; the output goes to a [`Sink`].
     Separate {
         input: Input<'a, X>,
@@ -214,7 +221,7 @@ enum Io<'a, X> {
 }
 
 impl<X: Real> Io<'_, X> {
-    fn input(&self) -> Input<'_, X> {
+    pub(crate) fn input(&self) -> Input<'_, X> {
         match self {
             Io::Separate { input, .. } => *input,
             Io::Advance { x, step, .. } => Input {
@@ -223,10 +230,10 @@ impl<X: Real> Io<'_, X> {
             },
         }
     }
-    fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.input().x.nrows()
     }
-    fn check(&self, dim: usize) {
+    pub(crate) fn check(&self, dim: usize) {
         let b = self.rows();
         let ok = |m: (usize, usize)| m == (b, dim);
         let inp = self.input();
@@ -241,17 +248,31 @@ impl<X: Real> Io<'_, X> {
             Io::Advance { acc, .. } => assert!(acc.is_none_or(|m| ok(m.shape()))),
         }
     }
-    /// Delivers `f = o + bias` (the output product `o`, bias added per
-    /// column) as the variant says.
-    fn emit<T: Real>(&mut self, o: MatRef<'_, T>, bias: &[T]) {
+    /// Delivers `f = o + bias` (the product `o`, bias added per column) as
+    /// output columns `j0..j0 + o.ncols()`, as the variant says.
+    pub(crate) fn emit<T: Real>(&mut self, o: MatRef<'_, T>, bias: &[T], j0: usize) {
+        let n = o.ncols();
         match self {
             Io::Separate { sink, .. } => match sink {
-                Sink::Store(out) => real::add_bias_convert(o, bias, out.rb_mut()),
-                Sink::StoreCombine { out, acc, base, c } => {
-                    real::bias_store_combine(o, bias, out.rb_mut(), acc.rb_mut(), *base, *c)
+                Sink::Store(out) => {
+                    real::add_bias_convert(o, bias, out.rb_mut().subcols_mut(j0, n))
                 }
+                Sink::StoreCombine { out, acc, base, c } => real::bias_store_combine(
+                    o,
+                    bias,
+                    out.rb_mut().subcols_mut(j0, n),
+                    acc.rb_mut().subcols_mut(j0, n),
+                    base.map(|m| m.subcols(j0, n)),
+                    *c,
+                ),
             },
-            Io::Advance { x, acc, c, .. } => real::bias_advance(o, bias, x.rb_mut(), *acc, *c),
+            Io::Advance { x, acc, c, .. } => real::bias_advance(
+                o,
+                bias,
+                x.rb_mut().subcols_mut(j0, n),
+                acc.map(|m| m.subcols(j0, n)),
+                *c,
+            ),
         }
     }
 }
@@ -335,7 +356,7 @@ fn block_mut<T>(s: &mut [T], l: usize, b: usize, h: usize) -> MatMut<'_, T> {
 }
 
 /// Workspace for a [`temp_rows`] matrix.
-fn temp_rows_scratch<T>(rows: usize, cols: usize) -> StackReq {
+pub(crate) fn temp_rows_scratch<T>(rows: usize, cols: usize) -> StackReq {
     temp_slice_scratch::<T>(rows.max(2) * cols)
 }
 
@@ -368,7 +389,7 @@ fn temp_rows<T: Real>(
 /// destination is then not read) and of conversions that write every
 /// element; skipping the zero fill saves a pass over the largest
 /// temporaries of every sampler step.
-unsafe fn temp_rows_uninit<T: Real>(
+pub(crate) unsafe fn temp_rows_uninit<T: Real>(
     rows: usize,
     cols: usize,
     stack: &mut MemStack,
@@ -384,7 +405,7 @@ unsafe fn temp_rows_uninit<T: Real>(
 }
 
 #[inline]
-fn gemm<T: Real>(dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, par: Par) {
+pub(crate) fn gemm<T: Real>(dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, par: Par) {
     matmul(dst, Accum::Replace, lhs, rhs, T::ONE, par);
 }
 
@@ -450,11 +471,11 @@ impl<T: Real> VelocityNet<T> {
         self.params
     }
 
-    fn weight(&self, l: usize) -> MatRef<'_, T> {
+    pub(crate) fn weight(&self, l: usize) -> MatRef<'_, T> {
         let s = self.config.layer(l);
         MatRef::from_column_major_slice(&self.params[s.weight..s.bias], s.fan_in, s.fan_out)
     }
-    fn bias(&self, l: usize) -> &[T] {
+    pub(crate) fn bias(&self, l: usize) -> &[T] {
         let s = self.config.layer(l);
         &self.params[s.bias..s.bias + s.fan_out]
     }
@@ -565,13 +586,51 @@ impl<T: Real> VelocityNet<T> {
         let (mut o, stack) = unsafe { temp_rows_uninit::<T>(b, c.dim, stack) };
         self.first_layer(times, io.input(), a.rb_mut(), bias, par, stack);
         real::bias_silu(a.rb_mut(), bias);
-        for l in 1..c.layers {
+        let a = self.hidden_layers(a.rb_mut(), z.rb_mut(), par);
+        gemm(o.rb_mut(), a.rb(), self.weight(c.layers), par);
+        io.emit(o.rb(), self.bias(c.layers), 0);
+    }
+
+    /// `bias <- b_1 + tau(t) W_1[k.., :]`: with every row at the same time
+    /// the time features fold into the first bias (workspace of
+    /// [`forward`](Self::forward)).
+    pub(crate) fn shared_time_bias<'s>(
+        &self,
+        t: f64,
+        bias: &mut [T],
+        stack: &'s mut MemStack,
+    ) -> &'s mut MemStack {
+        let c = &self.config;
+        let nf = 2 * c.time_freqs;
+        let (mut tau, stack) = temp_mat_zeroed::<T>(1, nf, stack);
+        self.time_features(&[t], tau.rb_mut());
+        bias.copy_from_slice(self.bias(0));
+        let wt = self.weight(0).subrows(c.dim, nf);
+        for (h, bh) in bias.iter_mut().enumerate() {
+            let mut s = *bh;
+            for i in 0..nf {
+                s += tau[(0, i)] * wt[(i, h)];
+            }
+            *bh = s;
+        }
+        stack
+    }
+
+    /// `a <- a_L` from `a = a_1` (hidden layers 2 to L); `z` is a second
+    /// `B x H` buffer. Returns the buffer holding the result.
+    pub(crate) fn hidden_layers<'m>(
+        &self,
+        a: MatMut<'m, T>,
+        z: MatMut<'m, T>,
+        par: Par,
+    ) -> MatMut<'m, T> {
+        let (mut a, mut z) = (a, z);
+        for l in 1..self.config.layers {
             gemm(z.rb_mut(), a.rb(), self.weight(l), par);
             real::bias_silu(z.rb_mut(), self.bias(l));
             core::mem::swap(&mut a, &mut z);
         }
-        gemm(o.rb_mut(), a.rb(), self.weight(c.layers), par);
-        io.emit(o.rb(), self.bias(c.layers));
+        a
     }
 
     fn first_layer_scratch(&self, batch: usize) -> StackReq {
@@ -599,19 +658,7 @@ impl<T: Real> VelocityNet<T> {
         let nf = 2 * c.time_freqs;
         match times {
             Times::Shared(t) => {
-                // tau(t) is the same for every row: fold tau(t) W_1[k.., :]
-                // into the bias.
-                let (mut tau, stack) = temp_mat_zeroed::<T>(1, nf, stack);
-                self.time_features(&[t], tau.rb_mut());
-                bias.copy_from_slice(self.bias(0));
-                let wt = w.subrows(c.dim, nf);
-                for (h, bh) in bias.iter_mut().enumerate() {
-                    let mut s = *bh;
-                    for i in 0..nf {
-                        s += tau[(0, i)] * wt[(i, h)];
-                    }
-                    *bh = s;
-                }
+                let stack = self.shared_time_bias(t, bias, stack);
                 // SAFETY: the conversion writes every element.
                 let (mut xin, _) = unsafe { temp_rows_uninit::<T>(b, c.dim, stack) };
                 x.write(xin.rb_mut());
