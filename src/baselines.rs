@@ -48,8 +48,9 @@
 use crate::batch::{MatrixBatch, MatrixBatchMut};
 use crate::error::{Error, Result};
 use crate::flow::core_model::{CoreModel, CoreModelChoice, FlowOptions, Precision};
+use crate::flow::latent::{self, LatentMaps};
 use crate::flow::network::{NetConfig, VelocityNet};
-use crate::flow::ode::{self, SolverOptions};
+use crate::flow::ode::SolverOptions;
 use crate::flow::rng;
 use crate::flow::train::{self, TrainOptions};
 use crate::model::{FitOptions, Model};
@@ -204,9 +205,11 @@ fn flow_options(opts: &FitOptions) -> FlowOptions {
 // ---------------------------------------------------------------------------
 // Ambient flow matching
 
+/// The trained network and its hidden-coordinate maps (sampling in
+/// `latent` coordinates when that is cheaper, as the core model does).
 enum AmbientNet {
-    F32(VelocityNet<f32>),
-    F64(VelocityNet<f64>),
+    F32(VelocityNet<f32>, LatentMaps<f32>),
+    F64(VelocityNet<f64>, LatentMaps<f64>),
 }
 
 /// Flow matching on standardised `vec(X)` (see the module docs).
@@ -275,12 +278,14 @@ impl AmbientFlow {
             Precision::F32 => {
                 let (net, rep) =
                     train::train::<f32>(config, y.as_ref(), &topts, par, &mut progress)?;
-                (AmbientNet::F32(net), rep)
+                let maps = LatentMaps::new(&net);
+                (AmbientNet::F32(net, maps), rep)
             }
             Precision::F64 => {
                 let (net, rep) =
                     train::train::<f64>(config, y.as_ref(), &topts, par, &mut progress)?;
-                (AmbientNet::F64(net), rep)
+                let maps = LatentMaps::new(&net);
+                (AmbientNet::F64(net, maps), rep)
             }
         };
         Ok(AmbientFlow {
@@ -315,8 +320,8 @@ impl Sampler for AmbientFlow {
         let mut z = Mat::<f64>::zeros(b, d);
         let mut row = vec![0.0; d];
         let mut mem = MemBuffer::new(match &self.net {
-            AmbientNet::F32(net) => ode::integrate_scratch(net, b, solver),
-            AmbientNet::F64(net) => ode::integrate_scratch(net, b, solver),
+            AmbientNet::F32(net, maps) => latent::integrate_scratch(net, Some(maps), b, solver),
+            AmbientNet::F64(net, maps) => latent::integrate_scratch(net, Some(maps), b, solver),
         });
         let mut start = 0;
         while start < count {
@@ -331,8 +336,12 @@ impl Sampler for AmbientFlow {
             }
             let stack = MemStack::new(&mut mem);
             match &self.net {
-                AmbientNet::F32(net) => ode::integrate(net, solver, 0.0, 1.0, zc.rb_mut(), stack)?,
-                AmbientNet::F64(net) => ode::integrate(net, solver, 0.0, 1.0, zc.rb_mut(), stack)?,
+                AmbientNet::F32(net, maps) => {
+                    latent::integrate(net, Some(maps), solver, 0.0, 1.0, zc.rb_mut(), stack)?
+                }
+                AmbientNet::F64(net, maps) => {
+                    latent::integrate(net, Some(maps), solver, 0.0, 1.0, zc.rb_mut(), stack)?
+                }
             };
             for i in 0..len {
                 let mut x = out.sample_mut(start + i);

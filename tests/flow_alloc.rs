@@ -123,6 +123,19 @@ fn sampling_and_log_densities_do_not_allocate() {
         &mut |_, _, _| true,
     )
     .unwrap();
+    // A network narrower than twice the flow block: fixed-step sampling
+    // runs in the network's hidden coordinates.
+    let narrow = CoreModel::fit(
+        x.as_ref(),
+        &FlowOptions {
+            hidden: 4,
+            flow_energy: 0.99,
+            ..base
+        },
+        &mut |_, _, _| true,
+    )
+    .unwrap();
+    assert!(2 * narrow.flow_dim() > 4, "flow dim {}", narrow.flow_dim());
     let solvers = [
         SolverOptions {
             solver: Solver::Euler,
@@ -144,7 +157,7 @@ fn sampling_and_log_densities_do_not_allocate() {
             ..Default::default()
         },
     ];
-    for model in [&flow, &gauss] {
+    for model in [&flow, &gauss, &narrow] {
         for s in &solvers {
             let count = 300; // more than one sampling chunk
             let mut out = Mat::<f64>::zeros(count, 6);

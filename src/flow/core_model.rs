@@ -73,9 +73,10 @@
 //! their workspaces are `O(rows x (d + q))`, with the `d`-vector
 //! temporaries processed in row blocks of at most `2^18` values.
 
+use super::latent::{self, LatentMaps};
 use super::likelihood::{self, DivergenceField};
 use super::network::{NetConfig, VelocityNet};
-use super::ode::{self, Divergence, SolverOptions, Times, VelocityField};
+use super::ode::{self, Divergence, SolveStats, SolverOptions, Times, VelocityField};
 use super::rng;
 use super::train::{Coupling, TrainOptions, Trainer};
 use crate::error::{Error, ErrorKind, Result};
@@ -533,11 +534,70 @@ impl DivergenceField for FlowNet {
     }
 }
 
+/// The hidden-coordinate maps of a [`FlowNet`] (see [`latent`]).
+#[derive(Clone, Debug)]
+enum FlowMaps {
+    F32(LatentMaps<f32>),
+    F64(LatentMaps<f64>),
+}
+
+impl FlowNet {
+    /// The maps when a fixed-step solve can ever be cheaper in hidden
+    /// coordinates (`H < 2 k`), else `None`.
+    fn maps(&self) -> Option<FlowMaps> {
+        let c = with_net!(self, n => *n.config());
+        (c.hidden < 2 * c.dim).then(|| match self {
+            FlowNet::F32(n) => FlowMaps::F32(LatentMaps::new(n)),
+            FlowNet::F64(n) => FlowMaps::F64(LatentMaps::new(n)),
+        })
+    }
+
+    /// Workspace of [`integrate`](Self::integrate).
+    fn integrate_scratch(
+        &self,
+        maps: Option<&FlowMaps>,
+        batch: usize,
+        solver: &SolverOptions,
+    ) -> StackReq {
+        match (self, maps) {
+            (FlowNet::F32(n), Some(FlowMaps::F32(m))) => {
+                latent::integrate_scratch(n, Some(m), batch, solver)
+            }
+            (FlowNet::F64(n), Some(FlowMaps::F64(m))) => {
+                latent::integrate_scratch(n, Some(m), batch, solver)
+            }
+            _ => ode::integrate_scratch(self, batch, solver),
+        }
+    }
+
+    /// The flow from `t = 0` to 1 of every row of `x`, in hidden
+    /// coordinates when the maps are given and that is cheaper.
+    fn integrate(
+        &self,
+        maps: Option<&FlowMaps>,
+        solver: &SolverOptions,
+        x: MatMut<'_, f64>,
+        stack: &mut MemStack,
+    ) -> Result<SolveStats> {
+        match (self, maps) {
+            (FlowNet::F32(n), Some(FlowMaps::F32(m))) => {
+                latent::integrate(n, Some(m), solver, 0.0, 1.0, x, stack)
+            }
+            (FlowNet::F64(n), Some(FlowMaps::F64(m))) => {
+                latent::integrate(n, Some(m), solver, 0.0, 1.0, x, stack)
+            }
+            _ => ode::integrate(self, solver, 0.0, 1.0, x, stack),
+        }
+    }
+}
+
 /// The flow block ready for sampling and scoring.
 #[derive(Clone, Debug)]
 struct FlowBlock {
     parts: FlowParts,
     net: FlowNet,
+    /// Hidden-coordinate maps of `net` (sampling).
+    maps: Option<FlowMaps>,
     /// `A^T`.
     a_t: Mat<f64>,
     /// `A^-T`.
@@ -636,6 +696,7 @@ impl FlowBlock {
             a_t: a.transpose().to_owned(),
             a_inv_t: a_inv.transpose().to_owned(),
             log_jacobian: log_det_a + log_sigma,
+            maps: net.maps(),
             net,
             parts: p,
         })
@@ -972,7 +1033,7 @@ impl CoreModel {
         let flow = self.flow.as_ref().map_or(StackReq::EMPTY, |f| {
             StackReq::all_of(&[
                 temp_mat_scratch::<f64>(b, k),
-                ode::integrate_scratch(&f.net, b, solver),
+                f.net.integrate_scratch(f.maps.as_ref(), b, solver),
             ])
         });
         let gauss = StackReq::all_of(&[
@@ -1050,7 +1111,7 @@ impl CoreModel {
                     z[(i, j)] = row[j];
                 }
             }
-            ode::integrate(&f.net, solver, 0.0, 1.0, z.rb_mut(), st)?;
+            f.net.integrate(f.maps.as_ref(), solver, z.rb_mut(), st)?;
             let m = &f.parts.mm_shift;
             for j in 0..k {
                 for i in 0..b {
@@ -1537,7 +1598,8 @@ fn moment_match(
     let count = opts.moment_samples.max(4 * k);
     let mut z = Mat::<f64>::zeros(count, k);
     let chunk = count.min(SAMPLE_CHUNK);
-    let mut mem = MemBuffer::new(ode::integrate_scratch(net, chunk, &opts.solver));
+    let maps = net.maps();
+    let mut mem = MemBuffer::new(net.integrate_scratch(maps.as_ref(), chunk, &opts.solver));
     let seed = rng::mix64(opts.seed ^ 0x6d6f_6d65_6e74);
     let mut row = vec![0.0; k];
     let mut start = 0;
@@ -1551,7 +1613,7 @@ fn moment_match(
                 zc[(i, j)] = row[j];
             }
         }
-        ode::integrate(net, &opts.solver, 0.0, 1.0, zc, MemStack::new(&mut mem))?;
+        net.integrate(maps.as_ref(), &opts.solver, zc, MemStack::new(&mut mem))?;
         start += b;
     }
     let sq: Vec<f64> = (0..count)
