@@ -6,7 +6,10 @@ back to back (alternating, same shapes, same thread count, both pinned with
 `taskset` to the first T cores) for every shape of the flow issue and prints a
 markdown table: training optimiser steps/s, samples/s (Euler 100 steps and RK4
 25 steps), achieved GFLOP/s, ratios (CoreFlow / peer) and the single-thread
-f32 matrix-product peak measured by flow_bench.
+f32 matrix-product peak measured by flow_bench. Sampling GFLOP/s are the
+operations each side performs; a CoreFlow figure marked "h" sampled in the
+network's hidden coordinates (src/flow/latent.rs), which needs fewer
+operations than the peer's count for the same solve.
 
     cargo build --release --example flow_bench
     .venv/bin/python scripts/flow_vs_torch.py --peer ../shared/peers/torch_flow_bench.py \
@@ -71,8 +74,10 @@ def main():
                     ours = run(ours_cmd + samp, threads)
                     peer = run(peer_cmd + samp, threads)
                     raw += [ours, peer]
+                    hidden = ours.get("coordinates") == "hidden"
                     res[solver] = (ours["sample_per_s"], peer["sample_per_s"],
-                                   ours["sample_gflops"], peer["sample_gflops"])
+                                   ours.get("sample_gflops_done", ours["sample_gflops"]),
+                                   peer["sample_gflops"], hidden)
                 rows.append(res)
                 print(json.dumps(res), file=sys.stderr, flush=True)
     if a.json_out:
@@ -86,9 +91,10 @@ def main():
     for r in rows:
         cells = []
         for key in ("train", "euler", "rk4"):
-            o, q, og, qg = r[key]
+            o, q, og, qg, *h = r[key]
+            mark = " h" if h and h[0] else ""
             cells.append(f"{o:.1f} / {q:.1f} ({o / q:.2f}x)")
-            cells.append(f"{og:.0f} / {qg:.0f}")
+            cells.append(f"{og:.0f}{mark} / {qg:.0f}")
         print(f"| {r['threads']} | {r['dim']} | {r['hidden']} | " + " | ".join(cells) + " |")
 
 
