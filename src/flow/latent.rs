@@ -146,6 +146,7 @@ impl<T: Real> LatentField<'_, T> {
             Times::PerRow(t) => {
                 assert!(t.len() == b);
                 let nf = 2 * c.time_freqs;
+                // SAFETY: time_features writes every element.
                 let (mut tau, _) = unsafe { temp_rows_uninit::<T>(b, nf, stack) };
                 self.net.time_features(t, tau.rb_mut());
                 let wt = self.net.weight(0).subrows(c.dim, nf);

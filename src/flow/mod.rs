@@ -10,6 +10,8 @@
 //! - [`assignment`]: exact minimum-cost assignment (minibatch OT coupling);
 //! - [`train`]: the flow-matching training loop;
 //! - [`ode`]: fixed-step and adaptive ODE solvers;
+//! - [`latent`]: fixed-step sampling in the network's hidden coordinates
+//!   (fewer operations when the flow block is wider than half the network);
 //! - [`likelihood`]: log-densities by the instantaneous change of variables;
 //! - [`core_model`]: the fitted core model (flow on the leading principal
 //!   components + Gaussian block, or the Gaussian fallback).
