@@ -148,6 +148,7 @@ const LOSS_WINDOW: usize = 100;
 pub struct Trainer<'r, T: Real> {
     net: VelocityNet<T>,
     opts: TrainOptions,
+    /// The training set, row-major (`n x k`).
     data: Vec<T>,
     n: usize,
     adam: Adam<T>,
@@ -203,7 +204,7 @@ impl<'r, T: Real> Trainer<'r, T> {
                         "data: non-finite value at ({i}, {j})"
                     )));
                 }
-                flat[i + j * n] = T::from_f64(v);
+                flat[i * k + j] = T::from_f64(v);
             }
         }
         let net = VelocityNet::<T>::new(config, rng::mix64(opts.seed ^ 0x6e65_7477))?;
@@ -280,7 +281,7 @@ impl<'r, T: Real> Trainer<'r, T> {
             self.t[i] = rng::uniform(&mut self.rng);
         }
         rng::fill_normal_fast(&mut self.rng, &mut self.x0);
-        gather_rows(&self.data, self.n, &self.idx, &mut self.x1);
+        gather_rows(&self.data, k, &self.idx, &mut self.x1);
         if self.opts.coupling == Coupling::MinibatchOt {
             self.couple_ot(b, k)?;
         }
@@ -393,7 +394,7 @@ impl<'r, T: Real> Trainer<'r, T> {
             self.perm[a] = self.idx[self.perm[a]];
         }
         self.idx.copy_from_slice(&self.perm);
-        gather_rows(&self.data, self.n, &self.idx, &mut self.x1);
+        gather_rows(&self.data, k, &self.idx, &mut self.x1);
         Ok(())
     }
 
@@ -458,11 +459,25 @@ pub fn train<T: Real>(
 
 /// `x1[b, j] = data[idx[b], j]`, both column-major (`data` has `n` rows):
 /// each column is gathered from one cache-resident data column.
-fn gather_rows<T: Real>(data: &[T], n: usize, idx: &[usize], x1: &mut [T]) {
+/// `x1[i, j] = data[idx[i], j]` with `data` row-major (`k` values per row)
+/// and `x1` column-major (`b x k`). Tiles of 16 rows by 256 columns keep
+/// both the rows read and the column pieces written in cache (a column-major
+/// `data` would stream every column of the set on every step).
+fn gather_rows<T: Real>(data: &[T], k: usize, idx: &[usize], x1: &mut [T]) {
+    const ROWS: usize = 16;
+    const COLS: usize = 256;
     let b = idx.len();
-    for (dcol, xcol) in data.chunks_exact(n).zip(x1.chunks_exact_mut(b)) {
-        for (x, &r) in xcol.iter_mut().zip(idx) {
-            *x = dcol[r];
+    for (i0, rows) in idx.chunks(ROWS).enumerate().map(|(c, r)| (c * ROWS, r)) {
+        let mut j0 = 0;
+        while j0 < k {
+            let j1 = (j0 + COLS).min(k);
+            for j in j0..j1 {
+                let col = &mut x1[j * b + i0..j * b + i0 + rows.len()];
+                for (x, &r) in col.iter_mut().zip(rows) {
+                    *x = data[r * k + j];
+                }
+            }
+            j0 = j1;
         }
     }
 }
