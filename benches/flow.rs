@@ -1,10 +1,12 @@
 //! Criterion benchmarks of the flow module: one training step, sampling and
-//! log-densities, single-threaded, at the default architecture
+//! log-densities (sampling also in hidden coordinates where that is
+//! cheaper), single-threaded, at the default architecture
 //! (H = 256, L = 3, 16 time frequencies).
 //!
 //! `cargo bench --bench flow`; for side-by-side numbers with the PyTorch
 //! peer use `examples/flow_bench.rs` (see BENCHMARKS.md).
 
+use coreflow::flow::latent::{self, LatentMaps};
 use coreflow::flow::ode::{integrate, integrate_scratch};
 use coreflow::flow::{
     likelihood, rng, NetConfig, Solver, SolverOptions, TrainOptions, Trainer, VelocityNet,
@@ -82,6 +84,20 @@ fn sample(c: &mut Criterion) {
                 black_box(x[(0, 0)])
             })
         });
+        // The same solve in the network's hidden coordinates, where cheaper.
+        if LatentMaps::<f32>::pays(net.config(), &opts) {
+            let maps = LatentMaps::new(&net);
+            let mut mem = MemBuffer::new(latent::integrate_scratch(&net, Some(&maps), n, &opts));
+            g.bench_function(format!("d{dim}_{solver:?}{steps}_n{n}_hidden"), |b| {
+                b.iter(|| {
+                    x.copy_from(&x0);
+                    let stack = MemStack::new(&mut mem);
+                    latent::integrate(&net, Some(&maps), &opts, 0.0, 1.0, x.as_mut(), stack)
+                        .unwrap();
+                    black_box(x[(0, 0)])
+                })
+            });
+        }
     }
     g.finish();
 }
