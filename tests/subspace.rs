@@ -209,17 +209,22 @@ fn noiseless_recovery_at_200_by_200() {
 
 #[test]
 fn noisy_distance_shrinks_as_samples_grow() {
-    let mut last = f64::INFINITY;
-    let mut dists = vec![];
+    // The estimation error of the bases falls as 1/sqrt(N): each fourfold
+    // increase of N should halve the distance. The band allows for the
+    // sampling fluctuation of single problems and still fails for no decay
+    // (ratio 1) or a 1/N decay (ratio 0.25).
+    let mut dists: Vec<f64> = vec![];
     for count in [20, 80, 320] {
         let p = Planted::new(count, 30, 30, 3, 3, 1e-2, Core::Gaussian, 3);
         let f = run(&p.batch(), &opts(3, 3));
         let d = subspace_distance(&f.u, &p.u).max(subspace_distance(&f.v, &p.v));
         dists.push(d);
-        assert!(d < 0.5 * last, "distances {dists:?}");
-        last = d;
     }
     println!("noisy distances for N = 20, 80, 320: {dists:?}");
+    for w in dists.windows(2) {
+        let ratio = w[1] / w[0];
+        assert!((0.35..0.65).contains(&ratio), "ratio {ratio}, distances {dists:?}");
+    }
 }
 
 #[test]
