@@ -24,7 +24,8 @@
 
 use super::network::{gemm, temp_rows_scratch, temp_rows_uninit, Input, Io, NetConfig, Sink};
 use super::network::{Times, VelocityNet};
-use super::ode::{self, SolveStats, Solver, SolverOptions, VelocityField};
+use super::ode::VelocityField;
+use super::ode::{self, fused_velocity_field, FusedField, SolveStats, Solver, SolverOptions};
 use super::real::{self, Real};
 use crate::error::{Error, Result};
 use crate::numerics::{temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch};
@@ -108,8 +109,11 @@ struct LatentField<'a, T: Real> {
     maps: &'a LatentMaps<T>,
 }
 
-impl<T: Real> LatentField<'_, T> {
-    fn forward_scratch(&self, batch: usize) -> StackReq {
+impl<T: Real> FusedField for LatentField<'_, T> {
+    fn fused_dim(&self) -> usize {
+        2 * self.net.config().hidden
+    }
+    fn fused_scratch(&self, batch: usize) -> StackReq {
         let c = self.net.config();
         let h = c.hidden;
         StackReq::all_of(&[
@@ -125,7 +129,7 @@ impl<T: Real> LatentField<'_, T> {
         ])
     }
 
-    fn forward(&self, times: Times<'_>, mut io: Io<'_, f64>, stack: &mut MemStack) {
+    fn forward_fused(&self, times: Times<'_>, mut io: Io<'_, f64>, stack: &mut MemStack) {
         let c = *self.net.config();
         let h = c.hidden;
         let b = io.rows();
@@ -163,91 +167,7 @@ impl<T: Real> LatentField<'_, T> {
 }
 
 impl<T: Real> VelocityField for LatentField<'_, T> {
-    fn dim(&self) -> usize {
-        2 * self.net.config().hidden
-    }
-    fn eval_scratch(&self, batch: usize) -> StackReq {
-        self.forward_scratch(batch)
-    }
-    fn eval(&self, times: Times<'_>, x: MatRef<'_, f64>, v: MatMut<'_, f64>, stack: &mut MemStack) {
-        let input = Input { x, step: None };
-        self.forward(
-            times,
-            Io::Separate {
-                input,
-                sink: Sink::Store(v),
-            },
-            stack,
-        )
-    }
-    fn eval_stage_scratch(&self, batch: usize) -> StackReq {
-        self.forward_scratch(batch)
-    }
-    fn eval_stage(
-        &self,
-        times: Times<'_>,
-        x: MatRef<'_, f64>,
-        a: f64,
-        k: MatRef<'_, f64>,
-        v: MatMut<'_, f64>,
-        stack: &mut MemStack,
-    ) {
-        let input = Input {
-            x,
-            step: Some((a, k)),
-        };
-        self.forward(
-            times,
-            Io::Separate {
-                input,
-                sink: Sink::Store(v),
-            },
-            stack,
-        )
-    }
-    fn eval_combine_scratch(&self, batch: usize) -> StackReq {
-        self.forward_scratch(batch)
-    }
-    fn eval_combine(
-        &self,
-        times: Times<'_>,
-        x: MatRef<'_, f64>,
-        stage: Option<(f64, MatRef<'_, f64>)>,
-        v: MatMut<'_, f64>,
-        acc: MatMut<'_, f64>,
-        base: Option<MatRef<'_, f64>>,
-        c: f64,
-        stack: &mut MemStack,
-    ) {
-        let input = Input { x, step: stage };
-        let sink = Sink::StoreCombine {
-            out: v,
-            acc,
-            base,
-            c,
-        };
-        self.forward(times, Io::Separate { input, sink }, stack)
-    }
-    fn eval_advance_scratch(&self, batch: usize) -> StackReq {
-        self.forward_scratch(batch)
-    }
-    fn eval_advance(
-        &self,
-        times: Times<'_>,
-        x: MatMut<'_, f64>,
-        stage: Option<(f64, MatRef<'_, f64>)>,
-        acc: Option<MatRef<'_, f64>>,
-        c: f64,
-        stack: &mut MemStack,
-    ) {
-        let io = Io::Advance {
-            x,
-            step: stage,
-            acc,
-            c,
-        };
-        self.forward(times, io, stack)
-    }
+    fused_velocity_field!();
 }
 
 /// Workspace for [`integrate`] of `batch` rows.

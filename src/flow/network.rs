@@ -185,7 +185,7 @@ impl<'a, X: Real> Input<'a, X> {
 
 /// Where the velocity `f = v(x, t)` of a forward pass goes, in the caller's
 /// real type `X`.
-pub enum Sink<'a, X> {
+pub(crate) enum Sink<'a, X> {
     /// `out <- f`.
     Store(MatMut<'a, X>),
     /// `out <- f` and `acc <- base + c f` (`base` is `acc` itself when
@@ -511,7 +511,7 @@ impl<T: Real> VelocityNet<T> {
     ) {
         let input = Input { x, step: None };
         let sink = Sink::Store(out);
-        self.forward_impl(times, Io::Separate { input, sink }, par, stack)
+        self.forward_io(times, Io::Separate { input, sink }, par, stack)
     }
 
     /// `out <- v(x + a k, t)`: a solver stage, with the combination formed
@@ -532,43 +532,12 @@ impl<T: Real> VelocityNet<T> {
             step: Some((a, k)),
         };
         let sink = Sink::Store(out);
-        self.forward_impl(times, Io::Separate { input, sink }, par, stack)
+        self.forward_io(times, Io::Separate { input, sink }, par, stack)
     }
 
-    /// `f = v(x + a k, t)` (`v(x, t)` when `step` is `None`) into `sink`,
-    /// with the accumulation of [`Sink::StoreCombine`] fused into the output
-    /// layer (workspace of [`forward`](Self::forward)).
-    pub fn forward_into<X: Real>(
-        &self,
-        times: Times<'_>,
-        x: MatRef<'_, X>,
-        step: Option<(X, MatRef<'_, X>)>,
-        sink: Sink<'_, X>,
-        par: Par,
-        stack: &mut MemStack,
-    ) {
-        let input = Input { x, step };
-        self.forward_impl(times, Io::Separate { input, sink }, par, stack)
-    }
-
-    /// `x <- x + c (acc + v(x + a k, t))` (`acc` = 0 when `None`, `v(x, t)`
-    /// when `step` is `None`): the last stage of a solver step, fused into
-    /// the output layer (workspace of [`forward`](Self::forward)).
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_advance<X: Real>(
-        &self,
-        times: Times<'_>,
-        x: MatMut<'_, X>,
-        step: Option<(X, MatRef<'_, X>)>,
-        acc: Option<MatRef<'_, X>>,
-        c: X,
-        par: Par,
-        stack: &mut MemStack,
-    ) {
-        self.forward_impl(times, Io::Advance { x, step, acc, c }, par, stack)
-    }
-
-    fn forward_impl<X: Real>(
+    /// One forward pass with input and output as `io` says (workspace of
+    /// [`forward`](Self::forward)).
+    pub(crate) fn forward_io<X: Real>(
         &self,
         times: Times<'_>,
         mut io: Io<'_, X>,

@@ -22,7 +22,7 @@
 //! nothing allocates.
 
 pub use super::network::Times;
-use super::network::{Sink, VelocityNet};
+use super::network::{Input, Io, Sink, VelocityNet};
 use super::real::{col_mut, col_ref, multiversion, Real};
 use crate::error::{Error, Result};
 use crate::numerics::{temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch};
@@ -130,66 +130,135 @@ pub trait VelocityField {
     }
 }
 
-impl<T: Real> VelocityField for VelocityNet<T> {
-    fn dim(&self) -> usize {
+/// A field whose forward pass takes its input and its (possibly fused)
+/// output as one [`Io`], with one workspace for every kind of stage. Such a
+/// field gets its [`VelocityField`] methods from
+/// [`fused_velocity_field!`].
+pub(crate) trait FusedField {
+    /// State dimension.
+    fn fused_dim(&self) -> usize;
+    /// Workspace of [`forward_fused`](Self::forward_fused) for `batch` rows.
+    fn fused_scratch(&self, batch: usize) -> StackReq;
+    /// One evaluation: input and output as `io` says.
+    fn forward_fused(&self, times: Times<'_>, io: Io<'_, f64>, stack: &mut MemStack);
+}
+
+/// The [`VelocityField`] methods of a [`FusedField`]: every stage kind is
+/// one `forward_fused` call.
+macro_rules! fused_velocity_field {
+    () => {
+        fn dim(&self) -> usize {
+            $crate::flow::ode::FusedField::fused_dim(self)
+        }
+        fn eval_scratch(&self, batch: usize) -> StackReq {
+            self.fused_scratch(batch)
+        }
+        fn eval(
+            &self,
+            times: Times<'_>,
+            x: MatRef<'_, f64>,
+            v: MatMut<'_, f64>,
+            stack: &mut MemStack,
+        ) {
+            let input = Input { x, step: None };
+            self.forward_fused(
+                times,
+                Io::Separate {
+                    input,
+                    sink: Sink::Store(v),
+                },
+                stack,
+            )
+        }
+        fn eval_stage_scratch(&self, batch: usize) -> StackReq {
+            self.fused_scratch(batch)
+        }
+        fn eval_stage(
+            &self,
+            times: Times<'_>,
+            x: MatRef<'_, f64>,
+            a: f64,
+            k: MatRef<'_, f64>,
+            v: MatMut<'_, f64>,
+            stack: &mut MemStack,
+        ) {
+            let input = Input {
+                x,
+                step: Some((a, k)),
+            };
+            self.forward_fused(
+                times,
+                Io::Separate {
+                    input,
+                    sink: Sink::Store(v),
+                },
+                stack,
+            )
+        }
+        fn eval_combine_scratch(&self, batch: usize) -> StackReq {
+            self.fused_scratch(batch)
+        }
+        fn eval_combine(
+            &self,
+            times: Times<'_>,
+            x: MatRef<'_, f64>,
+            stage: Option<(f64, MatRef<'_, f64>)>,
+            v: MatMut<'_, f64>,
+            acc: MatMut<'_, f64>,
+            base: Option<MatRef<'_, f64>>,
+            c: f64,
+            stack: &mut MemStack,
+        ) {
+            let input = Input { x, step: stage };
+            let sink = Sink::StoreCombine {
+                out: v,
+                acc,
+                base,
+                c,
+            };
+            self.forward_fused(times, Io::Separate { input, sink }, stack)
+        }
+        fn eval_advance_scratch(&self, batch: usize) -> StackReq {
+            self.fused_scratch(batch)
+        }
+        fn eval_advance(
+            &self,
+            times: Times<'_>,
+            x: MatMut<'_, f64>,
+            stage: Option<(f64, MatRef<'_, f64>)>,
+            acc: Option<MatRef<'_, f64>>,
+            c: f64,
+            stack: &mut MemStack,
+        ) {
+            self.forward_fused(
+                times,
+                Io::Advance {
+                    x,
+                    step: stage,
+                    acc,
+                    c,
+                },
+                stack,
+            )
+        }
+    };
+}
+pub(crate) use fused_velocity_field;
+
+impl<T: Real> FusedField for VelocityNet<T> {
+    fn fused_dim(&self) -> usize {
         self.config().dim
     }
-    fn eval_scratch(&self, batch: usize) -> StackReq {
+    fn fused_scratch(&self, batch: usize) -> StackReq {
         self.forward_scratch(batch)
     }
-    fn eval(&self, times: Times<'_>, x: MatRef<'_, f64>, v: MatMut<'_, f64>, stack: &mut MemStack) {
-        self.forward(times, x, v, Par::Seq, stack);
+    fn forward_fused(&self, times: Times<'_>, io: Io<'_, f64>, stack: &mut MemStack) {
+        self.forward_io(times, io, Par::Seq, stack)
     }
-    fn eval_stage_scratch(&self, batch: usize) -> StackReq {
-        self.forward_scratch(batch)
-    }
-    fn eval_stage(
-        &self,
-        times: Times<'_>,
-        x: MatRef<'_, f64>,
-        a: f64,
-        k: MatRef<'_, f64>,
-        v: MatMut<'_, f64>,
-        stack: &mut MemStack,
-    ) {
-        self.forward_stage(times, x, a, k, v, Par::Seq, stack);
-    }
-    fn eval_combine_scratch(&self, batch: usize) -> StackReq {
-        self.forward_scratch(batch)
-    }
-    fn eval_combine(
-        &self,
-        times: Times<'_>,
-        x: MatRef<'_, f64>,
-        stage: Option<(f64, MatRef<'_, f64>)>,
-        v: MatMut<'_, f64>,
-        acc: MatMut<'_, f64>,
-        base: Option<MatRef<'_, f64>>,
-        c: f64,
-        stack: &mut MemStack,
-    ) {
-        let sink = Sink::StoreCombine {
-            out: v,
-            acc,
-            base,
-            c,
-        };
-        self.forward_into(times, x, stage, sink, Par::Seq, stack);
-    }
-    fn eval_advance_scratch(&self, batch: usize) -> StackReq {
-        self.forward_scratch(batch)
-    }
-    fn eval_advance(
-        &self,
-        times: Times<'_>,
-        x: MatMut<'_, f64>,
-        stage: Option<(f64, MatRef<'_, f64>)>,
-        acc: Option<MatRef<'_, f64>>,
-        c: f64,
-        stack: &mut MemStack,
-    ) {
-        self.forward_advance(times, x, stage, acc, c, Par::Seq, stack);
-    }
+}
+
+impl<T: Real> VelocityField for VelocityNet<T> {
+    fused_velocity_field!();
 }
 
 /// The integration method.
