@@ -227,16 +227,7 @@ pub fn integrate<T: Real>(
         opts.solver,
         Solver::Euler | Solver::Heun | Solver::Rk4
     ));
-    if x.ncols() != c.dim {
-        return Err(Error::shape(format!(
-            "x: has {} columns, the field dimension is {}",
-            x.ncols(),
-            c.dim
-        )));
-    }
-    if x.row_stride() != 1 {
-        return Err(Error::shape("x: must have unit row stride"));
-    }
+    ode::check_state(x.rb(), c.dim)?;
     let (b, h) = (x.nrows(), c.hidden);
     if b == 0 || t0 == t1 {
         return Ok(SolveStats::default());

@@ -406,6 +406,20 @@ pub fn integrate_scratch<F: VelocityField + ?Sized>(
     }
 }
 
+/// Checks the state argument `x` of a solve: `dim` columns, unit row stride.
+pub(crate) fn check_state(x: MatRef<'_, f64>, dim: usize) -> Result<()> {
+    if x.ncols() != dim {
+        return Err(Error::shape(format!(
+            "x: has {} columns, the field dimension is {dim}",
+            x.ncols()
+        )));
+    }
+    if x.row_stride() != 1 {
+        return Err(Error::shape("x: must have unit row stride"));
+    }
+    Ok(())
+}
+
 /// Integrates `dx/dt = v(x, t)` from `t0` to `t1` (either direction) for
 /// every row of `x` (`batch x dim`, overwritten by the solution at `t1`).
 pub fn integrate<F: VelocityField + ?Sized>(
@@ -417,16 +431,7 @@ pub fn integrate<F: VelocityField + ?Sized>(
     stack: &mut MemStack,
 ) -> Result<SolveStats> {
     opts.check()?;
-    if x.ncols() != field.dim() {
-        return Err(Error::shape(format!(
-            "x: has {} columns, the field dimension is {}",
-            x.ncols(),
-            field.dim()
-        )));
-    }
-    if x.row_stride() != 1 {
-        return Err(Error::shape("x: must have unit row stride"));
-    }
+    check_state(x.rb(), field.dim())?;
     if x.nrows() == 0 || t0 == t1 {
         return Ok(SolveStats::default());
     }
