@@ -98,7 +98,7 @@ use crate::batch::{MaskRef, MatrixBatch};
 use crate::error::{Error, Result};
 use crate::numerics::{
     self, gemm, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch, MemBuffer,
-    MemStack, Par, StackReq,
+    MemStack, Par, SharedBuf, StackReq,
 };
 use crate::reduce::Reducer;
 use crate::subspace::{self, SubspaceMethod, SubspaceOptions};
@@ -388,34 +388,6 @@ fn e_step_worker_bytes(rows: usize, cols: usize, rank_cols: usize) -> usize {
     .unaligned_bytes_required()
 }
 
-/// A raw pointer to a buffer shared by workers that touch disjoint samples.
-#[derive(Copy, Clone)]
-struct SharedSlice(*mut f64, usize);
-// SAFETY: workers write disjoint sample blocks and the scope joins them.
-unsafe impl Send for SharedSlice {}
-unsafe impl Sync for SharedSlice {}
-
-impl SharedSlice {
-    fn new(buf: &mut [f64]) -> Self {
-        Self(buf.as_mut_ptr(), buf.len())
-    }
-
-    // A method (not field access) so closures capture the whole Sync wrapper.
-    fn ptr(&self) -> *mut f64 {
-        self.0
-    }
-
-    /// Elements `[offset, offset + len)`.
-    ///
-    /// # Safety
-    /// The range lies inside the buffer and no two live slices overlap.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f64] {
-        debug_assert!(offset + len <= self.1);
-        std::slice::from_raw_parts_mut(self.0.add(offset), len)
-    }
-}
-
 /// Independent partial sums of the row updates, one per bit of a pattern
 /// byte (vectorisable; the order of the additions is fixed, so results do
 /// not depend on the thread count or the instruction set).
@@ -579,19 +551,14 @@ pub fn e_step(
     let (sums, stack) = temp_slice(2 * count, 0.0f64, stack);
     let worker_bytes = e_step_worker_bytes(m, n, s);
     let (scratch, _) = stack.make_aligned_uninit::<u8>(worker_bytes * t, numerics::ALIGN);
-    let shared_z = SharedSlice::new(z);
-    let shared_sums = SharedSlice::new(sums);
-    let shared_rows = rows_out.map(SharedSlice::new);
-    let shared_scratch = SharedSlice(scratch.as_mut_ptr() as *mut f64, scratch.len());
+    let shared_z = SharedBuf::new(z);
+    let shared_sums = SharedBuf::new(sums);
+    let shared_rows = rows_out.map(SharedBuf::new);
+    let shared_scratch = SharedBuf::new(scratch);
     numerics::parallel_parts(count, t, &|k, range| {
         // SAFETY: worker k alone uses bytes [k w, (k + 1) w) of the scratch,
         // and the sums, sample blocks of z and row blocks of its range.
-        let ws = unsafe {
-            std::slice::from_raw_parts_mut(
-                (shared_scratch.ptr() as *mut std::mem::MaybeUninit<u8>).add(k * worker_bytes),
-                worker_bytes,
-            )
-        };
+        let ws = unsafe { shared_scratch.slice(k * worker_bytes, worker_bytes) };
         let stack = MemStack::new(ws);
         let (mut uc, stack) = temp_mat_zeroed::<f64>(m, s, stack);
         let (pbuf, _) = temp_slice(panel * n, 0.0f64, stack);

@@ -319,6 +319,73 @@ pub fn parallel_parts(
     });
 }
 
+/// A buffer shared by the scoped workers of [`parallel_parts`], each of which
+/// touches its own disjoint elements.
+pub(crate) struct SharedBuf<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+impl<T> Clone for SharedBuf<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedBuf<T> {}
+
+// SAFETY: workers only build views of disjoint elements (checked by the
+// callers' index arithmetic) and the scope joins them before the buffer's
+// borrow ends.
+unsafe impl<T: Send> Send for SharedBuf<T> {}
+unsafe impl<T: Send> Sync for SharedBuf<T> {}
+
+impl<T> SharedBuf<T> {
+    pub(crate) fn new(buf: &mut [T]) -> Self {
+        Self {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
+
+    /// Elements `[offset, offset + len)`.
+    ///
+    /// # Safety
+    /// The range lies inside the buffer and no two live views overlap.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [T] {
+        debug_assert!(offset + len <= self.len);
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
+    }
+
+    /// A strided view starting at `offset`.
+    ///
+    /// # Safety
+    /// The view lies inside the buffer and no two live views share an
+    /// element.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn mat(
+        &self,
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        rs: isize,
+        cs: isize,
+    ) -> MatMut<'_, T> {
+        debug_assert!(offset <= self.len);
+        unsafe { MatMut::from_raw_parts_mut(self.ptr.add(offset), rows, cols, rs, cs) }
+    }
+
+    /// A contiguous column-major `rows x cols` block starting at `offset`.
+    ///
+    /// # Safety
+    /// As for [`SharedBuf::mat`].
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn block(&self, offset: usize, rows: usize, cols: usize) -> MatMut<'_, T> {
+        debug_assert!(offset + rows * cols <= self.len);
+        unsafe { self.mat(offset, rows, cols, 1, rows as isize) }
+    }
+}
+
 /// Squared Frobenius norm.
 pub fn norm_sq(a: MatRef<'_, f64>) -> f64 {
     let mut s = 0.0;

@@ -99,13 +99,12 @@
 use crate::batch::MatrixBatch;
 use crate::error::{Error, Result};
 use crate::numerics::{
-    self, gemm, syrk_lower, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch,
-    MemBuffer, MemStack, Par, StackReq,
+    self, gemm, parallel_parts, syrk_lower, temp_mat_scratch, temp_mat_zeroed, temp_slice,
+    temp_slice_scratch, MemBuffer, MemStack, Par, SharedBuf, StackReq,
 };
 use crate::reduce::{sum_scalar, Reducer};
 use faer::prelude::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef};
-use std::ops::Range;
 
 /// How the subspaces are refined after the HOSVD initialisation.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -274,80 +273,9 @@ pub struct SubspaceFit {
 // ---------------------------------------------------------------------------
 // Parallel helpers.
 
-/// A raw view of a buffer shared by scoped workers that write disjoint parts.
-#[derive(Copy, Clone)]
-struct SharedBuf {
-    ptr: *mut f64,
-    len: usize,
-}
-
-// SAFETY: workers only build views of disjoint elements (checked by the
-// callers' index arithmetic) and the scope joins them before the buffer's
-// borrow ends.
-unsafe impl Send for SharedBuf {}
-unsafe impl Sync for SharedBuf {}
-
-impl SharedBuf {
-    fn new(buf: &mut [f64]) -> Self {
-        Self {
-            ptr: buf.as_mut_ptr(),
-            len: buf.len(),
-        }
-    }
-
-    /// A strided view starting at `offset`.
-    ///
-    /// # Safety
-    /// The view must lie inside the buffer and no two live views may share
-    /// an element.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn mat(
-        &self,
-        offset: usize,
-        rows: usize,
-        cols: usize,
-        rs: isize,
-        cs: isize,
-    ) -> MatMut<'_, f64> {
-        debug_assert!(offset <= self.len);
-        MatMut::from_raw_parts_mut(self.ptr.add(offset), rows, cols, rs, cs)
-    }
-
-    /// A contiguous column-major `rows x cols` block starting at `offset`.
-    ///
-    /// # Safety
-    /// As for [`SharedBuf::mat`].
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn block(&self, offset: usize, rows: usize, cols: usize) -> MatMut<'_, f64> {
-        debug_assert!(offset + rows * cols <= self.len);
-        self.mat(offset, rows, cols, 1, rows as isize)
-    }
-}
-
 /// Number of workers for `par` on `count` items.
 fn workers(par: Par, count: usize) -> usize {
     par.degree().clamp(1, count.max(1))
-}
-
-/// Worker `k` of `parts` gets this contiguous part of `0..count`.
-fn part(count: usize, parts: usize, k: usize) -> Range<usize> {
-    count * k / parts..count * (k + 1) / parts
-}
-
-/// Runs `f(k, range_k)` for `k < threads` on scoped threads (worker 0 is the
-/// calling thread), the ranges splitting `0..count` into contiguous parts.
-fn parallel_for(count: usize, threads: usize, f: &(dyn Fn(usize, Range<usize>) + Sync)) {
-    let t = threads.clamp(1, count.max(1));
-    if t == 1 {
-        f(0, 0..count);
-        return;
-    }
-    std::thread::scope(|scope| {
-        for k in 1..t {
-            scope.spawn(move || f(k, part(count, t, k)));
-        }
-        f(0, part(count, t, 0));
-    });
 }
 
 /// A contiguous column-major matrix as one slice, or `None`.
@@ -440,7 +368,7 @@ pub fn sample_mean(
     let (acc, _) = temp_slice(len * t, 0.0f64, stack);
     {
         let shared = SharedBuf::new(acc);
-        parallel_for(count, t, &|k, range| {
+        parallel_parts(count, t, &|k, range| {
             // SAFETY: worker k owns accumulator k.
             let mut a = unsafe { shared.block(k * len, m, n) };
             for i in range {
@@ -522,7 +450,7 @@ fn local_grams(
     let shared_a = SharedBuf::new(as_slice_mut(&mut a).expect("contiguous Gram temporary"));
     let shared_b = SharedBuf::new(as_slice_mut(&mut b).expect("contiguous Gram temporary"));
     let shared_acc = SharedBuf::new(acc);
-    parallel_for(count, t, &|k, range| {
+    parallel_parts(count, t, &|k, range| {
         // SAFETY: worker 0 owns `a` and `b`, worker k > 0 owns part k - 1 of `acc`.
         let (mut ak, mut bk) = unsafe {
             if k == 0 {
@@ -760,7 +688,7 @@ fn block_products(
         gemm(z, Accum::Replace, st, q, 1.0, par);
         if centered {
             let shared = SharedBuf::new(out);
-            parallel_for(count, workers(par, count), &|_, range| {
+            parallel_parts(count, workers(par, count), &|_, range| {
                 for i in range {
                     // SAFETY: block i belongs to sample i only.
                     let z = unsafe { shared.mat(i * block_stride, p, k, k as isize, 1) };
@@ -770,7 +698,7 @@ fn block_products(
         }
     } else {
         let shared = SharedBuf::new(out);
-        parallel_for(count, workers(par, count), &|_, range| {
+        parallel_parts(count, workers(par, count), &|_, range| {
             for i in range {
                 // SAFETY: block i belongs to sample i only.
                 let mut z = unsafe { shared.mat(i * block_stride, p, k, k as isize, 1) };
@@ -829,7 +757,7 @@ fn block_gram(
         let shared_gram =
             SharedBuf::new(as_slice_mut(&mut gram).expect("contiguous Gram temporary"));
         let shared_acc = SharedBuf::new(acc);
-        parallel_for(count, t, &|w, range| {
+        parallel_parts(count, t, &|w, range| {
             // SAFETY: worker 0 owns `gram`, worker w > 0 part w - 1 of `acc`.
             let mut g = unsafe {
                 if w == 0 {
@@ -1194,7 +1122,7 @@ fn for_each_core(
     let left = left_first(m, n, r, s);
     let (tmp, _) = temp_slice(t * per, 0.0f64, stack);
     let shared = SharedBuf::new(tmp);
-    parallel_for(count, t, &|k, range| {
+    parallel_parts(count, t, &|k, range| {
         // SAFETY: worker k owns part k of `tmp`; the half product is either
         // `U^T X_i` or `X_i V`, never both.
         let mut c = unsafe { shared.block(k * per + half, r, s) };
@@ -1525,7 +1453,7 @@ fn canonical_rotation(
         let (tmp, _) = temp_slice(t * rs, 0.0f64, stack);
         let tmp = SharedBuf::new(tmp);
         let (rot_u, rot_v) = (rot_u.rb(), rot_v.rb());
-        parallel_for(count, workers(par, count), &|k, range| {
+        parallel_parts(count, workers(par, count), &|k, range| {
             // SAFETY: worker k owns part k of `tmp` and the cores of its range.
             let mut half = unsafe { tmp.block(k * rs, r, s) };
             for i in range {
@@ -1645,7 +1573,7 @@ fn block_products_reduce(
     let acc = &mut acc[..t * per];
     {
         let shared = SharedBuf::new(acc);
-        parallel_for(count, t, &|w, range| {
+        parallel_parts(count, t, &|w, range| {
             // SAFETY: worker w owns part w of `acc`.
             let (mut g, mut pt, mut fw) = unsafe {
                 (
@@ -1962,7 +1890,7 @@ fn exact_line_search(
     let t = workers(par, count);
     {
         let shared = SharedBuf::new(parts);
-        parallel_for(count, t, &|w, range| {
+        parallel_parts(count, t, &|w, range| {
             // SAFETY: worker w owns part w of `parts`.
             let (mut tm, mut kk, mut sums) = unsafe {
                 (
