@@ -223,7 +223,10 @@ fn noisy_distance_shrinks_as_samples_grow() {
     println!("noisy distances for N = 20, 80, 320: {dists:?}");
     for w in dists.windows(2) {
         let ratio = w[1] / w[0];
-        assert!((0.35..0.65).contains(&ratio), "ratio {ratio}, distances {dists:?}");
+        assert!(
+            (0.35..0.65).contains(&ratio),
+            "ratio {ratio}, distances {dists:?}"
+        );
     }
 }
 
