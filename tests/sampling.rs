@@ -22,6 +22,13 @@ fn small_flow() -> FlowOptions {
 }
 
 fn fitted(core_model: CoreModelChoice) -> (Model, Vec<f64>) {
+    fitted_with(FlowOptions {
+        core_model,
+        ..small_flow()
+    })
+}
+
+fn fitted_with(flow: FlowOptions) -> (Model, Vec<f64>) {
     let mut spec = PlantedSpec::new(200, M, N, 3, 2, 71);
     spec.core = CoreDistribution::Mixture {
         components: 3,
@@ -35,10 +42,7 @@ fn fitted(core_model: CoreModelChoice) -> (Model, Vec<f64>) {
         rank_cols: 2,
         threads: 1,
         seed: 5,
-        flow: FlowOptions {
-            core_model,
-            ..small_flow()
-        },
+        flow,
         ..FitOptions::default()
     };
     (Model::fit(&batch, &opts).unwrap(), p.data.data)
@@ -207,25 +211,13 @@ fn narrow_networks_sample_in_hidden_coordinates_deterministically() {
     // hidden < 2 k: fixed-step sampling takes the hidden-coordinate route
     // (src/flow/latent.rs); per-sample determinism and persistence hold the
     // same way.
-    let mut spec = PlantedSpec::new(200, M, N, 3, 2, 71);
-    spec.noise = 1e-3;
-    let p = planted_low_rank(&spec).unwrap();
-    let batch = MatrixBatch::from_c_order(&p.data.data, 200, M, N).unwrap();
-    let opts = FitOptions {
-        rank_rows: 3,
-        rank_cols: 2,
-        threads: 1,
-        seed: 5,
-        flow: FlowOptions {
-            core_model: CoreModelChoice::Flow,
-            hidden: 4,
-            flow_energy: 1.0,
-            flow_noise_gap: 0.0,
-            ..small_flow()
-        },
-        ..FitOptions::default()
-    };
-    let model = Model::fit(&batch, &opts).unwrap();
+    let (model, _) = fitted_with(FlowOptions {
+        core_model: CoreModelChoice::Flow,
+        hidden: 4,
+        flow_energy: 1.0,
+        flow_noise_gap: 0.0,
+        ..small_flow()
+    });
     let k = model.info().flow_dim;
     assert!(2 * k > 4, "flow dim {k}");
     for solver in [Solver::Euler, Solver::Heun, Solver::Rk4] {
