@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of the project: the header check, the Rust tests, the C
-# and C++ tests and examples through CMake/ctest (including install, pkg-config,
-# valgrind and MPI checks), and the Python binding's tests. Installs the tools it
+# Runs every test of the project: the header check, formatting and lints,
+# the Rust tests, the C and C++ tests and examples through CMake/ctest
+# (including install, pkg-config, valgrind and MPI checks), and the Python
+# binding's tests. Installs the tools it
 # needs when they are missing: system packages with apt-get, cbindgen with
 # cargo, NumPy with pip into .venv.
 set -euo pipefail
@@ -46,6 +47,20 @@ if ! diff -u include/coreflow.h "$tmp"; then
   exit 1
 fi
 rm -f "$tmp"
+
+echo "== formatting and lints"
+# rustfmt and clippy are rustup components; a toolchain without them skips
+# these checks (they need no network to run, only to be installed).
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+else
+  echo "cargo fmt not installed: skipped"
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --workspace --all-targets --release -- -D warnings
+else
+  echo "cargo clippy not installed: skipped"
+fi
 
 echo "== Rust tests"
 cargo test --workspace --release

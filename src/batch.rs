@@ -283,7 +283,7 @@ impl<'a> MatrixBatch<'a> {
             let m = self.mask(i);
             for c in 0..self.cols() {
                 for r in 0..self.rows() {
-                    let observed = m.as_ref().map_or(true, |m| m.observed(r, c));
+                    let observed = m.as_ref().is_none_or(|m| m.observed(r, c));
                     if observed && !x[(r, c)].is_finite() {
                         return Err(Error::non_finite(format!(
                             "{what}: matrix {i} has the non-finite value {} at row {r}, column {c}",

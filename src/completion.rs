@@ -201,13 +201,13 @@ impl CompletionOptions {
                 "opts.completion_max_iter: must be at least 1",
             ));
         }
-        if !(self.tol >= 0.0) || !self.tol.is_finite() {
+        if !(self.tol.is_finite() && self.tol >= 0.0) {
             return Err(Error::invalid(format!(
                 "opts.completion_tol: {} must be finite and non-negative",
                 self.tol
             )));
         }
-        if !(self.ridge >= 0.0) || !self.ridge.is_finite() {
+        if !(self.ridge.is_finite() && self.ridge >= 0.0) {
             return Err(Error::invalid(format!(
                 "opts.ridge: {} must be finite and non-negative",
                 self.ridge
@@ -1084,8 +1084,8 @@ pub fn map_core(
     }
     // c = mu + S z.
     prior.sqrt_mul(z, c, tmp);
-    for k in 0..d {
-        c[k] += prior.mean[k];
+    for (ck, mk) in c[..d].iter_mut().zip(&prior.mean) {
+        *ck += mk;
     }
     if c.iter().any(|x| !x.is_finite()) {
         return Err(Error::numerical("completion produced a non-finite core"));

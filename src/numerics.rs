@@ -61,11 +61,11 @@ pub fn temp_slice_scratch<T>(len: usize) -> StackReq {
 }
 
 /// Carves a slice of `len` copies of `fill` from `stack`.
-pub fn temp_slice<'a, T: Copy + 'static>(
+pub fn temp_slice<T: Copy + 'static>(
     len: usize,
     fill: T,
-    stack: &'a mut MemStack,
-) -> (&'a mut [T], &'a mut MemStack) {
+    stack: &mut MemStack,
+) -> (&mut [T], &mut MemStack) {
     let (uninit, stack) = stack.make_aligned_uninit::<T>(len, ALIGN);
     for x in uninit.iter_mut() {
         x.write(fill);

@@ -47,6 +47,7 @@ impl Reducer for Participant<'_> {
 }
 
 /// Fits `p` shards of `data` (C-order, split by samples) in parallel.
+#[allow(clippy::too_many_arguments)]
 fn fit_sharded(
     data: &[f64],
     mask: Option<&[u8]>,

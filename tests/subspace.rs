@@ -985,7 +985,7 @@ fn degenerate_shapes_and_zero_data() {
         let f = run(&one.batch(), &o);
         assert!(f.objective <= f.total_energy * (1.0 + 1e-12));
         assert!(
-            ((&f.u.transpose() * &f.u) - Mat::<f64>::identity(f.u.ncols(), f.u.ncols())).norm_max()
+            ((f.u.transpose() * &f.u) - Mat::<f64>::identity(f.u.ncols(), f.u.ncols())).norm_max()
                 < 1e-13
         );
     }

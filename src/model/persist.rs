@@ -495,7 +495,7 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
     let prior_ridge = rp.f64()?;
     let noise_var = rp.f64()?;
     rp.done()?;
-    if !(noise_var > 0.0) {
+    if noise_var.is_nan() || noise_var <= 0.0 {
         return Err(format_err(
             "model data: PRIO noise variance is not positive",
         ));
