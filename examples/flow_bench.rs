@@ -266,7 +266,9 @@ fn main() {
         // own workspace (how a host splits `first_index` ranges).
         let threads = a.threads.max(1);
         // The maps belong to the prepared model (built once, like at load).
-        let maps = (!a.state_coordinates).then(|| LatentMaps::new(&net));
+        let maps = (!a.state_coordinates)
+            .then(|| LatentMaps::for_net(&net))
+            .flatten();
         let maps = maps.as_ref();
         let hidden_coords = maps.is_some() && LatentMaps::<f32>::pays(net.config(), &opts);
         let mut mems: Vec<MemBuffer> = (0..threads)

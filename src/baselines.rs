@@ -208,8 +208,8 @@ fn flow_options(opts: &FitOptions) -> FlowOptions {
 /// The trained network and its hidden-coordinate maps (sampling in
 /// `latent` coordinates when that is cheaper, as the core model does).
 enum AmbientNet {
-    F32(VelocityNet<f32>, LatentMaps<f32>),
-    F64(VelocityNet<f64>, LatentMaps<f64>),
+    F32(VelocityNet<f32>, Option<LatentMaps<f32>>),
+    F64(VelocityNet<f64>, Option<LatentMaps<f64>>),
 }
 
 /// Flow matching on standardised `vec(X)` (see the module docs).
@@ -278,13 +278,13 @@ impl AmbientFlow {
             Precision::F32 => {
                 let (net, rep) =
                     train::train::<f32>(config, y.as_ref(), &topts, par, &mut progress)?;
-                let maps = LatentMaps::new(&net);
+                let maps = LatentMaps::for_net(&net);
                 (AmbientNet::F32(net, maps), rep)
             }
             Precision::F64 => {
                 let (net, rep) =
                     train::train::<f64>(config, y.as_ref(), &topts, par, &mut progress)?;
-                let maps = LatentMaps::new(&net);
+                let maps = LatentMaps::for_net(&net);
                 (AmbientNet::F64(net, maps), rep)
             }
         };
@@ -320,8 +320,8 @@ impl Sampler for AmbientFlow {
         let mut z = Mat::<f64>::zeros(b, d);
         let mut row = vec![0.0; d];
         let mut mem = MemBuffer::new(match &self.net {
-            AmbientNet::F32(net, maps) => latent::integrate_scratch(net, Some(maps), b, solver),
-            AmbientNet::F64(net, maps) => latent::integrate_scratch(net, Some(maps), b, solver),
+            AmbientNet::F32(net, maps) => latent::integrate_scratch(net, maps.as_ref(), b, solver),
+            AmbientNet::F64(net, maps) => latent::integrate_scratch(net, maps.as_ref(), b, solver),
         });
         let mut start = 0;
         while start < count {
@@ -337,10 +337,10 @@ impl Sampler for AmbientFlow {
             let stack = MemStack::new(&mut mem);
             match &self.net {
                 AmbientNet::F32(net, maps) => {
-                    latent::integrate(net, Some(maps), solver, 0.0, 1.0, zc.rb_mut(), stack)?
+                    latent::integrate(net, maps.as_ref(), solver, 0.0, 1.0, zc.rb_mut(), stack)?
                 }
                 AmbientNet::F64(net, maps) => {
-                    latent::integrate(net, Some(maps), solver, 0.0, 1.0, zc.rb_mut(), stack)?
+                    latent::integrate(net, maps.as_ref(), solver, 0.0, 1.0, zc.rb_mut(), stack)?
                 }
             };
             for i in 0..len {

@@ -75,8 +75,10 @@
 
 use super::latent::{self, LatentMaps};
 use super::likelihood::{self, DivergenceField};
+use super::network::Io;
 use super::network::{NetConfig, VelocityNet};
-use super::ode::{self, Divergence, SolveStats, SolverOptions, Times, VelocityField};
+use super::ode::{self, fused_velocity_field, Divergence, FusedField, SolveStats, SolverOptions};
+use super::ode::{Times, VelocityField};
 use super::rng;
 use super::train::{Coupling, TrainOptions, Trainer};
 use crate::error::{Error, ErrorKind, Result};
@@ -448,60 +450,20 @@ macro_rules! with_net {
     };
 }
 
+impl FusedField for FlowNet {
+    fn fused_dim(&self) -> usize {
+        with_net!(self, n => n.fused_dim())
+    }
+    fn fused_scratch(&self, batch: usize) -> StackReq {
+        with_net!(self, n => n.fused_scratch(batch))
+    }
+    fn forward_fused(&self, times: Times<'_>, io: Io<'_, f64>, stack: &mut MemStack) {
+        with_net!(self, n => n.forward_fused(times, io, stack))
+    }
+}
+
 impl VelocityField for FlowNet {
-    fn dim(&self) -> usize {
-        with_net!(self, n => VelocityField::dim(n))
-    }
-    fn eval_scratch(&self, batch: usize) -> StackReq {
-        with_net!(self, n => n.eval_scratch(batch))
-    }
-    fn eval(&self, times: Times<'_>, x: MatRef<'_, f64>, v: MatMut<'_, f64>, stack: &mut MemStack) {
-        with_net!(self, n => n.eval(times, x, v, stack))
-    }
-    fn eval_stage_scratch(&self, batch: usize) -> StackReq {
-        with_net!(self, n => n.eval_stage_scratch(batch))
-    }
-    fn eval_stage(
-        &self,
-        times: Times<'_>,
-        x: MatRef<'_, f64>,
-        a: f64,
-        k: MatRef<'_, f64>,
-        v: MatMut<'_, f64>,
-        stack: &mut MemStack,
-    ) {
-        with_net!(self, n => n.eval_stage(times, x, a, k, v, stack))
-    }
-    fn eval_combine_scratch(&self, batch: usize) -> StackReq {
-        with_net!(self, n => n.eval_combine_scratch(batch))
-    }
-    fn eval_combine(
-        &self,
-        times: Times<'_>,
-        x: MatRef<'_, f64>,
-        stage: Option<(f64, MatRef<'_, f64>)>,
-        v: MatMut<'_, f64>,
-        acc: MatMut<'_, f64>,
-        base: Option<MatRef<'_, f64>>,
-        c: f64,
-        stack: &mut MemStack,
-    ) {
-        with_net!(self, n => n.eval_combine(times, x, stage, v, acc, base, c, stack))
-    }
-    fn eval_advance_scratch(&self, batch: usize) -> StackReq {
-        with_net!(self, n => n.eval_advance_scratch(batch))
-    }
-    fn eval_advance(
-        &self,
-        times: Times<'_>,
-        x: MatMut<'_, f64>,
-        stage: Option<(f64, MatRef<'_, f64>)>,
-        acc: Option<MatRef<'_, f64>>,
-        c: f64,
-        stack: &mut MemStack,
-    ) {
-        with_net!(self, n => n.eval_advance(times, x, stage, acc, c, stack))
-    }
+    fused_velocity_field!();
 }
 
 impl DivergenceField for FlowNet {
@@ -542,14 +504,13 @@ enum FlowMaps {
 }
 
 impl FlowNet {
-    /// The maps when a fixed-step solve can ever be cheaper in hidden
-    /// coordinates (`H < 2 k`), else `None`.
+    /// The maps when some fixed-step solve can be cheaper in hidden
+    /// coordinates ([`LatentMaps::for_net`]), else `None`.
     fn maps(&self) -> Option<FlowMaps> {
-        let c = with_net!(self, n => *n.config());
-        (c.hidden < 2 * c.dim).then(|| match self {
-            FlowNet::F32(n) => FlowMaps::F32(LatentMaps::new(n)),
-            FlowNet::F64(n) => FlowMaps::F64(LatentMaps::new(n)),
-        })
+        match self {
+            FlowNet::F32(n) => LatentMaps::for_net(n).map(FlowMaps::F32),
+            FlowNet::F64(n) => LatentMaps::for_net(n).map(FlowMaps::F64),
+        }
     }
 
     /// Workspace of [`integrate`](Self::integrate).

@@ -220,7 +220,18 @@ pub(crate) enum Io<'a, X> {
     },
 }
 
-impl<X: Real> Io<'_, X> {
+impl<'a, X: Real> Io<'a, X> {
+    /// `out <- v(x + a k, t)` (`v(x, t)` without `step`).
+    pub(crate) fn store(
+        x: MatRef<'a, X>,
+        step: Option<(X, MatRef<'a, X>)>,
+        out: MatMut<'a, X>,
+    ) -> Self {
+        Io::Separate {
+            input: Input { x, step },
+            sink: Sink::Store(out),
+        }
+    }
     pub(crate) fn input(&self) -> Input<'_, X> {
         match self {
             Io::Separate { input, .. } => *input,
@@ -509,9 +520,7 @@ impl<T: Real> VelocityNet<T> {
         par: Par,
         stack: &mut MemStack,
     ) {
-        let input = Input { x, step: None };
-        let sink = Sink::Store(out);
-        self.forward_io(times, Io::Separate { input, sink }, par, stack)
+        self.forward_io(times, Io::store(x, None, out), par, stack)
     }
 
     /// `out <- v(x + a k, t)`: a solver stage, with the combination formed
@@ -527,12 +536,7 @@ impl<T: Real> VelocityNet<T> {
         par: Par,
         stack: &mut MemStack,
     ) {
-        let input = Input {
-            x,
-            step: Some((a, k)),
-        };
-        let sink = Sink::Store(out);
-        self.forward_io(times, Io::Separate { input, sink }, par, stack)
+        self.forward_io(times, Io::store(x, Some((a, k)), out), par, stack)
     }
 
     /// One forward pass with input and output as `io` says (workspace of

@@ -22,7 +22,7 @@
 //! nothing allocates.
 
 pub use super::network::Times;
-use super::network::{Input, Io, Sink, VelocityNet};
+use super::network::{Io, VelocityNet};
 use super::real::{col_mut, col_ref, multiversion, Real};
 use crate::error::{Error, Result};
 use crate::numerics::{temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch};
@@ -150,89 +150,86 @@ macro_rules! fused_velocity_field {
         fn dim(&self) -> usize {
             $crate::flow::ode::FusedField::fused_dim(self)
         }
-        fn eval_scratch(&self, batch: usize) -> StackReq {
-            self.fused_scratch(batch)
+        fn eval_scratch(&self, batch: usize) -> faer::dyn_stack::StackReq {
+            $crate::flow::ode::FusedField::fused_scratch(self, batch)
         }
         fn eval(
             &self,
-            times: Times<'_>,
-            x: MatRef<'_, f64>,
-            v: MatMut<'_, f64>,
-            stack: &mut MemStack,
+            times: $crate::flow::network::Times<'_>,
+            x: faer::MatRef<'_, f64>,
+            v: faer::MatMut<'_, f64>,
+            stack: &mut faer::dyn_stack::MemStack,
         ) {
-            let input = Input { x, step: None };
-            self.forward_fused(
+            $crate::flow::ode::FusedField::forward_fused(
+                self,
                 times,
-                Io::Separate {
-                    input,
-                    sink: Sink::Store(v),
-                },
+                $crate::flow::network::Io::store(x, None, v),
                 stack,
             )
         }
-        fn eval_stage_scratch(&self, batch: usize) -> StackReq {
-            self.fused_scratch(batch)
+        fn eval_stage_scratch(&self, batch: usize) -> faer::dyn_stack::StackReq {
+            $crate::flow::ode::FusedField::fused_scratch(self, batch)
         }
         fn eval_stage(
             &self,
-            times: Times<'_>,
-            x: MatRef<'_, f64>,
+            times: $crate::flow::network::Times<'_>,
+            x: faer::MatRef<'_, f64>,
             a: f64,
-            k: MatRef<'_, f64>,
-            v: MatMut<'_, f64>,
-            stack: &mut MemStack,
+            k: faer::MatRef<'_, f64>,
+            v: faer::MatMut<'_, f64>,
+            stack: &mut faer::dyn_stack::MemStack,
         ) {
-            let input = Input {
-                x,
-                step: Some((a, k)),
-            };
-            self.forward_fused(
+            $crate::flow::ode::FusedField::forward_fused(
+                self,
                 times,
-                Io::Separate {
-                    input,
-                    sink: Sink::Store(v),
-                },
+                $crate::flow::network::Io::store(x, Some((a, k)), v),
                 stack,
             )
         }
-        fn eval_combine_scratch(&self, batch: usize) -> StackReq {
-            self.fused_scratch(batch)
+        fn eval_combine_scratch(&self, batch: usize) -> faer::dyn_stack::StackReq {
+            $crate::flow::ode::FusedField::fused_scratch(self, batch)
         }
         fn eval_combine(
             &self,
-            times: Times<'_>,
-            x: MatRef<'_, f64>,
-            stage: Option<(f64, MatRef<'_, f64>)>,
-            v: MatMut<'_, f64>,
-            acc: MatMut<'_, f64>,
-            base: Option<MatRef<'_, f64>>,
+            times: $crate::flow::network::Times<'_>,
+            x: faer::MatRef<'_, f64>,
+            stage: Option<(f64, faer::MatRef<'_, f64>)>,
+            v: faer::MatMut<'_, f64>,
+            acc: faer::MatMut<'_, f64>,
+            base: Option<faer::MatRef<'_, f64>>,
             c: f64,
-            stack: &mut MemStack,
+            stack: &mut faer::dyn_stack::MemStack,
         ) {
-            let input = Input { x, step: stage };
-            let sink = Sink::StoreCombine {
+            let input = $crate::flow::network::Input { x, step: stage };
+            let sink = $crate::flow::network::Sink::StoreCombine {
                 out: v,
                 acc,
                 base,
                 c,
             };
-            self.forward_fused(times, Io::Separate { input, sink }, stack)
+            $crate::flow::ode::FusedField::forward_fused(
+                self,
+                times,
+                $crate::flow::network::Io::Separate { input, sink },
+                stack,
+            )
         }
-        fn eval_advance_scratch(&self, batch: usize) -> StackReq {
-            self.fused_scratch(batch)
+        fn eval_advance_scratch(&self, batch: usize) -> faer::dyn_stack::StackReq {
+            $crate::flow::ode::FusedField::fused_scratch(self, batch)
         }
         fn eval_advance(
             &self,
-            times: Times<'_>,
-            x: MatMut<'_, f64>,
-            stage: Option<(f64, MatRef<'_, f64>)>,
-            acc: Option<MatRef<'_, f64>>,
+            times: $crate::flow::network::Times<'_>,
+            x: faer::MatMut<'_, f64>,
+            stage: Option<(f64, faer::MatRef<'_, f64>)>,
+            acc: Option<faer::MatRef<'_, f64>>,
             c: f64,
-            stack: &mut MemStack,
+            stack: &mut faer::dyn_stack::MemStack,
         ) {
-            self.forward_fused(
+            $crate::flow::ode::FusedField::forward_fused(
+                self,
                 times,
-                Io::Advance {
+                $crate::flow::network::Io::Advance {
                     x,
                     step: stage,
                     acc,
