@@ -128,7 +128,7 @@ fn a_future_version_is_refused_with_a_version_error() {
     assert!(err.message().contains("version"));
     // Version 1 (dense core prior and coordinate flow blocks) is no longer
     // read.
-    assert_eq!(coreflow::model::FORMAT_VERSION, 2);
+    assert_eq!(coreflow::model::FORMAT_VERSION, 3);
     bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
     let err = Model::from_bytes(&bytes).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Version);

@@ -92,7 +92,7 @@ use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::DenseSolveCore;
 use faer::prelude::{Reborrow, ReborrowMut};
-use faer::{Accum, Mat, MatMut, MatRef, Par};
+use faer::{Accum, Mat, MatMut, MatRef, Par, RowMut, RowRef};
 /// Which core model to fit.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CoreModelChoice {
@@ -411,6 +411,10 @@ pub struct FlowParts {
     pub mm_shift: Vec<f64>,
     /// Moment-matching matrix `A` (`k x k`, column-major).
     pub mm_matrix: Vec<f64>,
+    /// Radius of the region the training data justify, in standardised
+    /// scores `y = A (z - m)`: a flow draw with `||y||` above it is drawn
+    /// again ([`support_radius`]).
+    pub support_radius: f64,
 }
 
 /// Every number of a fitted [`CoreModel`], for persistence:
@@ -594,6 +598,10 @@ pub struct CoreModel {
 
 /// Rows per chunk when sampling.
 const SAMPLE_CHUNK: usize = 256;
+/// Draws of a sample's flow block before sampling gives up on it (see
+/// [`CoreModel::sample`]): a flow that leaves its support once in a
+/// thousand draws fails here with probability 1e-48.
+pub const FLOW_DRAWS: u32 = 16;
 /// Tangent rows (`rows x k`) per chunk for exact-divergence log-densities.
 const DIV_ROWS: usize = 2048;
 /// Values per row block of the `d`-vector temporaries of the Gaussian
@@ -625,6 +633,11 @@ impl FlowBlock {
         if p.scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return Err(format_err(
                 "core model: flow scales must be finite and positive",
+            ));
+        }
+        if !(p.support_radius.is_finite() && p.support_radius > 0.0) {
+            return Err(format_err(
+                "core model: the flow's support radius must be finite and positive",
             ));
         }
         let config = NetConfig {
@@ -665,6 +678,88 @@ impl FlowBlock {
 
     fn dim(&self) -> usize {
         self.parts.scale.len()
+    }
+
+    /// The `k` base normals of draw `attempt` of sample `index` into `z`
+    /// (`row` is a scratch of at least `k` values): attempt 0 is the prefix
+    /// of the sample's own stream, later attempts come from
+    /// [`rng::redraw_stream`].
+    fn draw_noise(&self, seed: u64, index: u64, attempt: u32, row: &mut [f64], z: RowMut<'_, f64>) {
+        let k = self.dim();
+        let mut r = if attempt == 0 {
+            rng::stream(seed, index)
+        } else {
+            rng::redraw_stream(seed, index, attempt)
+        };
+        rng::fill_normal(&mut r, &mut row[..k]);
+        let mut z = z;
+        for j in 0..k {
+            z[j] = row[j];
+        }
+    }
+
+    /// `y = A (z - m)` row by row, the standardised component scores of
+    /// flow states `z` (`z` is shifted in place).
+    fn standardised_scores(&self, z: MatMut<'_, f64>, y: MatMut<'_, f64>) {
+        let mut z = z;
+        for (j, &m) in self.parts.mm_shift.iter().enumerate() {
+            for i in 0..z.nrows() {
+                z[(i, j)] -= m;
+            }
+        }
+        rowwise_matmul(y, z.rb(), self.a_t.as_ref(), false);
+    }
+
+    /// Whether standardised scores `y` lie in the region the training data
+    /// justify: `||y|| <= support_radius` (false for non-finite values).
+    fn in_support(&self, y: RowRef<'_, f64>) -> bool {
+        let r = self.parts.support_radius;
+        let mut sq = 0.0;
+        for j in 0..y.ncols() {
+            sq += y[j] * y[j];
+        }
+        sq <= r * r
+    }
+
+    /// Draws the flow block of sample `index` again, from attempt `from`
+    /// on, until a draw lands in the support (see [`sample`](CoreModel::sample)):
+    /// its standardised scores go to `y` (`1 x k`). More than
+    /// [`FLOW_DRAWS`] attempts is `ErrorKind::Numerical`.
+    #[allow(clippy::too_many_arguments)]
+    fn redraw(
+        &self,
+        solver: &SolverOptions,
+        seed: u64,
+        index: u64,
+        from: u32,
+        row: &mut [f64],
+        y: MatMut<'_, f64>,
+        stack: &mut MemStack,
+    ) -> Result<()> {
+        let k = self.dim();
+        let mut y = y;
+        let (mut z, stack) = temp_mat_zeroed::<f64>(1, k, stack);
+        for attempt in from..FLOW_DRAWS {
+            self.draw_noise(seed, index, attempt, row, z.rb_mut().row_mut(0));
+            match self
+                .net
+                .integrate(self.maps.as_ref(), solver, z.rb_mut(), &mut *stack)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Numerical => continue,
+                Err(e) => return Err(e),
+            }
+            self.standardised_scores(z.rb_mut(), y.rb_mut());
+            if self.in_support(y.rb().row(0)) {
+                return Ok(());
+            }
+        }
+        Err(Error::numerical(format!(
+            "sample: the flow left the region of its training data (standardised norm above {:.3}) \
+             in {FLOW_DRAWS} draws of sample {index}; the flow is unreliable: refit it \
+             (e.g. core_model GAUSSIAN or a lower learning rate)",
+            self.parts.support_radius
+        )))
     }
 }
 
@@ -992,9 +1087,13 @@ impl CoreModel {
         let ne = if self.has_gaussian() { d } else { 0 };
         let gb = self.gauss_rows(b);
         let flow = self.flow.as_ref().map_or(StackReq::EMPTY, |f| {
+            let redraw = StackReq::all_of(&[
+                temp_mat_scratch::<f64>(1, k),
+                f.net.integrate_scratch(f.maps.as_ref(), 1, solver),
+            ]);
             StackReq::all_of(&[
                 temp_mat_scratch::<f64>(b, k),
-                f.net.integrate_scratch(f.maps.as_ref(), b, solver),
+                StackReq::any_of(&[f.net.integrate_scratch(f.maps.as_ref(), b, solver), redraw]),
             ])
         });
         let gauss = StackReq::all_of(&[
@@ -1065,21 +1164,42 @@ impl CoreModel {
         if let Some(f) = &self.flow {
             let (mut z, st) = temp_mat_zeroed::<f64>(b, k, &mut *stack);
             for i in 0..b {
-                let mut r = rng::stream(seed, first.wrapping_add(i as u64));
-                // The first k normals of the row (a prefix of the full fill).
-                rng::fill_normal(&mut r, &mut row[..k]);
-                for j in 0..k {
-                    z[(i, j)] = row[j];
+                f.draw_noise(
+                    seed,
+                    first.wrapping_add(i as u64),
+                    0,
+                    row,
+                    z.rb_mut().row_mut(i),
+                );
+            }
+            // A solve that fails numerically (an adaptive step underflows on
+            // a diverging row) has left no usable state: every row of the
+            // chunk is then drawn again on its own, from its first stream, so
+            // the result is what a chunk without that row would give.
+            let solved = match f
+                .net
+                .integrate(f.maps.as_ref(), solver, z.rb_mut(), &mut *st)
+            {
+                Ok(_) => true,
+                Err(e) if e.kind() == ErrorKind::Numerical => false,
+                Err(e) => return Err(e),
+            };
+            f.standardised_scores(z.rb_mut(), s.rb_mut());
+            for i in 0..b {
+                if !solved || !f.in_support(s.rb().row(i)) {
+                    let index = first.wrapping_add(i as u64);
+                    let from = if solved { 1 } else { 0 };
+                    f.redraw(
+                        solver,
+                        seed,
+                        index,
+                        from,
+                        row,
+                        s.rb_mut().subrows_mut(i, 1),
+                        st,
+                    )?;
                 }
             }
-            f.net.integrate(f.maps.as_ref(), solver, z.rb_mut(), st)?;
-            let m = &f.parts.mm_shift;
-            for j in 0..k {
-                for i in 0..b {
-                    z[(i, j)] -= m[j];
-                }
-            }
-            rowwise_matmul(s.rb_mut(), z.rb(), f.a_t.as_ref(), false);
             for (j, &sd) in f.parts.scale.iter().enumerate() {
                 for i in 0..b {
                     s[(i, j)] *= sd;
@@ -1501,6 +1621,7 @@ fn fit_flow(
             x1[(i, j)] /= s;
         }
     }
+    let support_radius = support_radius(x1.as_ref(), reducer)?;
     let config = NetConfig {
         dim: k,
         hidden: opts.hidden,
@@ -1543,9 +1664,49 @@ fn fit_flow(
             params,
             mm_shift,
             mm_matrix,
+            support_radius,
         },
         report.final_loss,
     ))
+}
+
+/// Exponent of the power mean that stands in for the largest training
+/// norm in [`support_radius`].
+const SUPPORT_POWER: i32 = 32;
+/// Margin of [`support_radius`] over the training data.
+pub const SUPPORT_MARGIN: f64 = 1.25;
+
+/// The radius of the region the standardised training block `x1` (`N x k`,
+/// this participant's rows) justifies: `SUPPORT_MARGIN x sqrt(k) x
+/// (sum_i (||x1_i|| / sqrt(k))^p)^(1/p)`, `p = SUPPORT_POWER`, summed over
+/// all participants. The power sum is at least the largest normalised norm
+/// and at most `N^(1/p)` times it (1.24x at `N = 1000`), and, unlike a
+/// maximum, it is a sum the reduction hook can complete.
+///
+/// Why a radius at all: flow matching constrains the velocity only where
+/// the interpolants `x_t` have mass. Outside, the network extrapolates
+/// linearly, with gains measured up to 135 per unit time on the demo's
+/// model, so a base draw from the tail (`||x0||` about 3 standard
+/// deviations out) that leaves the trained region half-way is amplified
+/// exponentially (1e17 at `t = 1`). No solver setting fixes this: the
+/// field itself diverges. Such a draw is outside what the model can
+/// justify, and sampling draws it again.
+pub fn support_radius(x1: MatRef<'_, f64>, reducer: &dyn Reducer) -> Result<f64> {
+    let (n, k) = x1.shape();
+    let inv_k = 1.0 / k as f64;
+    let mut sums = [0.0, n as f64];
+    for i in 0..n {
+        let sq: f64 = (0..k).map(|j| x1[(i, j)] * x1[(i, j)]).sum::<f64>() * inv_k;
+        sums[0] += sq.sqrt().powi(SUPPORT_POWER);
+    }
+    reducer.sum_in_place(&mut sums)?;
+    let r = SUPPORT_MARGIN * (k as f64).sqrt() * sums[0].powf(1.0 / SUPPORT_POWER as f64);
+    if !(r.is_finite() && r > 0.0) {
+        return Err(Error::numerical(
+            "core model: the standardised training block has no finite spread",
+        ));
+    }
+    Ok(r)
 }
 
 /// `(m, A)` of the moment matching (see the module docs).

@@ -49,6 +49,15 @@ pub fn stream(seed: u64, index: u64) -> Rng {
     Rng::from_seed(bytes)
 }
 
+/// The stream of draw number `attempt` (>= 1) of sample `index` of `seed`,
+/// for a sample that is drawn again (the flow block of a core model when a
+/// draw leaves its support). Independent of every [`stream`] of any seed
+/// (a keyed remix of the seed) and of the other attempts.
+pub fn redraw_stream(seed: u64, index: u64, attempt: u32) -> Rng {
+    const REDRAW_KEY: u64 = 0x7265_6472_6177_0000;
+    stream(mix64(seed ^ mix64(REDRAW_KEY | attempt as u64)), index)
+}
+
 /// A uniform variate in `[0, 1)` with 53 random bits.
 #[inline]
 pub fn uniform(rng: &mut Rng) -> f64 {

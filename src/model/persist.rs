@@ -37,7 +37,13 @@ use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"COREFLOW";
 /// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format version this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 2;
+/// The support radius given to the flow block of a version-2 file, which
+/// does not store one, per `sqrt(k)`: ten times the root-mean-square norm of
+/// the standardised block (see `FlowParts::support_radius`).
+pub const V2_SUPPORT_RADIUS_PER_SQRT_K: f64 = 10.0;
 const HEADER_LEN: usize = 16;
 
 fn format_err(msg: impl Into<String>) -> Error {
@@ -294,6 +300,7 @@ fn write_core(w: &mut Writer, p: &CoreModelParts) {
         }
         w.f64_array(&f.mm_shift);
         w.f64_array(&f.mm_matrix);
+        w.f64s([f.support_radius]);
     }
 }
 
@@ -310,7 +317,7 @@ fn read_components(r: &mut Reader<'_>, d: usize) -> Result<usize> {
     Ok(q)
 }
 
-fn read_core(r: &mut Reader<'_>, core_dim: usize) -> Result<CoreModel> {
+fn read_core(r: &mut Reader<'_>, core_dim: usize, version: u32) -> Result<CoreModel> {
     let dim = r.usize()?;
     if dim != core_dim {
         return Err(format_err("model data: CORE dimension differs from r * s"));
@@ -362,6 +369,11 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize) -> Result<CoreModel> {
             };
             let mm_shift = r.f64_array()?;
             let mm_matrix = r.f64_array()?;
+            let support_radius = if version >= 3 {
+                r.f64()?
+            } else {
+                V2_SUPPORT_RADIUS_PER_SQRT_K * (scale.len() as f64).sqrt()
+            };
             Some(FlowParts {
                 scale,
                 hidden,
@@ -370,6 +382,7 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize) -> Result<CoreModel> {
                 params,
                 mm_shift,
                 mm_matrix,
+                support_radius,
             })
         }
         _ => return Err(format_err("model data: CORE flow flag is not 0 or 1")),
@@ -394,10 +407,10 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
         ));
     }
     let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(Error::new(
             ErrorKind::Version,
-            format!("model data: format version {version} is not supported (this build reads version {FORMAT_VERSION} only)"),
+            format!("model data: format version {version} is not supported (this build reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})"),
         ));
     }
     let (body, trailer) = data.split_at(data.len() - 4);
@@ -507,7 +520,7 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
     }
     let core = if has(b"CORE") {
         let mut rc = find(b"CORE", "CORE")?;
-        Some(read_core(&mut rc, d)?)
+        Some(read_core(&mut rc, d, version)?)
     } else {
         None
     };
