@@ -212,6 +212,75 @@ pub fn principal_components(
     })
 }
 
+/// The Ledoit–Wolf shrinkage intensity `alpha` in `[0, 1]` of the rows `x`
+/// (this participant's, `N_local x d`) with principal components `pcs` (of
+/// the rows of all participants), restricted to the block of components
+/// `from..q` and the `d - q` directions they do not span (`from = 0`: the
+/// whole covariance; below, `d`, `S` and `mu` are the block's): the
+/// covariance estimate
+/// `(1 - alpha) S + alpha mu I`, `mu = trace(S) / d`, minimises the
+/// expected squared Frobenius error among such blends (Ledoit and Wolf,
+/// 2004). With `S` the covariance with `1 / N`, `s_j` its eigenvalues,
+/// `delta^2 = ||S - mu I||_F^2 = sum_j s_j^2 - d mu^2`,
+/// `beta^2 = min(delta^2, sum_i ||x_i x_i^T - S||_F^2 / N^2)` and
+/// `||x x^T - S||_F^2 = ||x||^4 - 2 x^T S x + ||S||_F^2`, it is
+/// `beta^2 / delta^2` (0 when `delta = 0`: `S` is already isotropic).
+/// Every `x_i - mean` lies in the span of `Q` (section 5), so the sums run
+/// over the principal scores `a_i = Q^T (x_i - mean)`. Its point: with
+/// fewer rows than dimensions `S` is singular, and a Gaussian with it (plus
+/// a tiny ridge) gives held-out rows log-densities of -1e5 and below.
+pub fn shrinkage_intensity(
+    x: MatRef<'_, f64>,
+    pcs: &PrincipalComponents,
+    from: usize,
+    reducer: &dyn Reducer,
+    par: Par,
+) -> Result<f64> {
+    let (n_local, d_all) = x.shape();
+    let q_all = pcs.variances.len();
+    let from = from.min(q_all);
+    let (q, d) = (q_all - from, d_all - from);
+    if pcs.count < 2 || d == 0 {
+        return Ok(1.0);
+    }
+    let n = pcs.count as f64;
+    let to_biased = (n - 1.0) / n;
+    let s: Vec<f64> = pcs.variances[from..]
+        .iter()
+        .map(|l| l * to_biased)
+        .collect();
+    let kept: f64 = pcs.variances[..from].iter().sum();
+    let mu = (pcs.total_variance - kept).max(0.0) * to_biased / d as f64;
+    let s_fro2: f64 = s.iter().map(|v| v * v).sum();
+    let delta2 = s_fro2 - d as f64 * mu * mu;
+    let centred = Mat::from_fn(n_local, d_all, |i, j| x[(i, j)] - pcs.mean[j]);
+    let mut scores = Mat::<f64>::zeros(n_local, q);
+    gemm(
+        scores.as_mut(),
+        Accum::Replace,
+        centred.as_ref(),
+        pcs.basis.as_ref().subcols(from, q),
+        1.0,
+        par,
+    );
+    let mut sums = [0.0];
+    for i in 0..n_local {
+        let (mut norm2, mut quad) = (0.0, 0.0);
+        for (j, sj) in s.iter().enumerate() {
+            let a2 = scores[(i, j)] * scores[(i, j)];
+            norm2 += a2;
+            quad += sj * a2;
+        }
+        sums[0] += norm2 * norm2 - 2.0 * quad + s_fro2;
+    }
+    reducer.sum_in_place(&mut sums)?;
+    if !(delta2 > 0.0) || !sums[0].is_finite() {
+        return Ok(if delta2.is_finite() { 0.0 } else { 1.0 });
+    }
+    let beta2 = (sums[0] / (n * n)).min(delta2);
+    Ok((beta2 / delta2).clamp(0.0, 1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +341,57 @@ mod tests {
             assert!((pcs.total_variance - trace).abs() < 1e-12 * trace);
             assert!(pcs.variances.windows(2).all(|w| w[0] >= w[1]));
         }
+    }
+
+    /// Ledoit–Wolf by its definition on dense matrices: `S` with `1 / N`,
+    /// `mu = tr(S) / d`, `delta^2 = ||S - mu I||^2`,
+    /// `beta^2 = min(delta^2, sum_i ||x_i x_i^T - S||^2 / N^2)`.
+    fn dense_ledoit_wolf(x: &Mat<f64>) -> f64 {
+        let (n, d) = x.shape();
+        let s = dense_covariance(x) * faer::Scale((n as f64 - 1.0) / n as f64);
+        let mu = (0..d).map(|j| s[(j, j)]).sum::<f64>() / d as f64;
+        let mut target = s.clone();
+        for j in 0..d {
+            target[(j, j)] -= mu;
+        }
+        let delta2 = target.squared_norm_l2();
+        let mean: Vec<f64> = (0..d)
+            .map(|j| (0..n).map(|i| x[(i, j)]).sum::<f64>() / n as f64)
+            .collect();
+        let mut beta2 = 0.0;
+        for i in 0..n {
+            let c = Mat::from_fn(d, 1, |j, _| x[(i, j)] - mean[j]);
+            beta2 += (&c * c.transpose() - &s).squared_norm_l2();
+        }
+        (beta2 / (n * n) as f64).min(delta2) / delta2
+    }
+
+    #[test]
+    fn shrinkage_intensity_is_ledoit_wolf() {
+        for (n, d) in [(60, 12), (15, 40), (200, 5)] {
+            let x = rows(n, d, 5, 9);
+            let pcs = principal_components(x.as_ref(), &LocalReducer, Par::Seq).unwrap();
+            let got = shrinkage_intensity(x.as_ref(), &pcs, 0, &LocalReducer, Par::Seq).unwrap();
+            let want = dense_ledoit_wolf(&x);
+            assert!((0.0..=1.0).contains(&got));
+            assert!((got - want).abs() < 1e-9, "n {n}, d {d}: {got} vs {want}");
+        }
+        // More rows, less shrinkage; the block after `from` components is
+        // shrunk toward its own mean variance.
+        let few = rows(20, 30, 5, 3);
+        let many = rows(2000, 30, 5, 3);
+        let a = |x: &Mat<f64>, from| {
+            let pcs = principal_components(x.as_ref(), &LocalReducer, Par::Seq).unwrap();
+            shrinkage_intensity(x.as_ref(), &pcs, from, &LocalReducer, Par::Seq).unwrap()
+        };
+        assert!(
+            a(&few, 0) > 10.0 * a(&many, 0),
+            "{} {}",
+            a(&few, 0),
+            a(&many, 0)
+        );
+        // After the 5 signal directions only isotropic noise is left: the
+        // intensity is close to 1 (the target is right).
+        assert!(a(&many, 5) > 0.5, "{}", a(&many, 5));
     }
 }

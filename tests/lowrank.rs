@@ -11,6 +11,7 @@ use coreflow::datasets::{planted_low_rank, PlantedSpec};
 use coreflow::flow::core_model::{CoreModel, CoreModelChoice, CoreModelKind, FlowOptions};
 use coreflow::flow::ode::SolverOptions;
 use coreflow::numerics::{MemBuffer, MemStack, Par};
+use coreflow::pca::{principal_components, shrinkage_intensity};
 use coreflow::reduce::LocalReducer;
 use coreflow::{MatrixBatch, Model};
 use faer::prelude::Solve;
@@ -115,6 +116,12 @@ fn dense_log_density(x: &[f64], mean: &[f64], sigma: &Mat<f64>) -> f64 {
     -0.5 * (d as f64 * (2.0 * std::f64::consts::PI).ln() + log_det + dense_quad(sigma, &y))
 }
 
+/// The Ledoit–Wolf intensity of the components `from..` of the rows of `x`.
+fn shrinkage(x: &Mat<f64>, from: usize) -> f64 {
+    let pcs = principal_components(x.as_ref(), &LocalReducer, Par::Seq).unwrap();
+    shrinkage_intensity(x.as_ref(), &pcs, from, &LocalReducer, Par::Seq).unwrap()
+}
+
 fn log_probs(model: &CoreModel, x: MatRef<'_, f64>) -> Vec<f64> {
     let s = SolverOptions::default();
     let mut out = vec![0.0; x.nrows()];
@@ -161,11 +168,16 @@ fn the_gaussian_core_model_has_the_dense_log_density() {
         let model = CoreModel::fit(train.as_ref(), &gaussian_opts(), &mut |_, _, _| true).unwrap();
         assert_eq!(model.kind(), CoreModelKind::Gaussian);
         assert_eq!(model.components(), d.min(n));
-        // N(mu, Cov + delta I), delta = 1e-6 x the mean variance.
+        // Fewer than 10 d cores: N(mu, (1 - alpha) Cov + delta I) with the
+        // Ledoit–Wolf intensity alpha and delta = max(alpha, 1e-6) x the
+        // mean variance.
+        let alpha = shrinkage(&train, 0);
+        assert!(alpha > 0.0 && alpha < 1.0, "{alpha}");
         let (mean, mut sigma) = moments(train.as_ref());
         let trace: f64 = (0..d).map(|j| sigma[(j, j)]).sum();
-        let delta = 1e-6 * trace / d as f64;
+        let delta = alpha.max(1e-6) * trace / d as f64;
         assert!(close(model.to_parts().ridge, delta, 1e-12));
+        sigma = sigma * faer::Scale(1.0 - alpha);
         for j in 0..d {
             sigma[(j, j)] += delta;
         }
@@ -209,7 +221,10 @@ fn the_gaussian_block_of_a_flow_model_has_the_dense_log_density() {
         let parts = model.to_parts();
         let q = parts.variances.len();
         let basis = MatRef::from_column_major_slice(&parts.basis, d, q);
-        let (mean, mut sigma) = moments(train.as_ref());
+        // The block is shrunk toward its own mean variance.
+        let alpha = shrinkage(&train, 2);
+        let (mean, sigma) = moments(train.as_ref());
+        let mut sigma = sigma * faer::Scale(1.0 - alpha);
         for j in 0..d {
             sigma[(j, j)] += parts.ridge;
         }
@@ -413,9 +428,11 @@ fn storage_is_d_times_n_when_the_cores_outnumber_the_samples() {
         assert_eq!(prior.variances.len(), count);
         let core = model.core_model().unwrap();
         let parts = core.to_parts();
-        // The default hold-out leaves N_t = 40 training cores.
+        // The default hold-out chooses and scores on 40 training cores;
+        // the model is then refitted on all 50.
         let n_t = core.info().train_count;
-        assert_eq!(n_t, 40);
+        assert_eq!(n_t, 50);
+        assert_eq!(core.info().holdout_count, 10);
         assert_eq!(core.components(), n_t);
         assert_eq!(parts.basis.len(), d * n_t);
         assert_eq!(parts.variances.len(), n_t);

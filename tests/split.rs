@@ -87,9 +87,11 @@ fn a_generous_rank_is_as_good_as_a_tight_one_and_has_no_outliers() {
             let info = model.info();
             assert!(
                 info.has_flow && info.flow_dim < 60,
-                "flow block {} ({:?})",
+                "flow block {} ({:?}), held-out log-likelihood flow {} Gaussian {}",
                 info.flow_dim,
-                info.core_model
+                info.core_model,
+                info.heldout_loglik_flow,
+                info.heldout_loglik_gaussian
             );
             // No outlier among 10,000 samples: every core coordinate within
             // 10 standard deviations of the training cores.

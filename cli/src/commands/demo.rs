@@ -279,7 +279,7 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
     let kind = info
         .core_model
         .ok_or_else(|| CliError::internal("the demo's fit has no core model"))?;
-    out!("core model: {}", core_model_summary(info, kind));
+    out!("core model: {}", core_model_summary(&model, kind));
     check_cancelled()?;
     let model_path = a.out.join("model.cfm");
     model

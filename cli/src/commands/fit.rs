@@ -277,7 +277,7 @@ pub fn run(a: FitArgs) -> Result<(), CliError> {
     if let Some(kind) = i.core_model {
         out!(
             "core model: {}",
-            crate::commands::info::core_model_summary(i, kind)
+            crate::commands::info::core_model_summary(&model, kind)
         );
     }
     out!("model written to {}", a.out.display());

@@ -3,8 +3,7 @@
 use crate::error::CliError;
 use crate::input::load_model;
 use clap::Args;
-use coreflow::flow::CoreModelKind;
-use coreflow::ModelInfo;
+use coreflow::flow::{CoreModelChoice, CoreModelKind};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -21,10 +20,13 @@ pub struct InfoArgs {
 /// (key, value) pairs of the model summary, in display order.
 fn fields(m: &coreflow::Model) -> Vec<(&'static str, Value)> {
     let i = m.info();
-    // JSON has no NaN: quantities that do not apply become null.
+    // JSON has no NaN or infinity: quantities that do not apply become
+    // null, infinities the strings "inf" and "-inf".
     let num = |x: f64| {
         if x.is_finite() {
             Value::from(x)
+        } else if x.is_infinite() {
+            Value::from(loglik(x))
         } else {
             Value::Null
         }
@@ -62,45 +64,89 @@ fn fields(m: &coreflow::Model) -> Vec<(&'static str, Value)> {
         ("final_loss", num(i.final_loss)),
         ("heldout_loglik_flow", num(i.heldout_loglik_flow)),
         ("heldout_loglik_gaussian", num(i.heldout_loglik_gaussian)),
+        (
+            "core_model_requested",
+            match m.core_model().map(|c| c.info().requested) {
+                Some(CoreModelChoice::Auto) => "auto".into(),
+                Some(CoreModelChoice::Flow) => "flow".into(),
+                Some(CoreModelChoice::Gaussian) => "gaussian".into(),
+                None => Value::Null,
+            },
+        ),
+        ("core_model_reason", core_model_reason(m).into()),
     ]
 }
 
-/// One line about the fitted core model, for `fit` and `demo`.
-pub fn core_model_summary(i: &ModelInfo, kind: CoreModelKind) -> String {
-    let mut s = match kind {
+/// A log-likelihood for people: `-inf` for minus infinity, `-` when it was
+/// not computed (NaN).
+fn loglik(x: f64) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf" } else { "-inf" }.into()
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+/// Why the core model is of its kind: forced by the caller, or AUTO's
+/// choice with the held-out scores of every candidate.
+pub fn core_model_reason(m: &coreflow::Model) -> String {
+    let Some(core) = m.core_model() else {
+        return "geometry only (no core model)".into();
+    };
+    let ci = core.info();
+    let scores = format!(
+        "held-out log-likelihood per core on {} cores: Gaussian {}, flow {}",
+        ci.holdout_count,
+        loglik(ci.heldout_loglik_gaussian),
+        loglik(ci.heldout_loglik_flow)
+    );
+    let too_small = format!(
+        "a flow on {} principal components needs at least {} training matrices",
+        ci.flow_block,
+        3 * ci.flow_block
+    );
+    match (ci.requested, ci.kind) {
+        (CoreModelChoice::Flow, _) | (CoreModelChoice::Gaussian, _) => {
+            if ci.holdout_count > 0 {
+                format!("forced by the caller; {scores}")
+            } else {
+                "forced by the caller".into()
+            }
+        }
+        (CoreModelChoice::Auto, _) if ci.holdout_count == 0 => match ci.kind {
+            CoreModelKind::Flow => "auto without a hold-out: enough matrices for the flow".into(),
+            CoreModelKind::Gaussian => format!("auto without a hold-out: {too_small}"),
+        },
+        (CoreModelChoice::Auto, CoreModelKind::Flow) => {
+            format!("auto chose the flow, the better on held-out cores ({scores}); refitted on all matrices")
+        }
+        (CoreModelChoice::Auto, CoreModelKind::Gaussian) if ci.heldout_loglik_flow.is_nan() => {
+            format!("auto chose the Gaussian: {too_small}")
+        }
+        (CoreModelChoice::Auto, CoreModelKind::Gaussian) => {
+            format!("auto chose the Gaussian, the better on held-out cores ({scores}); refitted on all matrices")
+        }
+    }
+}
+
+/// One line about the fitted core model and why it was chosen, for `fit`
+/// and `demo`.
+pub fn core_model_summary(m: &coreflow::Model, kind: CoreModelKind) -> String {
+    let i = m.info();
+    let what = match kind {
         CoreModelKind::Flow => format!(
             "flow on the {} leading principal components of the {} core coordinates (hidden {} x {} layers), final loss {:.4}",
             i.flow_dim, i.core_dim, i.flow_hidden, i.flow_layers, i.final_loss
         ),
         CoreModelKind::Gaussian => format!(
-            "full-covariance Gaussian on all {} core coordinates{}",
+            "Gaussian on all {} core coordinates (covariance shrunk when there are fewer than {} matrices per coordinate)",
             i.core_dim,
-            if i.flow_block > 0 {
-                format!(
-                    " (a flow on {} principal components needs at least {} training matrices)",
-                    i.flow_block,
-                    3 * i.flow_block
-                )
-            } else {
-                String::new()
-            }
+            coreflow::flow::core_model::SHRINK_BELOW_SAMPLES_PER_DIM
         ),
     };
-    if i.heldout_loglik_flow.is_finite() || i.heldout_loglik_gaussian.is_finite() {
-        let f = |x: f64| {
-            if x.is_finite() {
-                format!("{x:.3}")
-            } else {
-                "-".into()
-            }
-        };
-        s += &format!(
-            "; held-out log-likelihood: flow {}, Gaussian {}",
-            f(i.heldout_loglik_flow),
-            f(i.heldout_loglik_gaussian)
-        );
-    }
-    s
+    format!("{what}; {}", core_model_reason(m))
 }
 
 pub fn run(a: InfoArgs) -> Result<(), CliError> {
