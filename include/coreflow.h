@@ -18,13 +18,6 @@
 #define COREFLOW_ABI_VERSION 1
 
 /**
- * Largest fraction of the total variance the noise-floor rule leaves
- * below a gap: a gap with more variance beneath it separates signal from
- * signal (one dominant direction), not signal from noise.
- */
-#define NOISE_TAIL_MAX 0.05
-
-/**
  * A fitted model (opaque). Immutable after fitting: any number of threads
  * may use one model at the same time, each with its own workspace.
  */
@@ -427,6 +420,16 @@ typedef struct coreflow_model_info {
      * Held-out mean log-likelihood of a full Gaussian on the cores.
      */
     double heldout_loglik_gaussian;
+    /**
+     * AUTO's criterion for the Gaussian kind: MMD^2 between its draws and
+     * the held-out cores in the leading block, lower is better (NaN when
+     * AUTO had no choice to make).
+     */
+    double heldout_mmd_gaussian;
+    /**
+     * AUTO's criterion for the flow kind (NaN when AUTO had no choice).
+     */
+    double heldout_mmd_flow;
 } coreflow_model_info;
 
 /**
@@ -608,8 +611,9 @@ typedef struct coreflow_metrics_result {
 #define COREFLOW_STAGE_FLOW 2
 
 /**
- * Flow, or the Gaussian fallback when the flow block is too large for the
- * number of samples (the default).
+ * The flow or the Gaussian, whichever draws closer to held-out cores
+ * (then refitted on every core; without a hold-out, the flow when there
+ * are at least 3 samples per flow dimension) (the default).
  */
 #define COREFLOW_CORE_MODEL_AUTO 0
 

@@ -12,18 +12,30 @@
 
 #![warn(missing_docs)]
 
+/// cbindgen:ignore
 pub mod baselines;
+/// cbindgen:ignore
 pub mod batch;
+/// cbindgen:ignore
 pub mod completion;
+/// cbindgen:ignore
 pub mod datasets;
+/// cbindgen:ignore
 pub mod error;
 pub mod ffi;
+/// cbindgen:ignore
 pub mod flow;
+/// cbindgen:ignore
 pub mod metrics;
+/// cbindgen:ignore
 pub mod model;
+/// cbindgen:ignore
 pub mod numerics;
+/// cbindgen:ignore
 pub mod pca;
+/// cbindgen:ignore
 pub mod reduce;
+/// cbindgen:ignore
 pub mod subspace;
 
 pub use batch::{Layout, MaskRef, MatrixBatch, MatrixBatchMut};

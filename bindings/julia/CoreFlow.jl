@@ -184,6 +184,8 @@ struct ModelInfo
     flow_block::Csize_t
     heldout_loglik_flow::Float64
     heldout_loglik_gaussian::Float64
+    heldout_mmd_gaussian::Float64
+    heldout_mmd_flow::Float64
 end
 
 # ---------------------------------------------------------------------------

@@ -264,6 +264,8 @@ class ModelInfo(Structure):
         ("flow_block", c_size_t),
         ("heldout_loglik_flow", c_double),
         ("heldout_loglik_gaussian", c_double),
+        ("heldout_mmd_gaussian", c_double),
+        ("heldout_mmd_flow", c_double),
     ]
 
 

@@ -51,8 +51,9 @@ pub const COREFLOW_STAGE_FLOW: coreflow_stage = 2;
 
 /// Which model the cores get (32-bit; values below).
 pub type coreflow_core_model = i32;
-/// Flow, or the Gaussian fallback when the flow block is too large for the
-/// number of samples (the default).
+/// The flow or the Gaussian, whichever draws closer to held-out cores
+/// (then refitted on every core; without a hold-out, the flow when there
+/// are at least 3 samples per flow dimension) (the default).
 pub const COREFLOW_CORE_MODEL_AUTO: coreflow_core_model = 0;
 /// Always the flow.
 pub const COREFLOW_CORE_MODEL_FLOW: coreflow_core_model = 1;
@@ -392,6 +393,12 @@ pub struct coreflow_model_info {
     pub heldout_loglik_flow: f64,
     /// Held-out mean log-likelihood of a full Gaussian on the cores.
     pub heldout_loglik_gaussian: f64,
+    /// AUTO's criterion for the Gaussian kind: MMD^2 between its draws and
+    /// the held-out cores in the leading block, lower is better (NaN when
+    /// AUTO had no choice to make).
+    pub heldout_mmd_gaussian: f64,
+    /// AUTO's criterion for the flow kind (NaN when AUTO had no choice).
+    pub heldout_mmd_flow: f64,
 }
 
 /// Smallest `struct_size` accepted for `coreflow_model_info` (ABI v1).
@@ -446,6 +453,8 @@ pub(crate) unsafe fn write_model_info(
         flow_block: info.flow_block,
         heldout_loglik_flow: info.heldout_loglik_flow,
         heldout_loglik_gaussian: info.heldout_loglik_gaussian,
+        heldout_mmd_gaussian: info.heldout_mmd_gaussian,
+        heldout_mmd_flow: info.heldout_mmd_flow,
     };
     let n = size.min(size_of::<coreflow_model_info>());
     std::ptr::copy_nonoverlapping(&full as *const _ as *const u8, out as *mut u8, n);

@@ -218,6 +218,12 @@ pub struct ModelInfo {
     /// Held-out mean log-likelihood of a full Gaussian on the cores (NaN
     /// without a hold-out).
     pub heldout_loglik_gaussian: f64,
+    /// AUTO's criterion for the Gaussian kind: MMD^2 between its draws and
+    /// the held-out cores in the leading block (NaN when AUTO had no choice
+    /// to make).
+    pub heldout_mmd_gaussian: f64,
+    /// AUTO's criterion for the flow kind (NaN when AUTO had no choice).
+    pub heldout_mmd_flow: f64,
 }
 
 /// A fitted CoreFlow model. Immutable; `Send + Sync`.
@@ -246,6 +252,8 @@ fn set_core_info(info: &mut ModelInfo, core: &CoreModel) {
     info.final_loss = ci.final_loss;
     info.heldout_loglik_flow = ci.heldout_loglik_flow;
     info.heldout_loglik_gaussian = ci.heldout_loglik_gaussian;
+    info.heldout_mmd_gaussian = ci.heldout_mmd_gaussian;
+    info.heldout_mmd_flow = ci.heldout_mmd_flow;
     if let Some(cfg) = core.net_config() {
         info.flow_hidden = cfg.hidden;
         info.flow_layers = cfg.layers;
@@ -280,6 +288,8 @@ impl ModelInfo {
             flow_block: 0,
             heldout_loglik_flow: f64::NAN,
             heldout_loglik_gaussian: f64::NAN,
+            heldout_mmd_gaussian: f64::NAN,
+            heldout_mmd_flow: f64::NAN,
         }
     }
 }

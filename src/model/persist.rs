@@ -8,7 +8,7 @@
 //! trailer  CRC-32 (IEEE) of every preceding byte, u32
 //! ```
 //!
-//! Sections of version 2: `META` (sizes, flags and summary numbers, as two
+//! Sections of versions 2 and 3: `META` (sizes, flags and summary numbers, as two
 //! counted arrays of u64 and f64 so later versions can append fields),
 //! `BASU` (U, column-major), `BASV` (V), `MEAN` (Xbar, only when centered),
 //! `PRIO` (core prior: mean, number q of principal directions, directions
@@ -17,6 +17,11 @@
 //! variances and ridge, then the flow block when there is one). Unknown
 //! sections are skipped. Nothing in the file is `d x d`: both Gaussians are
 //! stored as their principal directions plus a ridge, `q <= min(d, N)`.
+//!
+//! Version 3 appends to `CORE` the AUTO criterion of both kinds (after the
+//! held-out log-likelihoods) and the flow block's support radius (after the
+//! moment matching); version-2 files are read with NaN criteria and the
+//! radius `V2_SUPPORT_RADIUS_PER_SQRT_K x sqrt(k)`.
 //!
 //! Version 1 (dense Cholesky factors and a flow block on core coordinates)
 //! is not read: its files are refused with `ErrorKind::Version`.
@@ -272,6 +277,8 @@ fn write_core(w: &mut Writer, p: &CoreModelParts) {
         i.final_loss,
         i.heldout_loglik_flow,
         i.heldout_loglik_gaussian,
+        i.heldout_mmd_gaussian,
+        i.heldout_mmd_flow,
     ]);
     let q = p.variances.len();
     w.u64(q as u64);
@@ -345,6 +352,8 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize, version: u32) -> Result<CoreMo
         final_loss: r.f64()?,
         heldout_loglik_flow: r.f64()?,
         heldout_loglik_gaussian: r.f64()?,
+        heldout_mmd_gaussian: if version >= 3 { r.f64()? } else { f64::NAN },
+        heldout_mmd_flow: if version >= 3 { r.f64()? } else { f64::NAN },
     };
     let q = read_components(r, dim)?;
     let mean = r.f64s(dim)?;

@@ -55,7 +55,7 @@ pub struct FitArgs {
 /// Which model the cores get.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CoreModelArg {
-    /// The flow, or a full Gaussian when the training set is too small for it.
+    /// The flow or a full Gaussian, whichever draws closer to held-out cores (then refitted on all).
     Auto,
     /// Always the flow (plus a Gaussian on the low-variance principal
     /// components).

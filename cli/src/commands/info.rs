@@ -64,6 +64,8 @@ fn fields(m: &coreflow::Model) -> Vec<(&'static str, Value)> {
         ("final_loss", num(i.final_loss)),
         ("heldout_loglik_flow", num(i.heldout_loglik_flow)),
         ("heldout_loglik_gaussian", num(i.heldout_loglik_gaussian)),
+        ("heldout_mmd_gaussian", num(i.heldout_mmd_gaussian)),
+        ("heldout_mmd_flow", num(i.heldout_mmd_flow)),
         (
             "core_model_requested",
             match m.core_model().map(|c| c.info().requested) {
@@ -96,12 +98,18 @@ pub fn core_model_reason(m: &coreflow::Model) -> String {
         return "geometry only (no core model)".into();
     };
     let ci = core.info();
-    let scores = format!(
-        "held-out log-likelihood per core on {} cores: Gaussian {}, flow {}",
+    let mut scores = format!(
+        "on {} held-out cores, log-likelihood per core: Gaussian {}, flow {}",
         ci.holdout_count,
         loglik(ci.heldout_loglik_gaussian),
         loglik(ci.heldout_loglik_flow)
     );
+    if !ci.heldout_mmd_gaussian.is_nan() {
+        scores += &format!(
+            "; MMD^2 of draws in the leading block (the criterion, lower is better): Gaussian {:.3e}, flow {:.3e}",
+            ci.heldout_mmd_gaussian, ci.heldout_mmd_flow
+        );
+    }
     let too_small = format!(
         "a flow on {} principal components needs at least {} training matrices",
         ci.flow_block,
@@ -120,13 +128,13 @@ pub fn core_model_reason(m: &coreflow::Model) -> String {
             CoreModelKind::Gaussian => format!("auto without a hold-out: {too_small}"),
         },
         (CoreModelChoice::Auto, CoreModelKind::Flow) => {
-            format!("auto chose the flow, the better on held-out cores ({scores}); refitted on all matrices")
+            format!("auto chose the flow, its draws closer to held-out cores ({scores}); refitted on all matrices")
         }
         (CoreModelChoice::Auto, CoreModelKind::Gaussian) if ci.heldout_loglik_flow.is_nan() => {
             format!("auto chose the Gaussian: {too_small}")
         }
         (CoreModelChoice::Auto, CoreModelKind::Gaussian) => {
-            format!("auto chose the Gaussian, the better on held-out cores ({scores}); refitted on all matrices")
+            format!("auto chose the Gaussian, its draws at least as close to held-out cores ({scores}); refitted on all matrices")
         }
     }
 }
