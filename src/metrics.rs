@@ -720,6 +720,12 @@ impl Nearest {
 fn nn_from_grams(g: &Grams, threads: usize) -> Result<f64> {
     let (gaa, gbb, gab) = (&g.aa, &g.bb, &g.ab);
     let (na, nb) = (gaa.nrows(), gbb.nrows());
+    // Squared norms that overflow would make every distance meaningless.
+    for (m, n) in [(gaa, na), (gbb, nb)] {
+        for i in 0..n {
+            finite(m[(i, i)], "a squared norm in the 1-NN accuracy")?;
+        }
+    }
     // Entry (i, j) of a symmetric Gram matrix stored as its lower triangle.
     let sym = |m: &Mat<f64>, i: usize, j: usize| {
         if i >= j {
@@ -777,10 +783,14 @@ const NEAREST_BLOCK: usize = 256;
 /// For every row of `q` (`nq x d`) the squared Euclidean distance to the
 /// nearest row of `t` (`nt x d`, `nt >= 1`), through blocks of the cross Gram matrix
 /// (`||x - y||² = <x,x> + <y,y> - 2<x,y>`, clamped at 0). Allocates its
-/// buffers once; the products run on `par`.
-fn nearest_sq(q: MatRef<'_, f64>, t: MatRef<'_, f64>, par: Par) -> Vec<f64> {
+/// buffers once; the products run on `par`. A squared norm that overflows
+/// is a numerical error.
+fn nearest_sq(q: MatRef<'_, f64>, t: MatRef<'_, f64>, par: Par) -> Result<Vec<f64>> {
     let (nq, nt) = (q.nrows(), t.nrows());
     let tn: Vec<f64> = (0..nt).map(|j| t.row(j).squared_norm_l2()).collect();
+    for &x in &tn {
+        finite(x, "a squared norm of a training matrix")?;
+    }
     let block = NEAREST_BLOCK.min(nq).max(1);
     let mut g = Mat::<f64>::zeros(block, nt);
     let mut out = vec![0.0; nq];
@@ -791,7 +801,7 @@ fn nearest_sq(q: MatRef<'_, f64>, t: MatRef<'_, f64>, par: Par) -> Vec<f64> {
         let mut gb = g.as_mut().subrows_mut(0, b);
         gemm(gb.as_mut(), Accum::Replace, qb, t.transpose(), 1.0, par);
         for (r, o) in out[start..start + b].iter_mut().enumerate() {
-            let qn = qb.row(r).squared_norm_l2();
+            let qn = finite(qb.row(r).squared_norm_l2(), "a squared norm")?;
             let mut best = f64::INFINITY;
             for (j, &tj) in tn.iter().enumerate() {
                 best = best.min(gram_d2(qn, tj, gb[(r, j)]));
@@ -800,7 +810,7 @@ fn nearest_sq(q: MatRef<'_, f64>, t: MatRef<'_, f64>, par: Par) -> Vec<f64> {
         }
         start += b;
     }
-    out
+    Ok(out)
 }
 
 /// The median of the distances from each matrix of `query` to its closest
@@ -808,7 +818,7 @@ fn nearest_sq(q: MatRef<'_, f64>, t: MatRef<'_, f64>, par: Par) -> Vec<f64> {
 fn median_closest(query: &MatrixBatch<'_>, train: &MatrixBatch<'_>, par: Par) -> Result<f64> {
     let (mut own_q, mut own_t) = (Mat::<f64>::zeros(0, 0), Mat::<f64>::zeros(0, 0));
     let (zq, zt) = flat_pair(query, train, &mut own_q, &mut own_t);
-    let mut d2 = nearest_sq(zq, zt, par);
+    let mut d2 = nearest_sq(zq, zt, par)?;
     finite(
         median_distance(&mut d2),
         "the median closest-record distance",
@@ -1770,6 +1780,20 @@ mod tests {
         let narrow: Vec<f64> = b.iter().map(|x| 0.3 * x).collect();
         let got = nn_accuracy(&ba, &batch(&narrow, count + 50, m, n), Par::Seq).unwrap();
         assert!(got > 0.7, "{got}");
+    }
+
+    #[test]
+    fn overflowing_norms_in_nearest_neighbour_metrics_are_a_numerical_error() {
+        let a = gaussian(4, 2, 2, 61);
+        let b: Vec<f64> = a.iter().map(|x| x * 1e300).collect();
+        let (ba, bb) = (batch(&a, 4, 2, 2), batch(&b, 4, 2, 2));
+        let err = nn_accuracy(&ba, &bb, Par::Seq).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Numerical);
+        let err = dcr_ratio(&ba, &ba, &bb, Par::Seq).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Numerical);
+        let c = gaussian(5, 2, 2, 62);
+        let err = dcr_ratio(&ba, &bb, &batch(&c, 5, 2, 2), Par::Seq).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Numerical);
     }
 
     #[test]
