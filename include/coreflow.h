@@ -528,6 +528,22 @@ typedef struct coreflow_metrics_result {
      * Relative Frobenius error of the column covariance (cols x cols).
      */
     double colcov_error;
+    /**
+     * Balanced leave-one-out 1-nearest-neighbour accuracy of telling the
+     * generated matrices from the real ones in the pooled set (Frobenius
+     * distance; ties count as a random vote): 0.5 is ideal, 1 means fully
+     * separable, below 0.5 the generated matrices sit on the real ones.
+     */
+    double nn_accuracy;
+    /**
+     * Distance-to-closest-record ratio: the median distance of the
+     * generated matrices to their closest training matrix, over the same
+     * median of the real (held-out) matrices; about 1 for fresh data, below
+     * 1 points at copying the training set, 0 for copies. NaN without a
+     * training set (`coreflow_metrics`, or `coreflow_metrics_with_train`
+     * with `train` NULL).
+     */
+    double dcr_ratio;
 } coreflow_metrics_result;
 
 /**
@@ -891,13 +907,29 @@ void coreflow_metrics_options_init(struct coreflow_metrics_options *o);
  * `out->struct_size = sizeof(coreflow_metrics_result)` first. Both sets
  * hold complete (mask NULL), finite matrices of the same size, at least 2
  * each (the unbiased MMD^2 needs pairs); their counts may differ. `o`
- * (NULL = defaults) sets the threads and top_k.
+ * (NULL = defaults) sets the threads and top_k. `out->dcr_ratio` is NaN:
+ * the closest-record ratio needs the training set
+ * (`coreflow_metrics_with_train`). A host built against an older header (a
+ * smaller `out->struct_size`) gets the fields its struct holds.
  * Returns `COREFLOW_OK` or an error status, `*out` untouched on failure.
  * Ownership: the caller owns all buffers, only read (or written) during the
  * call. Allocates (the metrics are not a hot path); uses up to
  * `o->threads` threads. Thread-safe.
  */
 coreflow_status coreflow_metrics(const struct coreflow_matrices *real, const struct coreflow_matrices *generated, const struct coreflow_metrics_options *o, struct coreflow_metrics_result *out);
+
+/**
+ * `coreflow_metrics` with the training set the generator was fitted on,
+ * which adds the distance-to-closest-record ratio (`out->dcr_ratio`).
+ * `train` holds complete (mask NULL), finite matrices of the size of
+ * `real`, at least 1; NULL means none (then `out->dcr_ratio` is NaN, as
+ * with `coreflow_metrics`). Everything else as `coreflow_metrics`.
+ * Returns `COREFLOW_OK` or an error status, `*out` untouched on failure.
+ * Ownership: the caller owns all buffers, only read (or written) during the
+ * call. Allocates (the metrics are not a hot path); uses up to
+ * `o->threads` threads. Thread-safe.
+ */
+coreflow_status coreflow_metrics_with_train(const struct coreflow_matrices *real, const struct coreflow_matrices *generated, const struct coreflow_matrices *train, const struct coreflow_metrics_options *o, struct coreflow_metrics_result *out);
 
 /**
  * The message of the last failed call on the calling thread: names the bad

@@ -24,6 +24,28 @@
 //!   (clamped at 0 against cancellation), so the cost is one
 //!   `(NA + NB)² (mn) / 2` product instead of a loop over pairs. When `h0 = 0`
 //!   the kernel is its limit, 1 for equal matrices and 0 otherwise.
+//! - **1-NN two-sample accuracy** ([`nn_accuracy`]): every matrix `z` of the
+//!   pooled set `A u B` is classified by its nearest other matrix
+//!   (leave-one-out, Frobenius distance `||z - z'||`, the same Gram-matrix
+//!   distances as the MMD², clamped at 0). With `c(z)` the share of the
+//!   matrices at the smallest distance that come from `z`'s own set (1 or 0
+//!   without ties; ties count as a uniformly random vote), the score is the
+//!   *balanced* accuracy
+//!   `NNA = (1/2) (mean_{a in A} c(a) + mean_{b in B} c(b))`,
+//!   so unequal set sizes do not bias it: for two samples of one
+//!   distribution it is `(NA + NB - 2) / (2 (NA + NB - 1))`, about 0.5, in
+//!   expectation; 1 means every matrix's nearest neighbour is in its own set
+//!   (fully separable); below 0.5 means the generated matrices sit on the
+//!   real ones (0 when every matrix has a copy in the other set).
+//! - **Distance-to-closest-record ratio** ([`dcr_ratio`]): with a third set,
+//!   the training set `T` of the generator,
+//!   `DCR = median_{b in B} min_{t in T} ||b - t|| / median_{a in A} min_{t in T} ||a - t||`
+//!   (medians of an even count average the two middle values). Fresh data
+//!   give about 1; below 1 the generated matrices are closer to the
+//!   training matrices than held-out data are, which points at copying;
+//!   copies of training matrices give 0. Undefined (an error) when the
+//!   held-out median is 0. The distances come from blocks of the cross Gram
+//!   matrix against `T` (`NEAREST_BLOCK` queries at a time).
 //! - **Mean error** `||mean_B X - mean_A X|| / rms_A`, `rms_A = sqrt(mean_i ||A_i||²)`
 //!   (dividing by `||mean_A X||` would be meaningless for zero-mean data).
 //! - **Row and column covariance errors**: with `Xbar` the set mean,
@@ -41,7 +63,8 @@
 //!
 //! Norms of matrices are Frobenius norms. [`evaluate`] computes every
 //! set-versus-set metric at once and shares the singular values between the
-//! two spectral metrics. Metrics are not a hot path and allocate freely; the
+//! two spectral metrics and the Gram matrices between the MMD² and the 1-NN
+//! accuracy; [`evaluate_with_train`] adds the closest-record ratio. Metrics are not a hot path and allocate freely; the
 //! work over samples runs on up to `threads` threads in fixed chunks, so the
 //! results do not depend on the thread count.
 
@@ -66,8 +89,9 @@ pub struct EvalOptions {
     /// Number of leading singular values in the top-k spectrum distance
     /// (default 10; capped at `min(m, n)`).
     pub top_k: usize,
-    /// Compute the MMD² (default true). It is the expensive metric: one
-    /// Gram matrix of the pooled set.
+    /// Compute the pairwise metrics, the MMD² and the 1-NN accuracy
+    /// (default true). They are the expensive ones and share one Gram
+    /// matrix of the pooled set.
     pub mmd: bool,
 }
 
@@ -107,6 +131,12 @@ pub struct Metrics {
     pub rowcov_rel_error: f64,
     /// Relative Frobenius error of the column covariance (`n x n`).
     pub colcov_rel_error: f64,
+    /// Balanced leave-one-out 1-NN two-sample accuracy, 0.5 ideal (`None`
+    /// when the pairwise metrics are disabled).
+    pub nn_accuracy: Option<f64>,
+    /// Distance-to-closest-record ratio, below 1 for copying (`None`
+    /// without a training set: [`evaluate_with_train`]).
+    pub dcr_ratio: Option<f64>,
 }
 
 // ---------------------------------------------------------------------------
@@ -496,39 +526,74 @@ fn kernels(d2: f64, inv: &[f64; 3]) -> [f64; 3] {
     ]
 }
 
-fn mmd_impl(real: &MatrixBatch<'_>, generated: &MatrixBatch<'_>, par: Par) -> Result<Mmd> {
-    let (na, nb) = (real.count(), generated.count());
-    // Both sets must list vec(X) in the same order; views where possible.
-    let va = flat_view(real);
-    let target = match va {
+/// Row views `count x (rows * cols)` of two batches that list `vec(X)` in the
+/// same order: views of the data where the layouts allow, otherwise copies
+/// kept in `own_x` / `own_y`.
+fn flat_pair<'o>(
+    x: &MatrixBatch<'o>,
+    y: &MatrixBatch<'o>,
+    own_x: &'o mut Mat<f64>,
+    own_y: &'o mut Mat<f64>,
+) -> (MatRef<'o, f64>, MatRef<'o, f64>) {
+    let vx = flat_view(x);
+    let target = match vx {
         Some((_, VecOrder::Cols)) => VecOrder::Cols,
         _ => VecOrder::Rows,
     };
-    let own_a;
-    let za = match va {
+    let zx = match vx {
         Some((z, o)) if o.agrees(target) => z,
         _ => {
-            own_a = flat_copy(real, target);
-            own_a.as_ref().transpose()
+            *own_x = flat_copy(x, target);
+            own_x.as_ref().transpose()
         }
     };
-    let own_b;
-    let zb = match flat_view(generated) {
+    let zy = match flat_view(y) {
         Some((z, o)) if o.agrees(target) => z,
         _ => {
-            own_b = flat_copy(generated, target);
-            own_b.as_ref().transpose()
+            *own_y = flat_copy(y, target);
+            own_y.as_ref().transpose()
         }
     };
+    (zx, zy)
+}
 
-    let mut gaa = Mat::<f64>::zeros(na, na);
-    let mut gbb = Mat::<f64>::zeros(nb, nb);
-    let mut gab = Mat::<f64>::zeros(na, nb);
-    syrk_lower(gaa.as_mut(), Accum::Replace, za, 1.0, par);
-    syrk_lower(gbb.as_mut(), Accum::Replace, zb, 1.0, par);
-    gemm(gab.as_mut(), Accum::Replace, za, zb.transpose(), 1.0, par);
+/// Gram matrices of the pooled set: `aa` and `bb` hold the lower triangles
+/// of `<a_i, a_j>` and `<b_i, b_j>`, `ab` all of `<a_i, b_j>`.
+struct Grams {
+    aa: Mat<f64>,
+    bb: Mat<f64>,
+    ab: Mat<f64>,
+}
 
-    let d2 = |gii: f64, gjj: f64, gij: f64| (gii + gjj - 2.0 * gij).max(0.0);
+impl Grams {
+    fn new(real: &MatrixBatch<'_>, generated: &MatrixBatch<'_>, par: Par) -> Grams {
+        let (na, nb) = (real.count(), generated.count());
+        let (mut own_a, mut own_b) = (Mat::<f64>::zeros(0, 0), Mat::<f64>::zeros(0, 0));
+        let (za, zb) = flat_pair(real, generated, &mut own_a, &mut own_b);
+        let mut aa = Mat::<f64>::zeros(na, na);
+        let mut bb = Mat::<f64>::zeros(nb, nb);
+        let mut ab = Mat::<f64>::zeros(na, nb);
+        syrk_lower(aa.as_mut(), Accum::Replace, za, 1.0, par);
+        syrk_lower(bb.as_mut(), Accum::Replace, zb, 1.0, par);
+        gemm(ab.as_mut(), Accum::Replace, za, zb.transpose(), 1.0, par);
+        Grams { aa, bb, ab }
+    }
+}
+
+/// Squared distance from Gram entries, clamped at 0 against cancellation.
+#[inline]
+fn gram_d2(gii: f64, gjj: f64, gij: f64) -> f64 {
+    (gii + gjj - 2.0 * gij).max(0.0)
+}
+
+fn mmd_impl(real: &MatrixBatch<'_>, generated: &MatrixBatch<'_>, par: Par) -> Result<Mmd> {
+    mmd_from_grams(&Grams::new(real, generated, par))
+}
+
+fn mmd_from_grams(g: &Grams) -> Result<Mmd> {
+    let (gaa, gbb, gab) = (&g.aa, &g.bb, &g.ab);
+    let (na, nb) = (gaa.nrows(), gbb.nrows());
+    let d2 = gram_d2;
     let pairs = na * (na - 1) / 2 + nb * (nb - 1) / 2 + na * nb;
     let mut all = Vec::with_capacity(pairs);
     for j in 0..na {
@@ -603,6 +668,209 @@ fn mmd_impl(real: &MatrixBatch<'_>, generated: &MatrixBatch<'_>, par: Par) -> Re
 pub fn mmd2(real: &MatrixBatch<'_>, generated: &MatrixBatch<'_>, par: Par) -> Result<Mmd> {
     check_pair(real, generated, 2)?;
     mmd_impl(real, generated, par)
+}
+
+// ---------------------------------------------------------------------------
+// Nearest neighbours: the 1-NN two-sample test and the closest-record ratio
+
+/// The nearest neighbours of one point among candidates of two labels: the
+/// smallest squared distance and how many candidates at exactly that
+/// distance carry the point's own label and the other one.
+#[derive(Copy, Clone)]
+struct Nearest {
+    d2: f64,
+    same: u32,
+    other: u32,
+}
+
+impl Nearest {
+    const NONE: Nearest = Nearest {
+        d2: f64::INFINITY,
+        same: 0,
+        other: 0,
+    };
+
+    #[inline]
+    fn offer(&mut self, d2: f64, same: bool) {
+        if d2 < self.d2 {
+            *self = Nearest {
+                d2,
+                same: u32::from(same),
+                other: u32::from(!same),
+            };
+        } else if d2 == self.d2 {
+            if same {
+                self.same += 1;
+            } else {
+                self.other += 1;
+            }
+        }
+    }
+
+    /// The expected correctness of the 1-NN vote with ties broken uniformly
+    /// at random: the share of the nearest candidates with the own label.
+    fn correct(&self) -> f64 {
+        f64::from(self.same) / f64::from(self.same + self.other)
+    }
+}
+
+/// Balanced leave-one-out 1-NN accuracy from the Gram matrices of the
+/// pooled set (module docs). The scan over points runs on up to `threads`
+/// threads in fixed chunks, without allocating per point.
+fn nn_from_grams(g: &Grams, threads: usize) -> Result<f64> {
+    let (gaa, gbb, gab) = (&g.aa, &g.bb, &g.ab);
+    let (na, nb) = (gaa.nrows(), gbb.nrows());
+    // Squared norms that overflow would make every distance meaningless.
+    for (m, n) in [(gaa, na), (gbb, nb)] {
+        for i in 0..n {
+            finite(m[(i, i)], "a squared norm in the 1-NN accuracy")?;
+        }
+    }
+    // Entry (i, j) of a symmetric Gram matrix stored as its lower triangle.
+    let sym = |m: &Mat<f64>, i: usize, j: usize| {
+        if i >= j {
+            m[(i, j)]
+        } else {
+            m[(j, i)]
+        }
+    };
+    let parts = map_chunks(na + nb, threads, |range| {
+        let (mut sum_a, mut sum_b) = (0.0, 0.0);
+        for p in range {
+            let mut best = Nearest::NONE;
+            if p < na {
+                let i = p;
+                let gii = gaa[(i, i)];
+                for k in (0..na).filter(|&k| k != i) {
+                    best.offer(gram_d2(gii, gaa[(k, k)], sym(gaa, i, k)), true);
+                }
+                for j in 0..nb {
+                    best.offer(gram_d2(gii, gbb[(j, j)], gab[(i, j)]), false);
+                }
+                sum_a += best.correct();
+            } else {
+                let j = p - na;
+                let gjj = gbb[(j, j)];
+                for i in 0..na {
+                    best.offer(gram_d2(gaa[(i, i)], gjj, gab[(i, j)]), false);
+                }
+                for k in (0..nb).filter(|&k| k != j) {
+                    best.offer(gram_d2(gjj, gbb[(k, k)], sym(gbb, j, k)), true);
+                }
+                sum_b += best.correct();
+            }
+        }
+        Ok((sum_a, sum_b))
+    })?;
+    let sum_a: f64 = parts.iter().map(|p| p.0).sum();
+    let sum_b: f64 = parts.iter().map(|p| p.1).sum();
+    Ok(0.5 * (sum_a / na as f64 + sum_b / nb as f64))
+}
+
+/// Balanced leave-one-out 1-nearest-neighbour two-sample accuracy between
+/// the sets (module docs): 0.5 when the generated set cannot be told from
+/// the real one by its nearest neighbours, 1 when every matrix's nearest
+/// other matrix comes from its own set. Needs at least 2 matrices in each
+/// set. The Gram matrices run on `par`, the scan on `par.degree()` threads.
+pub fn nn_accuracy(real: &MatrixBatch<'_>, generated: &MatrixBatch<'_>, par: Par) -> Result<f64> {
+    check_pair(real, generated, 2)?;
+    nn_from_grams(&Grams::new(real, generated, par), par.degree())
+}
+
+/// Rows of queries per product in [`nearest_sq`].
+const NEAREST_BLOCK: usize = 256;
+
+/// For every row of `q` (`nq x d`) the squared Euclidean distance to the
+/// nearest row of `t` (`nt x d`, `nt >= 1`), through blocks of the cross Gram matrix
+/// (`||x - y||² = <x,x> + <y,y> - 2<x,y>`, clamped at 0). Allocates its
+/// buffers once; the products run on `par`. A squared norm that overflows
+/// is a numerical error.
+fn nearest_sq(q: MatRef<'_, f64>, t: MatRef<'_, f64>, par: Par) -> Result<Vec<f64>> {
+    let (nq, nt) = (q.nrows(), t.nrows());
+    let tn: Vec<f64> = (0..nt).map(|j| t.row(j).squared_norm_l2()).collect();
+    for &x in &tn {
+        finite(x, "a squared norm of a training matrix")?;
+    }
+    let block = NEAREST_BLOCK.min(nq).max(1);
+    let mut g = Mat::<f64>::zeros(block, nt);
+    let mut out = vec![0.0; nq];
+    let mut start = 0;
+    while start < nq {
+        let b = block.min(nq - start);
+        let qb = q.subrows(start, b);
+        let mut gb = g.as_mut().subrows_mut(0, b);
+        gemm(gb.as_mut(), Accum::Replace, qb, t.transpose(), 1.0, par);
+        for (r, o) in out[start..start + b].iter_mut().enumerate() {
+            let qn = finite(qb.row(r).squared_norm_l2(), "a squared norm")?;
+            let mut best = f64::INFINITY;
+            for (j, &tj) in tn.iter().enumerate() {
+                best = best.min(gram_d2(qn, tj, gb[(r, j)]));
+            }
+            *o = best;
+        }
+        start += b;
+    }
+    Ok(out)
+}
+
+/// The median of the distances from each matrix of `query` to its closest
+/// matrix of `train`.
+fn median_closest(query: &MatrixBatch<'_>, train: &MatrixBatch<'_>, par: Par) -> Result<f64> {
+    let (mut own_q, mut own_t) = (Mat::<f64>::zeros(0, 0), Mat::<f64>::zeros(0, 0));
+    let (zq, zt) = flat_pair(query, train, &mut own_q, &mut own_t);
+    let mut d2 = nearest_sq(zq, zt, par)?;
+    finite(
+        median_distance(&mut d2),
+        "the median closest-record distance",
+    )
+}
+
+/// The held-out denominator of the closest-record ratio, checked.
+fn dcr_denominator(real: &MatrixBatch<'_>, train: &MatrixBatch<'_>, par: Par) -> Result<f64> {
+    let den = median_closest(real, train, par)?;
+    if den == 0.0 {
+        return Err(Error::invalid(
+            "train: half or more of the real (held-out) matrices equal a training matrix, so the closest-record ratio is undefined",
+        ));
+    }
+    Ok(den)
+}
+
+/// Checks a training set against the real one: complete, finite, the same
+/// matrix size, at least 1 matrix.
+fn check_train(real: &MatrixBatch<'_>, train: &MatrixBatch<'_>) -> Result<()> {
+    check_set(train, "train", 1)?;
+    if (train.rows(), train.cols()) != (real.rows(), real.cols()) {
+        return Err(Error::shape(format!(
+            "train: {} x {} matrices, but real has {} x {}",
+            train.rows(),
+            train.cols(),
+            real.rows(),
+            real.cols()
+        )));
+    }
+    train.check_finite("train")
+}
+
+/// Distance-to-closest-record ratio (module docs): the median over the
+/// generated matrices of the distance to the closest training matrix,
+/// divided by the same median over the real (held-out) matrices. Below 1
+/// the generated matrices sit closer to the training set than fresh data
+/// do, which points at copying; near 0 they are copies. Errors when the
+/// held-out median is 0. The products run on `par`.
+pub fn dcr_ratio(
+    real: &MatrixBatch<'_>,
+    generated: &MatrixBatch<'_>,
+    train: &MatrixBatch<'_>,
+    par: Par,
+) -> Result<f64> {
+    check_pair(real, generated, 1)?;
+    check_train(real, train)?;
+    let den = dcr_denominator(real, train, par)?;
+    finite(
+        median_closest(generated, train, par)? / den,
+        "the closest-record ratio",
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -761,16 +1029,37 @@ fn covariance_errors_from(a: &Moments, b: &Moments) -> Result<(f64, f64)> {
 
 /// Every set-versus-set metric of `generated` against `real`, sharing the
 /// singular values between the spectral metrics. Both sets need at least 2
-/// matrices when the MMD² is computed (its unbiased estimate needs pairs),
-/// at least 1 otherwise.
+/// matrices when the pairwise metrics are computed (the unbiased MMD² needs
+/// pairs), at least 1 otherwise. The closest-record ratio needs the training
+/// set and is `None` here: see [`evaluate_with_train`].
 pub fn evaluate(
     real: &MatrixBatch<'_>,
     generated: &MatrixBatch<'_>,
     opts: &EvalOptions,
 ) -> Result<Metrics> {
+    evaluate_with_train(real, generated, None, opts)
+}
+
+/// [`evaluate`] with the training set the generator was fitted on, when
+/// given: then the metrics include the distance-to-closest-record ratio
+/// ([`dcr_ratio`]), otherwise it is `None`. `train` holds complete, finite
+/// matrices of the size of `real`, at least 1.
+pub fn evaluate_with_train(
+    real: &MatrixBatch<'_>,
+    generated: &MatrixBatch<'_>,
+    train: Option<&MatrixBatch<'_>>,
+    opts: &EvalOptions,
+) -> Result<Metrics> {
     check_top_k(opts.top_k)?;
     check_pair(real, generated, if opts.mmd { 2 } else { 1 })?;
-    Reference::new_checked(real, opts)?.evaluate_checked(generated, opts)
+    if let Some(t) = train {
+        check_train(real, t)?;
+    }
+    let mut r = Reference::new_checked(real, opts)?;
+    if let Some(t) = train {
+        r = r.with_train_checked(t, opts)?;
+    }
+    r.evaluate_checked(generated, opts)
 }
 
 /// A real set with its singular values and moments computed once, for
@@ -781,6 +1070,8 @@ pub struct Reference<'a> {
     real: MatrixBatch<'a>,
     spectra: Mat<f64>,
     moments: Moments,
+    /// The training set and the held-out median closest-record distance.
+    train: Option<(MatrixBatch<'a>, f64)>,
 }
 
 impl<'a> Reference<'a> {
@@ -798,7 +1089,24 @@ impl<'a> Reference<'a> {
             real: *real,
             spectra: singular_values_impl(real, threads)?,
             moments: moments_impl(real, threads)?,
+            train: None,
         })
+    }
+
+    /// Adds the training set of the generators to be scored, so that
+    /// [`Reference::evaluate`] includes the closest-record ratio; the
+    /// held-out median (real to training set) is computed here, once.
+    /// `train` holds complete, finite matrices of the size of the real set.
+    pub fn with_train(self, train: &MatrixBatch<'a>, opts: &EvalOptions) -> Result<Self> {
+        check_train(&self.real, train)?;
+        self.with_train_checked(train, opts)
+    }
+
+    fn with_train_checked(mut self, train: &MatrixBatch<'a>, opts: &EvalOptions) -> Result<Self> {
+        let par = par_for_threads(resolve_threads(opts.threads));
+        let den = dcr_denominator(&self.real, train, par)?;
+        self.train = Some((*train, den));
+        Ok(self)
     }
 
     /// Every metric of `generated` against the real set, as [`evaluate`].
@@ -818,10 +1126,19 @@ impl<'a> Reference<'a> {
         let b = moments_impl(generated, threads)?;
         let mean_error = mean_error_from(a, b.mean.as_ref())?;
         let (rowcov_rel_error, colcov_rel_error) = covariance_errors_from(a, &b)?;
-        let mmd = if opts.mmd {
-            Some(mmd_impl(&self.real, generated, par_for_threads(threads))?)
+        let par = par_for_threads(threads);
+        let (mmd, nn_accuracy) = if opts.mmd {
+            let g = Grams::new(&self.real, generated, par);
+            (Some(mmd_from_grams(&g)?), Some(nn_from_grams(&g, threads)?))
         } else {
-            None
+            (None, None)
+        };
+        let dcr_ratio = match &self.train {
+            Some((train, den)) => Some(finite(
+                median_closest(generated, train, par)? / den,
+                "the closest-record ratio",
+            )?),
+            None => None,
         };
         Ok(Metrics {
             sve,
@@ -830,6 +1147,8 @@ impl<'a> Reference<'a> {
             mean_error,
             rowcov_rel_error,
             colcov_rel_error,
+            nn_accuracy,
+            dcr_ratio,
         })
     }
 }
@@ -1168,6 +1487,7 @@ mod tests {
         assert_eq!(one.mean_error, three.mean_error);
         assert_eq!(one.rowcov_rel_error, three.rowcov_rel_error);
         assert_eq!(one.colcov_rel_error, three.colcov_rel_error);
+        assert_eq!(one.nn_accuracy, three.nn_accuracy);
         let (p, q) = (one.mmd.unwrap(), three.mmd.unwrap());
         assert!((p.mmd2 - q.mmd2).abs() < 1e-14 && (p.h0 - q.h0).abs() < 1e-14 * p.h0);
         // The real set in reverse sample order with transposed strides:
@@ -1194,6 +1514,18 @@ mod tests {
         assert!(close(other.sve, one.sve) && close(other.topk_w1, one.topk_w1));
         assert!(close(other.mmd.unwrap().mmd2, p.mmd2));
         assert!(close(other.rowcov_rel_error, one.rowcov_rel_error));
+        assert_eq!(other.nn_accuracy, one.nn_accuracy);
+        // The closest-record ratio with a strided training set (the reversed
+        // real set) against a C-order one: the same up to rounding.
+        let t1 = dcr_ratio(&bb, &ba, &rev, Par::Seq);
+        let t2 = dcr_ratio(&bb, &rev, &ba, Par::rayon(3));
+        // Real matrices as their own training set: the generated side is 0.
+        assert!(t1.unwrap() < 1e-6 && t2.unwrap() < 1e-6);
+        let c = gaussian(40, m, n, 12);
+        let bc = batch(&c, 40, m, n);
+        let d1 = dcr_ratio(&bb, &bc, &rev, Par::Seq).unwrap();
+        let d2 = dcr_ratio(&bb, &bc, &ba, Par::rayon(3)).unwrap();
+        assert!(close(d1, d2), "{d1} vs {d2}");
     }
 
     #[test]
@@ -1408,5 +1740,175 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.message().starts_with("real:"), "{}", e.message());
+    }
+
+    #[test]
+    fn nn_accuracy_of_a_hand_computed_case() {
+        // 1 x 1 matrices. Pooled: 0, 1, 5 (real) and 2, 7, 8 (generated).
+        // 0 -> 1 (own), 1 -> 0 and 2 tie (half), 5 -> 7 (other);
+        // 2 -> 1 (other), 7 -> 8 (own), 8 -> 7 (own).
+        let a = [0.0, 1.0, 5.0];
+        let b = [2.0, 7.0, 8.0];
+        let got = nn_accuracy(&batch(&a, 3, 1, 1), &batch(&b, 3, 1, 1), Par::Seq).unwrap();
+        let want = 0.5 * (1.5 / 3.0 + 2.0 / 3.0);
+        assert!((got - want).abs() < 1e-15, "{got} vs {want}");
+        // Unequal sizes: a fourth generated matrix at 0.9 takes 1 (0.1 from
+        // it): 0 -> 0.9 (other), 1 -> 0.9 (other), 5 -> 7, 0.9 -> 1 (other).
+        let b = [2.0, 7.0, 8.0, 0.9];
+        let got = nn_accuracy(&batch(&a, 3, 1, 1), &batch(&b, 4, 1, 1), Par::Seq).unwrap();
+        let want = 0.5 * (0.0 / 3.0 + 2.0 / 4.0);
+        assert!((got - want).abs() < 1e-15, "{got} vs {want}");
+    }
+
+    #[test]
+    fn nn_accuracy_separates_and_matches() {
+        let (count, m, n) = (150, 3, 4);
+        let a = gaussian(count, m, n, 31);
+        let b = gaussian(count + 50, m, n, 32);
+        let (ba, bb) = (batch(&a, count, m, n), batch(&b, count + 50, m, n));
+        // One distribution, unequal sizes: about 0.5 (balanced accuracy).
+        let same = nn_accuracy(&ba, &bb, Par::Seq).unwrap();
+        assert!((same - 0.5).abs() < 0.06, "{same}");
+        // Far apart: every nearest neighbour is in the own set.
+        let far: Vec<f64> = b.iter().map(|x| x + 100.0).collect();
+        let sep = nn_accuracy(&ba, &batch(&far, count + 50, m, n), Par::Seq).unwrap();
+        assert_eq!(sep, 1.0);
+        // Copies of the real set: every nearest neighbour is the twin.
+        let copies = nn_accuracy(&ba, &ba, Par::Seq).unwrap();
+        assert_eq!(copies, 0.0);
+        // Half the spread is told apart well above chance.
+        let narrow: Vec<f64> = b.iter().map(|x| 0.3 * x).collect();
+        let got = nn_accuracy(&ba, &batch(&narrow, count + 50, m, n), Par::Seq).unwrap();
+        assert!(got > 0.7, "{got}");
+    }
+
+    #[test]
+    fn overflowing_norms_in_nearest_neighbour_metrics_are_a_numerical_error() {
+        let a = gaussian(4, 2, 2, 61);
+        let b: Vec<f64> = a.iter().map(|x| x * 1e300).collect();
+        let (ba, bb) = (batch(&a, 4, 2, 2), batch(&b, 4, 2, 2));
+        let err = nn_accuracy(&ba, &bb, Par::Seq).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Numerical);
+        let err = dcr_ratio(&ba, &ba, &bb, Par::Seq).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Numerical);
+        let c = gaussian(5, 2, 2, 62);
+        let err = dcr_ratio(&ba, &bb, &batch(&c, 5, 2, 2), Par::Seq).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Numerical);
+    }
+
+    #[test]
+    fn dcr_ratio_of_a_hand_computed_case() {
+        // Training set {0, 10}. Held-out 1, 4, 8: closest distances 1, 4, 2,
+        // median 2. Generated 5, 9.5, 0.5, 3: distances 5, 0.5, 0.5, 3,
+        // median (0.5 + 3) / 2 = 1.75. Ratio 0.875.
+        let t = [0.0, 10.0];
+        let a = [1.0, 4.0, 8.0];
+        let b = [5.0, 9.5, 0.5, 3.0];
+        let got = dcr_ratio(
+            &batch(&a, 3, 1, 1),
+            &batch(&b, 4, 1, 1),
+            &batch(&t, 2, 1, 1),
+            Par::Seq,
+        )
+        .unwrap();
+        assert_eq!(got, 0.875);
+    }
+
+    #[test]
+    fn dcr_ratio_flags_copies_and_passes_fresh_data() {
+        let (m, n) = (3, 3);
+        let t = gaussian(300, m, n, 41);
+        let a = gaussian(120, m, n, 42);
+        let b = gaussian(160, m, n, 43);
+        let (bt, ba) = (batch(&t, 300, m, n), batch(&a, 120, m, n));
+        let fresh = dcr_ratio(&ba, &batch(&b, 160, m, n), &bt, Par::Seq).unwrap();
+        assert!((fresh - 1.0).abs() < 0.15, "{fresh}");
+        // Copies of training matrices (the first 160, in another order).
+        let mut copies = Vec::new();
+        for i in (0..160).rev() {
+            copies.extend_from_slice(&t[i * m * n..(i + 1) * m * n]);
+        }
+        let got = dcr_ratio(&ba, &batch(&copies, 160, m, n), &bt, Par::Seq).unwrap();
+        assert!(got < 1e-6, "{got}");
+        // Copies plus a little noise: well below 1.
+        let noisy: Vec<f64> = copies.iter().zip(&b).map(|(c, e)| c + 0.05 * e).collect();
+        let got = dcr_ratio(&ba, &batch(&noisy, 160, m, n), &bt, Par::Seq).unwrap();
+        assert!(got > 1e-6 && got < 0.3, "{got}");
+    }
+
+    #[test]
+    fn evaluate_with_train_adds_the_closest_record_ratio() {
+        let (m, n) = (4, 3);
+        let t = gaussian(50, m, n, 51);
+        let a = gaussian(20, m, n, 52);
+        let b = gaussian(25, m, n, 53);
+        let (bt, ba, bb) = (
+            batch(&t, 50, m, n),
+            batch(&a, 20, m, n),
+            batch(&b, 25, m, n),
+        );
+        let opts = EvalOptions::default();
+        let plain = evaluate(&ba, &bb, &opts).unwrap();
+        assert_eq!(plain.dcr_ratio, None);
+        assert_eq!(
+            plain.nn_accuracy,
+            Some(nn_accuracy(&ba, &bb, Par::Seq).unwrap())
+        );
+        let with = evaluate_with_train(&ba, &bb, Some(&bt), &opts).unwrap();
+        assert_eq!(
+            with.dcr_ratio,
+            Some(dcr_ratio(&ba, &bb, &bt, Par::Seq).unwrap())
+        );
+        assert_eq!(
+            Metrics {
+                dcr_ratio: None,
+                ..with
+            },
+            plain
+        );
+        let r = Reference::new(&ba, &opts)
+            .unwrap()
+            .with_train(&bt, &opts)
+            .unwrap();
+        assert_eq!(r.evaluate(&bb, &opts).unwrap(), with);
+        // Without the pairwise metrics there is no 1-NN accuracy.
+        let no_mmd = EvalOptions { mmd: false, ..opts };
+        let got = evaluate_with_train(&ba, &bb, Some(&bt), &no_mmd).unwrap();
+        assert_eq!(got.nn_accuracy, None);
+        assert_eq!(got.dcr_ratio, with.dcr_ratio);
+
+        // The training set is checked by name.
+        let narrow = batch(&t[..50 * 3 * 3], 50, 3, 3);
+        let err = evaluate_with_train(&ba, &bb, Some(&narrow), &opts).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Shape);
+        assert_eq!(err.message(), "train: 3 x 3 matrices, but real has 4 x 3");
+        let empty = MatrixBatch::from_c_order(&t, 0, m, n).unwrap();
+        let err = dcr_ratio(&ba, &bb, &empty, Par::Seq).unwrap_err();
+        assert!(err.message().starts_with("train:"), "{}", err.message());
+        let mut bad = t.clone();
+        bad[40] = f64::INFINITY;
+        let err = Reference::new(&ba, &opts)
+            .unwrap()
+            .with_train(&batch(&bad, 50, m, n), &opts)
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), ErrorKind::NonFinite);
+        assert!(err.message().starts_with("train:"), "{}", err.message());
+        let mask = vec![1u8; t.len()];
+        let masked = bt.with_mask(&mask).unwrap();
+        let err = evaluate_with_train(&ba, &bb, Some(&masked), &opts).unwrap_err();
+        assert!(err.message().starts_with("train:"), "{}", err.message());
+        // Held-out matrices that are training matrices leave no denominator.
+        let err = dcr_ratio(&bt, &bb, &bt, Par::Seq).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            err.message().starts_with("train: half"),
+            "{}",
+            err.message()
+        );
+        // The 1-NN accuracy needs two matrices per set.
+        let one = batch(&a[..m * n], 1, m, n);
+        let err = nn_accuracy(&ba, &one, Par::Seq).unwrap_err();
+        assert!(err.message().starts_with("generated:"), "{}", err.message());
     }
 }

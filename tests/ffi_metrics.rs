@@ -1,9 +1,10 @@
-//! `coreflow_metrics` through its extern "C" entry point: the same scores as
-//! `metrics::evaluate`, versioned structs, and the error paths.
+//! `coreflow_metrics` and `coreflow_metrics_with_train` through their
+//! extern "C" entry points: the same scores as `metrics::evaluate_with_train`,
+//! versioned structs, and the error paths.
 
 use coreflow::datasets::{Dataset, DatasetSpec};
 use coreflow::ffi::*;
-use coreflow::metrics::{evaluate, EvalOptions};
+use coreflow::metrics::{evaluate, evaluate_with_train, EvalOptions};
 use std::ffi::CStr;
 use std::mem::size_of;
 use std::ptr;
@@ -36,6 +37,8 @@ fn empty_result() -> coreflow_metrics_result {
         mean_error: -1.0,
         rowcov_error: -1.0,
         colcov_error: -1.0,
+        nn_accuracy: -1.0,
+        dcr_ratio: -1.0,
     }
 }
 
@@ -75,6 +78,8 @@ fn c_metrics_match_evaluate() {
     assert_eq!(out.mean_error, want.mean_error);
     assert_eq!(out.rowcov_error, want.rowcov_rel_error);
     assert_eq!(out.colcov_error, want.colcov_rel_error);
+    assert_eq!(out.nn_accuracy, want.nn_accuracy.unwrap());
+    assert!(out.dcr_ratio.is_nan(), "no training set: {}", out.dcr_ratio);
 
     // NULL options are the defaults (top_k 10).
     let mut d = empty_result();
@@ -184,4 +189,77 @@ fn c_metrics_fill_an_older_result_struct_up_to_its_size() {
         COREFLOW_OK
     );
     assert_eq!((out.sve, out.mean_error), (0.0, 0.0));
+}
+
+#[test]
+fn c_metrics_with_train_add_the_closest_record_ratio() {
+    let (m, n) = (10, 7);
+    let train = Dataset::Blobs
+        .generate(&DatasetSpec::new(30, m, n, 5))
+        .unwrap();
+    let real = Dataset::Blobs
+        .generate(&DatasetSpec::new(12, m, n, 6))
+        .unwrap();
+    let gen = Dataset::Blobs
+        .generate(&DatasetSpec::new(14, m, n, 7))
+        .unwrap();
+    let opts = EvalOptions::default();
+    let want =
+        evaluate_with_train(&real.batch(), &gen.batch(), Some(&train.batch()), &opts).unwrap();
+    let (a, b, t) = (
+        view(&real.data, 12, m, n),
+        view(&gen.data, 14, m, n),
+        view(&train.data, 30, m, n),
+    );
+    let mut out = empty_result();
+    let st = unsafe { coreflow_metrics_with_train(&a, &b, &t, ptr::null(), &mut out) };
+    assert_eq!(st, COREFLOW_OK, "{}", last_error());
+    assert_eq!(out.dcr_ratio, want.dcr_ratio.unwrap());
+    assert_eq!(out.nn_accuracy, want.nn_accuracy.unwrap());
+    assert_eq!(out.sve, want.sve);
+    assert!(out.dcr_ratio > 0.0 && out.dcr_ratio.is_finite());
+    // Generated = the first 14 training matrices: the ratio is 0 to rounding.
+    let copies = view(&train.data, 14, m, n);
+    let st = unsafe { coreflow_metrics_with_train(&a, &copies, &t, ptr::null(), &mut out) };
+    assert_eq!(st, COREFLOW_OK, "{}", last_error());
+    assert!(out.dcr_ratio < 1e-6, "{}", out.dcr_ratio);
+    // NULL train is coreflow_metrics: the ratio is NaN.
+    let st = unsafe { coreflow_metrics_with_train(&a, &b, ptr::null(), ptr::null(), &mut out) };
+    assert_eq!(st, COREFLOW_OK, "{}", last_error());
+    assert!(out.dcr_ratio.is_nan());
+
+    // A host that knows the struct up to colcov_error: the new fields stay.
+    let mut old = empty_result();
+    old.struct_size = std::mem::offset_of!(coreflow_metrics_result, nn_accuracy);
+    let st = unsafe { coreflow_metrics_with_train(&a, &b, &t, ptr::null(), &mut old) };
+    assert_eq!(st, COREFLOW_OK, "{}", last_error());
+    assert_eq!(
+        old.struct_size,
+        std::mem::offset_of!(coreflow_metrics_result, nn_accuracy)
+    );
+    assert_eq!((old.nn_accuracy, old.dcr_ratio), (-1.0, -1.0));
+    assert_eq!(old.sve, want.sve);
+
+    // The training set is named `train` in every error; out is untouched.
+    let mut keep = empty_result();
+    let narrow = view(&train.data, 30, m, n - 1);
+    let st = unsafe { coreflow_metrics_with_train(&a, &b, &narrow, ptr::null(), &mut keep) };
+    assert_eq!(st, COREFLOW_ERR_SHAPE);
+    assert!(last_error().starts_with("train:"), "{}", last_error());
+    let mut bad = train.data.clone();
+    bad[3] = f64::NAN;
+    let tb = view(&bad, 30, m, n);
+    let st = unsafe { coreflow_metrics_with_train(&a, &b, &tb, ptr::null(), &mut keep) };
+    assert_eq!(st, COREFLOW_ERR_NON_FINITE);
+    assert!(last_error().starts_with("train:"), "{}", last_error());
+    let mut no_data = t;
+    no_data.data = ptr::null();
+    let st = unsafe { coreflow_metrics_with_train(&a, &b, &no_data, ptr::null(), &mut keep) };
+    assert_eq!(st, COREFLOW_ERR_NULL);
+    assert!(last_error().starts_with("train->data"), "{}", last_error());
+    // The held-out matrices are training matrices: no denominator.
+    let st = unsafe { coreflow_metrics_with_train(&t, &b, &t, ptr::null(), &mut keep) };
+    assert_eq!(st, COREFLOW_ERR_INVALID_ARGUMENT);
+    assert!(last_error().starts_with("train:"), "{}", last_error());
+    assert_eq!(keep.sve, -1.0, "out written on failure");
 }

@@ -32,7 +32,7 @@ using Libdl
 # sample, save and load are not exported: StatsBase and FileIO use those
 # names. Call them as CoreFlow.sample, CoreFlow.save, CoreFlow.load.
 export CoreFlowError, Model, Workspace, fit, encode, encode!, decode, decode!, info, subspaces,
-       sample!, log_prob, log_prob!, complete, complete!, to_bytes, from_bytes
+       sample!, log_prob, log_prob!, complete, complete!, to_bytes, from_bytes, metrics
 
 const ABI_VERSION = 1
 
@@ -155,6 +155,8 @@ struct MetricsResult
     mean_error::Float64
     rowcov_error::Float64
     colcov_error::Float64
+    nn_accuracy::Float64
+    dcr_ratio::Float64
 end
 
 struct ModelInfo
@@ -606,6 +608,38 @@ function from_bytes(bytes::Vector{UInt8})
     _check(ccall(_sym(:coreflow_model_from_bytes), Int32,
                  (Ptr{UInt8}, Csize_t, Ptr{Ptr{Cvoid}}), bytes, length(bytes), handle))
     return Model(handle[])
+end
+
+# ---------------------------------------------------------------------------
+# Metrics
+
+"""
+    metrics(real, generated; train = nothing, threads = 0, top_k = 10) -> MetricsResult
+
+Scores the generated matrices `generated[:, :, j]` against the real
+(held-out) ones with the metrics of the design (section 6): `sve`,
+`topk_w1`, `mmd2`, `mean_error`, `rowcov_error`, `colcov_error`, and
+`nn_accuracy` (balanced leave-one-out 1-NN two-sample accuracy, 0.5 ideal).
+With `train`, the generator's training set, also `dcr_ratio` (median
+distance of generated matrices to their closest training matrix over that of
+the real ones; below 1 points at copying); without it `dcr_ratio` is NaN.
+No array is copied.
+"""
+function metrics(real::StridedArray{Float64,3}, generated::StridedArray{Float64,3};
+                 train::Union{Nothing,StridedArray{Float64,3}} = nothing, kw...)
+    opts = Ref(_with_fields(_init_struct(MetricsOptions, :coreflow_metrics_options_init), kw, (),
+                            "metrics"))
+    empty = ntuple(i -> i == 1 ? Csize_t(sizeof(MetricsResult)) : NaN, fieldcount(MetricsResult))
+    out = Ref(MetricsResult(empty...))
+    GC.@preserve real generated train begin
+        a = Ref(_view(real))
+        b = Ref(_view(generated))
+        t = train === nothing ? Ptr{Matrices}(C_NULL) : Ref(_view(train))
+        _check(ccall(_sym(:coreflow_metrics_with_train), Int32,
+                     (Ptr{Matrices}, Ptr{Matrices}, Ptr{Matrices}, Ptr{MetricsOptions},
+                      Ptr{MetricsResult}), a, b, t, opts, out))
+    end
+    return out[]
 end
 
 end # module

@@ -739,3 +739,82 @@ fn ctrl_c_cancels_the_fit() {
     assert!(!model.exists(), "a cancelled fit writes no model");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn eval_with_train_reports_nn_accuracy_and_closest_record_ratio() {
+    let dir = temp_dir("eval-train");
+    let (nt, na) = (30, 12);
+    let train = waves(nt, M, K, 21);
+    let test = waves(na, M, K, 22);
+    let fresh = waves(na, M, K, 23);
+    let (t, a, f, c) = (
+        dir.join("train.npy"),
+        dir.join("test.npy"),
+        dir.join("fresh.npy"),
+        dir.join("copies.npy"),
+    );
+    write_f64(&t, &train, [nt, M, K], false);
+    write_f64(&a, &test, [na, M, K], false);
+    write_f64(&f, &fresh, [na, M, K], false);
+    // Copies of training matrices, stored column-major.
+    write_f64(&c, &train[..na * M * K], [na, M, K], true);
+    let json = |gen: &std::path::Path| -> serde_json::Value {
+        let e = coreflow(&[
+            "eval",
+            "--real",
+            s(&a),
+            "--generated",
+            s(gen),
+            "--train",
+            s(&t),
+            "--json",
+        ]);
+        serde_json::from_str(e.ok().trim()).unwrap()
+    };
+    let copies = json(&c);
+    assert_eq!(copies["train_count"], nt);
+    let dcr = copies["dcr_ratio"].as_f64().unwrap();
+    assert!(dcr < 1e-6, "copies: {copies}");
+    let nna = copies["nn_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&nna), "{copies}");
+    let fresh = json(&f);
+    let dcr = fresh["dcr_ratio"].as_f64().unwrap();
+    assert!(dcr > 0.3, "fresh: {fresh}");
+
+    // Without --train: the 1-NN accuracy but no closest-record ratio.
+    let e = coreflow(&["eval", "--real", s(&a), "--generated", s(&f), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(e.ok().trim()).unwrap();
+    assert!(
+        v["nn_accuracy"].is_number() && v.get("dcr_ratio").is_none(),
+        "{v}"
+    );
+    // The table names both.
+    let table = coreflow(&[
+        "eval",
+        "--real",
+        s(&a),
+        "--generated",
+        s(&f),
+        "--train",
+        s(&t),
+    ]);
+    let out = table.ok();
+    assert!(
+        out.contains("1-NN accuracy") && out.contains("closest-record ratio"),
+        "{out}"
+    );
+
+    // A training set of another matrix size is named.
+    let other = dir.join("other.npy");
+    write_f64(&other, &waves(4, M, K - 1, 24), [4, M, K - 1], false);
+    coreflow(&[
+        "eval",
+        "--real",
+        s(&a),
+        "--generated",
+        s(&f),
+        "--train",
+        s(&other),
+    ])
+    .bad_input(&["other.npy", &format!("{M} x {}", K - 1)]);
+}

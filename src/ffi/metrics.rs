@@ -1,10 +1,13 @@
 //! The metrics of DESIGN.md section 6 through the C ABI: one call scores a
 //! generated set against a real one (SVE, top-k W1, MMD^2, mean and
-//! covariance errors), as [`crate::metrics::evaluate`] does in Rust.
+//! covariance errors, 1-NN accuracy, and with the training set
+//! (`coreflow_metrics_with_train`) the closest-record ratio), as
+//! [`crate::metrics::evaluate_with_train`] does in Rust.
 
 use super::options::read_versioned;
 use super::status::{boundary, boundary_void, coreflow_status};
 use super::views::{batch_from_c, coreflow_matrices, null};
+use crate::batch::MatrixBatch;
 use crate::error::{Error, Result};
 use crate::metrics::{self, EvalOptions};
 use std::mem::{offset_of, size_of};
@@ -58,6 +61,18 @@ pub struct coreflow_metrics_result {
     pub rowcov_error: f64,
     /// Relative Frobenius error of the column covariance (cols x cols).
     pub colcov_error: f64,
+    /// Balanced leave-one-out 1-nearest-neighbour accuracy of telling the
+    /// generated matrices from the real ones in the pooled set (Frobenius
+    /// distance; ties count as a random vote): 0.5 is ideal, 1 means fully
+    /// separable, below 0.5 the generated matrices sit on the real ones.
+    pub nn_accuracy: f64,
+    /// Distance-to-closest-record ratio: the median distance of the
+    /// generated matrices to their closest training matrix, over the same
+    /// median of the real (held-out) matrices; about 1 for fresh data, below
+    /// 1 points at copying the training set, 0 for copies. NaN without a
+    /// training set (`coreflow_metrics`, or `coreflow_metrics_with_train`
+    /// with `train` NULL).
+    pub dcr_ratio: f64,
 }
 
 /// Smallest `struct_size` accepted for `coreflow_metrics_result` (ABI v1).
@@ -100,7 +115,10 @@ unsafe fn read_metrics_options(o: *const coreflow_metrics_options) -> Result<Eva
 /// `out->struct_size = sizeof(coreflow_metrics_result)` first. Both sets
 /// hold complete (mask NULL), finite matrices of the same size, at least 2
 /// each (the unbiased MMD^2 needs pairs); their counts may differ. `o`
-/// (NULL = defaults) sets the threads and top_k.
+/// (NULL = defaults) sets the threads and top_k. `out->dcr_ratio` is NaN:
+/// the closest-record ratio needs the training set
+/// (`coreflow_metrics_with_train`). A host built against an older header (a
+/// smaller `out->struct_size`) gets the fields its struct holds.
 /// Returns `COREFLOW_OK` or an error status, `*out` untouched on failure.
 /// Ownership: the caller owns all buffers, only read (or written) during the
 /// call. Allocates (the metrics are not a hot path); uses up to
@@ -112,31 +130,72 @@ pub unsafe extern "C" fn coreflow_metrics(
     o: *const coreflow_metrics_options,
     out: *mut coreflow_metrics_result,
 ) -> coreflow_status {
+    boundary(|| metrics_impl(real, generated, None, o, out))
+}
+
+/// `coreflow_metrics` with the training set the generator was fitted on,
+/// which adds the distance-to-closest-record ratio (`out->dcr_ratio`).
+/// `train` holds complete (mask NULL), finite matrices of the size of
+/// `real`, at least 1; NULL means none (then `out->dcr_ratio` is NaN, as
+/// with `coreflow_metrics`). Everything else as `coreflow_metrics`.
+/// Returns `COREFLOW_OK` or an error status, `*out` untouched on failure.
+/// Ownership: the caller owns all buffers, only read (or written) during the
+/// call. Allocates (the metrics are not a hot path); uses up to
+/// `o->threads` threads. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_metrics_with_train(
+    real: *const coreflow_matrices,
+    generated: *const coreflow_matrices,
+    train: *const coreflow_matrices,
+    o: *const coreflow_metrics_options,
+    out: *mut coreflow_metrics_result,
+) -> coreflow_status {
     boundary(|| {
-        let a = batch_from_c(real, "real")?;
-        let b = batch_from_c(generated, "generated")?;
-        let opts = read_metrics_options(o)?;
-        if out.is_null() {
-            return Err(null("out"));
-        }
-        let size = *(out as *const usize);
-        if size < METRICS_RESULT_V1_SIZE {
-            return Err(Error::invalid(format!(
-                "out->struct_size: {size} is smaller than the smallest supported size {METRICS_RESULT_V1_SIZE}; set it to sizeof(coreflow_metrics_result)"
-            )));
-        }
-        let m = metrics::evaluate(&a, &b, &opts)?;
-        let full = coreflow_metrics_result {
-            struct_size: size.min(size_of::<coreflow_metrics_result>()),
-            sve: m.sve,
-            topk_w1: m.topk_w1,
-            mmd2: m.mmd.map_or(f64::NAN, |x| x.mmd2),
-            mean_error: m.mean_error,
-            rowcov_error: m.rowcov_rel_error,
-            colcov_error: m.colcov_rel_error,
+        let t = if train.is_null() {
+            None
+        } else {
+            Some(batch_from_c(train, "train")?)
         };
-        let n = size.min(size_of::<coreflow_metrics_result>());
-        std::ptr::copy_nonoverlapping(&full as *const _ as *const u8, out as *mut u8, n);
-        Ok(())
+        metrics_impl(real, generated, t, o, out)
     })
+}
+
+/// The shared body of `coreflow_metrics` and `coreflow_metrics_with_train`.
+///
+/// # Safety
+/// As for `coreflow_metrics`.
+unsafe fn metrics_impl(
+    real: *const coreflow_matrices,
+    generated: *const coreflow_matrices,
+    train: Option<MatrixBatch<'_>>,
+    o: *const coreflow_metrics_options,
+    out: *mut coreflow_metrics_result,
+) -> Result<()> {
+    let a = batch_from_c(real, "real")?;
+    let b = batch_from_c(generated, "generated")?;
+    let opts = read_metrics_options(o)?;
+    if out.is_null() {
+        return Err(null("out"));
+    }
+    let size = *(out as *const usize);
+    if size < METRICS_RESULT_V1_SIZE {
+        return Err(Error::invalid(format!(
+            "out->struct_size: {size} is smaller than the smallest supported size {METRICS_RESULT_V1_SIZE}; set it to sizeof(coreflow_metrics_result)"
+        )));
+    }
+    let m = metrics::evaluate_with_train(&a, &b, train.as_ref(), &opts)?;
+    let full = coreflow_metrics_result {
+        struct_size: size.min(size_of::<coreflow_metrics_result>()),
+        sve: m.sve,
+        topk_w1: m.topk_w1,
+        mmd2: m.mmd.map_or(f64::NAN, |x| x.mmd2),
+        mean_error: m.mean_error,
+        rowcov_error: m.rowcov_rel_error,
+        colcov_error: m.colcov_rel_error,
+        nn_accuracy: m.nn_accuracy.unwrap_or(f64::NAN),
+        dcr_ratio: m.dcr_ratio.unwrap_or(f64::NAN),
+    };
+    let n = size.min(size_of::<coreflow_metrics_result>());
+    std::ptr::copy_nonoverlapping(&full as *const _ as *const u8, out as *mut u8, n);
+    Ok(())
 }

@@ -1,8 +1,10 @@
 /*
- * Exercises coreflow_metrics through the C ABI: identical sets score zero,
- * a shifted set scores the shift, a smaller (older) result struct is filled
- * only up to its struct_size, strided views give the same scores, and every
- * documented error path names its argument.
+ * Exercises coreflow_metrics and coreflow_metrics_with_train through the C
+ * ABI: identical sets score zero, a shifted set scores the shift, a smaller
+ * (older) result struct is filled only up to its struct_size, strided views
+ * give the same scores, the 1-NN accuracy and the closest-record ratio on a
+ * hand-computed case and on copies, and every documented error path names
+ * its argument.
  * Compiled with -std=c99 -Wall -Wextra -Wpedantic -Werror.
  */
 #define TEST_RNG_SEED 0x2545F4914F6CDD1Dull
@@ -91,6 +93,59 @@ int main(void) {
     CHECK(big.r.struct_size == sizeof(coreflow_metrics_result) && big.extra == 42.0, "clamped %zu",
           big.r.struct_size);
 
+    /* Without a training set the closest-record ratio is NaN; the 1-NN
+       accuracy of a set against itself is 0 (every nearest neighbour is the
+       twin in the other set). */
+    CHECK(isnan(res.dcr_ratio) && res.nn_accuracy == 0.0, "self %g %g", res.dcr_ratio, res.nn_accuracy);
+
+    /* Hand-computed 1 x 1 case. Training set {0, 10}; real {0.5, 4, 8}
+       (closest distances 0.5, 4, 2: median 2); generated {1, 7, 9.5, 3}
+       (distances 1, 3, 0.5, 3: median 2). DCR = 1. Pooled 1-NN: 0.5 -> 1
+       (other), 4 -> 3 (other), 8 -> 7 (other); 1 -> 0.5 (other), 7 -> 8
+       (other), 9.5 -> 8 (other), 3 -> 4 (other): accuracy 0. */
+    {
+        double tr[2] = {0.0, 10.0}, re[3] = {0.5, 4.0, 8.0}, ge[4] = {1.0, 7.0, 9.5, 3.0};
+        coreflow_matrices vt = {tr, NULL, 2, 1, 1, 1, 1, 1};
+        coreflow_matrices vr = {re, NULL, 3, 1, 1, 1, 1, 1};
+        coreflow_matrices vg = {ge, NULL, 4, 1, 1, 1, 1, 1};
+        coreflow_metrics_result h;
+        h.struct_size = sizeof h;
+        CHECK(coreflow_metrics_with_train(&vr, &vg, &vt, NULL, &h) == COREFLOW_OK, "%s",
+              coreflow_last_error_message());
+        CHECK(h.dcr_ratio == 1.0 && h.nn_accuracy == 0.0, "hand %g %g", h.dcr_ratio, h.nn_accuracy);
+        /* Generated far away: separable (1), and far from the training set. */
+        double far[4] = {100.0, 101.0, 102.5, 104.0};
+        coreflow_matrices vf = {far, NULL, 4, 1, 1, 1, 1, 1};
+        CHECK(coreflow_metrics_with_train(&vr, &vf, &vt, NULL, &h) == COREFLOW_OK, "%s",
+              coreflow_last_error_message());
+        /* distances to 10: 90, 91, 92.5, 94 -> median 91.75; over 2. */
+        CHECK(h.nn_accuracy == 1.0 && fabs(h.dcr_ratio - 91.75 / 2.0) < 1e-12, "far %g %g", h.nn_accuracy,
+              h.dcr_ratio);
+        /* NULL train is coreflow_metrics. */
+        CHECK(coreflow_metrics_with_train(&vr, &vf, NULL, NULL, &h) == COREFLOW_OK, "%s",
+              coreflow_last_error_message());
+        CHECK(isnan(h.dcr_ratio) && h.nn_accuracy == 1.0, "no train %g", h.dcr_ratio);
+    }
+
+    /* Generated = copies of training matrices (the column-major copy of a
+       as the training set, gen = a): the ratio is 0 to rounding. The real set
+       is the shifted copy b. */
+    {
+        coreflow_metrics_result c;
+        c.struct_size = sizeof c;
+        CHECK(coreflow_metrics_with_train(&gen, &real, &real_f, &o, &c) == COREFLOW_OK, "%s",
+              coreflow_last_error_message());
+        CHECK(c.dcr_ratio >= 0.0 && c.dcr_ratio < 1e-6, "copies %g", c.dcr_ratio);
+        /* An older host's struct, up to colcov_error: the new fields stay. */
+        c.struct_size = offsetof(coreflow_metrics_result, nn_accuracy);
+        c.nn_accuracy = c.dcr_ratio = 42.0;
+        CHECK(coreflow_metrics_with_train(&gen, &real, &real_f, &o, &c) == COREFLOW_OK, "%s",
+              coreflow_last_error_message());
+        CHECK(c.struct_size == offsetof(coreflow_metrics_result, nn_accuracy) && c.nn_accuracy == 42.0 &&
+                  c.dcr_ratio == 42.0,
+              "older struct written past its size");
+    }
+
     /* Errors: named arguments, out untouched. */
     coreflow_metrics_result keep;
     memset(&keep, 0, sizeof keep);
@@ -113,8 +168,21 @@ int main(void) {
     coreflow_matrices masked = gen;
     masked.mask = mask;
     EXPECT_ERROR(coreflow_metrics(&real, &masked, NULL, &keep), COREFLOW_ERR_INVALID_ARGUMENT, "generated");
+    coreflow_matrices narrow_train = real;
+    narrow_train.rows = M - 1;
+    EXPECT_ERROR(coreflow_metrics_with_train(&gen, &real, &narrow_train, NULL, &keep), COREFLOW_ERR_SHAPE, "train");
+    coreflow_matrices masked_train = real;
+    masked_train.mask = mask;
+    EXPECT_ERROR(coreflow_metrics_with_train(&gen, &real, &masked_train, NULL, &keep), COREFLOW_ERR_INVALID_ARGUMENT,
+                 "train");
+    coreflow_matrices no_data = real;
+    no_data.data = NULL;
+    EXPECT_ERROR(coreflow_metrics_with_train(&gen, &real, &no_data, NULL, &keep), COREFLOW_ERR_NULL, "train->data");
+    /* The real (held-out) set is the training set: no denominator. */
+    EXPECT_ERROR(coreflow_metrics_with_train(&real, &gen, &real, NULL, &keep), COREFLOW_ERR_INVALID_ARGUMENT, "train");
     b[7] = NAN;
     EXPECT_ERROR(coreflow_metrics(&real, &gen, NULL, &keep), COREFLOW_ERR_NON_FINITE, "generated");
+    EXPECT_ERROR(coreflow_metrics_with_train(&real_f, &real, &gen, NULL, &keep), COREFLOW_ERR_NON_FINITE, "train");
     coreflow_metrics_result tiny;
     tiny.struct_size = 8;
     EXPECT_ERROR(coreflow_metrics(&real, &real, NULL, &tiny), COREFLOW_ERR_INVALID_ARGUMENT, "out->struct_size");

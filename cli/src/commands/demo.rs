@@ -205,6 +205,7 @@ fn print_table(rows: &[(&str, Metrics)]) {
         "SVE",
         "top-k W1",
         "MMD^2",
+        "1-NN acc",
         "mean err",
         "row-cov err",
         "col-cov err",
