@@ -325,12 +325,36 @@ class CoreFlow:
         self.ranks_ = (info["rank_rows"], info["rank_cols"])
         self.shape_ = (info["rows"], info["cols"])
         self.n_samples_fit_ = info["train_count"]
+        shortfall = self._energy_shortfall(info)
+        if shortfall:
+            warnings.warn(shortfall, CoreFlowWarning, stacklevel=3)
         if info["core_dim"] > info["train_count"]:
             warnings.warn(
                 f"the core has {info['core_dim']} dimensions (ranks {self.ranks_[0]} x "
                 f"{self.ranks_[1]}) but there are only {info['train_count']} training matrices: "
                 f"its model is poorly determined; choose smaller ranks (rank=) or a lower energy",
                 CoreFlowWarning, stacklevel=3)
+
+    def _energy_shortfall(self, info):
+        """Why ranks chosen by energy keep less than the requested energy
+        (the library's rule: the core has at most half as many dimensions as
+        there are training matrices), or None."""
+        if self.rank is not None or self.energy is None or info["masked"]:
+            return None
+        explained, energy = info["explained_energy"], float(self.energy)
+        if not explained < energy - 1e-9:
+            return None
+        r, s, count = info["rank_rows"], info["rank_cols"], info["train_count"]
+        cap = max(1, count // 2)
+        if r == info["rows"] and s == info["cols"]:
+            why = "the ranks are full"
+        elif (r + 1) * s > cap and r * (s + 1) > cap:
+            why = (f"ranks chosen by energy keep the core at most {cap} dimensions (half the "
+                   f"{count} training matrices), and {r} x {s} is the largest within that; pass "
+                   f"rank=(r, s) to go beyond")
+        else:
+            why = "the ranks were raised as far as the fit allows; pass rank=(r, s)"
+        return f"explained energy {explained:.4f} is below the requested {energy}: {why}"
 
     def _fitted(self):
         model = getattr(self, "model_", None)

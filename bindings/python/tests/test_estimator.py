@@ -180,6 +180,36 @@ class Estimator(unittest.TestCase):
         self.assertEqual([w for w in caught if issubclass(w.category, coreflow.CoreFlowWarning)], [])
 
 
+class SmallData(unittest.TestCase):
+    """Ranks chosen by energy for a few dozen matrices: the core stays
+    within half the number of matrices, and the energy shortfall is named."""
+
+    def test_energy_ranks_are_capped_and_the_shortfall_explained(self):
+        x = np.random.default_rng(4).standard_normal((28, 28, 24))  # no low-rank structure
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est = coreflow.CoreFlow(energy=0.99, flow_steps=0, threads=1).fit(x)
+        r, s = est.ranks_
+        self.assertLessEqual(r * s, 14)
+        self.assertLess(est.info_["explained_energy"], 0.99)
+        msgs = [str(w.message) for w in caught if issubclass(w.category, coreflow.CoreFlowWarning)]
+        self.assertEqual(len(msgs), 1, msgs)
+        self.assertIn("below the requested 0.99", msgs[0])
+        self.assertIn("at most 14 dimensions (half the 28 training matrices)", msgs[0])
+
+    def test_energy_is_met_when_the_data_allow(self):
+        """Planted rank 3 x 2 plus noise: the ranks chosen keep the energy."""
+        x = planted(count=60, rows=12, cols=10, noise=0.05, seed=8)
+        for energy in (0.9, 0.99):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                est = coreflow.CoreFlow(energy=energy, flow_steps=0, threads=1).fit(x)
+            self.assertGreaterEqual(est.info_["explained_energy"], energy)
+            self.assertLessEqual(est.ranks_[0] * est.ranks_[1], 30)
+            self.assertEqual([w for w in caught
+                              if issubclass(w.category, coreflow.CoreFlowWarning)], [])
+
+
 class Parameters(unittest.TestCase):
     def test_defaults_are_the_librarys(self):
         est = coreflow.CoreFlow()

@@ -72,7 +72,7 @@ pub struct DemoArgs {
     pub seed: u64,
     #[command(flatten)]
     pub threads: ThreadArgs,
-    /// No progress bars.
+    /// No progress output (bars on a terminal, one line per stage otherwise).
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -280,6 +280,9 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
         .core_model
         .ok_or_else(|| CliError::internal("the demo's fit has no core model"))?;
     out!("core model: {}", core_model_summary(info, kind));
+    for w in info.warnings(&opts) {
+        eprintln!("warning: {w}");
+    }
     check_cancelled()?;
     let model_path = a.out.join("model.cfm");
     model
