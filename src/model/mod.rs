@@ -261,7 +261,8 @@ impl ModelInfo {
     /// What a user should know about a fit made with `opts`, one sentence
     /// each (the command-line tool prints them as warnings): a core with
     /// more dimensions than there are training matrices, and ranks chosen
-    /// by energy that keep less than the requested energy (with the reason).
+    /// by energy that keep less than the requested energy (with the reason;
+    /// complete data only).
     pub fn warnings(&self, opts: &FitOptions) -> Vec<String> {
         let mut out = Vec::new();
         if self.core_dim > self.train_count {
@@ -271,14 +272,21 @@ impl ModelInfo {
                 self.core_dim, self.rank_rows, self.rank_cols, self.train_count
             ));
         }
-        if let Some(why) = subspace::energy_shortfall(
-            self.explained_energy,
-            opts.energy,
-            (self.rank_rows, self.rank_cols),
-            (self.rows, self.cols),
-            self.train_count,
-            (opts.rank_rows == 0, opts.rank_cols == 0),
-        ) {
+        // (Incomplete data: the ranks come from the completed matrices and
+        // are not raised after the fit, so no shortfall is claimed.)
+        let shortfall = if self.masked {
+            None
+        } else {
+            subspace::energy_shortfall(
+                self.explained_energy,
+                opts.energy,
+                (self.rank_rows, self.rank_cols),
+                (self.rows, self.cols),
+                self.train_count,
+                (opts.rank_rows == 0, opts.rank_cols == 0),
+            )
+        };
+        if let Some(why) = shortfall {
             out.push(why);
         }
         out

@@ -305,7 +305,7 @@ class CoreFlow:
         if mask is not None:
             mk = _as_mask(mask, x.shape)
             x = np.ascontiguousarray(x)
-        else:
+        elif np.isnan(x).any():
             opts.nan_is_missing = 1
         lib = load()
         view = matrices_view(x, 0, mk)

@@ -50,6 +50,7 @@ class Estimator(unittest.TestCase):
         self.assertEqual(est.shape_, (12, 10))
         self.assertEqual(est.n_samples_fit_, 60)
         self.assertEqual(est.info_["core_model"], "none")
+        self.assertEqual(est.info_["masked"], 0)  # complete data take the complete-data fit
         self.assertGreater(est.info_["explained_energy"], 0.99)
         self.assertEqual(self.est.mean_.shape, (12, 10))
         self.assertIn(self.est.info_["core_model"], ("flow", "gaussian"))
