@@ -478,6 +478,14 @@ class LibraryLookup(unittest.TestCase):
             with self.assertRaisesRegex(OSError, "pip install ./bindings/python"):
                 coreflow.find_library()
 
+    def test_library_that_cannot_open_says_how_to_get_it(self):
+        with mock.patch.object(coreflow, "_lib", None), \
+                mock.patch.object(coreflow.ctypes, "CDLL",
+                                  side_effect=OSError("libcoreflow.so.0: cannot open")):
+            with self.assertRaisesRegex(OSError, r"libcoreflow.so.0: cannot open.*pip install "
+                                                 r"./bindings/python.*COREFLOW_LIB"):
+                coreflow.load("libcoreflow.so.0")
+
     def test_version(self):
         self.assertRegex(coreflow.version(), r"^\d+\.\d+\.\d+")
 
