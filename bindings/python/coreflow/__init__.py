@@ -533,7 +533,10 @@ def _set_fields(opts, fields, hidden, what):
     for name, value in fields.items():
         if name not in known:
             raise TypeError(f"{what}: unknown option {name!r}")
-        setattr(opts, name, int(value) if isinstance(value, bool) else value)
+        try:
+            setattr(opts, name, int(value) if isinstance(value, bool) else value)
+        except TypeError as e:  # e.g. a float for an integer field
+            raise TypeError(f"{what}: option {name!r}: {e}") from None
     return opts
 
 

@@ -278,10 +278,7 @@ class CoreFlow:
         fields["rank_rows"], fields["rank_cols"] = self._ranks()
         fields["seed"] = 0 if self.random_state is None else _seed(self.random_state)
         from . import fit_options
-        try:
-            return fit_options(**fields)
-        except TypeError as e:  # a float for an integer field, ...
-            raise TypeError(f"CoreFlow options: {e}") from None
+        return fit_options(**fields)
 
     def _sample_options(self):
         fields = {"solver": _enum_value("solver", self.solver)}

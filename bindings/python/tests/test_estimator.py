@@ -267,6 +267,8 @@ class Parameters(unittest.TestCase):
                                                 r"'rk4', 'dopri5'"):
             coreflow.CoreFlow(rank=2, core_model="gaussian", flow_steps=0, solver="rk5").fit(
                 x).sample(2)
+        with self.assertRaisesRegex(TypeError, "'flow_steps'"):
+            coreflow.CoreFlow(flow_steps=10.5).fit(x)
         # Numbers out of range are named by the library.
         with self.assertRaises(coreflow.CoreFlowError) as cm:
             coreflow.CoreFlow(energy=1.5, flow_steps=0).fit(x)
