@@ -1,6 +1,7 @@
-"""Tests of the ctypes binding (coreflow.py), of the calling pattern of the
-Julia binding (dlopen, raw pointers, column-major strides), and of both
-bindings' struct mirrors against include/coreflow.h.
+"""Tests of the low-level ctypes binding (coreflow.Model, views, options),
+of the calling pattern of the Julia binding (dlopen, raw pointers,
+column-major strides), and of both bindings' struct mirrors, constants and
+function signatures against include/coreflow.h.
 
 Flows are tiny here (a few hundred steps of a 2 x 32 network): the tests
 check the plumbing, not the quality of the model.
