@@ -342,6 +342,9 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
     out!("metrics: {:.1} s", t.elapsed().as_secs_f64());
     out!("");
     print_table(&rows);
+    out!("SVE, top-k W1, MMD^2 and the mean and covariance errors: lower is better.");
+    out!("The floors score what an ideal generator would. MMD^2 is the unbiased estimate");
+    out!("(0 on average for two samples of one distribution): near the floors it can be negative.");
     out!("");
 
     let t = Instant::now();
