@@ -291,11 +291,12 @@ class CoreFlow:
 
     # Fitting -------------------------------------------------------------------
 
-    def fit(self, X, y=None, mask=None):
+    def fit(self, X, mask=None, y=None):
         """Fits the model to the matrices X (N, m, n); returns self.
 
         mask: nonzero where an entry is observed (same shape as X); without
-        one, NaN entries of X are missing. `y` is ignored."""
+        one, NaN entries of X are missing. `y` is ignored (scikit-learn
+        passes it by keyword or as None)."""
         x = _as_batch(X, "X")
         opts = self._fit_options()
         mk = None

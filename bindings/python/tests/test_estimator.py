@@ -149,7 +149,7 @@ class Estimator(unittest.TestCase):
         mask = np.ones(y.shape, dtype=np.uint8)
         mask[:, 0, 0] = 0
         est2 = coreflow.CoreFlow(rank=(3, 2), flow_steps=0, threads=1).fit(
-            np.nan_to_num(y), mask=mask)
+            np.nan_to_num(y), mask)
         np.testing.assert_allclose(np.abs(est2.U_), np.abs(est.U_), atol=1e-8)
 
     def test_gaussian_core_model(self):
