@@ -2,9 +2,9 @@
 # Runs every test of the project: the header check, formatting and lints,
 # the Rust tests, the C and C++ tests and examples through CMake/ctest
 # (including install, pkg-config, valgrind and MPI checks), and the Python
-# binding's tests. Installs the tools it
-# needs when they are missing: system packages with apt-get, cbindgen with
-# cargo, NumPy with pip into .venv.
+# package's tests (installed with pip into a fresh virtual environment).
+# Installs the tools it needs when they are missing: system packages with
+# apt-get, cbindgen with cargo, the Python build backend and NumPy with pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +22,7 @@ if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1; th
   need_apt+=(libopenmpi-dev openmpi-bin)
 fi
 # Debian splits ensurepip (needed by `python3 -m venv`) into python3-venv.
-if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
   need_apt+=(python3-venv)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -70,10 +70,16 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j 2
 ctest --test-dir build --output-on-failure
 
-echo "== Python binding (ctypes) and the Julia calling pattern"
-if ! .venv/bin/python -c 'import numpy' >/dev/null 2>&1; then
-  echo "== creating .venv with numpy"
-  python3 -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check numpy
-fi
-.venv/bin/python -m unittest discover -s bindings/python -v
+echo "== Python package: pip install into a fresh virtual environment, tests from outside the tree"
+# One release build of the library through the package's build backend
+# (setuptools-rust, from PyPI), installed with NumPy into a new venv; the
+# tests then import the installed package from a scratch directory. They
+# also check the Julia binding (constants, ccall signatures, struct layouts)
+# against the header.
+root=$(pwd)
+pyenv=$(mktemp -d)
+trap 'rm -rf "$pyenv"' EXIT
+python3 -m venv "$pyenv/venv"
+"$pyenv/venv/bin/python" -m pip install --quiet --disable-pip-version-check ./bindings/python
+(cd "$pyenv" && env -u COREFLOW_LIB -u PYTHONPATH COREFLOW_TEST_INSTALLED=1 \
+  "$pyenv/venv/bin/python" -m unittest discover -s "$root/bindings/python/tests" -v)

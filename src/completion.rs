@@ -674,16 +674,20 @@ pub fn fit_masked(
             MemStack::new(&mut buf),
         )?;
     }
-    let r = if sub.rank_rows == 0 {
-        subspace::rank_by_energy(&row_vals, sub.energy)
+    // Ranks chosen by energy keep the core within the small-data cap.
+    let cap = if sub.rank_rows == 0 || sub.rank_cols == 0 {
+        subspace::energy_core_dim_cap(crate::reduce::sum_scalar(reducer, count as f64)? as usize)
     } else {
-        sub.rank_rows
+        usize::MAX
     };
-    let s = if sub.rank_cols == 0 {
-        subspace::rank_by_energy(&col_vals, sub.energy)
-    } else {
-        sub.rank_cols
-    };
+    let (r, s) = subspace::initial_ranks(
+        &row_vals,
+        &col_vals,
+        sub.rank_rows,
+        sub.rank_cols,
+        sub.energy,
+        cap,
+    );
     let mut u = row_vecs.get(.., ..r).to_owned();
     let mut v = col_vecs.get(.., ..s).to_owned();
     drop((row_vecs, col_vecs));

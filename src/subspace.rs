@@ -71,7 +71,14 @@
 //!   arbitrary: compare projectors there.
 //! * **Rank by energy** ([`rank_by_energy`]): when a rank is 0, the smallest r
 //!   whose top-r eigenvalues of A hold at least `energy` of `trace(A)`; the
-//!   same for s with B.
+//!   same for s with B. Ranks chosen so keep the core dimension r s at most
+//!   [`energy_core_dim_cap`] (half the number of samples: a core model needs
+//!   more samples than dimensions), lowering first the rank whose last
+//!   eigenvalue per core dimension is smallest ([`initial_ranks`]). As the
+//!   two ranks are chosen separately, the fit may keep less than `energy` of
+//!   the total; the ranks are then raised (largest next eigenvalue per core
+//!   dimension first, within the cap) and the refinement rerun, until it
+//!   keeps `energy` or the cap stops it ([`energy_shortfall`] says why).
 //!
 //! Every sum over samples (mean, counts, Gram matrices, gradients,
 //! objectives, core statistics) is a local sum completed by a [`Reducer`].
@@ -127,7 +134,8 @@ pub struct SubspaceOptions {
     /// Column rank s (columns of V); 0 = choose by `energy`.
     pub rank_cols: usize,
     /// Fraction of `trace(A)` (resp. `trace(B)`) that a rank chosen by energy
-    /// keeps, in (0, 1]. Default 0.99.
+    /// keeps, and of the total energy the fit keeps (within the small-data
+    /// cap; see the module documentation), in (0, 1]. Default 0.99.
     pub energy: f64,
     /// Subtract the entrywise mean of the samples first. Default false.
     pub center: bool,
@@ -572,6 +580,159 @@ pub fn rank_by_energy(eigenvalues: &[f64], energy: f64) -> usize {
     }
     eigenvalues.len().max(1)
 }
+
+/// The largest core dimension `r s` that ranks chosen by energy may reach
+/// for `count` training matrices: half the count (at least 1). A core model
+/// of `d` dimensions estimates a `d x d` covariance (and the flow holds out
+/// part of the cores), so a core with about as many dimensions as there are
+/// samples is poorly determined; explicit ranks are not capped.
+pub fn energy_core_dim_cap(count: usize) -> usize {
+    (count / 2).max(1)
+}
+
+/// Fractions of the total held by the leading 0, 1, 2, ... eigenvalues
+/// (negative rounding values count as 0).
+fn cumulative_fractions(eigenvalues: &[f64]) -> Vec<f64> {
+    let total: f64 = eigenvalues.iter().map(|v| v.max(0.0)).sum();
+    let mut out = Vec::with_capacity(eigenvalues.len() + 1);
+    let mut cum = 0.0;
+    out.push(0.0);
+    for v in eigenvalues {
+        cum += v.max(0.0);
+        out.push(if total > 0.0 { cum / total } else { 1.0 });
+    }
+    out
+}
+
+/// The ranks a fit starts from: the given ranks, and where a rank is 0 the
+/// smallest one holding `energy` of its Gram trace ([`rank_by_energy`]).
+/// When `r s` exceeds `cap`, the ranks chosen by energy are lowered to the
+/// pair within the cap that keeps the most energy by the separable
+/// estimate `e_rows(r) e_cols(s)` (the fractions of the two Gram traces
+/// held by the leading r and s eigenvalues), never below 1.
+pub fn initial_ranks(
+    row_eigenvalues: &[f64],
+    col_eigenvalues: &[f64],
+    rank_rows: usize,
+    rank_cols: usize,
+    energy: f64,
+    cap: usize,
+) -> (usize, usize) {
+    let r = if rank_rows > 0 {
+        rank_rows
+    } else {
+        rank_by_energy(row_eigenvalues, energy)
+    };
+    let s = if rank_cols > 0 {
+        rank_cols
+    } else {
+        rank_by_energy(col_eigenvalues, energy)
+    };
+    if r * s <= cap || (rank_rows > 0 && rank_cols > 0) {
+        return (r, s);
+    }
+    let rows = cumulative_fractions(row_eigenvalues);
+    let cols = cumulative_fractions(col_eigenvalues);
+    let frac = |f: &[f64], k: usize| f.get(k).copied().unwrap_or(1.0);
+    let row_choices = if rank_rows > 0 { r..=r } else { 1..=r };
+    let col_choices = if rank_cols > 0 { s..=s } else { 1..=s };
+    let mut best: Option<(usize, usize, f64)> = None;
+    for a in row_choices {
+        for b in col_choices.clone() {
+            if a * b > cap {
+                continue;
+            }
+            let kept = frac(&rows, a) * frac(&cols, b);
+            if best.is_none_or(|(ba, bb, bk)| kept > bk || (kept == bk && a * b < ba * bb)) {
+                best = Some((a, b, kept));
+            }
+        }
+    }
+    match best {
+        Some((a, b, _)) => (a, b),
+        // A given rank alone exceeds the cap: the other one is 1.
+        None => (
+            if rank_rows > 0 { r } else { 1 },
+            if rank_cols > 0 { s } else { 1 },
+        ),
+    }
+}
+
+/// One step up from `(r, s)` for ranks chosen by energy (`grow_rows`,
+/// `grow_cols`) within `rows x cols` and the core-dimension `cap`: the rank
+/// whose next eigenvalue, weighted by the fraction the other rank holds,
+/// gains most per added core dimension. Returns the new ranks and that
+/// weighted eigenvalue, or None when no rank can grow.
+fn grow_ranks(
+    row_eigenvalues: &[f64],
+    col_eigenvalues: &[f64],
+    (r, s): (usize, usize),
+    (grow_rows, grow_cols): (bool, bool),
+    cap: usize,
+) -> Option<(usize, usize, f64)> {
+    let value = |vals: &[f64], k: usize| vals.get(k).copied().unwrap_or(0.0).max(0.0);
+    let rows = cumulative_fractions(row_eigenvalues);
+    let cols = cumulative_fractions(col_eigenvalues);
+    let row = (grow_rows && r < row_eigenvalues.len() && (r + 1) * s <= cap)
+        .then(|| value(row_eigenvalues, r) * cols[s.min(cols.len() - 1)]);
+    let col = (grow_cols && s < col_eigenvalues.len() && r * (s + 1) <= cap)
+        .then(|| value(col_eigenvalues, s) * rows[r.min(rows.len() - 1)]);
+    match (row, col) {
+        (Some(a), Some(b)) if a / s as f64 >= b / r as f64 => Some((r + 1, s, a)),
+        (Some(_), Some(b)) => Some((r, s + 1, b)),
+        (Some(a), None) => Some((r + 1, s, a)),
+        (None, Some(b)) => Some((r, s + 1, b)),
+        (None, None) => None,
+    }
+}
+
+/// Refits after raising ranks chosen by energy whose fit kept less than the
+/// requested energy, at most this many times.
+const MAX_ENERGY_REFITS: usize = 8;
+
+/// Why a fit whose ranks were chosen by energy keeps less than the
+/// requested `energy` (`explained` is the fraction it keeps), or None when
+/// it keeps enough (up to rounding) or both ranks were given. `count` is
+/// the number of training matrices; `rows_chosen`, `cols_chosen` say which
+/// ranks were chosen by energy.
+pub fn energy_shortfall(
+    explained: f64,
+    energy: f64,
+    (r, s): (usize, usize),
+    (rows, cols): (usize, usize),
+    count: usize,
+    (rows_chosen, cols_chosen): (bool, bool),
+) -> Option<String> {
+    let short = explained < energy - ENERGY_SLACK;
+    if !(rows_chosen || cols_chosen) || !short {
+        return None;
+    }
+    let cap = energy_core_dim_cap(count);
+    let why = if r == rows && s == cols {
+        "the ranks are full".to_string()
+    } else if !rows_chosen {
+        format!("the given row rank {r} bounds it")
+    } else if !cols_chosen {
+        format!("the given column rank {s} bounds it")
+    } else if (r + 1) * s > cap && r * (s + 1) > cap {
+        format!(
+            "ranks chosen by energy keep the core at most {cap} dimensions (half the {count} \
+             training matrices), and {r} x {s} is the largest within that; set the ranks \
+             explicitly to go beyond"
+        )
+    } else {
+        format!(
+            "the ranks were raised {MAX_ENERGY_REFITS} times without reaching it; set the ranks \
+             explicitly"
+        )
+    };
+    Some(format!(
+        "explained energy {explained:.4} is below the requested {energy}: {why}"
+    ))
+}
+
+/// Rounding allowance of the energy a fit must keep (relative to the total).
+const ENERGY_SLACK: f64 = 1e-9;
 
 fn check_square(what: &str, a: MatRef<'_, f64>, n: usize) -> Result<()> {
     if a.nrows() != n || a.ncols() != n {
@@ -2447,21 +2608,103 @@ pub fn fit(
             stack,
         )?;
     }
-    let r = if opts.rank_rows > 0 {
-        opts.rank_rows
+    let total_energy: f64 = row_eigenvalues.iter().sum();
+    // Ranks chosen by energy: capped for small sets, and raised (then the
+    // refinement rerun) while the fit keeps less than the requested energy.
+    let ranks_chosen = opts.rank_rows == 0 || opts.rank_cols == 0;
+    let cap = if ranks_chosen {
+        energy_core_dim_cap(sum_scalar(reducer, count as f64)? as usize)
     } else {
-        rank_by_energy(&row_eigenvalues, opts.energy)
+        usize::MAX
     };
-    let s = if opts.rank_cols > 0 {
-        opts.rank_cols
-    } else {
-        rank_by_energy(&col_eigenvalues, opts.energy)
+    let (mut r, mut s) = initial_ranks(
+        &row_eigenvalues,
+        &col_eigenvalues,
+        opts.rank_rows,
+        opts.rank_cols,
+        opts.energy,
+        cap,
+    );
+    // A given rank bounds what any fit keeps: sum ||U^T Y_i V||^2 is at most
+    // the sum of the leading r eigenvalues of A (and s of B).
+    let bound = |vals: &[f64], k: usize| vals.iter().take(k).map(|v| v.max(0.0)).sum::<f64>();
+    let mut target = opts.energy * total_energy;
+    if opts.rank_rows > 0 {
+        target = target.min(bound(&row_eigenvalues, opts.rank_rows));
+    }
+    if opts.rank_cols > 0 {
+        target = target.min(bound(&col_eigenvalues, opts.rank_cols));
+    }
+    let target = target - ENERGY_SLACK * total_energy;
+    let mut refits = 0;
+    let mut fit = loop {
+        let fit = refine(
+            data,
+            opts,
+            mean.as_ref(),
+            row_vecs.as_ref(),
+            col_vecs.as_ref(),
+            (r, s),
+            total_energy,
+            reducer,
+            progress,
+            par,
+        )?;
+        if !ranks_chosen || refits == MAX_ENERGY_REFITS || fit.objective >= target {
+            break fit;
+        }
+        // Each added row (column) gains at most its eigenvalue: add until
+        // those bounds cover what is missing, then measure again.
+        let mut missing = target - fit.objective;
+        let mut grown = false;
+        while missing > 0.0 {
+            match grow_ranks(
+                &row_eigenvalues,
+                &col_eigenvalues,
+                (r, s),
+                (opts.rank_rows == 0, opts.rank_cols == 0),
+                cap,
+            ) {
+                // A step that cannot gain (rounding-level eigenvalues) ends
+                // the growth.
+                Some((r2, s2, gain)) if gain > ENERGY_SLACK * total_energy => {
+                    (r, s) = (r2, s2);
+                    missing -= gain;
+                    grown = true;
+                }
+                _ => break,
+            }
+        }
+        if !grown {
+            break fit;
+        }
+        refits += 1;
     };
+    fit.row_eigenvalues = row_eigenvalues;
+    fit.col_eigenvalues = col_eigenvalues;
+    Ok(fit)
+}
+
+/// The refinement of [`fit`] at ranks `(r, s)` from the HOSVD bases
+/// `row_vecs`, `col_vecs` (leading columns), with the canonical rotation and
+/// the cores. The eigenvalues of the result are left empty.
+#[allow(clippy::too_many_arguments)]
+fn refine(
+    data: &MatrixBatch,
+    opts: &SubspaceOptions,
+    mean: Option<&Mat<f64>>,
+    row_vecs: MatRef<'_, f64>,
+    col_vecs: MatRef<'_, f64>,
+    (r, s): (usize, usize),
+    total_energy: f64,
+    reducer: &dyn Reducer,
+    progress: &mut dyn FnMut(usize, usize, f64) -> bool,
+    par: Par,
+) -> Result<SubspaceFit> {
+    let (count, m, n) = (data.count(), data.rows(), data.cols());
     let mut u = row_vecs.get(.., ..r).to_owned();
     let mut v = col_vecs.get(.., ..s).to_owned();
-    drop((row_vecs, col_vecs));
-    let total_energy: f64 = row_eigenvalues.iter().sum();
-    let mean_ref = mean.as_ref().map(|x| x.as_ref());
+    let mean_ref = mean.map(|x| x.as_ref());
 
     // Refinement: one workspace for the loop and the canonical rotation.
     let len = big_len(count, m, n, r, s);
@@ -2565,7 +2808,7 @@ pub fn fit(
     Ok(SubspaceFit {
         u,
         v,
-        mean,
+        mean: mean.cloned(),
         objective,
         total_energy,
         iterations,
@@ -2573,8 +2816,8 @@ pub fn fit(
         converged,
         history,
         cores,
-        row_eigenvalues,
-        col_eigenvalues,
+        row_eigenvalues: Vec::new(),
+        col_eigenvalues: Vec::new(),
     })
 }
 

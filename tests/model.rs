@@ -176,3 +176,43 @@ fn c_order_and_column_major_batches_give_the_same_model() {
         (mc.v() - mf.v()).norm_max()
     );
 }
+
+#[test]
+fn warnings_name_a_core_larger_than_the_training_set() {
+    let (n, m, k) = (28, 28, 24);
+    // Deterministic, full-rank data (a scrambled sequence).
+    let data: Vec<f64> = (0..n * m * k)
+        .map(|i| ((i as f64 * 0.618_034).fract() - 0.5) * (1.0 + (i % 7) as f64))
+        .collect();
+    let big = fit(&data, n, m, k, 20, 6);
+    let opts = FitOptions {
+        rank_rows: 20,
+        rank_cols: 6,
+        ..FitOptions::default()
+    };
+    let w = big.info().warnings(&opts);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("120 dimensions"), "{}", w[0]);
+    assert!(w[0].contains("only 28 training matrices"), "{}", w[0]);
+    let small = fit(&data, n, m, k, 3, 2);
+    let opts = FitOptions {
+        rank_rows: 3,
+        rank_cols: 2,
+        ..FitOptions::default()
+    };
+    assert_eq!(small.info().warnings(&opts), Vec::<String>::new());
+    // Ranks chosen by energy on this set stop at the cap and say so.
+    let chosen = Model::fit(
+        &MatrixBatch::from_c_order(&data, n, m, k).unwrap(),
+        &FitOptions {
+            threads: 1,
+            ..FitOptions::default().geometry_only()
+        },
+    )
+    .unwrap();
+    let i = chosen.info();
+    assert!(i.core_dim <= 14, "{} x {}", i.rank_rows, i.rank_cols);
+    let w = i.warnings(&FitOptions::default());
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("below the requested 0.99"), "{}", w[0]);
+}

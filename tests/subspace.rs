@@ -1145,3 +1145,97 @@ fn canonicalize_with_cores_matches_canonicalize_and_projection() {
     .unwrap_err();
     assert!(err.message().contains("cores"), "{}", err.message());
 }
+
+#[test]
+fn energy_ranks_keep_the_core_within_half_the_count() {
+    // White noise: every direction holds about the same energy, so no
+    // small core keeps 0.99 of it; 28 matrices allow at most 14 dimensions.
+    let (count, m, n) = (28, 28, 24);
+    let mut rng = Rng::new(3);
+    let data: Vec<f64> = (0..count * m * n).map(|_| rng.gauss()).collect();
+    let batch = MatrixBatch::from_c_order(&data, count, m, n).unwrap();
+    assert_eq!(subspace::energy_core_dim_cap(count), 14);
+    let f = run(
+        &batch,
+        &SubspaceOptions {
+            energy: 0.99,
+            ..opts(0, 0)
+        },
+    );
+    let (r, s) = (f.u.ncols(), f.v.ncols());
+    assert!(r * s <= 14, "{r} x {s}");
+    let explained = f.objective / f.total_energy;
+    assert!(explained < 0.99);
+    let why = subspace::energy_shortfall(explained, 0.99, (r, s), (m, n), count, (true, true))
+        .expect("a shortfall");
+    assert!(why.contains("below the requested 0.99"), "{why}");
+    assert!(why.contains("at most 14 dimensions"), "{why}");
+    // Given ranks are not capped, and no shortfall is reported for them.
+    let g = run(&batch, &opts(20, 6));
+    assert_eq!((g.u.ncols(), g.v.ncols()), (20, 6));
+    let e = g.objective / g.total_energy;
+    assert!(subspace::energy_shortfall(e, 0.99, (20, 6), (m, n), count, (false, false)).is_none());
+}
+
+#[test]
+fn energy_ranks_keep_the_requested_energy() {
+    // Scales decaying along both axes: the ranks that hold `energy` of each
+    // Gram trace keep about energy^2 together; the fit raises them until
+    // the fit keeps `energy`.
+    let p = Planted::new(400, 20, 16, 8, 8, 0.02, Core::Gaussian, 21);
+    let mut raised = 0;
+    for energy in [0.8, 0.9, 0.95, 0.99] {
+        let f = run(
+            &p.batch(),
+            &SubspaceOptions {
+                energy,
+                ..opts(0, 0)
+            },
+        );
+        let (r, s) = (f.u.ncols(), f.v.ncols());
+        let explained = f.objective / f.total_energy;
+        assert!(r * s <= subspace::energy_core_dim_cap(400));
+        let shortfall =
+            subspace::energy_shortfall(explained, energy, (r, s), (20, 16), 400, (true, true));
+        if energy < 0.99 {
+            assert!(
+                explained >= energy - 1e-9,
+                "energy {energy}: {r} x {s} keep {explained}"
+            );
+            assert!(shortfall.is_none(), "{shortfall:?}");
+        } else if explained < energy {
+            // The noise floor needs more than the cap of 200 dimensions.
+            let why = shortfall.expect("a reason");
+            assert!(why.contains("at most 200 dimensions"), "{why}");
+            assert!((r + 1) * s > 200 && r * (s + 1) > 200, "{r} x {s}");
+        }
+        // The ranks from the two traces alone.
+        let r0 = subspace::rank_by_energy(&f.row_eigenvalues, energy);
+        let s0 = subspace::rank_by_energy(&f.col_eigenvalues, energy);
+        let g = run(&p.batch(), &opts(r0, s0));
+        if g.objective < energy * g.total_energy && r0 * s0 <= 200 {
+            raised += 1;
+            assert!(r * s > r0 * s0, "energy {energy}");
+        }
+    }
+    assert!(
+        raised >= 2,
+        "the marginal ranks kept enough in {} cases",
+        4 - raised
+    );
+}
+
+#[test]
+fn initial_ranks_respect_the_cap() {
+    let vals = [4.0, 3.0, 2.0, 1.0];
+    // Within the cap: the marginal ranks.
+    assert_eq!(subspace::initial_ranks(&vals, &vals, 0, 0, 1.0, 16), (4, 4));
+    assert_eq!(subspace::initial_ranks(&vals, &vals, 0, 0, 0.7, 16), (2, 2));
+    // Cap 4: the pair keeping most by the separable estimate (0.7 * 0.7).
+    assert_eq!(subspace::initial_ranks(&vals, &vals, 0, 0, 1.0, 4), (2, 2));
+    // A given rank stays; the chosen one fits the cap (at least 1).
+    assert_eq!(subspace::initial_ranks(&vals, &vals, 2, 0, 1.0, 4), (2, 2));
+    assert_eq!(subspace::initial_ranks(&vals, &vals, 4, 0, 1.0, 3), (4, 1));
+    // Both given: never capped.
+    assert_eq!(subspace::initial_ranks(&vals, &vals, 4, 4, 1.0, 1), (4, 4));
+}

@@ -56,6 +56,13 @@ const OP_ENCODE = Int32(1)
 const OP_DECODE = Int32(2)
 const OP_LOG_PROB = Int32(3)
 const OP_COMPLETE = Int32(4)
+const SUBSPACE_METHOD_HOOI = Int32(0)
+const SUBSPACE_METHOD_RIEMANNIAN = Int32(1)
+const COUPLING_INDEPENDENT = Int32(0)
+const COUPLING_MINIBATCH_OT = Int32(1)
+const STAGE_SUBSPACE = Int32(0)
+const STAGE_COMPLETION = Int32(1)
+const STAGE_FLOW = Int32(2)
 const SOLVER_EULER = Int32(0)
 const SOLVER_HEUN = Int32(1)
 const SOLVER_RK4 = Int32(2)
@@ -66,7 +73,7 @@ const CORE_MODEL_FLOW = Int32(1)
 const CORE_MODEL_GAUSSIAN = Int32(2)
 
 # Struct mirrors of include/coreflow.h, field for field (isbits structs get
-# the C layout). bindings/python/test_coreflow.py checks them against the
+# the C layout). bindings/python/tests/test_coreflow.py checks them against the
 # header.
 
 struct Matrices

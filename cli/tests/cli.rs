@@ -817,4 +817,100 @@ fn eval_with_train_reports_nn_accuracy_and_closest_record_ratio() {
         s(&other),
     ])
     .bad_input(&["other.npy", &format!("{M} x {}", K - 1)]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn progress_without_a_terminal_is_one_line_per_stage() {
+    let dir = temp_dir("progress_lines");
+    let x = dir.join("x.npy");
+    write_f64(&x, &waves(N, M, K, 1), [N, M, K], false);
+    let model = dir.join("m.cfm");
+    let args = [
+        "fit",
+        "--data",
+        s(&x),
+        "--rank",
+        "4x4",
+        "--core-model",
+        "flow",
+        "--flow-steps",
+        "40",
+        "--hidden",
+        "16",
+        "--layers",
+        "2",
+        "--batch",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        s(&model),
+    ];
+    // stderr is a pipe here, not a terminal.
+    let run = coreflow(&args);
+    run.ok();
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("subspace: "), "{lines:?}");
+    assert!(
+        lines[0].contains("/100 iterations, objective "),
+        "{lines:?}"
+    );
+    assert!(lines[1].starts_with("flow: "), "{lines:?}");
+    assert!(lines[1].contains(" steps, loss "), "{lines:?}");
+    let mut quiet = args.to_vec();
+    quiet.push("--quiet");
+    let run = coreflow(&quiet);
+    run.ok();
+    assert_eq!(run.stderr, "");
+}
+
+#[test]
+fn fit_warns_when_the_core_outgrows_the_data() {
+    let dir = temp_dir("small_data");
+    let x = dir.join("x.npy");
+    write_f64(&x, &waves(N, M, K, 2), [N, M, K], false);
+    let model = dir.join("m.cfm");
+    let run = coreflow(&[
+        "fit",
+        "--data",
+        s(&x),
+        "--rank",
+        "8x8",
+        "--flow-steps",
+        "0",
+        "--quiet",
+        "--out",
+        s(&model),
+    ]);
+    run.ok();
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("warning: the core has 64 dimensions (ranks 8 x 8)"),
+        "{lines:?}"
+    );
+    assert!(lines[0].contains("only 40 training matrices"), "{lines:?}");
+    // Ranks chosen by energy stay within N/2 = 20 dimensions.
+    let run = coreflow(&[
+        "fit",
+        "--data",
+        s(&x),
+        "--flow-steps",
+        "0",
+        "--quiet",
+        "--out",
+        s(&model),
+    ]);
+    let out = run.ok().to_string();
+    let ranks = out
+        .split("ranks ")
+        .nth(1)
+        .and_then(|t| t.split(',').next())
+        .expect("ranks in the summary");
+    let (r, c) = ranks.split_once(" x ").unwrap();
+    let (r, c): (usize, usize) = (r.trim().parse().unwrap(), c.trim().parse().unwrap());
+    assert!(r * c <= 20, "{out}");
+    assert!(!run.stderr.contains("core has"), "{}", run.stderr);
 }

@@ -56,7 +56,12 @@ pub struct FitOptions {
     pub rank_rows: usize,
     /// Rank s of the column basis V; 0 chooses it by `energy`.
     pub rank_cols: usize,
-    /// Fraction of the Gram trace a chosen rank must hold (default 0.99).
+    /// Fraction of the energy that ranks chosen by energy keep (default
+    /// 0.99): each starts as the smallest holding it of its Gram trace, and
+    /// they are raised until the fit keeps it, with the core dimension r s
+    /// at most half the number of training matrices
+    /// ([`subspace::energy_core_dim_cap`]; [`ModelInfo::warnings`] says
+    /// when that stops them short).
     pub energy: f64,
     /// Subtract the entrywise mean before fitting (default false).
     pub center: bool,
@@ -261,6 +266,40 @@ fn set_core_info(info: &mut ModelInfo, core: &CoreModel) {
 }
 
 impl ModelInfo {
+    /// What a user should know about a fit made with `opts`, one sentence
+    /// each (the command-line tool prints them as warnings): a core with
+    /// more dimensions than there are training matrices, and ranks chosen
+    /// by energy that keep less than the requested energy (with the reason;
+    /// complete data only).
+    pub fn warnings(&self, opts: &FitOptions) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.core_dim > self.train_count {
+            out.push(format!(
+                "the core has {} dimensions (ranks {} x {}) but there are only {} training \
+                 matrices: its model is poorly determined; choose smaller ranks or a lower energy",
+                self.core_dim, self.rank_rows, self.rank_cols, self.train_count
+            ));
+        }
+        // (Incomplete data: the ranks come from the completed matrices and
+        // are not raised after the fit, so no shortfall is claimed.)
+        let shortfall = if self.masked {
+            None
+        } else {
+            subspace::energy_shortfall(
+                self.explained_energy,
+                opts.energy,
+                (self.rank_rows, self.rank_cols),
+                (self.rows, self.cols),
+                self.train_count,
+                (opts.rank_rows == 0, opts.rank_cols == 0),
+            )
+        };
+        if let Some(why) = shortfall {
+            out.push(why);
+        }
+        out
+    }
+
     fn empty() -> Self {
         ModelInfo {
             rows: 0,

@@ -2,10 +2,14 @@
 # Installs CoreFlow from a finished build into scratch prefixes and builds
 # the examples against each install the ways a user would, each from a clean
 # build directory, then runs them:
-#   1. full install: file layout, soname link chain, CMake package files;
+#   1. full install: file layout (with the C++ wrapper coreflow.hpp),
+#      soname link chain, no debug information in the libraries, CMake
+#      package files;
 #   2. find_package(CoreFlow) with CMAKE_PREFIX_PATH: the C, C++ and
-#      simulator (static) examples;
-#   3. pkg-config --cflags --libs coreflow: the C and C++ examples, shared;
+#      simulator (static) examples, and the C++ example alone against the
+#      installed wrapper coreflow.hpp;
+#   3. pkg-config --cflags --libs coreflow: the C and C++ examples (the
+#      C++ one with the installed coreflow.hpp), shared;
 #   4. static-only install (component CoreFlow_Development): pkg-config
 #      --static for the C example and the simulator, find_package for the
 #      simulator; the executables must not need libcoreflow.so.
@@ -50,11 +54,19 @@ pc=$(find "$prefix" -name coreflow.pc)
 [ -n "$pc" ] || fail "coreflow.pc not installed"
 libdir=$(cd "$(dirname "$pc")/.." && pwd)
 [ -f "$prefix/include/coreflow.h" ] || fail "header not installed"
+[ -f "$prefix/include/coreflow.hpp" ] || fail "C++ header coreflow.hpp not installed"
 [ -f "$libdir/libcoreflow.a" ] || fail "static library not installed"
 real=$(cd "$libdir" && ls libcoreflow.so.*.*.*)
 [ "$(readlink "$libdir/libcoreflow.so")" = libcoreflow.so.0 ] || fail "libcoreflow.so link"
 [ "$(readlink "$libdir/libcoreflow.so.0")" = "$real" ] || fail "libcoreflow.so.0 link"
 readelf -d "$libdir/$real" | grep -q 'SONAME.*\[libcoreflow.so.0\]' || fail "soname of $real"
+# The installed libraries carry no debug information.
+for lib in "$libdir/$real" "$libdir/libcoreflow.a"; do
+    if readelf -S "$lib" | grep -q '\.debug_info'; then
+        fail "$lib keeps debug information"
+    fi
+    echo "   $(basename "$lib"): $(wc -c <"$lib") bytes"
+done
 for f in CoreFlowConfig.cmake CoreFlowConfigVersion.cmake; do
     [ -f "$libdir/cmake/CoreFlow/$f" ] || fail "$f not installed"
 done
@@ -69,6 +81,24 @@ done
 "$work/find-c/coreflow_example_c"
 "$work/find-cpp/coreflow_example_cpp"
 "$work/find-simulator/coreflow_simulator"
+# The C++ example alone (no coreflow.hpp beside it, no source tree on the
+# include path): it compiles only with the installed wrapper.
+mkdir -p "$work/cpp-installed"
+cp "$src/examples/cpp/main.cpp" "$work/cpp-installed/"
+cat >"$work/cpp-installed/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.16)
+project(installed_cpp LANGUAGES CXX)
+find_package(CoreFlow 0.1 REQUIRED COMPONENTS shared)
+add_executable(installed_cpp main.cpp)
+set_target_properties(installed_cpp PROPERTIES CXX_STANDARD 17 CXX_STANDARD_REQUIRED ON)
+target_compile_options(installed_cpp PRIVATE -Wall -Wextra -Wpedantic -Werror)
+target_link_libraries(installed_cpp PRIVATE CoreFlow::coreflow)
+CMAKE
+"$cmake" -S "$work/cpp-installed" -B "$work/find-cpp-installed" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_PREFIX_PATH="$prefix" >"$work/find-cpp-installed.log" 2>&1 &&
+    "$cmake" --build "$work/find-cpp-installed" >>"$work/find-cpp-installed.log" 2>&1 ||
+    { cat "$work/find-cpp-installed.log"; fail "C++ example against the installed coreflow.hpp"; }
+"$work/find-cpp-installed/installed_cpp"
 
 echo "== 3. pkg-config, shared"
 export PKG_CONFIG_PATH=$(dirname "$pc")
@@ -78,7 +108,7 @@ rpath=-Wl,-rpath,$("$pkgconfig" --variable=libdir coreflow)
 "$cc" "${cflags[@]}" -o "$work/pc-c" "$src/examples/c/example.c" \
     $("$pkgconfig" --cflags --libs coreflow) -lm "$rpath"
 # shellcheck disable=SC2046
-"$cxx" "${cxxflags[@]}" -I"$src/examples/cpp" -o "$work/pc-cpp" "$src/examples/cpp/main.cpp" \
+"$cxx" "${cxxflags[@]}" -o "$work/pc-cpp" "$work/cpp-installed/main.cpp" \
     $("$pkgconfig" --cflags --libs coreflow) "$rpath"
 "$work/pc-c"
 "$work/pc-cpp"

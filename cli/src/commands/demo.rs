@@ -72,7 +72,7 @@ pub struct DemoArgs {
     pub seed: u64,
     #[command(flatten)]
     pub threads: ThreadArgs,
-    /// No progress bars.
+    /// No progress output (bars on a terminal, one line per stage otherwise).
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -281,6 +281,9 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
         .core_model
         .ok_or_else(|| CliError::internal("the demo's fit has no core model"))?;
     out!("core model: {}", core_model_summary(&model, kind));
+    for w in info.warnings(&opts) {
+        eprintln!("warning: {w}");
+    }
     check_cancelled()?;
     let model_path = a.out.join("model.cfm");
     model
@@ -340,6 +343,9 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
     out!("metrics: {:.1} s", t.elapsed().as_secs_f64());
     out!("");
     print_table(&rows);
+    out!("SVE, top-k W1, MMD^2 and the mean and covariance errors: lower is better.");
+    out!("The floors score what an ideal generator would. MMD^2 is the unbiased estimate");
+    out!("(0 on average for two samples of one distribution): near the floors it can be negative.");
     out!("");
 
     let t = Instant::now();

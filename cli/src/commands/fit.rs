@@ -25,7 +25,9 @@ pub struct FitArgs {
     /// Ranks of the row and column bases, RxS (or R for both).
     #[arg(long, value_name = "RxS", value_parser = parse_rank, conflicts_with = "energy")]
     pub rank: Option<(usize, usize)>,
-    /// Choose each rank as the smallest holding this fraction of the energy.
+    /// Choose the ranks so that the fit keeps this fraction of the energy,
+    /// with a core of at most N/2 dimensions for N training matrices (a
+    /// warning says when that cap stops them short).
     #[arg(long, value_name = "FRACTION", default_value_t = 0.99)]
     pub energy: f64,
     /// Subtract the entrywise mean before fitting.
@@ -44,7 +46,7 @@ pub struct FitArgs {
     pub seed: u64,
     #[command(flatten)]
     pub threads: ThreadArgs,
-    /// No progress bars.
+    /// No progress output (bars on a terminal, one line per stage otherwise).
     #[arg(long, short)]
     pub quiet: bool,
     /// Where to write the model file.
@@ -218,7 +220,8 @@ pub fn check_rank(rank: Option<(usize, usize)>, rows: usize, cols: usize) -> Res
     Ok(())
 }
 
-/// Fits with progress bars and Ctrl-C cancellation.
+/// Fits with progress (bars, or lines without a terminal) and Ctrl-C
+/// cancellation.
 pub fn fit_with_bars(
     batch: &coreflow::MatrixBatch,
     opts: &FitOptions,
@@ -227,7 +230,11 @@ pub fn fit_with_bars(
     let cancel = install_ctrlc();
     let mut bars = StageBars::new(quiet, cancel);
     let model = Model::fit_with_progress(batch, opts, &mut |p| bars.report(p));
-    bars.finish();
+    if model.is_ok() {
+        bars.finish();
+    } else {
+        bars.abandon();
+    }
     model.ctx("fit")
 }
 
@@ -279,6 +286,9 @@ pub fn run(a: FitArgs) -> Result<(), CliError> {
             "core model: {}",
             crate::commands::info::core_model_summary(&model, kind)
         );
+    }
+    for w in i.warnings(&opts) {
+        eprintln!("warning: {w}");
     }
     out!("model written to {}", a.out.display());
     Ok(())

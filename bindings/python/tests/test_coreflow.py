@@ -1,18 +1,20 @@
-"""Tests of the ctypes binding (coreflow.py), of the calling pattern of the
-Julia binding (dlopen, raw pointers, column-major strides), and of both
-bindings' struct mirrors against include/coreflow.h.
+"""Tests of the low-level ctypes binding (coreflow.Model, views, options),
+of the calling pattern of the Julia binding (dlopen, raw pointers,
+column-major strides), and of both bindings' struct mirrors, constants and
+function signatures against include/coreflow.h.
 
 Flows are tiny here (a few hundred steps of a 2 x 32 network): the tests
 check the plumbing, not the quality of the model.
 
-Run: python -m unittest discover -s bindings/python -v
-(needs numpy, and libcoreflow from `cargo build --release` or $COREFLOW_LIB).
+Run: python -m unittest discover -s bindings/python/tests -v with the
+package installed (`pip install ./bindings/python`; scripts/test.sh does
+this in a fresh virtual environment), or with PYTHONPATH=bindings/python and
+libcoreflow from `cargo build --release` (or $COREFLOW_LIB).
 """
 
 import ctypes
 import os
 import re
-import sys
 import tempfile
 import threading
 import unittest
@@ -21,10 +23,10 @@ from unittest import mock
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import coreflow  # noqa: E402
+import coreflow
 
-ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+# The source tree these tests belong to (for the header and CoreFlow.jl).
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
 
 
 def planted(count=40, rows=20, cols=16, r=3, s=2, noise=1e-3, seed=5):
@@ -456,11 +458,34 @@ class LibraryLookup(unittest.TestCase):
             self.assertEqual(coreflow.find_library(), "/opt/x/libcoreflow.so.0")
             self.assertEqual(coreflow.find_library("/y/lib.so"), "/y/lib.so")
 
-    def test_default_is_the_source_tree(self):
+    def test_default_is_the_bundled_library_else_the_source_tree(self):
         env = {k: v for k, v in os.environ.items() if k != "COREFLOW_LIB"}
         with mock.patch.dict(os.environ, env, clear=True):
             path = coreflow.find_library()
-        self.assertEqual(path, os.path.join(ROOT, "target", "release", "libcoreflow.so"))
+        bundled = coreflow.bundled_library()
+        if bundled is not None:  # installed with pip
+            self.assertEqual(path, bundled)
+            self.assertEqual(os.path.dirname(path), os.path.dirname(coreflow.__file__))
+        else:
+            package_root = os.path.normpath(
+                os.path.join(os.path.dirname(coreflow.__file__), "..", "..", ".."))
+            self.assertEqual(path, os.path.join(package_root, "target", "release",
+                                                "libcoreflow.so"))
+
+    def test_missing_library_says_how_to_get_it(self):
+        env = {k: v for k, v in os.environ.items() if k != "COREFLOW_LIB"}
+        with mock.patch.dict(os.environ, env, clear=True), \
+                mock.patch.object(coreflow, "_candidates", return_value=iter(())):
+            with self.assertRaisesRegex(OSError, "pip install ./bindings/python"):
+                coreflow.find_library()
+
+    def test_library_that_cannot_open_says_how_to_get_it(self):
+        with mock.patch.object(coreflow, "_lib", None), \
+                mock.patch.object(coreflow.ctypes, "CDLL",
+                                  side_effect=OSError("libcoreflow.so.0: cannot open")):
+            with self.assertRaisesRegex(OSError, r"libcoreflow.so.0: cannot open.*pip install "
+                                                 r"./bindings/python.*COREFLOW_LIB"):
+                coreflow.load("libcoreflow.so.0")
 
     def test_version(self):
         self.assertRegex(coreflow.version(), r"^\d+\.\d+\.\d+")
@@ -729,6 +754,155 @@ class StructMirrors(unittest.TestCase):
         lib.coreflow_sample_options_init(buf)
         self.assertEqual(c_size_t.from_buffer(buf).value, ctypes.sizeof(coreflow.SampleOptions))
         self.assertEqual(c_uint32(lib.coreflow_abi_version()).value, coreflow.ABI_VERSION)
+
+
+# --- Constants and function signatures against the header --------------------
+
+def _header_text():
+    with open(os.path.join(ROOT, "include", "coreflow.h")) as f:
+        return re.sub(r"/\*.*?\*/|//[^\n]*", "", f.read(), flags=re.S)
+
+
+def header_constants():
+    """{NAME: value} of the header's integer #defines, COREFLOW_ prefix dropped."""
+    return {name: int(value) for name, value in
+            re.findall(r"^#define COREFLOW_(\w+) (-?\d+)\s*$", _header_text(), flags=re.M)}
+
+
+def _c_type(decl, aliases):
+    """('ptr', pointee) or ('val', base type) of a C parameter or return type."""
+    decl = decl.replace("const", " ").replace("struct", " ")
+    stars = decl.count("*")
+    base = decl.replace("*", " ").split()
+    base = base[0] if base else "void"
+    while base in aliases:
+        base = aliases[base]
+    return ("ptr", stars, base) if stars else ("val", 0, base)
+
+
+def header_functions():
+    """{name: (return type, [parameter types])} of the header's prototypes."""
+    text = _header_text()
+    aliases = dict((b, a) for a, b in re.findall(r"typedef\s+(\w+)\s+(\w+);", text))
+    functions = {}
+    for ret, name, params in re.findall(r"^([A-Za-z_][\w \*]*?)\s*\b(coreflow_\w+)\(([^;]*?)\);",
+                                        text, flags=re.M | re.S):
+        args = []
+        for p in filter(None, (p.strip() for p in params.split(","))):
+            if p == "void":
+                continue
+            args.append(_c_type(re.sub(r"\w+$", "", p), aliases))
+        functions[name] = (_c_type(ret, aliases), args)
+    return functions
+
+
+# Julia scalar types and the C types they are passed as.
+_JULIA_SCALARS = {"Int32": "int32_t", "UInt32": "uint32_t", "UInt64": "uint64_t",
+                  "Csize_t": "size_t", "Cvoid": "void", "Float64": "double", "UInt8": "uint8_t"}
+
+
+def _julia_matches(jtype, ctype):
+    kind, stars, base = ctype
+    if jtype == "Cstring":
+        return kind == "ptr" and stars == 1 and base == "char"
+    if jtype.startswith("Ptr{") and jtype.endswith("}"):
+        if kind != "ptr":
+            return False
+        inner = jtype[4:-1]
+        if inner == "Cvoid" or (stars == 1 and base == "void"):
+            return True  # an opaque or untyped pointer
+        if stars > 1:
+            return _julia_matches(inner, ("ptr", stars - 1, base) if stars > 2 else
+                                  ("ptr", 1, base))
+        mirror = {v: k for k, v in _MIRRORS.items()}.get(inner)
+        if mirror is not None:
+            return base == mirror
+        return _JULIA_SCALARS.get(inner) == base
+    return kind == "val" and _JULIA_SCALARS.get(jtype) == base
+
+
+def julia_calls():
+    """[(function, return type, [argument types])] of every ccall of
+    CoreFlow.jl that names its function literally."""
+    with open(os.path.join(ROOT, "bindings", "julia", "CoreFlow.jl")) as f:
+        text = f.read()
+    calls = []
+    pattern = (r"ccall\(\s*(?:_sym\(|Libdl\.dlsym\(\w+,\s*):(coreflow_\w+)\),\s*"
+               r"([\w{}]+),\s*\(([^()]*)\)")
+    for name, ret, args in re.findall(pattern, text):
+        calls.append((name, ret, [a.strip() for a in args.split(",") if a.strip()]))
+    # The option initialisers are called through a symbol held in a variable.
+    for name in re.findall(r":(coreflow_\w+_init)\b", text):
+        calls.append((name, "Cvoid", ["Ptr{Cvoid}"]))
+    return calls
+
+
+class HeaderSignatures(unittest.TestCase):
+    """The constants and the function signatures of both bindings against
+    include/coreflow.h (the struct layouts are checked by StructMirrors)."""
+
+    def test_julia_constants(self):
+        header = header_constants()
+        with open(os.path.join(ROOT, "bindings", "julia", "CoreFlow.jl")) as f:
+            julia = {n: int(v) for n, v in re.findall(
+                r"^const (\w+) = (?:Int32\()?(-?\d+)\)?", f.read(), flags=re.M)}
+        julia_only = {"CORE_MODEL_NONE"}  # a value of coreflow_model_info.core_model
+        for name, value in julia.items():
+            if name in julia_only:
+                continue
+            self.assertIn(name, header, f"CoreFlow.jl: {name} is not in the header")
+            self.assertEqual(value, header[name], f"CoreFlow.jl: {name}")
+        missing = set(header) - set(julia)
+        self.assertEqual(missing, set(), "constants of the header missing from CoreFlow.jl")
+
+    def test_python_constants(self):
+        for name, value in header_constants().items():
+            self.assertEqual(getattr(coreflow, name, None), value, f"coreflow.{name}")
+
+    def test_julia_ccall_signatures(self):
+        header = header_functions()
+        calls = julia_calls()
+        self.assertGreater(len(calls), 15)
+        for name, ret, args in calls:
+            self.assertIn(name, header, f"CoreFlow.jl calls {name}, which the header lacks")
+            cret, cargs = header[name]
+            self.assertTrue(_julia_matches(ret, cret), f"{name}: returns {ret}, header {cret}")
+            self.assertEqual(len(args), len(cargs), f"{name}: {len(args)} arguments, header "
+                                                    f"{len(cargs)}")
+            for k, (j, c) in enumerate(zip(args, cargs)):
+                self.assertTrue(_julia_matches(j, c), f"{name}: argument {k + 1} is {j}, "
+                                                      f"header {c}")
+        used = {name for name, _, _ in calls}
+        for name in ("coreflow_fit", "coreflow_sample", "coreflow_log_prob", "coreflow_complete",
+                     "coreflow_encode", "coreflow_decode", "coreflow_model_get_info"):
+            self.assertIn(name, used)
+
+    def test_the_checker_sees_a_wrong_signature(self):
+        header = header_functions()
+        cret, cargs = header["coreflow_sample"]
+        self.assertFalse(_julia_matches("UInt32", cargs[2]))          # seed is uint64_t
+        self.assertFalse(_julia_matches("Ptr{Matrices}", cargs[4]))   # out is matrices_mut
+        self.assertTrue(_julia_matches("Ptr{MatricesMut}", cargs[4]))
+        self.assertFalse(_julia_matches("Cvoid", cret))
+
+    def test_python_prototypes(self):
+        header = header_functions()
+        # (c_size_t and c_uint64 are one type where both are 64-bit.)
+        scalars = {"int32_t": ctypes.c_int32, "uint32_t": ctypes.c_uint32,
+                   "uint64_t": ctypes.c_uint64, "size_t": ctypes.c_size_t}
+        protos = dict(coreflow._PROTOTYPES, **coreflow._OPTIONAL_PROTOTYPES)
+        for name, (ret, args) in protos.items():
+            self.assertIn(name, header, name)
+            cret, cargs = header[name]
+            self.assertEqual(len(args), len(cargs), name)
+            for t, c in [(ret, cret)] + list(zip(args, cargs)):
+                if t is None:
+                    self.assertEqual(c, ("val", 0, "void"), name)
+                elif t in (ctypes.c_void_p, ctypes.c_char_p):
+                    self.assertEqual(c[0], "ptr", name)
+                else:
+                    self.assertEqual(c[0], "val", name)
+                    self.assertIs(t, scalars[c[2]], name)
 
 
 if __name__ == "__main__":

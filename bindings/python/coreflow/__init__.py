@@ -1,5 +1,14 @@
-"""CoreFlow from Python through ctypes: fit, encode, decode, sample, score
-and complete NumPy arrays; save and load models.
+"""CoreFlow from Python through ctypes.
+
+`CoreFlow` is the scikit-learn style estimator (any array-like input,
+string options, pickling); `metrics` compares two sets of matrices:
+
+    est = coreflow.CoreFlow(rank=(4, 4), center=True, flow_steps=400).fit(X)
+    new = est.sample(10, random_state=1)
+    print(coreflow.metrics(X, new))
+
+The rest of this module is the low-level interface: fit, encode, decode,
+sample, score and complete NumPy arrays without copies; save and load models.
 
     import numpy as np
     import coreflow
@@ -28,7 +37,8 @@ Errors of the library raise `CoreFlowError` with the status code, its name
 cannot describe without a copy raise TypeError or ValueError before any call.
 
 The shared library is found by `load()`: its `lib_path` argument, else
-$COREFLOW_LIB, else target/release of the source tree this file sits in (or
+$COREFLOW_LIB, else the library installed inside this package (`pip
+install`), else target/release of the source tree this package sits in (or
 of the working directory), else the system's search path (libcoreflow.so.0,
 as installed by CMake).
 """
@@ -56,7 +66,10 @@ import numpy as np
 
 __all__ = [
     "ABI_VERSION",
+    "CoreFlow",
     "CoreFlowError",
+    "CoreFlowWarning",
+    "metrics",
     "Model",
     "Workspace",
     "sample_options",
@@ -231,6 +244,8 @@ class MetricsResult(Structure):
         ("mean_error", c_double),
         ("rowcov_error", c_double),
         ("colcov_error", c_double),
+        ("nn_accuracy", c_double),
+        ("dcr_ratio", c_double),
     ]
 
 
@@ -295,6 +310,9 @@ _PROTOTYPES = {
     "coreflow_model_load": (c_int32, [c_char_p, _P]),
     "coreflow_model_to_bytes": (c_int32, [_P, _P, c_size_t, _P]),
     "coreflow_model_from_bytes": (c_int32, [_P, c_size_t, _P]),
+    "coreflow_metrics_options_init": (None, [_P]),
+    "coreflow_metrics": (c_int32, [_P, _P, _P, _P]),
+    "coreflow_metrics_with_train": (c_int32, [_P, _P, _P, _P, _P]),
 }
 # Functions added to ABI v1 later: used when the library has them.
 _OPTIONAL_PROTOTYPES = {
@@ -306,10 +324,27 @@ _LIB_NAMES = {"linux": "libcoreflow.so", "darwin": "libcoreflow.dylib", "win32":
 _lib = None
 
 
+def bundled_library():
+    """The library shipped inside this package (`pip install`), or None
+    when the package runs from the source tree."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        names = sorted(os.listdir(here))
+    except OSError:
+        return None
+    for name in names:
+        if name.startswith("_libcoreflow") and name.endswith((".so", ".dylib", ".dll", ".pyd")):
+            return os.path.join(here, name)
+    return None
+
+
 def _candidates():
     name = _LIB_NAMES.get(sys.platform, "libcoreflow.so")
+    bundled = bundled_library()
+    if bundled:
+        yield bundled
     here = os.path.dirname(os.path.abspath(__file__))
-    source_tree = os.path.normpath(os.path.join(here, "..", ".."))
+    source_tree = os.path.normpath(os.path.join(here, "..", "..", ".."))
     for root in (source_tree, os.getcwd()):
         yield os.path.join(root, "target", "release", name)
     # The system search: the soname of an install, then the development link.
@@ -328,7 +363,9 @@ def find_library(lib_path=None):
     for path in _candidates():
         if os.path.sep not in path or os.path.exists(path):
             return path
-    raise OSError("libcoreflow not found")
+    raise OSError("libcoreflow not found: install the package with `pip install "
+                  "./bindings/python` (builds it), or build it with `cargo build --release` "
+                  "in the source tree, or set COREFLOW_LIB to its path")
 
 
 def load(lib_path=None):
@@ -343,7 +380,14 @@ def load(lib_path=None):
             raise OSError(f"libcoreflow is already loaded from {_lib._name}")
         return _lib
     path = find_library(lib_path)
-    lib = ctypes.CDLL(path)
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:
+        raise OSError(
+            f"cannot open the CoreFlow library {path!r} ({e}). Install the Python package "
+            f"with `pip install ./bindings/python` (it builds and carries the library), or "
+            f"run `cargo build --release` in the source tree, or set COREFLOW_LIB to the "
+            f"path of libcoreflow") from e
     for fn, (restype, argtypes) in _PROTOTYPES.items():
         f = getattr(lib, fn)
         f.restype = restype
@@ -417,10 +461,13 @@ def _samples_first(arr, sample_axis):
 def matrices_view(arr, sample_axis=0, mask=None):
     """The coreflow_matrices describing `arr` (float64, 3 axes) in place.
     `mask` (bool or uint8, nonzero = observed) must have the same element
-    strides. The caller keeps the arrays alive while the view is used."""
+    strides. The view holds references to the arrays it points into
+    (`view.arrays`), so an array converted here (e.g. from a nested list)
+    lives as long as the view: keep the view for the whole call."""
     x = _samples_first(arr, sample_axis)
     ss, rs, cs = _strides_in_elements(x, "x")
     view = Matrices(x.ctypes.data, None, x.shape[0], x.shape[1], x.shape[2], ss, rs, cs)
+    view.arrays = (x,)
     if mask is not None:
         mk = _samples_first(mask, sample_axis)
         if mk.dtype not in (np.bool_, np.uint8) or mk.shape != x.shape:
@@ -429,6 +476,7 @@ def matrices_view(arr, sample_axis=0, mask=None):
             raise ValueError(f"mask: strides {mk.strides} bytes must equal the data's "
                              f"element strides {(ss, rs, cs)} (same memory order)")
         view.mask = mk.ctypes.data
+        view.arrays = (x, mk)
     return view
 
 
@@ -438,7 +486,9 @@ def matrices_mut_view(arr, sample_axis=0):
     if not x.flags.writeable:
         raise ValueError("out: array is read-only")
     ss, rs, cs = _strides_in_elements(x, "out")
-    return MatricesMut(x.ctypes.data, x.shape[0], x.shape[1], x.shape[2], ss, rs, cs)
+    view = MatricesMut(x.ctypes.data, x.shape[0], x.shape[1], x.shape[2], ss, rs, cs)
+    view.arrays = (x,)
+    return view
 
 
 def _check_cores(cores, count, r, s, sample_axis, what, writable):
@@ -488,7 +538,10 @@ def _set_fields(opts, fields, hidden, what):
     for name, value in fields.items():
         if name not in known:
             raise TypeError(f"{what}: unknown option {name!r}")
-        setattr(opts, name, int(value) if isinstance(value, bool) else value)
+        try:
+            setattr(opts, name, int(value) if isinstance(value, bool) else value)
+        except TypeError as e:  # e.g. a float for an integer field
+            raise TypeError(f"{what}: option {name!r}: {e}") from None
     return opts
 
 
@@ -796,3 +849,7 @@ def _vector_out(arr, n, what):
     if not arr.flags.c_contiguous or not arr.flags.writeable:
         raise ValueError(f"{what}: must be contiguous and writable")
     return arr
+
+
+# The scikit-learn style estimator and the metrics, over the pieces above.
+from .estimator import ENUMS, CoreFlow, CoreFlowWarning, metrics  # noqa: E402
