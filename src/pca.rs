@@ -274,7 +274,7 @@ pub fn shrinkage_intensity(
         sums[0] += norm2 * norm2 - 2.0 * quad + s_fro2;
     }
     reducer.sum_in_place(&mut sums)?;
-    if !(delta2 > 0.0) || !sums[0].is_finite() {
+    if delta2.is_nan() || delta2 <= 0.0 || !sums[0].is_finite() {
         return Ok(if delta2.is_finite() { 0.0 } else { 1.0 });
     }
     let beta2 = (sums[0] / (n * n)).min(delta2);

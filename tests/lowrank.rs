@@ -177,7 +177,7 @@ fn the_gaussian_core_model_has_the_dense_log_density() {
         let trace: f64 = (0..d).map(|j| sigma[(j, j)]).sum();
         let delta = alpha.max(1e-6) * trace / d as f64;
         assert!(close(model.to_parts().ridge, delta, 1e-12));
-        sigma = sigma * faer::Scale(1.0 - alpha);
+        sigma *= faer::Scale(1.0 - alpha);
         for j in 0..d {
             sigma[(j, j)] += delta;
         }

@@ -2093,9 +2093,9 @@ fn row_log_probs(
         Err(e) if e.kind() != ErrorKind::Numerical => return Err(e),
         Err(_) => {}
     }
-    for i in 0..n {
+    for (i, o) in out.iter_mut().enumerate() {
         let mut one = [0.0];
-        out[i] = match model.log_prob(solver, x.subrows(i, 1), &mut one, MemStack::new(&mut mem)) {
+        *o = match model.log_prob(solver, x.subrows(i, 1), &mut one, MemStack::new(&mut mem)) {
             Ok(()) => one[0],
             Err(e) if e.kind() == ErrorKind::Numerical => f64::NEG_INFINITY,
             Err(e) => return Err(e),
