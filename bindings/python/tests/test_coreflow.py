@@ -23,6 +23,8 @@ from unittest import mock
 
 import numpy as np
 
+import synthetic
+
 import coreflow
 
 # The source tree these tests belong to (for the header and CoreFlow.jl).
@@ -31,11 +33,7 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 def planted(count=40, rows=20, cols=16, r=3, s=2, noise=1e-3, seed=5):
     """count matrices U C_i V^T + noise, C-order (count, rows, cols)."""
-    rng = np.random.default_rng(seed)
-    u, _ = np.linalg.qr(rng.standard_normal((rows, r)))
-    v, _ = np.linalg.qr(rng.standard_normal((cols, s)))
-    c = rng.standard_normal((count, r, s)) * np.arange(r * s, 0, -1).reshape(r, s)
-    return np.einsum("ia,nab,jb->nij", u, c, v) + noise * rng.standard_normal((count, rows, cols))
+    return synthetic.planted(count, rows, cols, r, s, noise, seed)
 
 
 def same_value(a, b):

@@ -18,6 +18,8 @@ import warnings
 
 import numpy as np
 
+import synthetic
+
 import coreflow
 
 # Small flows: the tests check the interface, not the quality of the model.
@@ -26,11 +28,7 @@ SMALL = dict(flow_steps=150, flow_hidden=16, flow_layers=2, batch_size=32, threa
 
 def planted(count=60, rows=12, cols=10, r=3, s=2, noise=1e-2, seed=3):
     """count matrices U C_i V^T + noise, C-order (count, rows, cols)."""
-    rng = np.random.default_rng(seed)
-    u, _ = np.linalg.qr(rng.standard_normal((rows, r)))
-    v, _ = np.linalg.qr(rng.standard_normal((cols, s)))
-    c = rng.standard_normal((count, r, s)) * np.arange(r * s, 0, -1).reshape(r, s)
-    return np.einsum("ia,nab,jb->nij", u, c, v) + noise * rng.standard_normal((count, rows, cols))
+    return synthetic.planted(count, rows, cols, r, s, noise, seed)
 
 
 class Estimator(unittest.TestCase):
