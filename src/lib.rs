@@ -19,14 +19,16 @@ pub mod datasets;
 pub mod error;
 pub mod ffi;
 pub mod flow;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod numerics;
 pub mod pca;
+pub(crate) mod pool;
 pub mod reduce;
 pub mod subspace;
 
-pub use batch::{Layout, MaskRef, MatrixBatch, MatrixBatchMut};
+pub use batch::{CheckedLayout, Layout, MaskRef, MatrixBatch, MatrixBatchMut};
 pub use datasets::{Dataset, DatasetSpec, MatrixSet};
 pub use error::{Error, ErrorKind, Result};
 pub use metrics::{EvalOptions, Metrics};

@@ -19,13 +19,15 @@ pub use faer::Par;
 /// Alignment of every temporary carved from a workspace (one cache line).
 pub(crate) const ALIGN: usize = 64;
 
-/// The number of worker threads that `threads` stands for (0 = all cores).
+/// The number of worker threads that `threads` stands for (0 = all cores),
+/// clamped to [`crate::limits::MAX_THREADS`].
 pub fn resolve_threads(threads: usize) -> usize {
-    if threads == 0 {
+    let n = if threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         threads
-    }
+    };
+    n.min(crate::limits::MAX_THREADS)
 }
 
 /// faer's parallelism setting for `threads` workers (0 = all cores).

@@ -149,6 +149,7 @@ pub unsafe extern "C" fn coreflow_fit(
             return Err(null("out"));
         }
         let fopts = to_fit_options(&copts)?;
+        crate::limits::check_fit_options(&fopts, crate::limits::Naming::C)?;
         let user = copts.progress_user;
         let mut progress = |p: &crate::model::Progress| match copts.progress {
             None => true,
@@ -318,6 +319,19 @@ pub unsafe extern "C" fn coreflow_workspace_size(
     })
 }
 
+/// The number of core values `count * core_dim` of a view named `what`,
+/// refused when it overflows or exceeds the largest possible buffer.
+fn cores_len(count: usize, core_dim: usize, what: &str) -> Result<usize> {
+    count
+        .checked_mul(core_dim)
+        .filter(|&n| n <= isize::MAX as usize / std::mem::size_of::<f64>())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{what}->count: {count} cores of {core_dim} doubles exceed the largest possible buffer"
+            ))
+        })
+}
+
 /// Writes the cores `C_j = U^T (X_j - Xbar) V` of the matrices of `input` into
 /// `cores`: `input->count` blocks of `rank_rows * rank_cols` values, each the
 /// column-major core. `ws` is a workspace of `ws_bytes` bytes
@@ -335,7 +349,7 @@ pub unsafe extern "C" fn coreflow_encode(
     boundary(|| {
         let model = model_ref(m)?;
         let batch = batch_from_c(input, "input")?;
-        let n = batch.count() * model.core_dim();
+        let n = cores_len(batch.count(), model.core_dim(), "input")?;
         if cores.is_null() && n > 0 {
             return Err(null("cores"));
         }
@@ -365,7 +379,7 @@ pub unsafe extern "C" fn coreflow_decode(
     boundary(|| {
         let model = model_ref(m)?;
         let mut batch = batch_mut_from_c(out, "out")?;
-        let n = batch.count() * model.core_dim();
+        let n = cores_len(batch.count(), model.core_dim(), "out")?;
         if cores.is_null() && n > 0 {
             return Err(null("cores"));
         }

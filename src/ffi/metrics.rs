@@ -125,7 +125,8 @@ pub unsafe extern "C" fn coreflow_metrics(
                 "out->struct_size: {size} is smaller than the smallest supported size {METRICS_RESULT_V1_SIZE}; set it to sizeof(coreflow_metrics_result)"
             )));
         }
-        let m = metrics::evaluate(&a, &b, &opts)?;
+        // On a pool of the call's own (see `crate::pool`).
+        let m = crate::pool::on_pool(opts.threads, |_, _| metrics::evaluate(&a, &b, &opts))??;
         let full = coreflow_metrics_result {
             struct_size: size.min(size_of::<coreflow_metrics_result>()),
             sve: m.sve,

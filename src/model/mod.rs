@@ -10,6 +10,7 @@
 //! `cores[j * r * s .. (j + 1) * r * s]`, entry `(a, b)` at `a + b * r`.
 
 mod persist;
+mod validate;
 
 pub use persist::FORMAT_VERSION;
 
@@ -19,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::flow::core_model::{CoreModel, CoreModelChoice, CoreModelKind, FlowOptions};
 use crate::flow::ode::SolverOptions;
 use crate::numerics::{self, check_workspace, temp_mat_zeroed, MemStack, StackReq};
+use crate::pool::{Caller, OnCaller};
 use crate::reduce::{LocalReducer, Reducer};
 use crate::subspace::{self, SubspaceMethod, SubspaceOptions};
 use faer::prelude::{Reborrow, ReborrowMut};
@@ -156,6 +158,39 @@ fn core_row_mut(cores: MatMut<'_, f64>, j: usize, r: usize, s: usize) -> MatMut<
     unsafe { MatMut::from_raw_parts_mut(row.as_ptr_mut(), r, s, stride, stride * r as isize) }
 }
 
+/// A reducer that completes sums on the thread that called the fit (the
+/// host's allreduce must run there), for work running on the call's pool.
+struct CallerReducer<'a> {
+    inner: &'a OnCaller<&'a dyn Reducer>,
+    caller: &'a Caller,
+}
+
+impl Reducer for CallerReducer<'_> {
+    fn sum_in_place(&self, buf: &mut [f64]) -> Result<()> {
+        let inner = self.inner;
+        self.caller.run(move || inner.0.sum_in_place(buf))
+    }
+}
+
+/// Largest `sum |c_ab| + max |Xbar|` a decoded core may have: a quarter of
+/// `f64::MAX`, the factor covering the rounding of the products and the
+/// basis tolerance of the loader.
+const DECODE_BOUND: f64 = f64::MAX / 4.0;
+
+/// Fails with `ErrorKind::Numerical` naming the first non-finite value of
+/// `values` (groups of `group` values: one per matrix).
+fn check_output_finite(values: &[f64], group: usize, what: &str, unit: &str) -> Result<()> {
+    match values.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(k) => Err(Error::numerical(format!(
+            "{what}: {unit} {} would hold the non-finite value {} (entry {}); nothing was written",
+            k / group.max(1),
+            values[k],
+            k % group.max(1)
+        ))),
+    }
+}
+
 /// Matrices per chunk of sampling and scoring: bounds the workspace
 /// whatever the call's count (results do not depend on it).
 const CHUNK: usize = 64;
@@ -228,12 +263,18 @@ pub struct Model {
     mean: Option<Mat<f64>>,
     /// U^T Xbar V, subtracted in `encode` so that centering needs no copy.
     mean_core: Option<Mat<f64>>,
+    /// max |Xbar| (0 when not centered), for the decode bound.
+    mean_abs_max: f64,
     /// Gaussian prior of the training cores and the noise level, for
     /// completing new matrices.
     prior: CorePrior,
     /// The model of the cores (`None`: geometry only).
     core: Option<CoreModel>,
     info: ModelInfo,
+}
+
+fn mean_abs_max(mean: Option<&Mat<f64>>) -> f64 {
+    mean.map_or(0.0, |m| m.as_ref().norm_max())
 }
 
 /// Copies the core model's summary into the model info.
@@ -302,12 +343,52 @@ impl Model {
 
     /// Fits a model on this participant's shard of the training set; every sum
     /// over samples is completed by `reducer` (see [`crate::reduce`]).
+    ///
+    /// The fit runs on a pool of `opts.threads` workers created for the
+    /// call and joined before it returns ([`crate::pool`]); `progress` and
+    /// `reducer` are called on the calling thread.
     pub fn fit_with_reducer(
         train: &MatrixBatch,
         opts: &FitOptions,
         reducer: &dyn Reducer,
         progress: &mut dyn FnMut(&Progress) -> bool,
     ) -> Result<Model> {
+        crate::limits::check_fit_options(opts, crate::limits::Naming::Rust)?;
+        let masked = train.has_mask() || opts.nan_is_missing;
+        crate::limits::reserve_probe(
+            crate::limits::fit_bytes_estimate(
+                train.count(),
+                train.rows(),
+                train.cols(),
+                opts,
+                masked,
+            ),
+            "train",
+        )?;
+        let progress = OnCaller(std::cell::RefCell::new(progress));
+        let reducer = OnCaller(reducer);
+        crate::pool::on_pool(opts.threads, |_, caller| {
+            let funnel = CallerReducer {
+                inner: &reducer,
+                caller,
+            };
+            let mut report = |p: &Progress| {
+                let p = *p;
+                let progress = &progress;
+                caller.run(move || (progress.0.borrow_mut())(&p))
+            };
+            Self::fit_on_pool(train, opts, &funnel, &mut report)
+        })?
+    }
+
+    /// The fit itself, on the call's pool.
+    fn fit_on_pool(
+        train: &MatrixBatch,
+        opts: &FitOptions,
+        reducer: &dyn Reducer,
+        progress: &mut dyn FnMut(&Progress) -> bool,
+    ) -> Result<Model> {
+        let masked = train.has_mask() || opts.nan_is_missing;
         let mut flow_opts = opts.flow;
         flow_opts.seed = opts.seed;
         flow_opts.threads = opts.threads;
@@ -317,7 +398,6 @@ impl Model {
         }
         let (m, n) = (train.rows(), train.cols());
         let sub_opts = opts.subspace_options();
-        let masked = train.has_mask() || opts.nan_is_missing;
         let par = numerics::par_for_threads(opts.threads);
         let mut subspace_progress = |it: usize, total: usize, obj: f64| {
             progress(&Progress {
@@ -426,6 +506,7 @@ impl Model {
             None
         };
         Ok(Model {
+            mean_abs_max: mean_abs_max(mean.as_ref()),
             u,
             v,
             mean,
@@ -447,6 +528,7 @@ impl Model {
     ) -> Model {
         let mean_core = mean.as_ref().map(|x| u.transpose() * x * &v);
         Model {
+            mean_abs_max: mean_abs_max(mean.as_ref()),
             u,
             v,
             mean,
@@ -475,10 +557,18 @@ impl Model {
         persist::to_bytes(self)
     }
 
-    /// Reads a model file image. Corrupt or truncated data give
-    /// `ErrorKind::Format`, a newer format `ErrorKind::Version`.
+    /// Reads a model file image. Corrupt or truncated data, and models the
+    /// maths cannot use (non-orthonormal bases, unbounded parameters; see
+    /// `model/validate.rs`), give `ErrorKind::Format`, a newer format
+    /// `ErrorKind::Version`.
     pub fn from_bytes(data: &[u8]) -> Result<Model> {
-        persist::from_bytes(data)
+        // One worker: the set-up's factorisations must not start the
+        // process-wide pool (see `crate::pool`).
+        crate::pool::on_pool(1, |_, _| {
+            let model = persist::from_bytes(data)?;
+            validate::validate(&model)?;
+            Ok(model)
+        })?
     }
 
     /// Writes the model file to `path` (`ErrorKind::Io` on failure).
@@ -488,7 +578,12 @@ impl Model {
 
     /// Reads a model file from `path`.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Model> {
-        persist::load(path.as_ref())
+        let path = path.as_ref();
+        crate::pool::on_pool(1, |_, _| {
+            let model = persist::load(path)?;
+            validate::validate(&model)?;
+            Ok(model)
+        })?
     }
 
     /// The model summary.
@@ -522,10 +617,13 @@ impl Model {
         Ok(())
     }
 
-    /// Workspace for [`Model::encode`] of up to `count` matrices.
+    /// Workspace for [`Model::encode`] of up to `count` matrices: the cores
+    /// are computed and checked there before any is written.
     pub fn encode_scratch(&self, count: usize) -> StackReq {
-        let _ = count;
-        numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.rank_cols)
+        StackReq::all_of(&[
+            numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.rank_cols),
+            numerics::temp_slice_scratch::<f64>(count.saturating_mul(self.core_dim())),
+        ])
     }
 
     /// Cores `C_j = U^T (X_j - Xbar) V` of every matrix of `input`, written
@@ -538,7 +636,7 @@ impl Model {
     ) -> Result<()> {
         self.check_shape(input.rows(), input.cols(), "input")?;
         let d = self.core_dim();
-        let need = input.count() * d;
+        let need = input.count().saturating_mul(d);
         if cores.len() != need {
             return Err(Error::shape(format!(
                 "cores: {} values given, {} matrices need {need}",
@@ -554,11 +652,14 @@ impl Model {
         input.check_finite("input")?;
         check_workspace(self.encode_scratch(input.count()), stack)?;
         let (r, s) = (self.info.rank_rows, self.info.rank_cols);
-        let (mut t, _) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
+        let (mut t, stack) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
+        let (all, _) = numerics::temp_slice(need, 0.0, stack);
         for j in 0..input.count() {
-            let c = MatMut::from_column_major_slice_mut(&mut cores[j * d..(j + 1) * d], r, s);
+            let c = MatMut::from_column_major_slice_mut(&mut all[j * d..(j + 1) * d], r, s);
             self.encode_one(input.sample(j), c, t.rb_mut());
         }
+        check_output_finite(all, d, "cores", "core")?;
+        cores.copy_from_slice(all);
         Ok(())
     }
 
@@ -578,7 +679,7 @@ impl Model {
     ) -> Result<()> {
         self.check_shape(out.rows(), out.cols(), "out")?;
         let d = self.core_dim();
-        let need = out.count() * d;
+        let need = out.count().saturating_mul(d);
         if cores.len() != need {
             return Err(Error::shape(format!(
                 "cores: {} values given, {} matrices need {need}",
@@ -595,11 +696,30 @@ impl Model {
             )));
         }
         check_workspace(self.decode_scratch(out.count()), stack)?;
+        for j in 0..out.count() {
+            self.check_decodable(&cores[j * d..(j + 1) * d], "cores", j)?;
+        }
         let (r, s) = (self.info.rank_rows, self.info.rank_cols);
         let (mut t, _) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
         for j in 0..out.count() {
             let c = MatRef::from_column_major_slice(&cores[j * d..(j + 1) * d], r, s);
             self.decode_one(c, out.sample_mut(j), t.rb_mut());
+        }
+        Ok(())
+    }
+
+    /// Fails unless `U c V^T + Xbar` is finite for the core `c` (column-major,
+    /// finite). With orthonormal U and V every entry of `U c V^T` is at most
+    /// `sum |c_ab|` in magnitude (to the basis tolerance of the loader), so
+    /// a bound well below `f64::MAX` proves the decoded matrix finite
+    /// before anything is written.
+    fn check_decodable(&self, c: &[f64], what: &str, j: usize) -> Result<()> {
+        let l1: f64 = c.iter().map(|x| x.abs()).sum();
+        let bounded = l1 + self.mean_abs_max <= DECODE_BOUND;
+        if !bounded {
+            return Err(Error::numerical(format!(
+                "{what}: core {j} is too large to decode into finite values (sum of magnitudes {l1:e})"
+            )));
         }
         Ok(())
     }
@@ -673,15 +793,20 @@ impl Model {
         })
     }
 
-    /// Workspace for [`Model::sample`] of up to `count` matrices with `opts`.
-    /// Sizes for a geometry-only model are empty (the call is unsupported).
+    /// Workspace for [`Model::sample`] of up to `count` matrices with `opts`:
+    /// the cores of all `count` samples (drawn and checked before anything
+    /// is written) and the temporaries of one chunk. Empty for `count = 0`
+    /// and for a geometry-only model (the call is unsupported).
     pub fn sample_scratch(&self, count: usize, opts: &SolverOptions) -> StackReq {
         let Some(core) = &self.core else {
             return StackReq::EMPTY;
         };
-        let b = count.clamp(1, CHUNK);
+        if count == 0 {
+            return StackReq::EMPTY;
+        }
+        let b = count.min(CHUNK);
         StackReq::all_of(&[
-            numerics::temp_mat_scratch::<f64>(b, self.core_dim()),
+            numerics::temp_mat_scratch::<f64>(count, self.core_dim()),
             numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.rank_cols),
             core.sample_scratch(b, opts),
         ])
@@ -709,11 +834,15 @@ impl Model {
         if first_index.checked_add(count as u64).is_none() {
             return Err(Error::invalid("first_index: first_index + count overflows"));
         }
+        if count == 0 {
+            return Ok(());
+        }
         check_workspace(self.sample_scratch(count, opts), stack)?;
         let (d, r, s) = (self.core_dim(), self.info.rank_rows, self.info.rank_cols);
-        let b = count.clamp(1, CHUNK);
-        let (mut cores, stack) = temp_mat_zeroed::<f64>(b, d, stack);
+        let b = count.min(CHUNK);
+        let (mut cores, stack) = temp_mat_zeroed::<f64>(count, d, stack);
         let (mut t, stack) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
+        // Every core first, checked, so a failure leaves `out` untouched.
         let mut start = 0;
         while start < count {
             let len = (count - start).min(b);
@@ -721,14 +850,30 @@ impl Model {
                 opts,
                 seed,
                 first_index + start as u64,
-                cores.rb_mut().get_mut(..len, ..),
+                cores.rb_mut().get_mut(start..start + len, ..),
                 stack,
             )?;
-            for j in 0..len {
-                let c = core_row_mut(cores.rb_mut(), j, r, s);
-                self.decode_one(c.rb(), out.sample_mut(start + j), t.rb_mut());
-            }
             start += len;
+        }
+        for j in 0..count {
+            let row = cores.rb().row(j);
+            if let Some(k) = (0..d).find(|&k| !row[k].is_finite()) {
+                return Err(Error::numerical(format!(
+                    "out: sample {j} has the non-finite core value {} at {k} (the flow diverged); nothing was written",
+                    row[k]
+                )));
+            }
+            let l1: f64 = (0..d).map(|k| row[k].abs()).sum();
+            let bounded = l1 + self.mean_abs_max <= DECODE_BOUND;
+            if !bounded {
+                return Err(Error::numerical(format!(
+                    "out: sample {j} is too large to decode into finite values; nothing was written"
+                )));
+            }
+        }
+        for j in 0..count {
+            let c = core_row_mut(cores.rb_mut(), j, r, s);
+            self.decode_one(c.rb(), out.sample_mut(j), t.rb_mut());
         }
         Ok(())
     }
@@ -740,6 +885,7 @@ impl Model {
         };
         let b = count.clamp(1, CHUNK);
         StackReq::all_of(&[
+            numerics::temp_slice_scratch::<f64>(count.saturating_mul(2)),
             numerics::temp_mat_scratch::<f64>(b, self.core_dim()),
             numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.rank_cols),
             numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.cols),
@@ -789,6 +935,11 @@ impl Model {
         let (d, r, s) = (self.core_dim(), self.info.rank_rows, self.info.rank_cols);
         let (m, n) = (self.info.rows, self.info.cols);
         let b = count.clamp(1, CHUNK);
+        // Results go to the workspace first and are copied out once all
+        // are known to be finite.
+        let (results, stack) = numerics::temp_slice(2 * count, 0.0, stack);
+        let (lp_all, res_all) = results.split_at_mut(count);
+        let want_residual = residual.is_some();
         let (mut cores, stack) = temp_mat_zeroed::<f64>(b, d, stack);
         let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
         let (mut proj, stack) = temp_mat_zeroed::<f64>(m, n, stack);
@@ -799,41 +950,80 @@ impl Model {
                 let x = input.sample(start + j);
                 let mut c = core_row_mut(cores.rb_mut(), j, r, s);
                 self.encode_one(x, c.rb_mut(), t.rb_mut());
-                if let Some(res) = residual.as_deref_mut() {
-                    // ||Y - U C V^T|| / ||Y|| directly (no cancellation).
-                    self.decode_one(c.rb(), proj.rb_mut(), t.rb_mut());
-                    let (mut num, mut den) = (0.0, 0.0);
-                    for q in 0..n {
-                        for a in 0..m {
-                            let mean = self.mean.as_ref().map_or(0.0, |mm| mm[(a, q)]);
-                            num += (x[(a, q)] - proj[(a, q)]).powi(2);
-                            den += (x[(a, q)] - mean).powi(2);
+                for q in 0..s {
+                    for a in 0..r {
+                        if !c[(a, q)].is_finite() {
+                            return Err(Error::numerical(format!(
+                                "input: matrix {} is too large: its core overflows; nothing was written",
+                                start + j
+                            )));
                         }
                     }
-                    res[start + j] = if den > 0.0 { (num / den).sqrt() } else { 0.0 };
+                }
+                if want_residual {
+                    self.decode_one(c.rb(), proj.rb_mut(), t.rb_mut());
+                    res_all[start + j] = self.relative_residual(x, proj.rb());
                 }
             }
             core.log_prob(
                 opts,
                 cores.rb().get(..len, ..),
-                &mut log_prob[start..start + len],
+                &mut lp_all[start..start + len],
                 stack,
             )?;
             start += len;
         }
+        check_output_finite(lp_all, 1, "log_prob", "matrix")?;
+        log_prob.copy_from_slice(lp_all);
+        if let Some(res) = residual.as_deref_mut() {
+            check_output_finite(res_all, 1, "residual", "matrix")?;
+            res.copy_from_slice(res_all);
+        }
         Ok(())
+    }
+
+    /// `||Y - P|| / ||Y||` with `Y = x - Xbar` and `P = U C V^T` the
+    /// projection (0 for Y = 0), directly (no cancellation) and scaled by
+    /// the largest `|Y|` entry, so finite inputs give finite values: with
+    /// the scale `w = max |Y_ij|` every scaled square is at most 1 and the
+    /// sums are at most `m n`.
+    fn relative_residual(&self, x: MatRef<'_, f64>, proj: MatRef<'_, f64>) -> f64 {
+        let (m, n) = x.shape();
+        let y = |a: usize, q: usize| x[(a, q)] - self.mean.as_ref().map_or(0.0, |mm| mm[(a, q)]);
+        // proj holds U C V^T + Xbar (decode_one adds the mean back).
+        let e = |a: usize, q: usize| x[(a, q)] - proj[(a, q)];
+        let mut w = 0.0f64;
+        for q in 0..n {
+            for a in 0..m {
+                w = w.max(y(a, q).abs());
+            }
+        }
+        if w == 0.0 {
+            return 0.0;
+        }
+        let (mut num, mut den) = (0.0, 0.0);
+        for q in 0..n {
+            for a in 0..m {
+                num += (e(a, q) / w).powi(2);
+                den += (y(a, q) / w).powi(2);
+            }
+        }
+        (num / den).sqrt()
     }
 
     /// Workspace for [`Model::complete`] of up to `count` matrices.
     pub fn complete_scratch(&self, count: usize) -> StackReq {
         let _ = count;
-        completion::complete_one_scratch(
-            self.info.rows,
-            self.info.cols,
-            self.info.rank_rows,
-            self.info.rank_cols,
-            self.prior.components(),
-        )
+        StackReq::all_of(&[
+            numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.cols),
+            completion::complete_one_scratch(
+                self.info.rows,
+                self.info.cols,
+                self.info.rank_rows,
+                self.info.rank_cols,
+                self.prior.components(),
+            ),
+        ])
     }
 
     /// Completes partially observed matrices: missing entries (mask zero, or
@@ -857,18 +1047,36 @@ impl Model {
         }
         completion::check_observed_finite(partial, true, "partial")?;
         check_workspace(self.complete_scratch(partial.count()), stack)?;
-        for j in 0..partial.count() {
-            let obs = completion::observed_of(partial, j, true);
-            completion::complete_one(
-                self.u.as_ref(),
-                self.v.as_ref(),
-                self.mean.as_ref().map(|x| x.as_ref()),
-                &self.prior,
-                partial.sample(j),
-                obs,
-                out.sample_mut(j),
-                stack,
-            )?;
+        let (mut trial, stack) = temp_mat_zeroed::<f64>(self.info.rows, self.info.cols, stack);
+        // Two passes over the same deterministic computation: the first
+        // completes every matrix into the workspace and stops at the first
+        // failure, so the second, which writes, cannot fail and `out` is
+        // untouched by a failed call.
+        for pass in 0..2 {
+            for j in 0..partial.count() {
+                let obs = completion::observed_of(partial, j, true);
+                let target = if pass == 0 {
+                    trial.rb_mut()
+                } else {
+                    out.sample_mut(j)
+                };
+                completion::complete_one(
+                    self.u.as_ref(),
+                    self.v.as_ref(),
+                    self.mean.as_ref().map(|x| x.as_ref()),
+                    &self.prior,
+                    partial.sample(j),
+                    obs,
+                    target,
+                    stack,
+                )
+                .map_err(|e| {
+                    Error::new(
+                        e.kind(),
+                        format!("partial: matrix {j}: {}; nothing was written", e.message()),
+                    )
+                })?;
+            }
         }
         Ok(())
     }

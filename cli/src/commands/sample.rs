@@ -125,7 +125,8 @@ pub fn draw(
         .checked_mul(m * n)
         .filter(|l| l.checked_mul(8).is_some())
         .ok_or_else(|| CliError::input(format!("-n {count}: too many matrices for memory")))?;
-    let mut data = vec![0.0; len];
+    let mut data: Vec<f64> = coreflow::limits::try_zeroed(len, &format!("-n {count}"))
+        .map_err(|e| CliError::input(e.message().to_string()))?;
     let workers = resolve_threads(threads).clamp(1, count.max(1));
     let per = count.div_ceil(workers).max(1);
     let results: Vec<coreflow::Result<()>> = std::thread::scope(|sc| {
