@@ -46,6 +46,25 @@ pub const MAX_FLOW_PARAMETERS: usize = 1 << 27;
 /// Most fixed steps of an ODE solve in sampling and scoring.
 pub const MAX_SOLVER_STEPS: usize = 1_000_000;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::*;
+
+    #[test]
+    fn the_header_states_the_caps() {
+        assert_eq!(COREFLOW_MAX_THREADS as usize, MAX_THREADS);
+        assert_eq!(COREFLOW_MAX_ITERATIONS as usize, MAX_ITERATIONS);
+        assert_eq!(COREFLOW_MAX_FLOW_STEPS as usize, MAX_FLOW_STEPS);
+        assert_eq!(COREFLOW_MAX_FLOW_HIDDEN as usize, MAX_FLOW_HIDDEN);
+        assert_eq!(COREFLOW_MAX_FLOW_LAYERS as usize, MAX_FLOW_LAYERS);
+        assert_eq!(COREFLOW_MAX_FLOW_TIME_FREQS as usize, MAX_FLOW_TIME_FREQS);
+        assert_eq!(COREFLOW_MAX_BATCH_SIZE as usize, MAX_BATCH_SIZE);
+        assert_eq!(COREFLOW_MAX_FLOW_PARAMETERS as usize, MAX_FLOW_PARAMETERS);
+        assert_eq!(COREFLOW_MAX_SOLVER_STEPS as usize, MAX_SOLVER_STEPS);
+    }
+}
+
 /// How option names are spelled in messages.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Naming {

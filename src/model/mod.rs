@@ -620,6 +620,9 @@ impl Model {
     /// Workspace for [`Model::encode`] of up to `count` matrices: the cores
     /// are computed and checked there before any is written.
     pub fn encode_scratch(&self, count: usize) -> StackReq {
+        if count == 0 {
+            return StackReq::EMPTY;
+        }
         StackReq::all_of(&[
             numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.rank_cols),
             numerics::temp_slice_scratch::<f64>(count.saturating_mul(self.core_dim())),
@@ -650,6 +653,9 @@ impl Model {
             ));
         }
         input.check_finite("input")?;
+        if input.count() == 0 {
+            return Ok(());
+        }
         check_workspace(self.encode_scratch(input.count()), stack)?;
         let (r, s) = (self.info.rank_rows, self.info.rank_cols);
         let (mut t, stack) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
@@ -665,7 +671,9 @@ impl Model {
 
     /// Workspace for [`Model::decode`] of up to `count` cores.
     pub fn decode_scratch(&self, count: usize) -> StackReq {
-        let _ = count;
+        if count == 0 {
+            return StackReq::EMPTY;
+        }
         numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.rank_cols)
     }
 
@@ -694,6 +702,9 @@ impl Model {
                 k / d,
                 k % d
             )));
+        }
+        if out.count() == 0 {
+            return Ok(());
         }
         check_workspace(self.decode_scratch(out.count()), stack)?;
         for j in 0..out.count() {
@@ -883,6 +894,9 @@ impl Model {
         let Some(core) = &self.core else {
             return StackReq::EMPTY;
         };
+        if count == 0 {
+            return StackReq::EMPTY;
+        }
         let b = count.clamp(1, CHUNK);
         StackReq::all_of(&[
             numerics::temp_slice_scratch::<f64>(count.saturating_mul(2)),
@@ -904,7 +918,7 @@ impl Model {
         opts: &SolverOptions,
         input: &MatrixBatch,
         log_prob: &mut [f64],
-        mut residual: Option<&mut [f64]>,
+        residual: Option<&mut [f64]>,
         stack: &mut MemStack,
     ) -> Result<()> {
         let core = self.core_or_unsupported("compute log-likelihoods")?;
@@ -931,6 +945,9 @@ impl Model {
             ));
         }
         input.check_finite("input")?;
+        if count == 0 {
+            return Ok(());
+        }
         check_workspace(self.log_prob_scratch(count, opts), stack)?;
         let (d, r, s) = (self.core_dim(), self.info.rank_rows, self.info.rank_cols);
         let (m, n) = (self.info.rows, self.info.cols);
@@ -975,7 +992,7 @@ impl Model {
         }
         check_output_finite(lp_all, 1, "log_prob", "matrix")?;
         log_prob.copy_from_slice(lp_all);
-        if let Some(res) = residual.as_deref_mut() {
+        if let Some(res) = residual {
             check_output_finite(res_all, 1, "residual", "matrix")?;
             res.copy_from_slice(res_all);
         }
@@ -1013,7 +1030,9 @@ impl Model {
 
     /// Workspace for [`Model::complete`] of up to `count` matrices.
     pub fn complete_scratch(&self, count: usize) -> StackReq {
-        let _ = count;
+        if count == 0 {
+            return StackReq::EMPTY;
+        }
         StackReq::all_of(&[
             numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.cols),
             completion::complete_one_scratch(
@@ -1046,6 +1065,9 @@ impl Model {
             )));
         }
         completion::check_observed_finite(partial, true, "partial")?;
+        if partial.count() == 0 {
+            return Ok(());
+        }
         check_workspace(self.complete_scratch(partial.count()), stack)?;
         let (mut trial, stack) = temp_mat_zeroed::<f64>(self.info.rows, self.info.cols, stack);
         // Two passes over the same deterministic computation: the first
