@@ -221,6 +221,30 @@ pub(crate) fn fit_bytes_estimate(
         .saturating_add(flow)
 }
 
+/// An upper estimate, in bytes, of the peak memory of scoring `real_count`
+/// against `generated_count` matrices of `rows x cols` (covariances, a
+/// flat copy of both sets, the kernel matrix of the MMD), saturating.
+pub(crate) fn metrics_bytes_estimate(
+    real_count: usize,
+    generated_count: usize,
+    rows: usize,
+    cols: usize,
+) -> usize {
+    let count = real_count.saturating_add(generated_count);
+    let grams = rows
+        .saturating_mul(rows)
+        .saturating_add(cols.saturating_mul(cols))
+        .saturating_mul(4);
+    let copies = count
+        .saturating_mul(rows.saturating_mul(cols))
+        .saturating_mul(2);
+    let kernel = count.saturating_mul(count);
+    grams
+        .saturating_add(copies)
+        .saturating_add(kernel)
+        .saturating_mul(std::mem::size_of::<f64>())
+}
+
 /// Reserves `bytes` once, fallibly, and releases them: `ErrorKind::OutOfMemory`
 /// when the allocator refuses. `what` says what needs the memory.
 pub(crate) fn reserve_probe(bytes: usize, what: &str) -> Result<()> {

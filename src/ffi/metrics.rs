@@ -125,6 +125,10 @@ pub unsafe extern "C" fn coreflow_metrics(
                 "out->struct_size: {size} is smaller than the smallest supported size {METRICS_RESULT_V1_SIZE}; set it to sizeof(coreflow_metrics_result)"
             )));
         }
+        crate::limits::reserve_probe(
+            crate::limits::metrics_bytes_estimate(a.count(), b.count(), a.rows(), a.cols()),
+            "generated",
+        )?;
         // On a pool of the call's own (see `crate::pool`).
         let m = crate::pool::on_pool(opts.threads, |_, _| metrics::evaluate(&a, &b, &opts))??;
         let full = coreflow_metrics_result {
