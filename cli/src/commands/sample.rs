@@ -97,6 +97,8 @@ pub struct SampleArgs {
     /// Where to write the samples, float64 (N, m, n).
     #[arg(long, value_name = "samples.npy")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: crate::output::ForceArg,
 }
 
 /// Refuses a geometry-only model with the fix.
@@ -158,9 +160,11 @@ pub fn run(a: SampleArgs) -> Result<(), CliError> {
     if a.count == 0 {
         return Err(CliError::input("-n: must be at least 1"));
     }
+
     let opts = a.solver.options()?;
     let model = load_model(&a.model)?;
     check_has_core_model(&model, &a.model)?;
+    crate::output::check_output(&a.out, "--out", &[("--model", &a.model)], a.force)?;
     let data = draw(
         &model,
         &opts,
