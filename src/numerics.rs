@@ -39,8 +39,11 @@ pub fn par_for_threads(threads: usize) -> Par {
 }
 
 /// Workspace for a `rows x cols` temporary of `T` (column-major, aligned).
+/// A size that overflows gives `StackReq::OVERFLOW` (never a wrapped,
+/// small requirement).
 pub fn temp_mat_scratch<T>(rows: usize, cols: usize) -> StackReq {
-    StackReq::new_aligned::<T>(rows * cols, ALIGN)
+    rows.checked_mul(cols)
+        .map_or(StackReq::OVERFLOW, |n| StackReq::new_aligned::<T>(n, ALIGN))
 }
 
 /// Carves a zero-initialised column-major `rows x cols` matrix from `stack`.

@@ -335,6 +335,11 @@ pub unsafe extern "C" fn coreflow_workspace_size(
             return Err(null("bytes"));
         }
         let req = op_scratch(model, op, count, &so)?;
+        if req.layout().is_err() {
+            return Err(Error::invalid(format!(
+                "count: {count} matrices need a workspace larger than can exist"
+            )));
+        }
         bytes.write(req.unaligned_bytes_required());
         Ok(())
     })

@@ -402,8 +402,10 @@ static void case_workspaces(void) {
         expect_error(st, COREFLOW_ERR_WORKSPACE, "ws_bytes", __LINE__);
         free(ws);
     }
-    /* Zero matrices need no workspace. */
+    /* Zero matrices need no workspace, whatever their strides (NumPy gives
+     * empty arrays strides of 0). */
     coreflow_matrices_mut none = mut_view_of(y, 0);
+    none.sample_stride = none.row_stride = none.col_stride = 0;
     coreflow_matrices nothing = view_of(x, 0);
     size_t bytes = 1;
     CHECK(coreflow_workspace_size(m, COREFLOW_OP_SAMPLE, 0, NULL, &bytes) == COREFLOW_OK &&
@@ -413,6 +415,9 @@ static void case_workspaces(void) {
     CHECK(st == COREFLOW_OK, "sample of 0 matrices: %s", coreflow_last_error_message());
     st = coreflow_log_prob(m, NULL, &nothing, NULL, NULL, NULL, 0);
     CHECK(st == COREFLOW_OK, "log_prob of 0 matrices: %s", coreflow_last_error_message());
+    /* A count whose workspace cannot exist is refused, not wrapped. */
+    EXPECT_ERROR(coreflow_workspace_size(m, COREFLOW_OP_SAMPLE, SIZE_MAX / 2, NULL, &bytes),
+                 COREFLOW_ERR_INVALID_ARGUMENT, "count");
     coreflow_model_free(m);
 }
 
