@@ -571,9 +571,28 @@ impl Model {
         })?
     }
 
-    /// Writes the model file to `path` (`ErrorKind::Io` on failure).
+    /// Writes the model file to `path` (`ErrorKind::Io` on failure). The
+    /// file is written beside `path` under a temporary name and renamed over
+    /// it once complete, so a failed save leaves `path` as it was.
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        persist::save(self, path.as_ref())
+        let path = path.as_ref();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        persist::save(self, &tmp)
+            .and_then(|()| {
+                std::fs::rename(&tmp, path).map_err(|e| {
+                    Error::new(
+                        crate::error::ErrorKind::Io,
+                        format!("path: cannot write {}: {e}", path.display()),
+                    )
+                })
+            })
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
     }
 
     /// Reads a model file from `path`.
