@@ -727,7 +727,7 @@ impl Model {
         }
         check_workspace(self.decode_scratch(out.count()), stack)?;
         for j in 0..out.count() {
-            self.check_decodable(&cores[j * d..(j + 1) * d], "cores", j)?;
+            self.check_decodable(cores[j * d..(j + 1) * d].iter().copied(), "cores: core", j)?;
         }
         let (r, s) = (self.info.rank_rows, self.info.rank_cols);
         let (mut t, _) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
@@ -738,17 +738,25 @@ impl Model {
         Ok(())
     }
 
-    /// Fails unless `U c V^T + Xbar` is finite for the core `c` (column-major,
-    /// finite). With orthonormal U and V every entry of `U c V^T` is at most
-    /// `sum |c_ab|` in magnitude (to the basis tolerance of the loader), so
-    /// a bound well below `f64::MAX` proves the decoded matrix finite
-    /// before anything is written.
-    fn check_decodable(&self, c: &[f64], what: &str, j: usize) -> Result<()> {
-        let l1: f64 = c.iter().map(|x| x.abs()).sum();
+    /// Fails unless `U c V^T + Xbar` is finite for the core `c` (its values
+    /// in any order). With orthonormal U and V every entry of `U c V^T` is
+    /// at most `sum |c_ab|` in magnitude (to the basis tolerance of the
+    /// loader), so a bound well below `f64::MAX` proves the decoded matrix
+    /// finite before anything is written. `what` and `j` name the core.
+    fn check_decodable(&self, c: impl Iterator<Item = f64>, what: &str, j: usize) -> Result<()> {
+        let mut l1 = 0.0;
+        for x in c {
+            if !x.is_finite() {
+                return Err(Error::numerical(format!(
+                    "{what} {j} has the non-finite core value {x}; nothing was written"
+                )));
+            }
+            l1 += x.abs();
+        }
         let bounded = l1 + self.mean_abs_max <= DECODE_BOUND;
         if !bounded {
             return Err(Error::numerical(format!(
-                "{what}: core {j} is too large to decode into finite values (sum of magnitudes {l1:e})"
+                "{what} {j} is too large to decode into finite values (sum of core magnitudes {l1:e}); nothing was written"
             )));
         }
         Ok(())
@@ -887,19 +895,7 @@ impl Model {
         }
         for j in 0..count {
             let row = cores.rb().row(j);
-            if let Some(k) = (0..d).find(|&k| !row[k].is_finite()) {
-                return Err(Error::numerical(format!(
-                    "out: sample {j} has the non-finite core value {} at {k} (the flow diverged); nothing was written",
-                    row[k]
-                )));
-            }
-            let l1: f64 = (0..d).map(|k| row[k].abs()).sum();
-            let bounded = l1 + self.mean_abs_max <= DECODE_BOUND;
-            if !bounded {
-                return Err(Error::numerical(format!(
-                    "out: sample {j} is too large to decode into finite values; nothing was written"
-                )));
-            }
+            self.check_decodable((0..d).map(|k| row[k]), "out: sample", j)?;
         }
         for j in 0..count {
             let c = core_row_mut(cores.rb_mut(), j, r, s);
