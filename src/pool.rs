@@ -5,11 +5,14 @@
 //! lives until the process ends. A process that forks after such a call
 //! gets a child whose copy of that pool has no threads: the child's next
 //! parallel call waits forever. So nothing here uses the global pool: a
-//! call that may run in parallel builds its own pool of `threads` workers
-//! with [`on_pool`], runs its work on it (faer's `Par::rayon(0)`, also the
-//! one its convenience functions pick, then means "this pool"), and joins
-//! every worker before it returns. After the call no thread of the library
-//! is alive.
+//! call with `threads > 1` builds its own pool of that many workers with
+//! [`on_pool`], runs its work on it (faer's `Par::rayon(n)` then means
+//! "this pool"), and joins every worker before it returns; with one thread
+//! the work runs on the calling thread with `Par::Seq`. After the call no
+//! thread of the library is alive. (faer's convenience functions, such as
+//! `partial_piv_lu` or the `*` operator, pick a process-wide parallelism
+//! that starts the global pool even for tiny matrices; the library calls
+//! the explicit forms with the call's `Par` instead.)
 //!
 //! The host's callbacks (progress, allreduce) are promised to run on the
 //! thread that called; the work runs on a worker, so it hands each callback
@@ -23,14 +26,18 @@ use std::sync::mpsc;
 /// A job the calling thread runs for the worker; the worker waits for it.
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// Hands closures from the work back to the thread that called [`on_pool`].
+/// Hands closures from the work back to the thread that called [`on_pool`]
+/// (`None`: the work runs on that thread itself).
 pub(crate) struct Caller {
-    jobs: mpsc::Sender<Job>,
+    jobs: Option<mpsc::Sender<Job>>,
 }
 
 impl Caller {
     /// Runs `f` on the calling thread and returns its result.
     pub(crate) fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let Some(jobs) = &self.jobs else {
+            return f();
+        };
         let (reply, answer) = mpsc::sync_channel::<T>(1);
         let job: Box<dyn FnOnce() + Send + '_> = Box::new(move || {
             // The worker waits below, so the receiver is alive.
@@ -41,7 +48,7 @@ impl Caller {
         // unrun, when the calling thread stopped serving, which closes the
         // reply channel), so the borrow never outlives the frame.
         let job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
-        if self.jobs.send(job).is_err() {
+        if jobs.send(job).is_err() {
             panic!("the calling thread stopped serving callbacks");
         }
         answer
@@ -61,14 +68,18 @@ unsafe impl<T> Sync for OnCaller<T> {}
 
 /// Runs `work` on a pool of `resolve_threads(threads)` workers created for
 /// this call, with faer's parallelism for that many threads, and serves the
-/// work's [`Caller`] requests on the calling thread meanwhile. Every worker
-/// has exited when it returns. A pool that cannot be created (the system
-/// refuses threads) is `ErrorKind::OutOfMemory`.
+/// work's [`Caller`] requests on the calling thread meanwhile; one thread
+/// means the calling thread itself and `Par::Seq`. Every worker has exited
+/// when it returns. A pool that cannot be created (the system refuses
+/// threads) is `ErrorKind::OutOfMemory`.
 pub(crate) fn on_pool<R: Send>(
     threads: usize,
     work: impl FnOnce(Par, &Caller) -> R + Send,
 ) -> Result<R> {
     let n = resolve_threads(threads);
+    if n == 1 {
+        return Ok(work(Par::Seq, &Caller { jobs: None }));
+    }
     let mut handles = Vec::with_capacity(n);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
@@ -96,12 +107,12 @@ pub(crate) fn on_pool<R: Send>(
             return Err(e);
         }
     };
-    let par = if n == 1 { Par::Seq } else { Par::rayon(n) };
+    let par = Par::rayon(n);
     let (jobs, requests) = mpsc::channel::<Job>();
     let mut result = None;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         pool.in_place_scope(|scope| {
-            let caller = Caller { jobs };
+            let caller = Caller { jobs: Some(jobs) };
             let result = &mut result;
             scope.spawn(move |_| {
                 *result = Some(work(par, &caller));
@@ -150,12 +161,14 @@ mod tests {
     }
 
     #[test]
-    fn one_thread_is_sequential() {
-        let r = on_pool(1, |par, _| {
+    fn one_thread_is_the_calling_thread() {
+        let me = std::thread::current().id();
+        let r = on_pool(1, |par, caller| {
             assert!(matches!(par, Par::Seq));
-            rayon::current_num_threads()
+            assert_eq!(std::thread::current().id(), me);
+            caller.run(|| std::thread::current().id())
         })
         .unwrap();
-        assert_eq!(r, 1);
+        assert_eq!(r, me);
     }
 }

@@ -273,6 +273,29 @@ pub struct Model {
     info: ModelInfo,
 }
 
+/// `U^T Xbar V` (sequential: loading starts no thread).
+fn mean_core_of(u: &Mat<f64>, mean: &Mat<f64>, v: &Mat<f64>) -> Mat<f64> {
+    let mut t = Mat::<f64>::zeros(mean.nrows(), v.ncols());
+    numerics::gemm(
+        t.as_mut(),
+        Accum::Replace,
+        mean.as_ref(),
+        v.as_ref(),
+        1.0,
+        Par::Seq,
+    );
+    let mut c = Mat::<f64>::zeros(u.ncols(), v.ncols());
+    numerics::gemm(
+        c.as_mut(),
+        Accum::Replace,
+        u.transpose(),
+        t.as_ref(),
+        1.0,
+        Par::Seq,
+    );
+    c
+}
+
 fn mean_abs_max(mean: Option<&Mat<f64>>) -> f64 {
     mean.map_or(0.0, |m| m.as_ref().norm_max())
 }
@@ -476,7 +499,7 @@ impl Model {
         let (r, s) = (u.ncols(), v.ncols());
         let core_mat = MatRef::from_row_major_slice(&cores, train.count(), r * s);
         let prior = CorePrior::from_cores(core_mat, residual_ss, observed, m * n, reducer, par)?;
-        let mean_core = mean.as_ref().map(|x| u.transpose() * x * &v);
+        let mean_core = mean.as_ref().map(|x| mean_core_of(&u, x, &v));
         info.rows = m;
         info.cols = n;
         info.rank_rows = r;
@@ -526,7 +549,7 @@ impl Model {
         core: Option<CoreModel>,
         info: ModelInfo,
     ) -> Model {
-        let mean_core = mean.as_ref().map(|x| u.transpose() * x * &v);
+        let mean_core = mean.as_ref().map(|x| mean_core_of(&u, x, &v));
         Model {
             mean_abs_max: mean_abs_max(mean.as_ref()),
             u,
@@ -562,13 +585,10 @@ impl Model {
     /// `model/validate.rs`), give `ErrorKind::Format`, a newer format
     /// `ErrorKind::Version`.
     pub fn from_bytes(data: &[u8]) -> Result<Model> {
-        // One worker: the set-up's factorisations must not start the
-        // process-wide pool (see `crate::pool`).
-        crate::pool::on_pool(1, |_, _| {
-            let model = persist::from_bytes(data)?;
-            validate::validate(&model)?;
-            Ok(model)
-        })?
+        // Sequential, on the calling thread (see `crate::pool`).
+        let model = persist::from_bytes(data)?;
+        validate::validate(&model)?;
+        Ok(model)
     }
 
     /// Writes the model file to `path` (`ErrorKind::Io` on failure). The
@@ -597,12 +617,9 @@ impl Model {
 
     /// Reads a model file from `path`.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Model> {
-        let path = path.as_ref();
-        crate::pool::on_pool(1, |_, _| {
-            let model = persist::load(path)?;
-            validate::validate(&model)?;
-            Ok(model)
-        })?
+        let model = persist::load(path.as_ref())?;
+        validate::validate(&model)?;
+        Ok(model)
     }
 
     /// The model summary.

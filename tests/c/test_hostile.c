@@ -18,6 +18,7 @@
 #define TEST_RNG_SEED 0x2545F4914F6CDD1Dull
 #include "check.h"
 
+#include <dirent.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -423,6 +424,18 @@ static void case_workspaces(void) {
 
 /* ---- harness ------------------------------------------------------------ */
 
+/* Threads of this process (Linux: /proc/self/task), or -1 when unknown. */
+static int thread_count(void) {
+    DIR *d = opendir("/proc/self/task");
+    if (d == NULL) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
 static int cases_failed = 0;
 
 /* Runs `body` in a child with `seconds` to finish; a signal (SIGALRM for a
@@ -490,6 +503,11 @@ int main(void) {
     coreflow_model_to_bytes(model, model_image, model_image_len, &model_image_len);
     coreflow_model_free(model);
     coreflow_model_free(load_model());
+    /* No thread of the library outlives a fit or a load. */
+    int threads_left = thread_count();
+    CHECK(threads_left == 1 || threads_left == -1, "%d threads alive after fit and load",
+          threads_left);
+    if (failures) cases_failed++;
 
     run_case("1 overflowing views", case_overflowing_views, 60);
     run_case("2 absurd options", case_absurd_options, 120);
