@@ -18,6 +18,54 @@
 #define COREFLOW_ABI_VERSION 1
 
 /**
+ * Most worker threads a call starts: `threads` (and `0` = all cores) is
+ * clamped to this.
+ */
+#define COREFLOW_MAX_THREADS 256
+
+/**
+ * Largest `subspace_max_iter` and `completion_max_iter`.
+ */
+#define COREFLOW_MAX_ITERATIONS 1000000
+
+/**
+ * Largest `flow_steps`.
+ */
+#define COREFLOW_MAX_FLOW_STEPS 100000000
+
+/**
+ * Largest `flow_hidden`.
+ */
+#define COREFLOW_MAX_FLOW_HIDDEN 16384
+
+/**
+ * Largest `flow_layers`.
+ */
+#define COREFLOW_MAX_FLOW_LAYERS 64
+
+/**
+ * Largest `flow_time_freqs`.
+ */
+#define COREFLOW_MAX_FLOW_TIME_FREQS 4096
+
+/**
+ * Largest `batch_size`.
+ */
+#define COREFLOW_MAX_BATCH_SIZE (1 << 20)
+
+/**
+ * Most weights of the velocity network,
+ * `(k + 2 flow_time_freqs) flow_hidden + (flow_layers - 1) flow_hidden^2 + flow_hidden k`
+ * with k the flow block; a larger network is refused before fitting.
+ */
+#define COREFLOW_MAX_FLOW_PARAMETERS (1 << 27)
+
+/**
+ * Largest `coreflow_sample_options.steps`.
+ */
+#define COREFLOW_MAX_SOLVER_STEPS 1000000
+
+/**
  * A fitted model (opaque). Immutable after fitting: any number of threads
  * may use one model at the same time, each with its own workspace.
  */
@@ -115,7 +163,8 @@ typedef struct coreflow_fit_options {
      */
     coreflow_subspace_method subspace_method;
     /**
-     * Iteration limit of the subspace refinement; default 100.
+     * Iteration limit of the subspace refinement; default 100, at most
+     * `COREFLOW_MAX_ITERATIONS`.
      */
     uint32_t subspace_max_iter;
     /**
@@ -123,7 +172,8 @@ typedef struct coreflow_fit_options {
      */
     double subspace_tol;
     /**
-     * Iteration limit of the completion of missing entries; default 100.
+     * Iteration limit of the completion of missing entries; default 100, at
+     * most `COREFLOW_MAX_ITERATIONS`.
      */
     uint32_t completion_max_iter;
     /**
@@ -135,15 +185,18 @@ typedef struct coreflow_fit_options {
      */
     double ridge;
     /**
-     * Width of the hidden layers of the velocity network; default 256.
+     * Width of the hidden layers of the velocity network; default 256, at
+     * most `COREFLOW_MAX_FLOW_HIDDEN` (and the network at most
+     * `COREFLOW_MAX_FLOW_PARAMETERS` weights).
      */
     uint32_t flow_hidden;
     /**
-     * Number of hidden layers; default 3.
+     * Number of hidden layers; default 3, at most `COREFLOW_MAX_FLOW_LAYERS`.
      */
     uint32_t flow_layers;
     /**
-     * Number of sinusoidal time frequencies; default 16.
+     * Number of sinusoidal time frequencies; default 16, at most
+     * `COREFLOW_MAX_FLOW_TIME_FREQS`.
      */
     uint32_t flow_time_freqs;
     /**
@@ -155,12 +208,14 @@ typedef struct coreflow_fit_options {
      */
     uint32_t flow_max_dim;
     /**
-     * Optimiser steps of the flow; default 4000. 0 with core_model AUTO or
+     * Optimiser steps of the flow; default 4000, at most
+     * `COREFLOW_MAX_FLOW_STEPS`. 0 with core_model AUTO or
      * FLOW fits the geometry only (no sampling or scoring).
      */
     uint32_t flow_steps;
     /**
-     * Minibatch size of flow training; default 128.
+     * Minibatch size of flow training; default 128, at most
+     * `COREFLOW_MAX_BATCH_SIZE`.
      */
     uint32_t batch_size;
     /**
@@ -184,7 +239,10 @@ typedef struct coreflow_fit_options {
      */
     uint64_t seed;
     /**
-     * Worker threads for fitting; 0 = all cores (the default).
+     * Worker threads for fitting; 0 = all cores (the default); clamped to
+     * `COREFLOW_MAX_THREADS`. They form a pool created for the call and
+     * joined before it returns: no thread is left running after a fit (a
+     * process may fork afterwards).
      */
     uint32_t threads;
     /**
@@ -245,7 +303,8 @@ typedef struct coreflow_sample_options {
      */
     coreflow_solver solver;
     /**
-     * Fixed steps of EULER, HEUN and RK4; default 16.
+     * Fixed steps of EULER, HEUN and RK4; default 16, at most
+     * `COREFLOW_MAX_SOLVER_STEPS`.
      */
     uint32_t steps;
     /**
@@ -709,6 +768,12 @@ typedef struct coreflow_metrics_result {
 #define COREFLOW_ERR_COMMUNICATION 12
 
 /**
+ * Memory for the request could not be obtained: the data, the options or
+ * a loaded model ask for more than the machine has. Nothing was written.
+ */
+#define COREFLOW_ERR_OUT_OF_MEMORY 13
+
+/**
  * A bug in the library (a caught panic or a broken invariant).
  */
 #define COREFLOW_ERR_INTERNAL 99
@@ -761,10 +826,15 @@ void coreflow_sample_options_init(struct coreflow_sample_options *o);
 /**
  * Fits a model to `train` and stores a new handle in `*out`.
  *
- * Returns `COREFLOW_OK`, or an error status with `*out` untouched.
+ * Returns `COREFLOW_OK`, or an error status with `*out` untouched:
+ * `COREFLOW_ERR_INVALID_ARGUMENT` for an option beyond its cap
+ * (`COREFLOW_MAX_*`) or a view larger than memory,
+ * `COREFLOW_ERR_OUT_OF_MEMORY` when the fit needs more memory than can be
+ * allocated (checked before the fit starts).
  * Ownership: the caller owns `*out` and releases it with
  * `coreflow_model_free`; `train` is only read during the call.
- * Allocates (once, before its loops). Uses up to `opts->threads` threads.
+ * Allocates (once, before its loops). Uses up to `opts->threads` threads,
+ * on a pool created for the call and joined before it returns.
  * Thread-safe (calls on different threads are independent).
  */
 coreflow_status coreflow_fit(const struct coreflow_matrices *train, const struct coreflow_fit_options *opts, struct coreflow_model **out);
@@ -809,8 +879,10 @@ coreflow_status coreflow_workspace_size(const struct coreflow_model *m, coreflow
  * `cores`: `input->count` blocks of `rank_rows * rank_cols` values, each the
  * column-major core. `ws` is a workspace of `ws_bytes` bytes
  * (`coreflow_workspace_size` with `COREFLOW_OP_ENCODE`).
- * Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
- * buffers. Never allocates; runs on the calling thread only. Thread-safe.
+ * Returns `COREFLOW_OK`, or an error status with `cores` untouched
+ * (`COREFLOW_ERR_NUMERICAL` when a core would not be finite).
+ * Ownership: the caller owns all buffers. Never allocates; runs on the
+ * calling thread only. Thread-safe.
  */
 coreflow_status coreflow_encode(const struct coreflow_model *m, const struct coreflow_matrices *input, double *cores, void *ws, size_t ws_bytes);
 
@@ -818,8 +890,10 @@ coreflow_status coreflow_encode(const struct coreflow_model *m, const struct cor
  * Writes `X_j = U C_j V^T + Xbar` into the matrices of `out` from `cores`
  * (`out->count` column-major cores of `rank_rows * rank_cols` values).
  * `ws` is a workspace of `ws_bytes` bytes (`COREFLOW_OP_DECODE`).
- * Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
- * buffers. Never allocates; runs on the calling thread only. Thread-safe.
+ * Returns `COREFLOW_OK`, or an error status with `out` untouched
+ * (`COREFLOW_ERR_NUMERICAL` for a core too large to decode into finite
+ * values). Ownership: the caller owns all buffers. Never allocates; runs on
+ * the calling thread only. Thread-safe.
  */
 coreflow_status coreflow_decode(const struct coreflow_model *m, const double *cores, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
 
@@ -829,7 +903,9 @@ coreflow_status coreflow_decode(const struct coreflow_model *m, const double *co
  * `partial->mask` is NULL) replaced by the model's MAP completion; observed
  * entries are copied bitwise. `out` must not overlap `partial`. `ws` is a
  * workspace of `ws_bytes` bytes (`COREFLOW_OP_COMPLETE`).
- * Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
+ * Returns `COREFLOW_OK`, or an error status with `out` untouched (every
+ * matrix is completed and checked before the first is written).
+ * Ownership: the caller owns all
  * buffers. Never allocates; runs on the calling thread only. Thread-safe.
  */
 coreflow_status coreflow_complete(const struct coreflow_model *m, const struct coreflow_matrices *partial, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
@@ -845,9 +921,10 @@ coreflow_status coreflow_model_save(const struct coreflow_model *m, const char *
  * Reads a model from the file `path` and stores a new handle in `*out`.
  * Returns `COREFLOW_OK`, or an error status with `*out` untouched:
  * `COREFLOW_ERR_IO` (unreadable file), `COREFLOW_ERR_FORMAT` (corrupt or
- * truncated), `COREFLOW_ERR_VERSION` (newer format).
+ * truncated, or a model the maths cannot use: bases that are not
+ * orthonormal, unbounded parameters), `COREFLOW_ERR_VERSION` (newer format).
  * Ownership: the caller owns `*out` (release with `coreflow_model_free`).
- * Allocates. Thread-safe.
+ * Allocates; starts no thread. Thread-safe.
  */
 coreflow_status coreflow_model_load(const char *path, struct coreflow_model **out);
 
@@ -864,8 +941,9 @@ coreflow_status coreflow_model_to_bytes(const struct coreflow_model *m, uint8_t 
 /**
  * Reads a model from `len` bytes at `buf` and stores a new handle in
  * `*out`. Returns `COREFLOW_OK`, or an error status with `*out` untouched
- * (`COREFLOW_ERR_FORMAT`, `COREFLOW_ERR_VERSION`). Never reads outside
- * `buf[0..len]`. Ownership: the caller owns `buf` and `*out`. Allocates.
+ * (`COREFLOW_ERR_FORMAT`, also for a model the maths cannot use;
+ * `COREFLOW_ERR_VERSION`). Never reads outside `buf[0..len]`. Ownership:
+ * the caller owns `buf` and `*out`. Allocates; starts no thread.
  * Thread-safe.
  */
 coreflow_status coreflow_model_from_bytes(const uint8_t *buf, size_t len, struct coreflow_model **out);
@@ -876,9 +954,12 @@ coreflow_status coreflow_model_from_bytes(const uint8_t *buf, size_t len, struct
  * spread over threads, gives bitwise the same matrices. `o` selects the ODE
  * solver (NULL = RK4 with 16 steps). `ws` is a workspace of `ws_bytes` bytes
  * (`COREFLOW_OP_SAMPLE`). A model fitted with `flow_steps = 0` gives
- * `COREFLOW_ERR_UNSUPPORTED`; a non-finite sample `COREFLOW_ERR_NUMERICAL`.
- * Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
- * buffers. Never allocates; runs on the calling thread only. Thread-safe.
+ * `COREFLOW_ERR_UNSUPPORTED`; a sample that would not be finite
+ * `COREFLOW_ERR_NUMERICAL` (every sample is checked before `out` is
+ * written, so a failed call leaves `out` untouched). `out->count = 0` needs
+ * no workspace. Returns `COREFLOW_OK` or an error status. Ownership: the
+ * caller owns all buffers. Never allocates; runs on the calling thread
+ * only. Thread-safe.
  */
 coreflow_status coreflow_sample(const struct coreflow_model *m, const struct coreflow_sample_options *o, uint64_t seed, uint64_t first_index, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
 
@@ -887,9 +968,12 @@ coreflow_status coreflow_sample(const struct coreflow_model *m, const struct cor
  * `input` under the model (a density over matrices in the learned
  * geometry), and into `residual[j]` (when `residual` is not NULL) its
  * distance from that geometry, `||Y - U U^T Y V V^T|| / ||Y||` with
- * `Y = X - Xbar`. `o` selects the solver (NULL = RK4, 16 steps, exact
+ * `Y = X - Xbar` (computed with scaled sums of squares: finite inputs give
+ * finite residuals). `o` selects the solver (NULL = RK4, 16 steps, exact
  * divergence). `ws` is a workspace of `ws_bytes` bytes
- * (`COREFLOW_OP_LOG_PROB`). Returns `COREFLOW_OK` or an error status.
+ * (`COREFLOW_OP_LOG_PROB`). Returns `COREFLOW_OK` with every value finite,
+ * or an error status (`COREFLOW_ERR_NUMERICAL` when some value would not
+ * be finite) with `log_prob` and `residual` untouched.
  * Ownership: the caller owns all buffers. Never allocates; runs on the
  * calling thread only. Thread-safe.
  */

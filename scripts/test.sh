@@ -65,6 +65,16 @@ fi
 echo "== Rust tests"
 cargo test --workspace --release
 
+echo "== fuzz targets, short runs (need a nightly toolchain and cargo-fuzz)"
+# The same probes run in process with the Rust tests (tests/hostile.rs).
+if cargo +nightly fuzz --version >/dev/null 2>&1; then
+  for target in model_from_bytes views_and_options; do
+    cargo +nightly fuzz run "$target" -- -runs=20000 -max_total_time=60
+  done
+else
+  echo "cargo-fuzz not installed: skipped"
+fi
+
 echo "== C and C++ tests, examples, install checks (CMake + ctest)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j 2

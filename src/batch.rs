@@ -6,6 +6,12 @@
 //! and Julia/Fortran column-major `(m, n, N)` arrays are both batches without a
 //! copy. Constructors check once that every element lies inside the slice, so
 //! the accessors need no further bounds checks.
+//!
+//! Sizes come from hosts and may be anything: `count * rows * cols` and the
+//! offset span `sum_k |stride_k| (n_k - 1)` are computed exactly (in `i128`)
+//! and a batch exists only for a [`CheckedLayout`], whose element count and
+//! byte span fit in `isize` (the bound Rust and C put on one object), so no
+//! product wraps around to a small number later.
 
 use crate::error::{Error, Result};
 use faer::{MatMut, MatRef};
@@ -28,14 +34,15 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// NumPy C-order `(count, rows, cols)`.
+    /// NumPy C-order `(count, rows, cols)`. Strides that do not fit in
+    /// `isize` saturate (and the layout is then refused by [`CheckedLayout`]).
     pub fn c_order(count: usize, rows: usize, cols: usize) -> Self {
         Self {
             count,
             rows,
             cols,
-            sample_stride: (rows * cols) as isize,
-            row_stride: cols as isize,
+            sample_stride: saturating_isize(rows.saturating_mul(cols)),
+            row_stride: saturating_isize(cols),
             col_stride: 1,
         }
     }
@@ -45,18 +52,24 @@ impl Layout {
             count,
             rows,
             cols,
-            sample_stride: (rows * cols) as isize,
+            sample_stride: saturating_isize(rows.saturating_mul(cols)),
             row_stride: 1,
-            col_stride: rows as isize,
+            col_stride: saturating_isize(rows),
         }
     }
-    /// Total number of elements (`count * rows * cols`).
-    pub fn len(&self) -> usize {
-        self.count * self.rows * self.cols
+    /// Total number of elements `count * rows * cols`, or `None` when the
+    /// product overflows `usize`.
+    pub fn checked_len(&self) -> Option<usize> {
+        self.count.checked_mul(self.rows)?.checked_mul(self.cols)
     }
-    /// True when the batch holds no element.
+    /// Total number of elements (`count * rows * cols`), saturating at
+    /// `usize::MAX` (a layout that large is never a valid batch).
+    pub fn len(&self) -> usize {
+        self.checked_len().unwrap_or(usize::MAX)
+    }
+    /// True when the batch holds no element (some size is 0).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.count == 0 || self.rows == 0 || self.cols == 0
     }
 
     fn axes(&self) -> [(usize, isize); 3] {
@@ -92,6 +105,10 @@ impl Layout {
     /// Never allocates: the C ABI runs it on every output view, inside
     /// calls that promise not to allocate.
     pub fn is_non_aliasing(&self) -> bool {
+        // No element, nothing to alias (NumPy gives empty arrays any strides).
+        if self.is_empty() {
+            return true;
+        }
         let mut axes = self.axes().map(|(n, s)| (n, (s as i128).abs()));
         axes.sort_unstable_by_key(|&(_, s)| s);
         let mut span = 0i128;
@@ -105,32 +122,97 @@ impl Layout {
         true
     }
 
-    /// Checks `rows, cols > 0` and that every element lies inside a slice of
-    /// `len` elements when element (0, 0, 0) is at `base`. `what` names the
-    /// argument in the error message.
+    /// Checks the sizes (see [`CheckedLayout::new`]) and that every element
+    /// lies inside a slice of `len` elements when element (0, 0, 0) is at
+    /// `base`. `what` names the argument in the error message.
     pub fn check_within(&self, base: usize, len: usize, what: &str) -> Result<()> {
-        if self.rows == 0 || self.cols == 0 {
-            return Err(Error::shape(format!(
-                "{what}: matrices must have at least one row and one column (got {} x {})",
-                self.rows, self.cols
-            )));
-        }
-        if let Some((lo, hi)) = self.offset_range() {
-            let b = base as i128;
-            if b + lo < 0 || b + hi >= len as i128 {
-                return Err(Error::shape(format!(
-                    "{what}: strides ({}, {}, {}) with {} x {} x {} elements reach outside the {} elements of the buffer",
-                    self.sample_stride, self.row_stride, self.col_stride,
-                    self.count, self.rows, self.cols, len
-                )));
-            }
-        }
-        Ok(())
+        CheckedLayout::new(*self, what)?.check_within(base, len, what)
     }
 
     #[inline]
     fn offset(&self, base: usize, i: usize) -> usize {
         (base as isize + i as isize * self.sample_stride) as usize
+    }
+}
+
+fn saturating_isize(x: usize) -> isize {
+    isize::try_from(x).unwrap_or(isize::MAX)
+}
+
+/// The largest number of `f64` elements one batch may address: the byte
+/// size of one object must fit in `isize`.
+const MAX_ELEMENTS: i128 = (isize::MAX / 8) as i128;
+
+/// A [`Layout`] whose sizes are known to be addressable: `rows, cols > 0`,
+/// `count * rows * cols` elements and the offset span of every stride fit
+/// in one object (`isize::MAX` bytes). Only [`CheckedLayout::new`] builds
+/// one, so code holding it may multiply its sizes without overflow.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CheckedLayout {
+    layout: Layout,
+    len: usize,
+}
+
+impl CheckedLayout {
+    /// Checks `layout`; `what` names the argument in the error message
+    /// (`ErrorKind::Shape` for an empty matrix, `ErrorKind::InvalidArgument`
+    /// for sizes or strides beyond what memory can hold).
+    pub fn new(layout: Layout, what: &str) -> Result<Self> {
+        let Layout {
+            count, rows, cols, ..
+        } = layout;
+        if rows == 0 || cols == 0 {
+            return Err(Error::shape(format!(
+                "{what}: matrices must have at least one row and one column (got {rows} x {cols})"
+            )));
+        }
+        let len = count as i128 * rows as i128 * cols as i128;
+        if len > MAX_ELEMENTS {
+            return Err(Error::invalid(format!(
+                "{what}: count * rows * cols = {count} * {rows} * {cols} doubles exceed the largest possible buffer ({MAX_ELEMENTS} doubles)"
+            )));
+        }
+        if let Some((lo, hi)) = layout.offset_range() {
+            if hi - lo >= MAX_ELEMENTS {
+                return Err(Error::invalid(format!(
+                    "{what}: strides ({}, {}, {}) with {count} x {rows} x {cols} elements span more memory than can exist",
+                    layout.sample_stride, layout.row_stride, layout.col_stride
+                )));
+            }
+        }
+        Ok(Self {
+            layout,
+            len: len as usize,
+        })
+    }
+    /// The layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+    /// Number of elements `count * rows * cols` (exact).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when the batch holds no matrix.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Checks that every element lies inside a slice of `len` elements when
+    /// element (0, 0, 0) is at `base`.
+    pub fn check_within(&self, base: usize, len: usize, what: &str) -> Result<()> {
+        let l = &self.layout;
+        if let Some((lo, hi)) = l.offset_range() {
+            let b = base as i128;
+            if b + lo < 0 || b + hi >= len as i128 {
+                return Err(Error::shape(format!(
+                    "{what}: strides ({}, {}, {}) with {} x {} x {} elements reach outside the {} elements of the buffer",
+                    l.sample_stride, l.row_stride, l.col_stride,
+                    l.count, l.rows, l.cols, len
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -472,6 +554,31 @@ mod tests {
         };
         assert!(MatrixBatch::new(&data, 0, l).is_err());
         assert!(MatrixBatch::new(&data, 4, l).is_ok());
+    }
+
+    #[test]
+    fn overflowing_sizes_are_refused() {
+        // count * rows * cols wraps to 0 in usize: never an empty view.
+        let wraps = Layout::c_order(1 << 32, 1 << 32, 1);
+        assert_eq!(wraps.count.wrapping_mul(wraps.rows), 0);
+        assert!(!wraps.is_empty() && wraps.checked_len().is_none());
+        let err = CheckedLayout::new(wraps, "train").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+        assert!(err.message().starts_with("train:"), "{}", err.message());
+        let huge = Layout::c_order(1 << 60, 8, 6);
+        let err = MatrixBatch::new(&[], 0, huge).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+        // Strides alone can span more than memory.
+        let wide = Layout {
+            sample_stride: isize::MAX / 2,
+            ..Layout::c_order(3, 2, 2)
+        };
+        assert!(CheckedLayout::new(wide, "x").is_err());
+        let ok = CheckedLayout::new(Layout::c_order(3, 2, 2), "x").unwrap();
+        assert_eq!(ok.len(), 12);
+        assert!(CheckedLayout::new(Layout::c_order(0, 2, 2), "x")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum ErrorKind {
     Communication,
     /// A bug: a broken internal invariant or a caught panic.
     Internal,
+    /// Memory for the request could not be obtained (the sizes or options
+    /// ask for more than the machine has).
+    OutOfMemory,
 }
 
 impl ErrorKind {
@@ -55,6 +58,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported operation",
             ErrorKind::Communication => "communication failure",
             ErrorKind::Internal => "internal error",
+            ErrorKind::OutOfMemory => "out of memory",
         }
     }
 }
@@ -110,6 +114,9 @@ impl Error {
             ErrorKind::Cancelled,
             format!("progress callback cancelled the fit during the {stage} stage"),
         )
+    }
+    pub(crate) fn out_of_memory(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::OutOfMemory, message)
     }
     pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)

@@ -26,6 +26,8 @@ pub mod ffi;
 /// cbindgen:ignore
 pub mod flow;
 /// cbindgen:ignore
+pub mod limits;
+/// cbindgen:ignore
 pub mod metrics;
 /// cbindgen:ignore
 pub mod model;
@@ -34,11 +36,13 @@ pub mod numerics;
 /// cbindgen:ignore
 pub mod pca;
 /// cbindgen:ignore
+pub(crate) mod pool;
+/// cbindgen:ignore
 pub mod reduce;
 /// cbindgen:ignore
 pub mod subspace;
 
-pub use batch::{Layout, MaskRef, MatrixBatch, MatrixBatchMut};
+pub use batch::{CheckedLayout, Layout, MaskRef, MatrixBatch, MatrixBatchMut};
 pub use datasets::{Dataset, DatasetSpec, MatrixSet};
 pub use error::{Error, ErrorKind, Result};
 pub use metrics::{EvalOptions, Metrics};

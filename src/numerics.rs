@@ -19,13 +19,15 @@ pub use faer::Par;
 /// Alignment of every temporary carved from a workspace (one cache line).
 pub(crate) const ALIGN: usize = 64;
 
-/// The number of worker threads that `threads` stands for (0 = all cores).
+/// The number of worker threads that `threads` stands for (0 = all cores),
+/// clamped to [`crate::limits::MAX_THREADS`].
 pub fn resolve_threads(threads: usize) -> usize {
-    if threads == 0 {
+    let n = if threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         threads
-    }
+    };
+    n.min(crate::limits::MAX_THREADS)
 }
 
 /// faer's parallelism setting for `threads` workers (0 = all cores).
@@ -36,9 +38,50 @@ pub fn par_for_threads(threads: usize) -> Par {
     }
 }
 
+/// Partial-pivoting LU of the square `a` with the given parallelism (faer's
+/// convenience `partial_piv_lu` picks the process-wide default, which
+/// starts rayon's global pool): `(log |det a|, a^-1)`, or `None` when a
+/// pivot is zero or not finite. Allocates.
+pub fn lu_log_det_inverse(a: MatRef<'_, f64>, par: Par) -> Option<(f64, faer::Mat<f64>)> {
+    use faer::linalg::lu::partial_pivoting::{factor, inverse};
+    let n = a.nrows();
+    let mut lu = a.to_owned();
+    let (mut fwd, mut bwd) = (vec![0usize; n], vec![0usize; n]);
+    let mut mem = MemBuffer::new(
+        factor::lu_in_place_scratch::<usize, f64>(n, n, par, Default::default())
+            .or(inverse::inverse_scratch::<usize, f64>(n, par)),
+    );
+    let stack = MemStack::new(&mut mem);
+    let (_, perm) = factor::lu_in_place(
+        lu.as_mut(),
+        &mut fwd,
+        &mut bwd,
+        par,
+        stack,
+        Default::default(),
+    );
+    let mut log_det = 0.0;
+    for j in 0..n {
+        let pivot = lu[(j, j)].abs();
+        let usable = pivot.is_finite() && pivot > 0.0;
+        if !usable {
+            return None;
+        }
+        log_det += pivot.ln();
+    }
+    // The factor holds L (unit diagonal, strictly lower part) and U (upper
+    // part) in one matrix; `inverse` reads each from its triangle.
+    let mut inv = faer::Mat::<f64>::zeros(n, n);
+    inverse::inverse(inv.as_mut(), lu.as_ref(), lu.as_ref(), perm, par, stack);
+    Some((log_det, inv))
+}
+
 /// Workspace for a `rows x cols` temporary of `T` (column-major, aligned).
+/// A size that overflows gives `StackReq::OVERFLOW` (never a wrapped,
+/// small requirement).
 pub fn temp_mat_scratch<T>(rows: usize, cols: usize) -> StackReq {
-    StackReq::new_aligned::<T>(rows * cols, ALIGN)
+    rows.checked_mul(cols)
+        .map_or(StackReq::OVERFLOW, |n| StackReq::new_aligned::<T>(n, ALIGN))
 }
 
 /// Carves a zero-initialised column-major `rows x cols` matrix from `stack`.

@@ -52,7 +52,8 @@ impl CliError {
             | ErrorKind::Io
             | ErrorKind::Format
             | ErrorKind::Version
-            | ErrorKind::Unsupported => EXIT_INPUT,
+            | ErrorKind::Unsupported
+            | ErrorKind::OutOfMemory => EXIT_INPUT,
             _ => EXIT_FAILURE,
         };
         Self {

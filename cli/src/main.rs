@@ -20,6 +20,7 @@ mod commands;
 mod error;
 mod input;
 mod npy;
+mod output;
 mod plot;
 mod progress;
 

@@ -15,7 +15,7 @@
 
 use crate::error::CliError;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -589,15 +589,13 @@ pub fn write_f64(path: &Path, shape: &[usize], data: &[f64]) -> Result<(), CliEr
         data.len(),
         "shape mismatch"
     );
-    let fail =
-        |e: std::io::Error| CliError::input(format!("{}: cannot write: {e}", path.display()));
-    let file = File::create(path).map_err(fail)?;
-    let mut w = BufWriter::with_capacity(1 << 16, file);
-    w.write_all(&header_bytes(shape)).map_err(fail)?;
-    for x in data {
-        w.write_all(&x.to_le_bytes()).map_err(fail)?;
-    }
-    w.flush().map_err(fail)
+    crate::output::write_atomically(path, |w| {
+        w.write_all(&header_bytes(shape))?;
+        for x in data {
+            w.write_all(&x.to_le_bytes())?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -821,6 +821,94 @@ fn eval_with_train_reports_nn_accuracy_and_closest_record_ratio() {
 }
 
 #[test]
+fn outputs_never_replace_inputs_or_existing_files() {
+    let dir = temp_dir("outputs");
+    let x = dir.join("x.npy");
+    write_f64(&x, &waves(8, 8, 7, 5), [8, 8, 7], false);
+    let data_bytes = std::fs::read(&x).unwrap();
+    let fit = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "fit",
+            "--data",
+            s(&x),
+            "--rank",
+            "2",
+            "--flow-steps",
+            "0",
+            "--core-model",
+            "gaussian",
+            "-q",
+            "--out",
+            s(out),
+        ];
+        args.extend_from_slice(extra);
+        coreflow(&args)
+    };
+    // The training data are never replaced by the model, not even with --force.
+    fit(&x, &[]).bad_input(&["--out", "x.npy", "--data"]);
+    fit(&x, &["--force"]).bad_input(&["--out", "x.npy", "--data"]);
+    assert_eq!(std::fs::read(&x).unwrap(), data_bytes);
+
+    let model = dir.join("m.cfm");
+    fit(&model, &[]).ok();
+    let model_bytes = std::fs::read(&model).unwrap();
+    // An existing model is kept without --force, replaced with it.
+    fit(&model, &[]).bad_input(&["m.cfm", "exists", "--force"]);
+    fit(&model, &["--force"]).ok();
+
+    let sample = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["sample", "--model", s(&model), "-n", "3", "--out", s(out)];
+        args.extend_from_slice(extra);
+        coreflow(&args)
+    };
+    sample(&model, &["--force"]).bad_input(&["--out", "m.cfm", "--model"]);
+    assert_eq!(std::fs::read(&model).unwrap(), model_bytes);
+    let out = dir.join("s.npy");
+    std::fs::write(&out, b"keep me").unwrap();
+    sample(&out, &[]).bad_input(&["s.npy", "exists", "--force"]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+    sample(&out, &["--force"]).ok();
+    assert_eq!(read_f64(&out).0, vec![3, 8, 7]);
+    for (cmd, flag) in [("score", "--data"), ("encode", "--data")] {
+        coreflow(&[
+            cmd,
+            "--model",
+            s(&model),
+            flag,
+            s(&x),
+            "--out",
+            s(&x),
+            "--force",
+        ])
+        .bad_input(&["--out", "x.npy", "--data"]);
+    }
+    coreflow(&[
+        "complete",
+        "--model",
+        s(&model),
+        "--data",
+        s(&x),
+        "--nan-missing",
+        "--out",
+        s(&x),
+    ])
+    .bad_input(&["--out", "x.npy", "--data"]);
+    assert_eq!(std::fs::read(&x).unwrap(), data_bytes);
+
+    // A failed command leaves no output and no temporary file behind.
+    sample(&dir.join("never.npy"), &["--steps", "0"]).bad_input(&["--steps"]);
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("tmp") && n != "never.npy"),
+        "{names:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn progress_without_a_terminal_is_one_line_per_stage() {
     let dir = temp_dir("progress_lines");
     let x = dir.join("x.npy");
@@ -913,4 +1001,50 @@ fn fit_warns_when_the_core_outgrows_the_data() {
     let (r, c): (usize, usize) = (r.trim().parse().unwrap(), c.trim().parse().unwrap());
     assert!(r * c <= 20, "{out}");
     assert!(!run.stderr.contains("core has"), "{}", run.stderr);
+}
+
+#[test]
+fn absurd_sizes_and_options_exit_with_code_2() {
+    let dir = temp_dir("absurd");
+    let x = dir.join("x.npy");
+    write_f64(&x, &waves(8, 8, 7, 5), [8, 8, 7], false);
+    let model = dir.join("m.cfm");
+    let fit = |extra: &[&str]| {
+        let mut args = vec![
+            "fit",
+            "--data",
+            s(&x),
+            "--rank",
+            "2",
+            "-q",
+            "--force",
+            "--out",
+            s(&model),
+        ];
+        args.extend_from_slice(extra);
+        coreflow(&args)
+    };
+    // These aborted the process (exit 134) when the allocations failed.
+    fit(&["--hidden", "1048576"]).bad_input(&["hidden", "maximum"]);
+    fit(&["--max-iter", "4294967295"]).bad_input(&["max_iter", "maximum"]);
+    fit(&[
+        "--flow-steps",
+        "0",
+        "--core-model",
+        "gaussian",
+        "--threads",
+        "99999999999",
+    ])
+    .ok();
+    coreflow(&[
+        "sample",
+        "--model",
+        s(&model),
+        "--count",
+        "1000000000000",
+        "--out",
+        s(&dir.join("big.npy")),
+    ])
+    .bad_input(&["-n 1000000000000"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

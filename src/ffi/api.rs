@@ -43,18 +43,34 @@ fn into_handle(model: Model) -> *mut coreflow_model {
     }))
 }
 
-/// A workspace view over the caller's buffer (any alignment).
-unsafe fn workspace<'a>(ws: *mut c_void, ws_bytes: usize) -> Result<&'a mut MemStack> {
-    if ws.is_null() {
-        if ws_bytes != 0 {
-            return Err(null("ws"));
-        }
-        return Ok(MemStack::new(&mut []));
+/// Runs `call` on a workspace view over the caller's buffer (any
+/// alignment). `ws_bytes` below `need` (what `coreflow_workspace_size`
+/// reports for the call) is `COREFLOW_ERR_WORKSPACE` whatever the buffer's
+/// alignment, as documented; the call still checks its other arguments
+/// first (it gets an empty workspace), so errors come in the same order
+/// for any workspace.
+unsafe fn with_workspace(
+    ws: *mut c_void,
+    ws_bytes: usize,
+    need: StackReq,
+    call: impl FnOnce(&mut MemStack) -> Result<()>,
+) -> Result<()> {
+    if ws.is_null() && ws_bytes != 0 {
+        return Err(null("ws"));
     }
-    Ok(MemStack::new(std::slice::from_raw_parts_mut(
-        ws as *mut MaybeUninit<u8>,
-        ws_bytes,
-    )))
+    let needed = need.unaligned_bytes_required();
+    let too_small = ws_bytes < needed;
+    let buf: &mut [MaybeUninit<u8>] = if too_small || ws.is_null() {
+        &mut []
+    } else {
+        std::slice::from_raw_parts_mut(ws as *mut MaybeUninit<u8>, ws_bytes)
+    };
+    match call(MemStack::new(buf)) {
+        Err(e) if too_small && e.kind() == crate::error::ErrorKind::Workspace => {
+            Err(Error::workspace(needed, ws_bytes))
+        }
+        r => r,
+    }
 }
 
 /// The ABI version of the library (`COREFLOW_ABI_VERSION` it was built with).
@@ -131,10 +147,15 @@ pub unsafe extern "C" fn coreflow_sample_options_init(o: *mut coreflow_sample_op
 
 /// Fits a model to `train` and stores a new handle in `*out`.
 ///
-/// Returns `COREFLOW_OK`, or an error status with `*out` untouched.
+/// Returns `COREFLOW_OK`, or an error status with `*out` untouched:
+/// `COREFLOW_ERR_INVALID_ARGUMENT` for an option beyond its cap
+/// (`COREFLOW_MAX_*`) or a view larger than memory,
+/// `COREFLOW_ERR_OUT_OF_MEMORY` when the fit needs more memory than can be
+/// allocated (checked before the fit starts).
 /// Ownership: the caller owns `*out` and releases it with
 /// `coreflow_model_free`; `train` is only read during the call.
-/// Allocates (once, before its loops). Uses up to `opts->threads` threads.
+/// Allocates (once, before its loops). Uses up to `opts->threads` threads,
+/// on a pool created for the call and joined before it returns.
 /// Thread-safe (calls on different threads are independent).
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_fit(
@@ -149,6 +170,7 @@ pub unsafe extern "C" fn coreflow_fit(
             return Err(null("out"));
         }
         let fopts = to_fit_options(&copts)?;
+        crate::limits::check_fit_options(&fopts, crate::limits::Naming::C)?;
         let user = copts.progress_user;
         let mut progress = |p: &crate::model::Progress| match copts.progress {
             None => true,
@@ -313,17 +335,37 @@ pub unsafe extern "C" fn coreflow_workspace_size(
             return Err(null("bytes"));
         }
         let req = op_scratch(model, op, count, &so)?;
+        if req.layout().is_err() {
+            return Err(Error::invalid(format!(
+                "count: {count} matrices need a workspace larger than can exist"
+            )));
+        }
         bytes.write(req.unaligned_bytes_required());
         Ok(())
     })
+}
+
+/// The number of core values `count * core_dim` of a view named `what`,
+/// refused when it overflows or exceeds the largest possible buffer.
+fn cores_len(count: usize, core_dim: usize, what: &str) -> Result<usize> {
+    count
+        .checked_mul(core_dim)
+        .filter(|&n| n <= isize::MAX as usize / std::mem::size_of::<f64>())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{what}->count: {count} cores of {core_dim} doubles exceed the largest possible buffer"
+            ))
+        })
 }
 
 /// Writes the cores `C_j = U^T (X_j - Xbar) V` of the matrices of `input` into
 /// `cores`: `input->count` blocks of `rank_rows * rank_cols` values, each the
 /// column-major core. `ws` is a workspace of `ws_bytes` bytes
 /// (`coreflow_workspace_size` with `COREFLOW_OP_ENCODE`).
-/// Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
-/// buffers. Never allocates; runs on the calling thread only. Thread-safe.
+/// Returns `COREFLOW_OK`, or an error status with `cores` untouched
+/// (`COREFLOW_ERR_NUMERICAL` when a core would not be finite).
+/// Ownership: the caller owns all buffers. Never allocates; runs on the
+/// calling thread only. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_encode(
     m: *const coreflow_model,
@@ -335,25 +377,28 @@ pub unsafe extern "C" fn coreflow_encode(
     boundary(|| {
         let model = model_ref(m)?;
         let batch = batch_from_c(input, "input")?;
-        let n = batch.count() * model.core_dim();
+        let n = cores_len(batch.count(), model.core_dim(), "input")?;
         if cores.is_null() && n > 0 {
             return Err(null("cores"));
         }
-        let stack = workspace(ws, ws_bytes)?;
         let out: &mut [f64] = if n == 0 {
             &mut []
         } else {
             std::slice::from_raw_parts_mut(cores, n)
         };
-        model.encode(&batch, out, stack)
+        with_workspace(ws, ws_bytes, model.encode_scratch(batch.count()), |stack| {
+            model.encode(&batch, out, stack)
+        })
     })
 }
 
 /// Writes `X_j = U C_j V^T + Xbar` into the matrices of `out` from `cores`
 /// (`out->count` column-major cores of `rank_rows * rank_cols` values).
 /// `ws` is a workspace of `ws_bytes` bytes (`COREFLOW_OP_DECODE`).
-/// Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
-/// buffers. Never allocates; runs on the calling thread only. Thread-safe.
+/// Returns `COREFLOW_OK`, or an error status with `out` untouched
+/// (`COREFLOW_ERR_NUMERICAL` for a core too large to decode into finite
+/// values). Ownership: the caller owns all buffers. Never allocates; runs on
+/// the calling thread only. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_decode(
     m: *const coreflow_model,
@@ -365,17 +410,19 @@ pub unsafe extern "C" fn coreflow_decode(
     boundary(|| {
         let model = model_ref(m)?;
         let mut batch = batch_mut_from_c(out, "out")?;
-        let n = batch.count() * model.core_dim();
+        let n = cores_len(batch.count(), model.core_dim(), "out")?;
         if cores.is_null() && n > 0 {
             return Err(null("cores"));
         }
-        let stack = workspace(ws, ws_bytes)?;
         let input: &[f64] = if n == 0 {
             &[]
         } else {
             std::slice::from_raw_parts(cores, n)
         };
-        model.decode(input, &mut batch, stack)
+        let need = model.decode_scratch(batch.count());
+        with_workspace(ws, ws_bytes, need, |stack| {
+            model.decode(input, &mut batch, stack)
+        })
     })
 }
 
@@ -384,7 +431,9 @@ pub unsafe extern "C" fn coreflow_decode(
 /// `partial->mask` is NULL) replaced by the model's MAP completion; observed
 /// entries are copied bitwise. `out` must not overlap `partial`. `ws` is a
 /// workspace of `ws_bytes` bytes (`COREFLOW_OP_COMPLETE`).
-/// Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
+/// Returns `COREFLOW_OK`, or an error status with `out` untouched (every
+/// matrix is completed and checked before the first is written).
+/// Ownership: the caller owns all
 /// buffers. Never allocates; runs on the calling thread only. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_complete(
@@ -405,8 +454,12 @@ pub unsafe extern "C" fn coreflow_complete(
         }
         let input = batch_from_c(partial, "partial")?;
         let mut batch = batch_mut_from_c(out, "out")?;
-        let stack = workspace(ws, ws_bytes)?;
-        model.complete(&input, &mut batch, stack)
+        with_workspace(
+            ws,
+            ws_bytes,
+            model.complete_scratch(input.count()),
+            |stack| model.complete(&input, &mut batch, stack),
+        )
     })
 }
 
@@ -437,9 +490,10 @@ pub unsafe extern "C" fn coreflow_model_save(
 /// Reads a model from the file `path` and stores a new handle in `*out`.
 /// Returns `COREFLOW_OK`, or an error status with `*out` untouched:
 /// `COREFLOW_ERR_IO` (unreadable file), `COREFLOW_ERR_FORMAT` (corrupt or
-/// truncated), `COREFLOW_ERR_VERSION` (newer format).
+/// truncated, or a model the maths cannot use: bases that are not
+/// orthonormal, unbounded parameters), `COREFLOW_ERR_VERSION` (newer format).
 /// Ownership: the caller owns `*out` (release with `coreflow_model_free`).
-/// Allocates. Thread-safe.
+/// Allocates; starts no thread. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_model_load(
     path: *const c_char,
@@ -492,8 +546,9 @@ pub unsafe extern "C" fn coreflow_model_to_bytes(
 
 /// Reads a model from `len` bytes at `buf` and stores a new handle in
 /// `*out`. Returns `COREFLOW_OK`, or an error status with `*out` untouched
-/// (`COREFLOW_ERR_FORMAT`, `COREFLOW_ERR_VERSION`). Never reads outside
-/// `buf[0..len]`. Ownership: the caller owns `buf` and `*out`. Allocates.
+/// (`COREFLOW_ERR_FORMAT`, also for a model the maths cannot use;
+/// `COREFLOW_ERR_VERSION`). Never reads outside `buf[0..len]`. Ownership:
+/// the caller owns `buf` and `*out`. Allocates; starts no thread.
 /// Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_model_from_bytes(
@@ -524,9 +579,12 @@ pub unsafe extern "C" fn coreflow_model_from_bytes(
 /// spread over threads, gives bitwise the same matrices. `o` selects the ODE
 /// solver (NULL = RK4 with 16 steps). `ws` is a workspace of `ws_bytes` bytes
 /// (`COREFLOW_OP_SAMPLE`). A model fitted with `flow_steps = 0` gives
-/// `COREFLOW_ERR_UNSUPPORTED`; a non-finite sample `COREFLOW_ERR_NUMERICAL`.
-/// Returns `COREFLOW_OK` or an error status. Ownership: the caller owns all
-/// buffers. Never allocates; runs on the calling thread only. Thread-safe.
+/// `COREFLOW_ERR_UNSUPPORTED`; a sample that would not be finite
+/// `COREFLOW_ERR_NUMERICAL` (every sample is checked before `out` is
+/// written, so a failed call leaves `out` untouched). `out->count = 0` needs
+/// no workspace. Returns `COREFLOW_OK` or an error status. Ownership: the
+/// caller owns all buffers. Never allocates; runs on the calling thread
+/// only. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_sample(
     m: *const coreflow_model,
@@ -541,8 +599,10 @@ pub unsafe extern "C" fn coreflow_sample(
         let model = model_ref(m)?;
         let so = to_solver_options(&read_sample_options(o)?)?;
         let mut batch = batch_mut_from_c(out, "out")?;
-        let stack = workspace(ws, ws_bytes)?;
-        model.sample(&so, seed, first_index, &mut batch, stack)
+        let need = model.sample_scratch(batch.count(), &so);
+        with_workspace(ws, ws_bytes, need, |stack| {
+            model.sample(&so, seed, first_index, &mut batch, stack)
+        })
     })
 }
 
@@ -550,9 +610,12 @@ pub unsafe extern "C" fn coreflow_sample(
 /// `input` under the model (a density over matrices in the learned
 /// geometry), and into `residual[j]` (when `residual` is not NULL) its
 /// distance from that geometry, `||Y - U U^T Y V V^T|| / ||Y||` with
-/// `Y = X - Xbar`. `o` selects the solver (NULL = RK4, 16 steps, exact
+/// `Y = X - Xbar` (computed with scaled sums of squares: finite inputs give
+/// finite residuals). `o` selects the solver (NULL = RK4, 16 steps, exact
 /// divergence). `ws` is a workspace of `ws_bytes` bytes
-/// (`COREFLOW_OP_LOG_PROB`). Returns `COREFLOW_OK` or an error status.
+/// (`COREFLOW_OP_LOG_PROB`). Returns `COREFLOW_OK` with every value finite,
+/// or an error status (`COREFLOW_ERR_NUMERICAL` when some value would not
+/// be finite) with `log_prob` and `residual` untouched.
 /// Ownership: the caller owns all buffers. Never allocates; runs on the
 /// calling thread only. Thread-safe.
 #[no_mangle]
@@ -573,7 +636,6 @@ pub unsafe extern "C" fn coreflow_log_prob(
         if log_prob.is_null() && n > 0 {
             return Err(null("log_prob"));
         }
-        let stack = workspace(ws, ws_bytes)?;
         let lp: &mut [f64] = if n == 0 {
             &mut []
         } else {
@@ -584,6 +646,8 @@ pub unsafe extern "C" fn coreflow_log_prob(
         } else {
             Some(std::slice::from_raw_parts_mut(residual, n))
         };
-        model.log_prob(&so, &batch, lp, res, stack)
+        with_workspace(ws, ws_bytes, model.log_prob_scratch(n, &so), |stack| {
+            model.log_prob(&so, &batch, lp, res, stack)
+        })
     })
 }

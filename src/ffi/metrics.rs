@@ -183,7 +183,20 @@ unsafe fn metrics_impl(
             "out->struct_size: {size} is smaller than the smallest supported size {METRICS_RESULT_V1_SIZE}; set it to sizeof(coreflow_metrics_result)"
         )));
     }
-    let m = metrics::evaluate_with_train(&a, &b, train.as_ref(), &opts)?;
+    let train_count = train.as_ref().map_or(0, |t| t.count());
+    crate::limits::reserve_probe(
+        crate::limits::metrics_bytes_estimate(
+            a.count(),
+            b.count() + train_count,
+            a.rows(),
+            a.cols(),
+        ),
+        "generated",
+    )?;
+    // On a pool of the call's own (see `crate::pool`).
+    let m = crate::pool::on_pool(opts.threads, |_, _| {
+        metrics::evaluate_with_train(&a, &b, train.as_ref(), &opts)
+    })??;
     let full = coreflow_metrics_result {
         struct_size: size.min(size_of::<coreflow_metrics_result>()),
         sve: m.sve,

@@ -101,30 +101,37 @@ pub struct coreflow_fit_options {
     pub nan_is_missing: u8,
     /// `COREFLOW_SUBSPACE_METHOD_*`; default HOOI.
     pub subspace_method: coreflow_subspace_method,
-    /// Iteration limit of the subspace refinement; default 100.
+    /// Iteration limit of the subspace refinement; default 100, at most
+    /// `COREFLOW_MAX_ITERATIONS`.
     pub subspace_max_iter: u32,
     /// Relative objective increase counted as converged; default 1e-10.
     pub subspace_tol: f64,
-    /// Iteration limit of the completion of missing entries; default 100.
+    /// Iteration limit of the completion of missing entries; default 100, at
+    /// most `COREFLOW_MAX_ITERATIONS`.
     pub completion_max_iter: u32,
     /// Relative objective decrease counted as converged; default 1e-8.
     pub completion_tol: f64,
     /// Ridge on the cores in the masked fit (dimensionless); default 1e-8.
     pub ridge: f64,
-    /// Width of the hidden layers of the velocity network; default 256.
+    /// Width of the hidden layers of the velocity network; default 256, at
+    /// most `COREFLOW_MAX_FLOW_HIDDEN` (and the network at most
+    /// `COREFLOW_MAX_FLOW_PARAMETERS` weights).
     pub flow_hidden: u32,
-    /// Number of hidden layers; default 3.
+    /// Number of hidden layers; default 3, at most `COREFLOW_MAX_FLOW_LAYERS`.
     pub flow_layers: u32,
-    /// Number of sinusoidal time frequencies; default 16.
+    /// Number of sinusoidal time frequencies; default 16, at most
+    /// `COREFLOW_MAX_FLOW_TIME_FREQS`.
     pub flow_time_freqs: u32,
     /// Fraction of the core variance the flow block holds; default 0.999.
     pub flow_energy: f64,
     /// Upper bound on the flow block dimension; 0 = no bound.
     pub flow_max_dim: u32,
-    /// Optimiser steps of the flow; default 4000. 0 with core_model AUTO or
+    /// Optimiser steps of the flow; default 4000, at most
+    /// `COREFLOW_MAX_FLOW_STEPS`. 0 with core_model AUTO or
     /// FLOW fits the geometry only (no sampling or scoring).
     pub flow_steps: u32,
-    /// Minibatch size of flow training; default 128.
+    /// Minibatch size of flow training; default 128, at most
+    /// `COREFLOW_MAX_BATCH_SIZE`.
     pub batch_size: u32,
     /// Peak learning rate; default 1e-2.
     pub learning_rate: f64,
@@ -136,7 +143,10 @@ pub struct coreflow_fit_options {
     pub coupling: coreflow_coupling,
     /// Seed of every random choice of the fit; default 0.
     pub seed: u64,
-    /// Worker threads for fitting; 0 = all cores (the default).
+    /// Worker threads for fitting; 0 = all cores (the default); clamped to
+    /// `COREFLOW_MAX_THREADS`. They form a pool created for the call and
+    /// joined before it returns: no thread is left running after a fit (a
+    /// process may fork afterwards).
     pub threads: u32,
     /// Progress callback, or NULL.
     pub progress: coreflow_progress_fn,
@@ -163,6 +173,28 @@ pub struct coreflow_fit_options {
     /// `flow_energy` rule alone, otherwise at least 1; default 10.
     pub flow_noise_gap: f64,
 }
+
+/// Most worker threads a call starts: `threads` (and `0` = all cores) is
+/// clamped to this.
+pub const COREFLOW_MAX_THREADS: u32 = 256;
+/// Largest `subspace_max_iter` and `completion_max_iter`.
+pub const COREFLOW_MAX_ITERATIONS: u32 = 1_000_000;
+/// Largest `flow_steps`.
+pub const COREFLOW_MAX_FLOW_STEPS: u32 = 100_000_000;
+/// Largest `flow_hidden`.
+pub const COREFLOW_MAX_FLOW_HIDDEN: u32 = 16_384;
+/// Largest `flow_layers`.
+pub const COREFLOW_MAX_FLOW_LAYERS: u32 = 64;
+/// Largest `flow_time_freqs`.
+pub const COREFLOW_MAX_FLOW_TIME_FREQS: u32 = 4_096;
+/// Largest `batch_size`.
+pub const COREFLOW_MAX_BATCH_SIZE: u32 = 1 << 20;
+/// Most weights of the velocity network,
+/// `(k + 2 flow_time_freqs) flow_hidden + (flow_layers - 1) flow_hidden^2 + flow_hidden k`
+/// with k the flow block; a larger network is refused before fitting.
+pub const COREFLOW_MAX_FLOW_PARAMETERS: u64 = 1 << 27;
+/// Largest `coreflow_sample_options.steps`.
+pub const COREFLOW_MAX_SOLVER_STEPS: u32 = 1_000_000;
 
 /// Host allreduce callback (see `coreflow_fit_options.allreduce`).
 pub type coreflow_allreduce_fn =
@@ -469,7 +501,8 @@ pub struct coreflow_sample_options {
     pub struct_size: usize,
     /// `COREFLOW_SOLVER_*`; default RK4.
     pub solver: coreflow_solver,
-    /// Fixed steps of EULER, HEUN and RK4; default 16.
+    /// Fixed steps of EULER, HEUN and RK4; default 16, at most
+    /// `COREFLOW_MAX_SOLVER_STEPS`.
     pub steps: u32,
     /// Relative tolerance of DOPRI5; default 1e-5.
     pub rtol: f64,

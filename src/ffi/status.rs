@@ -35,6 +35,9 @@ pub const COREFLOW_ERR_NUMERICAL: coreflow_status = 10;
 pub const COREFLOW_ERR_UNSUPPORTED: coreflow_status = 11;
 /// The host's allreduce callback returned nonzero (distributed fitting).
 pub const COREFLOW_ERR_COMMUNICATION: coreflow_status = 12;
+/// Memory for the request could not be obtained: the data, the options or
+/// a loaded model ask for more than the machine has. Nothing was written.
+pub const COREFLOW_ERR_OUT_OF_MEMORY: coreflow_status = 13;
 /// A bug in the library (a caught panic or a broken invariant).
 pub const COREFLOW_ERR_INTERNAL: coreflow_status = 99;
 
@@ -52,6 +55,7 @@ pub(crate) fn status_of(kind: ErrorKind) -> coreflow_status {
         ErrorKind::Numerical => COREFLOW_ERR_NUMERICAL,
         ErrorKind::Unsupported => COREFLOW_ERR_UNSUPPORTED,
         ErrorKind::Communication => COREFLOW_ERR_COMMUNICATION,
+        ErrorKind::OutOfMemory => COREFLOW_ERR_OUT_OF_MEMORY,
         _ => COREFLOW_ERR_INTERNAL,
     }
 }
@@ -145,6 +149,7 @@ pub extern "C" fn coreflow_status_name(status: coreflow_status) -> *const c_char
         COREFLOW_ERR_NUMERICAL => c"COREFLOW_ERR_NUMERICAL",
         COREFLOW_ERR_UNSUPPORTED => c"COREFLOW_ERR_UNSUPPORTED",
         COREFLOW_ERR_COMMUNICATION => c"COREFLOW_ERR_COMMUNICATION",
+        COREFLOW_ERR_OUT_OF_MEMORY => c"COREFLOW_ERR_OUT_OF_MEMORY",
         COREFLOW_ERR_INTERNAL => c"COREFLOW_ERR_INTERNAL",
         _ => c"COREFLOW_UNKNOWN_STATUS",
     };

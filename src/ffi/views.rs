@@ -1,6 +1,6 @@
 //! Strided data views of the C ABI and their conversion to batch views.
 
-use crate::batch::{Layout, MatrixBatch, MatrixBatchMut};
+use crate::batch::{CheckedLayout, Layout, MatrixBatch, MatrixBatchMut};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A read-only batch of `count` matrices of `rows x cols` doubles: element
@@ -55,23 +55,16 @@ pub(crate) fn null(what: &str) -> Error {
 }
 
 /// The slice extent `(start offset, length, base)` that covers every element.
+/// The sizes go through [`CheckedLayout`], so a `count * rows * cols` that
+/// overflows is refused here (`COREFLOW_ERR_INVALID_ARGUMENT` naming the
+/// view) instead of wrapping to an empty view.
 fn extent(layout: &Layout, what: &str) -> Result<(isize, usize, usize)> {
-    if layout.rows == 0 || layout.cols == 0 {
-        return Err(Error::shape(format!(
-            "{what}: matrices must have at least one row and one column (got {} x {})",
-            layout.rows, layout.cols
-        )));
-    }
-    match layout.offset_range() {
+    let checked = CheckedLayout::new(*layout, what)?;
+    match checked.layout().offset_range() {
         None => Ok((0, 0, 0)),
         Some((lo, hi)) => {
+            // CheckedLayout bounds hi - lo; lo itself is at least -(hi - lo).
             let len = hi - lo + 1;
-            if lo < isize::MIN as i128 / 16 || len > (isize::MAX as i128) / 16 {
-                return Err(Error::shape(format!(
-                    "{what}: strides ({}, {}, {}) span more memory than can exist",
-                    layout.sample_stride, layout.row_stride, layout.col_stride
-                )));
-            }
             Ok((lo as isize, len as usize, (-lo) as usize))
         }
     }

@@ -112,7 +112,6 @@ use crate::pca::{principal_components, PrincipalComponents};
 use crate::reduce::{sum_scalar, LocalReducer, Reducer};
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::linalg::matmul::matmul;
-use faer::linalg::solvers::DenseSolveCore;
 use faer::prelude::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef, Par, RowMut, RowRef};
 /// Which core model to fit.
@@ -680,16 +679,8 @@ impl FlowBlock {
         }
         .map_err(|e| format_err(format!("core model: network: {}", e.message())))?;
         let a = MatRef::from_column_major_slice(&p.mm_matrix, k, k);
-        let lu = a.partial_piv_lu();
-        let mut log_det_a = 0.0;
-        for j in 0..k {
-            let u = lu.U()[(j, j)].abs();
-            if u.is_nan() || u <= 0.0 {
-                return Err(format_err("core model: moment-matching matrix is singular"));
-            }
-            log_det_a += u.ln();
-        }
-        let a_inv = lu.inverse();
+        let (log_det_a, a_inv) = crate::numerics::lu_log_det_inverse(a, Par::Seq)
+            .ok_or_else(|| format_err("core model: moment-matching matrix is singular"))?;
         if a_inv.as_ref().norm_max().is_nan() || !a_inv.as_ref().norm_max().is_finite() {
             return Err(format_err("core model: moment-matching matrix is singular"));
         }

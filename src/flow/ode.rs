@@ -325,6 +325,13 @@ impl SolverOptions {
                 if self.steps == 0 {
                     return Err(Error::invalid("solver.steps: must be > 0"));
                 }
+                if self.steps > crate::limits::MAX_SOLVER_STEPS {
+                    return Err(Error::invalid(format!(
+                        "solver.steps: {} exceeds the maximum {}",
+                        self.steps,
+                        crate::limits::MAX_SOLVER_STEPS
+                    )));
+                }
             }
             Solver::Dopri5 => {
                 if !(self.rtol.is_finite() && self.rtol > 0.0) {

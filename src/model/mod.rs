@@ -10,6 +10,7 @@
 //! `cores[j * r * s .. (j + 1) * r * s]`, entry `(a, b)` at `a + b * r`.
 
 mod persist;
+mod validate;
 
 pub use persist::FORMAT_VERSION;
 
@@ -19,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::flow::core_model::{CoreModel, CoreModelChoice, CoreModelKind, FlowOptions};
 use crate::flow::ode::SolverOptions;
 use crate::numerics::{self, check_workspace, temp_mat_zeroed, MemStack, StackReq};
+use crate::pool::{Caller, OnCaller};
 use crate::reduce::{LocalReducer, Reducer};
 use crate::subspace::{self, SubspaceMethod, SubspaceOptions};
 use faer::prelude::{Reborrow, ReborrowMut};
@@ -161,6 +163,39 @@ fn core_row_mut(cores: MatMut<'_, f64>, j: usize, r: usize, s: usize) -> MatMut<
     unsafe { MatMut::from_raw_parts_mut(row.as_ptr_mut(), r, s, stride, stride * r as isize) }
 }
 
+/// A reducer that completes sums on the thread that called the fit (the
+/// host's allreduce must run there), for work running on the call's pool.
+struct CallerReducer<'a> {
+    inner: &'a OnCaller<&'a dyn Reducer>,
+    caller: &'a Caller,
+}
+
+impl Reducer for CallerReducer<'_> {
+    fn sum_in_place(&self, buf: &mut [f64]) -> Result<()> {
+        let inner = self.inner;
+        self.caller.run(move || inner.0.sum_in_place(buf))
+    }
+}
+
+/// Largest `sum |c_ab| + max |Xbar|` a decoded core may have: a quarter of
+/// `f64::MAX`, the factor covering the rounding of the products and the
+/// basis tolerance of the loader.
+const DECODE_BOUND: f64 = f64::MAX / 4.0;
+
+/// Fails with `ErrorKind::Numerical` naming the first non-finite value of
+/// `values` (groups of `group` values: one per matrix).
+fn check_output_finite(values: &[f64], group: usize, what: &str, unit: &str) -> Result<()> {
+    match values.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(k) => Err(Error::numerical(format!(
+            "{what}: {unit} {} would hold the non-finite value {} (entry {}); nothing was written",
+            k / group.max(1),
+            values[k],
+            k % group.max(1)
+        ))),
+    }
+}
+
 /// Matrices per chunk of sampling and scoring: bounds the workspace
 /// whatever the call's count (results do not depend on it).
 const CHUNK: usize = 64;
@@ -239,12 +274,41 @@ pub struct Model {
     mean: Option<Mat<f64>>,
     /// U^T Xbar V, subtracted in `encode` so that centering needs no copy.
     mean_core: Option<Mat<f64>>,
+    /// max |Xbar| (0 when not centered), for the decode bound.
+    mean_abs_max: f64,
     /// Gaussian prior of the training cores and the noise level, for
     /// completing new matrices.
     prior: CorePrior,
     /// The model of the cores (`None`: geometry only).
     core: Option<CoreModel>,
     info: ModelInfo,
+}
+
+/// `U^T Xbar V` (sequential: loading starts no thread).
+fn mean_core_of(u: &Mat<f64>, mean: &Mat<f64>, v: &Mat<f64>) -> Mat<f64> {
+    let mut t = Mat::<f64>::zeros(mean.nrows(), v.ncols());
+    numerics::gemm(
+        t.as_mut(),
+        Accum::Replace,
+        mean.as_ref(),
+        v.as_ref(),
+        1.0,
+        Par::Seq,
+    );
+    let mut c = Mat::<f64>::zeros(u.ncols(), v.ncols());
+    numerics::gemm(
+        c.as_mut(),
+        Accum::Replace,
+        u.transpose(),
+        t.as_ref(),
+        1.0,
+        Par::Seq,
+    );
+    c
+}
+
+fn mean_abs_max(mean: Option<&Mat<f64>>) -> f64 {
+    mean.map_or(0.0, |m| m.as_ref().norm_max())
 }
 
 /// Copies the core model's summary into the model info.
@@ -351,12 +415,52 @@ impl Model {
 
     /// Fits a model on this participant's shard of the training set; every sum
     /// over samples is completed by `reducer` (see [`crate::reduce`]).
+    ///
+    /// The fit runs on a pool of `opts.threads` workers created for the
+    /// call and joined before it returns ([`crate::pool`]); `progress` and
+    /// `reducer` are called on the calling thread.
     pub fn fit_with_reducer(
         train: &MatrixBatch,
         opts: &FitOptions,
         reducer: &dyn Reducer,
         progress: &mut dyn FnMut(&Progress) -> bool,
     ) -> Result<Model> {
+        crate::limits::check_fit_options(opts, crate::limits::Naming::Rust)?;
+        let masked = train.has_mask() || opts.nan_is_missing;
+        crate::limits::reserve_probe(
+            crate::limits::fit_bytes_estimate(
+                train.count(),
+                train.rows(),
+                train.cols(),
+                opts,
+                masked,
+            ),
+            "train",
+        )?;
+        let progress = OnCaller(std::cell::RefCell::new(progress));
+        let reducer = OnCaller(reducer);
+        crate::pool::on_pool(opts.threads, |_, caller| {
+            let funnel = CallerReducer {
+                inner: &reducer,
+                caller,
+            };
+            let mut report = |p: &Progress| {
+                let p = *p;
+                let progress = &progress;
+                caller.run(move || (progress.0.borrow_mut())(&p))
+            };
+            Self::fit_on_pool(train, opts, &funnel, &mut report)
+        })?
+    }
+
+    /// The fit itself, on the call's pool.
+    fn fit_on_pool(
+        train: &MatrixBatch,
+        opts: &FitOptions,
+        reducer: &dyn Reducer,
+        progress: &mut dyn FnMut(&Progress) -> bool,
+    ) -> Result<Model> {
+        let masked = train.has_mask() || opts.nan_is_missing;
         let mut flow_opts = opts.flow;
         flow_opts.seed = opts.seed;
         flow_opts.threads = opts.threads;
@@ -366,7 +470,6 @@ impl Model {
         }
         let (m, n) = (train.rows(), train.cols());
         let sub_opts = opts.subspace_options();
-        let masked = train.has_mask() || opts.nan_is_missing;
         let par = numerics::par_for_threads(opts.threads);
         let mut subspace_progress = |it: usize, total: usize, obj: f64| {
             progress(&Progress {
@@ -445,7 +548,7 @@ impl Model {
         let (r, s) = (u.ncols(), v.ncols());
         let core_mat = MatRef::from_row_major_slice(&cores, train.count(), r * s);
         let prior = CorePrior::from_cores(core_mat, residual_ss, observed, m * n, reducer, par)?;
-        let mean_core = mean.as_ref().map(|x| u.transpose() * x * &v);
+        let mean_core = mean.as_ref().map(|x| mean_core_of(&u, x, &v));
         info.rows = m;
         info.cols = n;
         info.rank_rows = r;
@@ -481,6 +584,7 @@ impl Model {
             None
         };
         Ok(Model {
+            mean_abs_max: mean_abs_max(mean.as_ref()),
             u,
             v,
             mean,
@@ -500,8 +604,9 @@ impl Model {
         core: Option<CoreModel>,
         info: ModelInfo,
     ) -> Model {
-        let mean_core = mean.as_ref().map(|x| u.transpose() * x * &v);
+        let mean_core = mean.as_ref().map(|x| mean_core_of(&u, x, &v));
         Model {
+            mean_abs_max: mean_abs_max(mean.as_ref()),
             u,
             v,
             mean,
@@ -530,20 +635,46 @@ impl Model {
         persist::to_bytes(self)
     }
 
-    /// Reads a model file image. Corrupt or truncated data give
-    /// `ErrorKind::Format`, a newer format `ErrorKind::Version`.
+    /// Reads a model file image. Corrupt or truncated data, and models the
+    /// maths cannot use (non-orthonormal bases, unbounded parameters; see
+    /// `model/validate.rs`), give `ErrorKind::Format`, a newer format
+    /// `ErrorKind::Version`.
     pub fn from_bytes(data: &[u8]) -> Result<Model> {
-        persist::from_bytes(data)
+        // Sequential, on the calling thread (see `crate::pool`).
+        let model = persist::from_bytes(data)?;
+        validate::validate(&model)?;
+        Ok(model)
     }
 
-    /// Writes the model file to `path` (`ErrorKind::Io` on failure).
+    /// Writes the model file to `path` (`ErrorKind::Io` on failure). The
+    /// file is written beside `path` under a temporary name and renamed over
+    /// it once complete, so a failed save leaves `path` as it was.
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        persist::save(self, path.as_ref())
+        let path = path.as_ref();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        persist::save(self, &tmp)
+            .and_then(|()| {
+                std::fs::rename(&tmp, path).map_err(|e| {
+                    Error::new(
+                        crate::error::ErrorKind::Io,
+                        format!("path: cannot write {}: {e}", path.display()),
+                    )
+                })
+            })
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
     }
 
     /// Reads a model file from `path`.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Model> {
-        persist::load(path.as_ref())
+        let model = persist::load(path.as_ref())?;
+        validate::validate(&model)?;
+        Ok(model)
     }
 
     /// The model summary.
@@ -577,10 +708,16 @@ impl Model {
         Ok(())
     }
 
-    /// Workspace for [`Model::encode`] of up to `count` matrices.
+    /// Workspace for [`Model::encode`] of up to `count` matrices: the cores
+    /// are computed and checked there before any is written.
     pub fn encode_scratch(&self, count: usize) -> StackReq {
-        let _ = count;
-        numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.rank_cols)
+        if count == 0 {
+            return StackReq::EMPTY;
+        }
+        StackReq::all_of(&[
+            numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.rank_cols),
+            numerics::temp_slice_scratch::<f64>(count.saturating_mul(self.core_dim())),
+        ])
     }
 
     /// Cores `C_j = U^T (X_j - Xbar) V` of every matrix of `input`, written
@@ -593,7 +730,7 @@ impl Model {
     ) -> Result<()> {
         self.check_shape(input.rows(), input.cols(), "input")?;
         let d = self.core_dim();
-        let need = input.count() * d;
+        let need = input.count().saturating_mul(d);
         if cores.len() != need {
             return Err(Error::shape(format!(
                 "cores: {} values given, {} matrices need {need}",
@@ -607,19 +744,27 @@ impl Model {
             ));
         }
         input.check_finite("input")?;
+        if input.count() == 0 {
+            return Ok(());
+        }
         check_workspace(self.encode_scratch(input.count()), stack)?;
         let (r, s) = (self.info.rank_rows, self.info.rank_cols);
-        let (mut t, _) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
+        let (mut t, stack) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
+        let (all, _) = numerics::temp_slice(need, 0.0, stack);
         for j in 0..input.count() {
-            let c = MatMut::from_column_major_slice_mut(&mut cores[j * d..(j + 1) * d], r, s);
+            let c = MatMut::from_column_major_slice_mut(&mut all[j * d..(j + 1) * d], r, s);
             self.encode_one(input.sample(j), c, t.rb_mut());
         }
+        check_output_finite(all, d, "cores", "core")?;
+        cores.copy_from_slice(all);
         Ok(())
     }
 
     /// Workspace for [`Model::decode`] of up to `count` cores.
     pub fn decode_scratch(&self, count: usize) -> StackReq {
-        let _ = count;
+        if count == 0 {
+            return StackReq::EMPTY;
+        }
         numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.rank_cols)
     }
 
@@ -633,7 +778,7 @@ impl Model {
     ) -> Result<()> {
         self.check_shape(out.rows(), out.cols(), "out")?;
         let d = self.core_dim();
-        let need = out.count() * d;
+        let need = out.count().saturating_mul(d);
         if cores.len() != need {
             return Err(Error::shape(format!(
                 "cores: {} values given, {} matrices need {need}",
@@ -649,12 +794,42 @@ impl Model {
                 k % d
             )));
         }
+        if out.count() == 0 {
+            return Ok(());
+        }
         check_workspace(self.decode_scratch(out.count()), stack)?;
+        for j in 0..out.count() {
+            self.check_decodable(cores[j * d..(j + 1) * d].iter().copied(), "cores: core", j)?;
+        }
         let (r, s) = (self.info.rank_rows, self.info.rank_cols);
         let (mut t, _) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
         for j in 0..out.count() {
             let c = MatRef::from_column_major_slice(&cores[j * d..(j + 1) * d], r, s);
             self.decode_one(c, out.sample_mut(j), t.rb_mut());
+        }
+        Ok(())
+    }
+
+    /// Fails unless `U c V^T + Xbar` is finite for the core `c` (its values
+    /// in any order). With orthonormal U and V every entry of `U c V^T` is
+    /// at most `sum |c_ab|` in magnitude (to the basis tolerance of the
+    /// loader), so a bound well below `f64::MAX` proves the decoded matrix
+    /// finite before anything is written. `what` and `j` name the core.
+    fn check_decodable(&self, c: impl Iterator<Item = f64>, what: &str, j: usize) -> Result<()> {
+        let mut l1 = 0.0;
+        for x in c {
+            if !x.is_finite() {
+                return Err(Error::numerical(format!(
+                    "{what} {j} has the non-finite core value {x}; nothing was written"
+                )));
+            }
+            l1 += x.abs();
+        }
+        let bounded = l1 + self.mean_abs_max <= DECODE_BOUND;
+        if !bounded {
+            return Err(Error::numerical(format!(
+                "{what} {j} is too large to decode into finite values (sum of core magnitudes {l1:e}); nothing was written"
+            )));
         }
         Ok(())
     }
@@ -728,15 +903,20 @@ impl Model {
         })
     }
 
-    /// Workspace for [`Model::sample`] of up to `count` matrices with `opts`.
-    /// Sizes for a geometry-only model are empty (the call is unsupported).
+    /// Workspace for [`Model::sample`] of up to `count` matrices with `opts`:
+    /// the cores of all `count` samples (drawn and checked before anything
+    /// is written) and the temporaries of one chunk. Empty for `count = 0`
+    /// and for a geometry-only model (the call is unsupported).
     pub fn sample_scratch(&self, count: usize, opts: &SolverOptions) -> StackReq {
         let Some(core) = &self.core else {
             return StackReq::EMPTY;
         };
-        let b = count.clamp(1, CHUNK);
+        if count == 0 {
+            return StackReq::EMPTY;
+        }
+        let b = count.min(CHUNK);
         StackReq::all_of(&[
-            numerics::temp_mat_scratch::<f64>(b, self.core_dim()),
+            numerics::temp_mat_scratch::<f64>(count, self.core_dim()),
             numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.rank_cols),
             core.sample_scratch(b, opts),
         ])
@@ -764,11 +944,15 @@ impl Model {
         if first_index.checked_add(count as u64).is_none() {
             return Err(Error::invalid("first_index: first_index + count overflows"));
         }
+        if count == 0 {
+            return Ok(());
+        }
         check_workspace(self.sample_scratch(count, opts), stack)?;
         let (d, r, s) = (self.core_dim(), self.info.rank_rows, self.info.rank_cols);
-        let b = count.clamp(1, CHUNK);
-        let (mut cores, stack) = temp_mat_zeroed::<f64>(b, d, stack);
+        let b = count.min(CHUNK);
+        let (mut cores, stack) = temp_mat_zeroed::<f64>(count, d, stack);
         let (mut t, stack) = temp_mat_zeroed::<f64>(self.info.rows, s, stack);
+        // Every core first, checked, so a failure leaves `out` untouched.
         let mut start = 0;
         while start < count {
             let len = (count - start).min(b);
@@ -776,14 +960,18 @@ impl Model {
                 opts,
                 seed,
                 first_index + start as u64,
-                cores.rb_mut().get_mut(..len, ..),
+                cores.rb_mut().get_mut(start..start + len, ..),
                 stack,
             )?;
-            for j in 0..len {
-                let c = core_row_mut(cores.rb_mut(), j, r, s);
-                self.decode_one(c.rb(), out.sample_mut(start + j), t.rb_mut());
-            }
             start += len;
+        }
+        for j in 0..count {
+            let row = cores.rb().row(j);
+            self.check_decodable((0..d).map(|k| row[k]), "out: sample", j)?;
+        }
+        for j in 0..count {
+            let c = core_row_mut(cores.rb_mut(), j, r, s);
+            self.decode_one(c.rb(), out.sample_mut(j), t.rb_mut());
         }
         Ok(())
     }
@@ -793,8 +981,12 @@ impl Model {
         let Some(core) = &self.core else {
             return StackReq::EMPTY;
         };
+        if count == 0 {
+            return StackReq::EMPTY;
+        }
         let b = count.clamp(1, CHUNK);
         StackReq::all_of(&[
+            numerics::temp_slice_scratch::<f64>(count.saturating_mul(2)),
             numerics::temp_mat_scratch::<f64>(b, self.core_dim()),
             numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.rank_cols),
             numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.cols),
@@ -813,7 +1005,7 @@ impl Model {
         opts: &SolverOptions,
         input: &MatrixBatch,
         log_prob: &mut [f64],
-        mut residual: Option<&mut [f64]>,
+        residual: Option<&mut [f64]>,
         stack: &mut MemStack,
     ) -> Result<()> {
         let core = self.core_or_unsupported("compute log-likelihoods")?;
@@ -840,10 +1032,18 @@ impl Model {
             ));
         }
         input.check_finite("input")?;
+        if count == 0 {
+            return Ok(());
+        }
         check_workspace(self.log_prob_scratch(count, opts), stack)?;
         let (d, r, s) = (self.core_dim(), self.info.rank_rows, self.info.rank_cols);
         let (m, n) = (self.info.rows, self.info.cols);
         let b = count.clamp(1, CHUNK);
+        // Results go to the workspace first and are copied out once all
+        // are known to be finite.
+        let (results, stack) = numerics::temp_slice(2 * count, 0.0, stack);
+        let (lp_all, res_all) = results.split_at_mut(count);
+        let want_residual = residual.is_some();
         let (mut cores, stack) = temp_mat_zeroed::<f64>(b, d, stack);
         let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
         let (mut proj, stack) = temp_mat_zeroed::<f64>(m, n, stack);
@@ -854,41 +1054,82 @@ impl Model {
                 let x = input.sample(start + j);
                 let mut c = core_row_mut(cores.rb_mut(), j, r, s);
                 self.encode_one(x, c.rb_mut(), t.rb_mut());
-                if let Some(res) = residual.as_deref_mut() {
-                    // ||Y - U C V^T|| / ||Y|| directly (no cancellation).
-                    self.decode_one(c.rb(), proj.rb_mut(), t.rb_mut());
-                    let (mut num, mut den) = (0.0, 0.0);
-                    for q in 0..n {
-                        for a in 0..m {
-                            let mean = self.mean.as_ref().map_or(0.0, |mm| mm[(a, q)]);
-                            num += (x[(a, q)] - proj[(a, q)]).powi(2);
-                            den += (x[(a, q)] - mean).powi(2);
+                for q in 0..s {
+                    for a in 0..r {
+                        if !c[(a, q)].is_finite() {
+                            return Err(Error::numerical(format!(
+                                "input: matrix {} is too large: its core overflows; nothing was written",
+                                start + j
+                            )));
                         }
                     }
-                    res[start + j] = if den > 0.0 { (num / den).sqrt() } else { 0.0 };
+                }
+                if want_residual {
+                    self.decode_one(c.rb(), proj.rb_mut(), t.rb_mut());
+                    res_all[start + j] = self.relative_residual(x, proj.rb());
                 }
             }
             core.log_prob(
                 opts,
                 cores.rb().get(..len, ..),
-                &mut log_prob[start..start + len],
+                &mut lp_all[start..start + len],
                 stack,
             )?;
             start += len;
         }
+        check_output_finite(lp_all, 1, "log_prob", "matrix")?;
+        log_prob.copy_from_slice(lp_all);
+        if let Some(res) = residual {
+            check_output_finite(res_all, 1, "residual", "matrix")?;
+            res.copy_from_slice(res_all);
+        }
         Ok(())
+    }
+
+    /// `||Y - P|| / ||Y||` with `Y = x - Xbar` and `P = U C V^T` the
+    /// projection (0 for Y = 0), directly (no cancellation) and scaled by
+    /// the largest `|Y|` entry, so finite inputs give finite values: with
+    /// the scale `w = max |Y_ij|` every scaled square is at most 1 and the
+    /// sums are at most `m n`.
+    fn relative_residual(&self, x: MatRef<'_, f64>, proj: MatRef<'_, f64>) -> f64 {
+        let (m, n) = x.shape();
+        let y = |a: usize, q: usize| x[(a, q)] - self.mean.as_ref().map_or(0.0, |mm| mm[(a, q)]);
+        // proj holds U C V^T + Xbar (decode_one adds the mean back).
+        let e = |a: usize, q: usize| x[(a, q)] - proj[(a, q)];
+        let mut w = 0.0f64;
+        for q in 0..n {
+            for a in 0..m {
+                w = w.max(y(a, q).abs());
+            }
+        }
+        if w == 0.0 {
+            return 0.0;
+        }
+        let (mut num, mut den) = (0.0, 0.0);
+        for q in 0..n {
+            for a in 0..m {
+                num += (e(a, q) / w).powi(2);
+                den += (y(a, q) / w).powi(2);
+            }
+        }
+        (num / den).sqrt()
     }
 
     /// Workspace for [`Model::complete`] of up to `count` matrices.
     pub fn complete_scratch(&self, count: usize) -> StackReq {
-        let _ = count;
-        completion::complete_one_scratch(
-            self.info.rows,
-            self.info.cols,
-            self.info.rank_rows,
-            self.info.rank_cols,
-            self.prior.components(),
-        )
+        if count == 0 {
+            return StackReq::EMPTY;
+        }
+        StackReq::all_of(&[
+            numerics::temp_mat_scratch::<f64>(self.info.rows, self.info.cols),
+            completion::complete_one_scratch(
+                self.info.rows,
+                self.info.cols,
+                self.info.rank_rows,
+                self.info.rank_cols,
+                self.prior.components(),
+            ),
+        ])
     }
 
     /// Completes partially observed matrices: missing entries (mask zero, or
@@ -911,19 +1152,40 @@ impl Model {
             )));
         }
         completion::check_observed_finite(partial, true, "partial")?;
+        if partial.count() == 0 {
+            return Ok(());
+        }
         check_workspace(self.complete_scratch(partial.count()), stack)?;
-        for j in 0..partial.count() {
-            let obs = completion::observed_of(partial, j, true);
-            completion::complete_one(
-                self.u.as_ref(),
-                self.v.as_ref(),
-                self.mean.as_ref().map(|x| x.as_ref()),
-                &self.prior,
-                partial.sample(j),
-                obs,
-                out.sample_mut(j),
-                stack,
-            )?;
+        let (mut trial, stack) = temp_mat_zeroed::<f64>(self.info.rows, self.info.cols, stack);
+        // Two passes over the same deterministic computation: the first
+        // completes every matrix into the workspace and stops at the first
+        // failure, so the second, which writes, cannot fail and `out` is
+        // untouched by a failed call.
+        for pass in 0..2 {
+            for j in 0..partial.count() {
+                let obs = completion::observed_of(partial, j, true);
+                let target = if pass == 0 {
+                    trial.rb_mut()
+                } else {
+                    out.sample_mut(j)
+                };
+                completion::complete_one(
+                    self.u.as_ref(),
+                    self.v.as_ref(),
+                    self.mean.as_ref().map(|x| x.as_ref()),
+                    &self.prior,
+                    partial.sample(j),
+                    obs,
+                    target,
+                    stack,
+                )
+                .map_err(|e| {
+                    Error::new(
+                        e.kind(),
+                        format!("partial: matrix {j}: {}; nothing was written", e.message()),
+                    )
+                })?;
+            }
         }
         Ok(())
     }

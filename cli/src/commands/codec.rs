@@ -24,6 +24,8 @@ pub struct EncodeArgs {
     /// Where to write the cores, float64 (N, r, s).
     #[arg(long, value_name = "cores.npy")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: crate::output::ForceArg,
 }
 
 #[derive(Args, Debug)]
@@ -37,11 +39,19 @@ pub struct DecodeArgs {
     /// Where to write the matrices, float64 (N, m, n).
     #[arg(long, value_name = "X.npy")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: crate::output::ForceArg,
 }
 
 pub fn encode(a: EncodeArgs) -> Result<(), CliError> {
     let model = load_model(&a.model)?;
     let input = read_input(&a.data, None, Missing::Forbidden)?;
+    crate::output::check_output(
+        &a.out,
+        "--out",
+        &[("--model", &a.model), ("--data", &a.data)],
+        a.force,
+    )?;
     check_model_shape(&model, &a.data, &input.data)?;
     let count = input.data.count;
     let (r, s) = (model.info().rank_rows, model.info().rank_cols);
@@ -97,6 +107,12 @@ pub fn decode(a: DecodeArgs) -> Result<(), CliError> {
             }
         }
     }
+    crate::output::check_output(
+        &a.out,
+        "--out",
+        &[("--model", &a.model), ("--cores", &a.cores)],
+        a.force,
+    )?;
     let (count, m, n) = (c.count, info.rows, info.cols);
     let mut data = vec![0.0; count * m * n];
     let mut out = MatrixBatchMut::from_c_order(&mut data, count, m, n)

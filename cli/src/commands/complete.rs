@@ -26,6 +26,8 @@ pub struct CompleteArgs {
     /// Where to write the completed matrices (float64, C order).
     #[arg(long, value_name = "filled.npy")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: crate::output::ForceArg,
 }
 
 pub fn run(a: CompleteArgs) -> Result<(), CliError> {
@@ -39,6 +41,11 @@ pub fn run(a: CompleteArgs) -> Result<(), CliError> {
     )?;
     let s = &input.data;
     check_model_shape(&model, &a.data, s)?;
+    let mut inputs = vec![("--model", a.model.as_path()), ("--data", a.data.as_path())];
+    if let Some(mask) = &a.mask {
+        inputs.push(("--mask", mask.as_path()));
+    }
+    crate::output::check_output(&a.out, "--out", &inputs, a.force)?;
     let (count, rows, cols) = (s.count, s.rows, s.cols);
     let mut filled = vec![0.0; count * rows * cols];
     let mut out = MatrixBatchMut::from_c_order(&mut filled, count, rows, cols)

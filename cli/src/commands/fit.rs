@@ -8,6 +8,7 @@ use clap::Args;
 use clap::ValueEnum;
 use coreflow::flow::{CoreModelChoice, Coupling, FlowOptions};
 use coreflow::{FitOptions, Model};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -52,6 +53,8 @@ pub struct FitArgs {
     /// Where to write the model file.
     #[arg(long, value_name = "model.cfm")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: crate::output::ForceArg,
 }
 
 /// Which model the cores get.
@@ -250,16 +253,16 @@ pub fn run(a: FitArgs) -> Result<(), CliError> {
     )?;
     let s = &input.data;
     check_rank(a.rank, s.rows, s.cols)?;
+    let mut inputs = vec![("--data", a.data.as_path())];
+    if let Some(mask) = &a.mask {
+        inputs.push(("--mask", mask.as_path()));
+    }
+    crate::output::check_output(&a.out, "--out", &inputs, a.force)?;
     let t = Instant::now();
     let model = fit_with_bars(&input.batch()?, &opts, a.quiet)?;
     let secs = t.elapsed().as_secs_f64();
-    model.save(&a.out).map_err(|e| {
-        CliError::input(format!(
-            "{}: cannot write: {}",
-            a.out.display(),
-            e.message()
-        ))
-    })?;
+    let image = model.to_bytes();
+    crate::output::write_atomically(&a.out, |w| w.write_all(&image))?;
     let i = model.info();
     out!(
         "fitted {} matrices of {} x {} in {secs:.2} s: ranks {} x {}, explained energy {:.6}{}",

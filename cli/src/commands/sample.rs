@@ -97,6 +97,8 @@ pub struct SampleArgs {
     /// Where to write the samples, float64 (N, m, n).
     #[arg(long, value_name = "samples.npy")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: crate::output::ForceArg,
 }
 
 /// Refuses a geometry-only model with the fix.
@@ -125,7 +127,8 @@ pub fn draw(
         .checked_mul(m * n)
         .filter(|l| l.checked_mul(8).is_some())
         .ok_or_else(|| CliError::input(format!("-n {count}: too many matrices for memory")))?;
-    let mut data = vec![0.0; len];
+    let mut data: Vec<f64> = coreflow::limits::try_zeroed(len, &format!("-n {count}"))
+        .map_err(|e| CliError::input(e.message().to_string()))?;
     let workers = resolve_threads(threads).clamp(1, count.max(1));
     let per = count.div_ceil(workers).max(1);
     let results: Vec<coreflow::Result<()>> = std::thread::scope(|sc| {
@@ -157,9 +160,11 @@ pub fn run(a: SampleArgs) -> Result<(), CliError> {
     if a.count == 0 {
         return Err(CliError::input("-n: must be at least 1"));
     }
+
     let opts = a.solver.options()?;
     let model = load_model(&a.model)?;
     check_has_core_model(&model, &a.model)?;
+    crate::output::check_output(&a.out, "--out", &[("--model", &a.model)], a.force)?;
     let data = draw(
         &model,
         &opts,

@@ -32,6 +32,8 @@ pub struct ScoreArgs {
     /// Where to write the scores, float64 (N, 2): log-likelihood, relative residual.
     #[arg(long, value_name = "scores.npy")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub force: crate::output::ForceArg,
 }
 
 pub fn run(a: ScoreArgs) -> Result<(), CliError> {
@@ -41,6 +43,12 @@ pub fn run(a: ScoreArgs) -> Result<(), CliError> {
     let input = read_input(&a.data, None, Missing::Forbidden)?;
     let s = &input.data;
     check_model_shape(&model, &a.data, s)?;
+    crate::output::check_output(
+        &a.out,
+        "--out",
+        &[("--model", &a.model), ("--data", &a.data)],
+        a.force,
+    )?;
     let count = s.count;
     let layout = s.layout();
     let mut lp = vec![0.0; count];
