@@ -480,13 +480,13 @@ typedef struct coreflow_model_info {
      */
     double heldout_loglik_gaussian;
     /**
-     * AUTO's criterion for the Gaussian kind: MMD^2 between its draws and
-     * the held-out cores in the leading block, lower is better (NaN when
-     * AUTO had no choice to make).
+     * AUTO's sample-based check for the Gaussian kind: MMD^2 between its
+     * draws and the held-out cores in the leading block, lower is better
+     * (NaN when AUTO had no choice to make).
      */
     double heldout_mmd_gaussian;
     /**
-     * AUTO's criterion for the flow kind (NaN when AUTO had no choice).
+     * The same for the flow kind (NaN when AUTO had no choice).
      */
     double heldout_mmd_flow;
 } coreflow_model_info;
@@ -686,9 +686,10 @@ typedef struct coreflow_metrics_result {
 #define COREFLOW_STAGE_FLOW 2
 
 /**
- * The flow or the Gaussian, whichever draws closer to held-out cores
- * (then refitted on every core; without a hold-out, the flow when there
- * are at least 3 samples per flow dimension) (the default).
+ * The flow when it predicts held-out cores clearly better than the
+ * Gaussian, else the Gaussian (then refitted on every core; without a
+ * hold-out, the flow when there are at least 3 samples per flow
+ * dimension) (the default).
  */
 #define COREFLOW_CORE_MODEL_AUTO 0
 

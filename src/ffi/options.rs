@@ -51,9 +51,10 @@ pub const COREFLOW_STAGE_FLOW: coreflow_stage = 2;
 
 /// Which model the cores get (32-bit; values below).
 pub type coreflow_core_model = i32;
-/// The flow or the Gaussian, whichever draws closer to held-out cores
-/// (then refitted on every core; without a hold-out, the flow when there
-/// are at least 3 samples per flow dimension) (the default).
+/// The flow when it predicts held-out cores clearly better than the
+/// Gaussian, else the Gaussian (then refitted on every core; without a
+/// hold-out, the flow when there are at least 3 samples per flow
+/// dimension) (the default).
 pub const COREFLOW_CORE_MODEL_AUTO: coreflow_core_model = 0;
 /// Always the flow.
 pub const COREFLOW_CORE_MODEL_FLOW: coreflow_core_model = 1;
@@ -425,11 +426,11 @@ pub struct coreflow_model_info {
     pub heldout_loglik_flow: f64,
     /// Held-out mean log-likelihood of a full Gaussian on the cores.
     pub heldout_loglik_gaussian: f64,
-    /// AUTO's criterion for the Gaussian kind: MMD^2 between its draws and
-    /// the held-out cores in the leading block, lower is better (NaN when
-    /// AUTO had no choice to make).
+    /// AUTO's sample-based check for the Gaussian kind: MMD^2 between its
+    /// draws and the held-out cores in the leading block, lower is better
+    /// (NaN when AUTO had no choice to make).
     pub heldout_mmd_gaussian: f64,
-    /// AUTO's criterion for the flow kind (NaN when AUTO had no choice).
+    /// The same for the flow kind (NaN when AUTO had no choice).
     pub heldout_mmd_flow: f64,
 }
 

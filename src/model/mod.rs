@@ -258,11 +258,11 @@ pub struct ModelInfo {
     /// Held-out mean log-likelihood of a full Gaussian on the cores (NaN
     /// without a hold-out).
     pub heldout_loglik_gaussian: f64,
-    /// AUTO's criterion for the Gaussian kind: MMD^2 between its draws and
-    /// the held-out cores in the leading block (NaN when AUTO had no choice
-    /// to make).
+    /// AUTO's sample-based check for the Gaussian kind: MMD^2 between its
+    /// draws and the held-out cores in the leading block (NaN when AUTO had
+    /// no choice to make).
     pub heldout_mmd_gaussian: f64,
-    /// AUTO's criterion for the flow kind (NaN when AUTO had no choice).
+    /// The same for the flow kind (NaN when AUTO had no choice).
     pub heldout_mmd_flow: f64,
 }
 

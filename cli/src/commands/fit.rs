@@ -60,7 +60,7 @@ pub struct FitArgs {
 /// Which model the cores get.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CoreModelArg {
-    /// The flow or a full Gaussian, whichever draws closer to held-out cores (then refitted on all).
+    /// The flow when it predicts held-out matrices clearly better than a full Gaussian (then refitted on all).
     Auto,
     /// Always the flow (plus a Gaussian on the low-variance principal
     /// components).

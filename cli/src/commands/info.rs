@@ -106,7 +106,7 @@ pub fn core_model_reason(m: &coreflow::Model) -> String {
     );
     if !ci.heldout_mmd_gaussian.is_nan() {
         scores += &format!(
-            "; MMD^2 of draws in the leading block (the criterion, lower is better): Gaussian {:.3e}, flow {:.3e}",
+            "; MMD^2 of draws in the leading block (lower is better): Gaussian {:.3e}, flow {:.3e}",
             ci.heldout_mmd_gaussian, ci.heldout_mmd_flow
         );
     }
@@ -128,13 +128,13 @@ pub fn core_model_reason(m: &coreflow::Model) -> String {
             CoreModelKind::Gaussian => format!("auto without a hold-out: {too_small}"),
         },
         (CoreModelChoice::Auto, CoreModelKind::Flow) => {
-            format!("auto chose the flow, its draws closer to held-out cores ({scores}); refitted on all matrices")
+            format!("auto chose the flow, its held-out log-likelihood clearly higher ({scores}); refitted on all matrices")
         }
         (CoreModelChoice::Auto, CoreModelKind::Gaussian) if ci.heldout_loglik_flow.is_nan() => {
             format!("auto chose the Gaussian: {too_small}")
         }
         (CoreModelChoice::Auto, CoreModelKind::Gaussian) => {
-            format!("auto chose the Gaussian, its draws at least as close to held-out cores ({scores}); refitted on all matrices")
+            format!("auto chose the Gaussian, the flow's held-out log-likelihood not clearly higher ({scores}); refitted on all matrices")
         }
     }
 }
