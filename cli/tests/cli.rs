@@ -948,7 +948,7 @@ fn progress_without_a_terminal_is_one_line_per_stage() {
     assert!(lines[1].starts_with("flow: "), "{lines:?}");
     assert!(lines[1].contains(" steps, loss "), "{lines:?}");
     let mut quiet = args.to_vec();
-    quiet.push("--quiet");
+    quiet.extend(["--quiet", "--force"]);
     let run = coreflow(&quiet);
     run.ok();
     assert_eq!(run.stderr, "");
@@ -988,6 +988,7 @@ fn fit_warns_when_the_core_outgrows_the_data() {
         "--flow-steps",
         "0",
         "--quiet",
+        "--force",
         "--out",
         s(&model),
     ]);
