@@ -50,7 +50,16 @@ const ERR_CANCELLED = Int32(9)
 const ERR_NUMERICAL = Int32(10)
 const ERR_UNSUPPORTED = Int32(11)
 const ERR_COMMUNICATION = Int32(12)
+const ERR_OUT_OF_MEMORY = Int32(13)
 const ERR_INTERNAL = Int32(99)
+# Caps on sizes and options (COREFLOW_MAX_*): larger values are refused.
+const MAX_THREADS = 256
+const MAX_ITERATIONS = 1000000
+const MAX_FLOW_STEPS = 100000000
+const MAX_FLOW_HIDDEN = 16384
+const MAX_FLOW_LAYERS = 64
+const MAX_FLOW_TIME_FREQS = 4096
+const MAX_SOLVER_STEPS = 1000000
 const OP_SAMPLE = Int32(0)
 const OP_ENCODE = Int32(1)
 const OP_DECODE = Int32(2)
