@@ -46,6 +46,34 @@ static void expect_error(coreflow_status got, coreflow_status want, const char *
 }
 #define EXPECT_ERROR(call, want, arg) expect_error((call), (want), (arg), __LINE__)
 
+/* Views of `count` C-order matrices of rows x cols at `data` (no mask). */
+static inline coreflow_matrices c_order_matrices(const double *data, size_t count, size_t rows,
+                                                 size_t cols) {
+    coreflow_matrices v;
+    v.data = data;
+    v.mask = NULL;
+    v.count = count;
+    v.rows = rows;
+    v.cols = cols;
+    v.sample_stride = (ptrdiff_t)(rows * cols);
+    v.row_stride = (ptrdiff_t)cols;
+    v.col_stride = 1;
+    return v;
+}
+
+static inline coreflow_matrices_mut c_order_matrices_mut(double *data, size_t count, size_t rows,
+                                                         size_t cols) {
+    coreflow_matrices_mut v;
+    v.data = data;
+    v.count = count;
+    v.rows = rows;
+    v.cols = cols;
+    v.sample_stride = (ptrdiff_t)(rows * cols);
+    v.row_stride = (ptrdiff_t)cols;
+    v.col_stride = 1;
+    return v;
+}
+
 /* xorshift64*: uniform in [0, 1). */
 static uint64_t rng_state = TEST_RNG_SEED;
 static double uniform01(void) {

@@ -44,16 +44,7 @@ static int32_t cancel_progress(void *user, const coreflow_progress *p) {
 }
 
 static coreflow_matrices c_order_view(const double *data, size_t count) {
-    coreflow_matrices v;
-    v.data = data;
-    v.mask = NULL;
-    v.count = count;
-    v.rows = M;
-    v.cols = NC;
-    v.sample_stride = M * NC;
-    v.row_stride = NC;
-    v.col_stride = 1;
-    return v;
+    return c_order_matrices(data, count, M, NC);
 }
 
 /* A host compiled against an older header has a smaller options struct.

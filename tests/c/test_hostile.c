@@ -32,28 +32,11 @@ static unsigned char *model_image = NULL; /* a fitted flow model, as bytes */
 static size_t model_image_len = 0;
 
 static coreflow_matrices view_of(const double *data, size_t count) {
-    coreflow_matrices v;
-    v.data = data;
-    v.mask = NULL;
-    v.count = count;
-    v.rows = M;
-    v.cols = NC;
-    v.sample_stride = M * NC;
-    v.row_stride = NC;
-    v.col_stride = 1;
-    return v;
+    return c_order_matrices(data, count, M, NC);
 }
 
 static coreflow_matrices_mut mut_view_of(double *data, size_t count) {
-    coreflow_matrices_mut v;
-    v.data = data;
-    v.count = count;
-    v.rows = M;
-    v.cols = NC;
-    v.sample_stride = M * NC;
-    v.row_stride = NC;
-    v.col_stride = 1;
-    return v;
+    return c_order_matrices_mut(data, count, M, NC);
 }
 
 /* Views of finding 1: count * rows * cols wraps to 0 (2^32 * 2^32 * 1), or
