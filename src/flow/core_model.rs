@@ -1917,7 +1917,7 @@ fn moment_match(
     Ok((m, flat))
 }
 
-/// Samples drawn from each candidate for the selection criterion
+/// Samples drawn from each candidate for AUTO's sample-based check
 /// ([`block_mmd`]).
 pub const SELECTION_SAMPLES: usize = 2000;
 

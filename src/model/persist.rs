@@ -18,7 +18,7 @@
 //! sections are skipped. Nothing in the file is `d x d`: both Gaussians are
 //! stored as their principal directions plus a ridge, `q <= min(d, N)`.
 //!
-//! Version 3 appends to `CORE` the AUTO criterion of both kinds (after the
+//! Version 3 appends to `CORE` AUTO's MMD^2 check of both kinds (after the
 //! held-out log-likelihoods) and the flow block's support radius (after the
 //! moment matching); version-2 files are read with NaN criteria and the
 //! radius `V2_SUPPORT_RADIUS_PER_SQRT_K x sqrt(k)`.
