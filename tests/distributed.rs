@@ -204,8 +204,8 @@ fn sharded_core_priors_and_gaussian_core_models_match_the_single_process_fit() {
             rank_cols: rank.1,
             center: true,
             threads: 1,
-            flow: coreflow::flow::core_model::FlowOptions {
-                core_model: coreflow::flow::core_model::CoreModelChoice::Gaussian,
+            flow: coreflow::core_model::FlowOptions {
+                core_model: coreflow::core_model::CoreModelChoice::Gaussian,
                 steps: 0,
                 holdout_fraction: 0.0,
                 ..Default::default()
@@ -290,8 +290,8 @@ fn mmd_of(model: &Model, fresh: &[f64], count: usize, m: usize, n: usize) -> f64
 
 #[test]
 fn data_parallel_flow_training_gives_one_model_of_comparable_quality() {
+    use coreflow::core_model::{CoreModelChoice, FlowOptions};
     use coreflow::datasets::CoreDistribution;
-    use coreflow::flow::core_model::{CoreModelChoice, FlowOptions};
     let (count, m, n) = (240, 16, 12);
     let spec = |seed| {
         let mut s = PlantedSpec::new(count, m, n, 2, 2, 64);
