@@ -508,6 +508,12 @@ typedef struct coreflow_model_info {
      * Its number of Gaussian components (0 when none).
      */
     size_t mixture_components;
+    /**
+     * Optimiser steps the flow was trained for: with a hold-out, the step
+     * of the best held-out flow-matching loss on the split, which the
+     * refit on all matrices repeats (0 without a flow).
+     */
+    size_t flow_train_steps;
 } coreflow_model_info;
 
 /**

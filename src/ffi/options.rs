@@ -448,6 +448,10 @@ pub struct coreflow_model_info {
     pub mixture_block: usize,
     /// Its number of Gaussian components (0 when none).
     pub mixture_components: usize,
+    /// Optimiser steps the flow was trained for: with a hold-out, the step
+    /// of the best held-out flow-matching loss on the split, which the
+    /// refit on all matrices repeats (0 without a flow).
+    pub flow_train_steps: usize,
 }
 
 /// Smallest `struct_size` accepted for `coreflow_model_info` (ABI v1).
@@ -509,6 +513,7 @@ pub(crate) unsafe fn write_model_info(
         heldout_mmd_mixture: info.heldout_mmd_mixture,
         mixture_block: info.mixture_block,
         mixture_components: info.mixture_components,
+        flow_train_steps: info.flow_train_steps,
     };
     let n = size.min(size_of::<coreflow_model_info>());
     std::ptr::copy_nonoverlapping(&full as *const _ as *const u8, out as *mut u8, n);

@@ -298,6 +298,7 @@ class ModelInfo(Structure):
         ("heldout_mmd_mixture", c_double),
         ("mixture_block", c_size_t),
         ("mixture_components", c_size_t),
+        ("flow_train_steps", c_size_t),
     ]
 
 
