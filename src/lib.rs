@@ -40,6 +40,8 @@ pub(crate) mod pool;
 /// cbindgen:ignore
 pub mod reduce;
 /// cbindgen:ignore
+pub mod rng;
+/// cbindgen:ignore
 pub mod subspace;
 
 pub use batch::{CheckedLayout, Layout, MaskRef, MatrixBatch, MatrixBatchMut};

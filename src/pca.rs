@@ -26,9 +26,9 @@
 //! is positive (ties by the lowest index), as for the canonical bases.
 
 use crate::error::{Error, Result};
-use crate::flow::rng;
 use crate::numerics::{self, gemm, MemBuffer, MemStack, Par};
 use crate::reduce::Reducer;
+use crate::rng;
 use faer::{Accum, Mat, MatRef};
 
 /// Seed of the range finder's test matrix (any fixed value: the result does

@@ -3,7 +3,8 @@
 //!
 //! Submodules, bottom to top:
 //! - [`real`]: the network's floating-point types and vectorised kernels;
-//! - [`rng`]: counter-based random streams and normal variates;
+//! - [`noise`]: fast `f32` normal variates for the training noise (the
+//!   random streams are [`crate::rng`]);
 //! - [`network`]: the velocity MLP, its batched forward/backward passes and
 //!   Jacobian traces;
 //! - [`optim`]: Adam, the learning-rate schedule, clipping and the weight EMA;
@@ -37,11 +38,15 @@ pub mod core_model;
 pub mod latent;
 pub mod likelihood;
 pub mod network;
+pub mod noise;
 pub mod ode;
 pub mod optim;
 pub mod real;
-pub mod rng;
 pub mod train;
+
+// The streams live in the bottom layer; `core_model` and `network` still
+// name them `super::rng`.
+pub(crate) use crate::rng;
 
 pub use core_model::{
     CoreModel, CoreModelChoice, CoreModelInfo, CoreModelKind, CoreModelParts, FlowOptions,
