@@ -1,12 +1,13 @@
 //! The exported functions.
 
 use super::options::*;
+use super::reducer::CallbackReducer;
 use super::status::{boundary, boundary_void, coreflow_status};
 use super::views::*;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::numerics::{MemStack, StackReq};
-use crate::reduce::{CallbackReducer, LocalReducer};
+use crate::reduce::LocalReducer;
 use std::ffi::{c_char, c_void};
 use std::mem::MaybeUninit;
 

@@ -6,14 +6,13 @@ use super::check::{check_bases, check_mean};
 use super::products::{
     big_len, block_gram, block_gram_scratch, block_products, block_products_scratch,
 };
-use super::sums::reduce_mat;
 use crate::batch::MatrixBatch;
 use crate::error::{Error, Result};
 use crate::numerics::{
     self, gemm, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch, MemStack, Par,
     StackReq,
 };
-use crate::reduce::Reducer;
+use crate::reduce::{sum_symmetric, Reducer};
 use faer::prelude::{Reborrow, ReborrowMut};
 use faer::{Accum, MatMut, MatRef};
 
@@ -208,7 +207,7 @@ impl<'s> Hooi<'s> {
         par: Par,
     ) -> Result<()> {
         block_gram(big, count, s, self.gram_rows.rb_mut(), par, self.stack);
-        reduce_mat(reducer, self.gram_rows.rb_mut())
+        sum_symmetric(reducer, self.gram_rows.rb_mut())
     }
 
     /// `f = trace(U^T (sum Y_i Y_i^T) U)` from the Gram matrix of `rows_gram`.
@@ -263,7 +262,7 @@ impl<'s> Hooi<'s> {
             par,
             self.stack,
         );
-        reduce_mat(reducer, self.gram_cols.rb_mut())?;
+        sum_symmetric(reducer, self.gram_cols.rb_mut())?;
         numerics::top_eigenvectors(self.gram_cols.rb(), v, self.vals_cols, par, self.stack)?;
         Ok(self.vals_cols[..s].iter().sum())
     }

@@ -2,14 +2,14 @@
 //! and `B = sum (X_i - M)^T (X_i - M)` (see the parent module).
 
 use super::check::{check_len, check_mean, check_square};
-use super::sums::{add_lower, as_slice_mut, reduce_mat, workers};
+use super::sums::{add_lower, workers};
 use crate::batch::MatrixBatch;
 use crate::error::{Error, Result};
 use crate::numerics::{
-    self, parallel_parts, syrk_lower, temp_mat_scratch, temp_mat_zeroed, temp_slice,
+    self, as_slice_mut, parallel_parts, syrk_lower, temp_mat_scratch, temp_mat_zeroed, temp_slice,
     temp_slice_scratch, MemStack, Par, SharedBuf, StackReq,
 };
-use crate::reduce::{sum_scalar, Reducer};
+use crate::reduce::{sum_scalar, sum_symmetric, Reducer};
 use faer::prelude::{Reborrow, ReborrowMut};
 use faer::{Accum, MatMut, MatRef};
 
@@ -157,8 +157,8 @@ pub fn hosvd_init(
     let (mut b, stack) = temp_mat_zeroed::<f64>(n, n, stack);
     let (acc, stack) = temp_slice((t - 1) * (m * m + n * n), 0.0f64, stack);
     local_grams(data, a.rb_mut(), b.rb_mut(), acc, par);
-    reduce_mat(reducer, a.rb_mut())?;
-    reduce_mat(reducer, b.rb_mut())?;
+    sum_symmetric(reducer, a.rb_mut())?;
+    sum_symmetric(reducer, b.rb_mut())?;
     // A NaN or infinity anywhere in the data reaches the diagonal of A.
     if (0..m).any(|i| !a[(i, i)].is_finite()) || (0..n).any(|j| !b[(j, j)].is_finite()) {
         return Err(non_finite_data(data));

@@ -1,10 +1,10 @@
 //! The projected blocks `Y_i = X_i V - M V`, `W_i = X_i^T U - M^T U` and
 //! their Gram matrices `sum_i Z_i Z_i^T`.
 
-use super::sums::{add_lower, as_slice_mut, workers};
+use super::sums::{add_lower, workers};
 use crate::batch::MatrixBatch;
 use crate::numerics::{
-    gemm, parallel_parts, syrk_lower, temp_mat_scratch, temp_mat_zeroed, temp_slice,
+    as_slice_mut, gemm, parallel_parts, syrk_lower, temp_mat_scratch, temp_mat_zeroed, temp_slice,
     temp_slice_scratch, MemStack, Par, SharedBuf, StackReq,
 };
 use faer::prelude::{Reborrow, ReborrowMut};

@@ -8,14 +8,14 @@ use super::check::{check_bases, check_mean};
 use super::line_search::{exact_line_search, line_search_scratch};
 use super::products::{big_len, block, block_products, block_products_scratch};
 use super::stop::StopRule;
-use super::sums::{add_into, reduce_mat, sum_sq, workers};
+use super::sums::{add_into, sum_sq, workers};
 use crate::batch::MatrixBatch;
 use crate::error::{Error, Result};
 use crate::numerics::{
     self, gemm, parallel_parts, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch,
     MemStack, Par, SharedBuf, StackReq,
 };
-use crate::reduce::{sum_scalar, Reducer};
+use crate::reduce::{sum_matrix, sum_scalar, Reducer};
 use faer::prelude::{Reborrow, ReborrowMut};
 use faer::{Accum, MatMut, MatRef};
 
@@ -111,7 +111,7 @@ fn evaluate_rows(
         par,
     );
     if let Some(mut g) = gu {
-        reduce_mat(reducer, g.rb_mut())?;
+        sum_matrix(reducer, g.rb_mut())?;
         scale(g, 2.0);
     }
     sum_scalar(reducer, f)
@@ -135,7 +135,7 @@ fn evaluate_cols(
     let (count, n, r) = (data.count(), data.cols(), u.ncols());
     block_products(data, true, mean, u, big, par, stack);
     block_products_reduce(big, count, n, r, v, Some(gv.rb_mut()), acc, par);
-    reduce_mat(reducer, gv.rb_mut())?;
+    sum_matrix(reducer, gv.rb_mut())?;
     scale(gv, 2.0);
     Ok(())
 }

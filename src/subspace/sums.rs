@@ -1,32 +1,12 @@
-//! Parallel sums: per-worker accumulators added part by part, and local
-//! sums completed by the [`Reducer`](crate::reduce::Reducer).
+//! Parallel sums: per-worker accumulators added part by part (the sums
+//! across participants are [`crate::reduce`]'s).
 
-use crate::error::{Error, Result};
 use crate::numerics::Par;
-use crate::reduce::Reducer;
 use faer::{MatMut, MatRef};
 
 /// Number of workers for `par` on `count` items.
 pub(super) fn workers(par: Par, count: usize) -> usize {
     par.degree().clamp(1, count.max(1))
-}
-
-/// A contiguous column-major matrix as one slice, or `None`.
-pub(super) fn as_slice_mut<'a>(m: &'a mut MatMut<'_, f64>) -> Option<&'a mut [f64]> {
-    if m.row_stride() == 1 && (m.ncols() <= 1 || m.col_stride() == m.nrows() as isize) {
-        // SAFETY: the view is contiguous column-major (checked above) and the
-        // returned slice borrows it mutably.
-        Some(unsafe { std::slice::from_raw_parts_mut(m.as_ptr_mut(), m.nrows() * m.ncols()) })
-    } else {
-        None
-    }
-}
-
-/// Completes a local sum held in a contiguous temporary across participants.
-pub(super) fn reduce_mat(reducer: &dyn Reducer, mut m: MatMut<'_, f64>) -> Result<()> {
-    let buf = as_slice_mut(&mut m)
-        .ok_or_else(|| Error::internal("reduction buffer is not contiguous"))?;
-    reducer.sum_in_place(buf)
 }
 
 /// `dst += src` on the lower triangles of two square matrices.
