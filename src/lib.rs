@@ -5,8 +5,9 @@
 //! manifolds, projects every sample to its core C = U^T X V, models the cores,
 //! and generates new matrices X = U C V^T.
 //!
-//! Layers, bottom to top: [`numerics`] (faer helpers and workspaces), the
-//! maths modules ([`subspace`], [`completion`], [`flow`], [`metrics`],
+//! Layers, bottom to top: [`numerics`] (faer helpers and workspaces),
+//! [`reduce`] (sums over samples) and [`rng`] (random streams), the maths
+//! modules ([`subspace`], [`completion`], [`flow`], [`metrics`],
 //! [`datasets`]), the fitted [`model`], the comparison [`baselines`], and
 //! the C ABI ([`ffi`]).
 
