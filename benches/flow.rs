@@ -9,8 +9,9 @@
 use coreflow::flow::latent::{self, LatentMaps};
 use coreflow::flow::ode::{integrate, integrate_scratch};
 use coreflow::flow::{
-    likelihood, rng, NetConfig, Solver, SolverOptions, TrainOptions, Trainer, VelocityNet,
+    likelihood, NetConfig, Solver, SolverOptions, TrainOptions, Trainer, VelocityNet,
 };
+use coreflow::rng;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::{Mat, Par};

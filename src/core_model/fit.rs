@@ -10,10 +10,10 @@ use super::parts::{CoreModelInfo, CoreModelParts};
 use super::select::{block_mmd, heldout_scores, mmd_all};
 use super::{flatten, CoreModel, CoreModelChoice, CoreModelKind, FlowOptions};
 use crate::error::{Error, Result};
-use crate::flow::rng;
 use crate::numerics::par_for_threads;
 use crate::pca::{principal_components, PrincipalComponents};
 use crate::reduce::{sum_scalar, LocalReducer, Reducer};
+use crate::rng;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 

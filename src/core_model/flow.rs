@@ -12,13 +12,13 @@ use crate::flow::ode::{
     self, fused_velocity_field, Divergence, FusedField, SolveStats, SolverOptions,
 };
 use crate::flow::ode::{Times, VelocityField};
-use crate::flow::rng;
 use crate::flow::train::{TrainReport, Trainer, Validation};
 use crate::moments::{column_moments, covariance, sym_pow};
 use crate::numerics::{
     par_for_threads, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch,
 };
 use crate::reduce::{LocalReducer, Reducer};
+use crate::rng;
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::linalg::matmul::matmul;
 use faer::prelude::{Reborrow, ReborrowMut};

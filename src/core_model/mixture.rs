@@ -34,9 +34,9 @@ use super::format_err;
 use super::leading::BlockDensity;
 use crate::error::{Error, Result};
 use crate::flow::ode::SolverOptions;
-use crate::flow::rng;
 use crate::numerics::{eigh_descending, eigh_descending_scratch, temp_slice, temp_slice_scratch};
 use crate::reduce::Reducer;
+use crate::rng;
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::{Mat, MatMut, MatRef, Par, Side};
 

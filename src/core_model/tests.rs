@@ -1,9 +1,9 @@
 use super::select::{heldout_scores, row_log_probs};
 use super::*;
 use crate::flow::ode::{Divergence, Solver, SolverOptions};
-use crate::flow::rng;
 use crate::moments::{column_moments, covariance};
 use crate::reduce::LocalReducer;
+use crate::rng;
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::{Mat, MatRef, Par};
 

@@ -3,7 +3,8 @@
 //!
 //! Submodules, bottom to top:
 //! - [`real`]: the network's floating-point types and vectorised kernels;
-//! - [`rng`]: counter-based random streams and normal variates;
+//! - [`noise`]: fast `f32` normal variates for the training noise (the
+//!   random streams are [`crate::rng`]);
 //! - [`network`]: the velocity MLP, its batched forward/backward passes and
 //!   Jacobian traces;
 //! - [`optim`]: Adam, the learning-rate schedule, clipping and the weight EMA;
@@ -37,10 +38,10 @@ pub mod assignment;
 pub mod latent;
 pub mod likelihood;
 pub mod network;
+pub mod noise;
 pub mod ode;
 pub mod optim;
 pub mod real;
-pub mod rng;
 pub mod train;
 
 pub use likelihood::DivergenceField;

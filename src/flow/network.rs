@@ -33,9 +33,9 @@
 //! `eps^T J eps` is one forward-mode pass along `eps`.
 
 use super::real::{self, col_mut, col_ref, Real};
-use super::rng;
 use crate::error::{Error, Result};
 use crate::numerics::{temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch};
+use crate::rng;
 use faer::dyn_stack::{MemStack, StackReq};
 use faer::linalg::matmul::matmul;
 use faer::prelude::{Reborrow, ReborrowMut};

@@ -36,12 +36,13 @@
 
 use super::assignment::{min_cost_assignment, min_cost_assignment_scratch};
 use super::network::{NetConfig, Tape, VelocityNet};
+use super::noise::fill_normal_fast;
 use super::optim::{clip_grad_norm, Adam, AdamConfig, Ema, LrSchedule};
 use super::real::{col_mut, col_ref, multiversion, Real};
-use super::rng::{self, Rng};
 use crate::error::{Error, Result};
 use crate::numerics::{temp_slice, temp_slice_scratch};
 use crate::reduce::Reducer;
+use crate::rng::{self, Rng};
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::linalg::matmul::matmul;
 use faer::prelude::ReborrowMut;
@@ -337,7 +338,7 @@ impl<'r, T: Real> Trainer<'r, T> {
             self.idx[i] = rng::below(&mut self.rng, self.n as u64) as usize;
             self.t[i] = rng::uniform(&mut self.rng);
         }
-        rng::fill_normal_fast(&mut self.rng, &mut self.x0);
+        fill_normal_fast(&mut self.rng, &mut self.x0);
         gather_rows(&self.data, k, &self.idx, &mut self.x1);
         if self.opts.coupling == Coupling::MinibatchOt {
             self.couple_ot(b, k)?;

@@ -336,6 +336,7 @@ _PROTOTYPES = {
 _OPTIONAL_PROTOTYPES = {
     "coreflow_fit_options_init_sized": (None, [_P, c_size_t]),
     "coreflow_sample_options_init_sized": (None, [_P, c_size_t]),
+    "coreflow_metrics_options_init_sized": (None, [_P, c_size_t]),
 }
 
 _LIB_NAMES = {"linux": "libcoreflow.so", "darwin": "libcoreflow.dylib", "win32": "coreflow.dll"}
