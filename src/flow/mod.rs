@@ -6,6 +6,8 @@
 //! - [`rng`]: counter-based random streams and normal variates;
 //! - [`network`]: the velocity MLP, its batched forward/backward passes and
 //!   Jacobian traces;
+//! - [`small`]: row kernels for batches of 1 to 8 rows over weights packed
+//!   when the network is built, bitwise equal to the batched path;
 //! - [`optim`]: Adam, the learning-rate schedule, clipping and the weight EMA;
 //! - [`assignment`]: exact minimum-cost assignment (minibatch OT coupling);
 //! - [`train`]: the flow-matching training loop;
@@ -41,6 +43,7 @@ pub mod ode;
 pub mod optim;
 pub mod real;
 pub mod rng;
+pub mod small;
 pub mod train;
 
 pub use core_model::{
@@ -48,7 +51,7 @@ pub use core_model::{
     FlowParts, NetParams, Precision,
 };
 pub use likelihood::DivergenceField;
-pub use network::{LayerSlot, NetConfig, Tape, Times, VelocityNet};
+pub use network::{LayerSlot, NetConfig, RowKernel, Tape, Times, VelocityNet};
 pub use ode::{Divergence, SolveStats, Solver, SolverOptions, VelocityField};
 pub use real::Real;
 pub use train::{Coupling, TrainOptions, TrainReport, Trainer};

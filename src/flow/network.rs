@@ -34,6 +34,7 @@
 
 use super::real::{self, col_mut, col_ref, Real};
 use super::rng;
+use super::small::{Kernel, SmallPath, SMALL_ROWS};
 use crate::error::{Error, Result};
 use crate::numerics::{temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch};
 use faer::dyn_stack::{MemStack, StackReq};
@@ -139,6 +140,16 @@ impl NetConfig {
     }
 }
 
+/// Which row kernel [`VelocityNet::with_row_kernel`] packs for.
+#[doc(hidden)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RowKernel {
+    /// The one detected for this machine.
+    Detected,
+    /// The portable one.
+    Portable,
+}
+
 /// When the rows of a batch are evaluated.
 #[derive(Copy, Clone, Debug)]
 pub enum Times<'a> {
@@ -151,12 +162,23 @@ pub enum Times<'a> {
 }
 
 /// A velocity network with its parameters.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct VelocityNet<T: Real> {
     config: NetConfig,
     /// `w_j / (2 pi)`: frequencies in turns per unit time.
     turns: Vec<f64>,
     params: Vec<T>,
+    /// Packed weights for the row kernels of small batches (`f32` networks
+    /// on machines with a fast kernel); dropped when the parameters are
+    /// handed out mutably, which leaves every batch on the batched path
+    /// with the same results.
+    small: Option<SmallPath>,
+}
+
+impl<T: Real> PartialEq for VelocityNet<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config && self.params == other.params
+    }
 }
 
 /// A network input `x` or `x + a k`, in the caller's real type.
@@ -458,11 +480,49 @@ impl<T: Real> VelocityNet<T> {
         let turns = (0..config.time_freqs)
             .map(|j| config.frequency(j) / core::f64::consts::TAU)
             .collect();
-        Self {
+        let mut net = Self {
             config,
             turns,
             params,
-        }
+            small: None,
+        };
+        net.small = net.as_f32().and_then(|n| SmallPath::new(n, None));
+        net
+    }
+
+    /// The same network typed as `f32` when `T` is `f32`.
+    fn as_f32(&self) -> Option<&VelocityNet<f32>> {
+        (core::any::TypeId::of::<T>() == core::any::TypeId::of::<f32>())
+            // SAFETY: T is f32, so this is the same type.
+            .then(|| unsafe { &*(self as *const Self as *const VelocityNet<f32>) })
+    }
+
+    /// Whether batches of 1 to [`SMALL_ROWS`] rows run on the row kernels
+    /// of [`super::small`] (the results are the same either way).
+    pub fn has_row_kernels(&self) -> bool {
+        self.small.is_some()
+    }
+
+    /// The same network with its row kernels packed for `kernel` (tests
+    /// compare the kernels; `None` when they do not reproduce the batched
+    /// path).
+    #[doc(hidden)]
+    pub fn with_row_kernel(&self, kernel: RowKernel) -> Option<Self> {
+        let mut net = self.clone();
+        let k = match kernel {
+            RowKernel::Detected => None,
+            RowKernel::Portable => Some(Kernel::Portable),
+        };
+        net.small = Some(SmallPath::new(net.as_f32()?, k)?);
+        Some(net)
+    }
+
+    /// The same network without row kernels: every batch on the batched path.
+    #[doc(hidden)]
+    pub fn without_row_kernels(&self) -> Self {
+        let mut net = self.clone();
+        net.small = None;
+        net
     }
 
     /// The architecture.
@@ -473,8 +533,9 @@ impl<T: Real> VelocityNet<T> {
     pub fn params(&self) -> &[T] {
         &self.params
     }
-    /// All parameters, mutable.
+    /// All parameters, mutable (the row kernels' packed copy is dropped).
     pub fn params_mut(&mut self) -> &mut [T] {
+        self.small = None;
         &mut self.params
     }
     /// Consumes the network, returning its parameters.
@@ -501,12 +562,15 @@ impl<T: Real> VelocityNet<T> {
     /// Workspace for [`forward`](Self::forward) on `batch` rows.
     pub fn forward_scratch(&self, batch: usize) -> StackReq {
         let c = &self.config;
-        StackReq::all_of(&[
-            temp_slice_scratch::<T>(c.hidden),
-            temp_rows_scratch::<T>(batch, c.hidden),
-            temp_rows_scratch::<T>(batch, c.hidden),
-            temp_rows_scratch::<T>(batch, c.dim),
-            self.first_layer_scratch(batch),
+        StackReq::any_of(&[
+            StackReq::all_of(&[
+                temp_slice_scratch::<T>(c.hidden),
+                temp_rows_scratch::<T>(batch, c.hidden),
+                temp_rows_scratch::<T>(batch, c.hidden),
+                temp_rows_scratch::<T>(batch, c.dim),
+                self.first_layer_scratch(batch),
+            ]),
+            SmallPath::forward_scratch(c, batch.min(SMALL_ROWS)),
         ])
     }
 
@@ -540,8 +604,26 @@ impl<T: Real> VelocityNet<T> {
     }
 
     /// One forward pass with input and output as `io` says (workspace of
-    /// [`forward`](Self::forward)).
+    /// [`forward`](Self::forward)): on the row kernels for 1 to
+    /// [`SMALL_ROWS`] rows when the network has them, else batched.
     pub(crate) fn forward_io<X: Real>(
+        &self,
+        times: Times<'_>,
+        io: Io<'_, X>,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
+        if let (Some(small), Some(net)) = (&self.small, self.as_f32()) {
+            if (1..=SMALL_ROWS).contains(&io.rows()) {
+                return small.forward(net, times, io, stack);
+            }
+        }
+        self.forward_batched(times, io, par, stack)
+    }
+
+    /// [`forward_io`](Self::forward_io) with faer's products whatever the
+    /// batch size.
+    pub(crate) fn forward_batched<X: Real>(
         &self,
         times: Times<'_>,
         mut io: Io<'_, X>,
