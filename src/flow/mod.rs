@@ -6,7 +6,7 @@
 //! - [`rng`]: counter-based random streams and normal variates;
 //! - [`network`]: the velocity MLP, its batched forward/backward passes and
 //!   Jacobian traces;
-//! - [`small`]: row kernels for batches of 1 to 8 rows over weights packed
+//! - [`small`]: row kernels for batches of 1 to 12 rows over weights packed
 //!   when the network is built, bitwise equal to the batched path;
 //! - [`optim`]: Adam, the learning-rate schedule, clipping and the weight EMA;
 //! - [`assignment`]: exact minimum-cost assignment (minibatch OT coupling);

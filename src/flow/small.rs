@@ -36,7 +36,7 @@ use faer::{Mat, MatMut, MatRef, Par};
 /// whose wide-register kernels are faster once a layer has enough rows to
 /// reuse each weight several times (the crossover measured on an AVX-512
 /// core; the results are the same either way).
-pub const SMALL_ROWS: usize = 8;
+pub const SMALL_ROWS: usize = 12;
 
 /// Output columns per packed panel (two 8-lane vectors).
 const LANES: usize = 16;
@@ -505,12 +505,17 @@ mod avx2 {
             while i < nrows {
                 let ap = a.as_ptr().add(i * lda);
                 let op = out.as_mut_ptr().add(i * ldo + q * LANES);
-                let r = (nrows - i).min(4);
+                // Tiles of at most 6 rows, as even as possible: short
+                // tiles have too few accumulators to keep the FMA units busy.
+                let left = nrows - i;
+                let r = left.div_ceil(left.div_ceil(6));
                 match r {
                     1 => group_one_row(w, ldw, n, ap, op),
                     2 => group::<2, 2>(w, ldw, n, ap, lda, op, ldo),
                     3 => group::<3, 1>(w, ldw, n, ap, lda, op, ldo),
-                    _ => group::<4, 1>(w, ldw, n, ap, lda, op, ldo),
+                    4 => group::<4, 1>(w, ldw, n, ap, lda, op, ldo),
+                    5 => group::<5, 1>(w, ldw, n, ap, lda, op, ldo),
+                    _ => group::<6, 1>(w, ldw, n, ap, lda, op, ldo),
                 }
                 i += r;
             }
