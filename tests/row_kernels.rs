@@ -95,7 +95,12 @@ fn row_kernels_equal_the_batched_path_bitwise() {
         let mut mem = MemBuffer::new(net.forward_scratch(SMALL_ROWS));
         let stack = MemStack::new(&mut mem);
         for b in 1..=SMALL_ROWS {
-            for times in [Times::Shared(0.43), Times::PerRow(&t[..b])] {
+            // 0.5 is on the precomputed time grid, 0.43 is not.
+            for times in [
+                Times::Shared(0.43),
+                Times::Shared(0.5),
+                Times::PerRow(&t[..b]),
+            ] {
                 let xb = x.as_ref().subrows(0, b);
                 let kb = kdir.as_ref().subrows(0, b);
                 let mut want = Mat::<f64>::zeros(b, c.dim);
@@ -159,10 +164,17 @@ fn solves_of_single_rows_equal_one_batched_solve() {
     let net = VelocityNet::<f32>::new(c, 8).unwrap();
     let n = 40; // above SMALL_ROWS: the batched path
     let x0 = normals(n, c.dim, 9);
-    for solver in [Solver::Euler, Solver::Heun, Solver::Rk4, Solver::Dopri5] {
+    // 8 steps: every stage time on the precomputed grid; 7: none inside.
+    for (solver, steps) in [
+        (Solver::Euler, 7),
+        (Solver::Heun, 8),
+        (Solver::Rk4, 7),
+        (Solver::Rk4, 8),
+        (Solver::Dopri5, 7),
+    ] {
         let opts = SolverOptions {
             solver,
-            steps: 7,
+            steps,
             ..Default::default()
         };
         let mut mem = MemBuffer::new(integrate_scratch(&net, n, &opts));
@@ -180,7 +192,11 @@ fn solves_of_single_rows_equal_one_batched_solve() {
             )
             .unwrap();
             let want = all.as_ref().subrows(start, len).to_owned();
-            assert_bitwise(&part, &want, &format!("{solver:?} rows {start}..+{len}"));
+            assert_bitwise(
+                &part,
+                &want,
+                &format!("{solver:?} {steps} rows {start}..+{len}"),
+            );
         }
     }
 }

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Sampling latency of CoreFlow and the PyTorch peer for a few samples per call.
+
+Runs `target/release/examples/sample_latency` (Model::sample of `count`
+matrices per call: the flow solve, the Gaussian block and the decoding to
+full matrices) and `shared/peers/torch_flow_bench.py --sample-count count`
+(the flow solve only) alternately, `--rounds` times, both pinned with
+`taskset` to the same core and single-threaded, at the same network shape
+(flow dimension, hidden width, layers, 16 time frequencies, RK4 with 16
+steps = 64 evaluations). Prints a markdown table of the medians: ms per call,
+the ratio peer / CoreFlow, achieved GFLOP/s (2 x 64 x multiply-adds per
+sample, the same count on both sides), and for count = 1 the time the
+network's weight traffic needs at the L2 read bandwidth sample_latency
+measures in the same run (weights x 4 bytes x 64 evaluations / bandwidth).
+
+    cargo build --release --example sample_latency
+    python3 scripts/latency_vs_torch.py --python /work/venv-torch/bin/python \\
+        --peer ../shared/peers/torch_flow_bench.py [--core 1] [--rounds 3] [--large]
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+
+def run(cmd, core):
+    out = subprocess.run(["taskset", "-c", str(core)] + cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peer", default="../shared/peers/torch_flow_bench.py")
+    p.add_argument("--python", default=".venv/bin/python")
+    p.add_argument("--bench", default="target/release/examples/sample_latency")
+    p.add_argument("--core", type=int, default=1, help="the core both sides are pinned to")
+    p.add_argument("--counts", default="1,4,16")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--peer-repeats", type=int, default=30)
+    p.add_argument("--large", action="store_true", help="also 200 x 200 matrices, flow on 40, H = 512")
+    p.add_argument("--json-out", default="", help="also write every raw JSON line here")
+    a = p.parse_args()
+
+    counts = [int(c) for c in a.counts.split(",")]
+    shapes = [(128, 8, 12, 256)] + ([(200, 8, 40, 512)] if a.large else [])
+    raw = []
+    for size, rank, k, hidden in shapes:
+        ours_ms = {c: [] for c in counts}
+        peer_ms = {c: [] for c in counts}
+        l2, bound, macs = [], [], None
+        for rnd in range(a.rounds):
+            ours = run([a.bench, "--size", str(size), "--rank", str(rank), "--flow-dim", str(k),
+                        "--hidden", str(hidden), "--counts", ",".join(map(str, counts)),
+                        "--repeats", "5", "--min-ms", "200", "--no-log-prob"], a.core)
+            raw.append(ours)
+            macs = ours["macs_per_eval"]
+            l2.append(ours["l2_read_gbs"])
+            for r in ours["results"]:
+                ours_ms[r["count"]].append(r["sample_ms_per_call"])
+                if r["count"] == 1:
+                    bound.append(r["weight_traffic_ms"])
+            for c in counts:
+                peer = run([a.python, a.peer, "--dim", str(k), "--hidden", str(hidden), "--layers", "3",
+                            "--freqs", "16", "--skip-train", "--threads", "1", "--sample-count", str(c),
+                            "--solver", "rk4", "--sample-steps", "16", "--repeats", str(a.peer_repeats)],
+                           a.core)
+                raw.append(peer)
+                peer_ms[c].append(1e3 * c / peer["sample_per_s"])
+            print(f"round {rnd}: " + ", ".join(
+                f"n={c}: {ours_ms[c][-1]:.3f} / {peer_ms[c][-1]:.3f} ms" for c in counts), file=sys.stderr)
+        flop = 2.0 * 64 * macs
+        med = statistics.median
+        print(f"\n{size} x {size} matrices, flow on {k} components, H = {hidden}, 3 layers, RK4 16 steps; "
+              f"core {a.core}, 1 thread, medians of {a.rounds} alternating rounds; "
+              f"L2 read {med(l2):.0f} GB/s (rounds: {', '.join(f'{v:.0f}' for v in l2)})\n")
+        print("| count | CoreFlow ms/call | torch ms/call | torch / CoreFlow | CoreFlow GFLOP/s | torch GFLOP/s "
+              "| CoreFlow / weight traffic at L2 |")
+        print("|---|---|---|---|---|---|---|")
+        for c in counts:
+            o, q = med(ours_ms[c]), med(peer_ms[c])
+            traffic = f"{o / med(bound):.2f}x ({med(bound):.3f} ms)" if c == 1 else ""
+            print(f"| {c} | {o:.3f} | {q:.3f} | {q / o:.1f}x | {flop * c / o / 1e6:.1f} | "
+                  f"{flop * c / q / 1e6:.1f} | {traffic} |")
+    if a.json_out:
+        with open(a.json_out, "w") as f:
+            for r in raw:
+                f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
