@@ -436,13 +436,13 @@ mod avx2 {
     use super::{Packed, GROUP, LANES};
     use core::arch::x86_64::*;
 
-    /// `R` rows times `P` adjacent panels of one group (row stride
-    /// `ldw`): `2 R P` accumulators, one broadcast per row and two weight
-    /// vectors per panel for each term.
+    /// `R` rows times `V` adjacent 8-column vectors of one group (row
+    /// stride `ldw`): `R V` accumulators, one broadcast per row and `V`
+    /// weight vectors for each term.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const R: usize, const P: usize>(
+    unsafe fn tile<const R: usize, const V: usize>(
         w: *const f32,
         ldw: usize,
         n: usize,
@@ -451,37 +451,33 @@ mod avx2 {
         out: *mut f32,
         ldo: usize,
     ) {
-        let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
+        let mut acc = [[_mm256_setzero_ps(); V]; R];
         for p in 0..n {
-            let mut wv = [[_mm256_setzero_ps(); 2]; P];
-            for (q, v) in wv.iter_mut().enumerate() {
-                let wp = w.add(p * ldw + q * LANES);
-                *v = [_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8))];
+            let mut wv = [_mm256_setzero_ps(); V];
+            for (v, x) in wv.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(w.add(p * ldw + 8 * v));
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let av = _mm256_set1_ps(*a.add(r * lda + p));
-                for (acc_q, v) in acc_r.iter_mut().zip(&wv) {
-                    acc_q[0] = _mm256_fmadd_ps(av, v[0], acc_q[0]);
-                    acc_q[1] = _mm256_fmadd_ps(av, v[1], acc_q[1]);
+                for (acc_v, x) in acc_r.iter_mut().zip(&wv) {
+                    *acc_v = _mm256_fmadd_ps(av, *x, *acc_v);
                 }
             }
         }
         for (r, acc_r) in acc.iter().enumerate() {
-            for (q, acc_q) in acc_r.iter().enumerate() {
-                let o = out.add(r * ldo + q * LANES);
-                _mm256_storeu_ps(o, acc_q[0]);
-                _mm256_storeu_ps(o.add(8), acc_q[1]);
+            for (v, acc_v) in acc_r.iter().enumerate() {
+                _mm256_storeu_ps(out.add(r * ldo + 8 * v), *acc_v);
             }
         }
     }
 
-    /// Every panel of one group for `R` rows: `P` panels per tile (enough
-    /// independent accumulators to hide the multiply-add latency), the rest
-    /// one by one.
+    /// Every vector of one group for `R` rows, `V` vectors per tile
+    /// (enough independent accumulators to hide the multiply-add latency
+    /// within the 16 vector registers), then the rest.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn group<const R: usize, const P: usize>(
+    unsafe fn group<const R: usize, const V: usize>(
         w: *const f32,
         ldw: usize,
         n: usize,
@@ -490,15 +486,18 @@ mod avx2 {
         out: *mut f32,
         ldo: usize,
     ) {
-        let panels = ldw / LANES;
-        let mut q = 0;
-        while q + P <= panels {
-            tile::<R, P>(w.add(q * LANES), ldw, n, a, lda, out.add(q * LANES), ldo);
-            q += P;
+        let vectors = ldw / 8;
+        let mut v = 0;
+        while v + V <= vectors {
+            tile::<R, V>(w.add(8 * v), ldw, n, a, lda, out.add(8 * v), ldo);
+            v += V;
         }
-        while q < panels {
-            tile::<R, 1>(w.add(q * LANES), ldw, n, a, lda, out.add(q * LANES), ldo);
-            q += 1;
+        if v + 2 <= vectors {
+            tile::<R, 2>(w.add(8 * v), ldw, n, a, lda, out.add(8 * v), ldo);
+            v += 2;
+        }
+        if v < vectors {
+            tile::<R, 1>(w.add(8 * v), ldw, n, a, lda, out.add(8 * v), ldo);
         }
     }
 
@@ -507,11 +506,11 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn group_one_row(w: *const f32, ldw: usize, n: usize, a: *const f32, out: *mut f32) {
-        match ldw / LANES {
+        match ldw / 8 {
+            8 => tile::<1, 8>(w, ldw, n, a, 0, out, 0),
+            6 => tile::<1, 6>(w, ldw, n, a, 0, out, 0),
             4 => tile::<1, 4>(w, ldw, n, a, 0, out, 0),
-            3 => tile::<1, 3>(w, ldw, n, a, 0, out, 0),
-            2 => tile::<1, 2>(w, ldw, n, a, 0, out, 0),
-            _ => tile::<1, 1>(w, ldw, n, a, 0, out, 0),
+            _ => tile::<1, 2>(w, ldw, n, a, 0, out, 0),
         }
     }
 
@@ -544,11 +543,11 @@ mod avx2 {
                 let r = left.div_ceil(left.div_ceil(6));
                 match r {
                     1 => group_one_row(w, ldw, n, ap, op),
-                    2 => group::<2, 2>(w, ldw, n, ap, lda, op, ldo),
-                    3 => group::<3, 1>(w, ldw, n, ap, lda, op, ldo),
-                    4 => group::<4, 1>(w, ldw, n, ap, lda, op, ldo),
-                    5 => group::<5, 1>(w, ldw, n, ap, lda, op, ldo),
-                    _ => group::<6, 1>(w, ldw, n, ap, lda, op, ldo),
+                    2 => group::<2, 4>(w, ldw, n, ap, lda, op, ldo),
+                    3 => group::<3, 3>(w, ldw, n, ap, lda, op, ldo),
+                    4 => group::<4, 3>(w, ldw, n, ap, lda, op, ldo),
+                    5 => group::<5, 2>(w, ldw, n, ap, lda, op, ldo),
+                    _ => group::<6, 2>(w, ldw, n, ap, lda, op, ldo),
                 }
                 i += r;
             }
