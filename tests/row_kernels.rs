@@ -120,6 +120,38 @@ fn row_kernels_equal_the_batched_path_bitwise() {
 }
 
 #[test]
+fn divergences_on_row_kernels_equal_the_batched_path_bitwise() {
+    for (s, c) in shapes().into_iter().enumerate() {
+        let net = VelocityNet::<f32>::new(c, 20 + s as u64).unwrap();
+        let batched = net.without_row_kernels();
+        let x = normals(SMALL_ROWS, c.dim, 5);
+        let probe = normals(SMALL_ROWS, c.dim, 6);
+        let t: Vec<f64> = (0..SMALL_ROWS).map(|i| 0.9 - 0.07 * i as f64).collect();
+        let mut mem = MemBuffer::new(
+            net.forward_div_scratch(SMALL_ROWS)
+                .or(net.forward_jvp_scratch(SMALL_ROWS)),
+        );
+        let stack = MemStack::new(&mut mem);
+        for b in [1, 2, 5, SMALL_ROWS] {
+            let (xb, pb) = (x.as_ref().subrows(0, b), probe.as_ref().subrows(0, b));
+            for times in [Times::Shared(0.25), Times::PerRow(&t[..b])] {
+                let mut v = [Mat::<f64>::zeros(b, c.dim), Mat::<f64>::zeros(b, c.dim)];
+                let mut div = [vec![0.0; b], vec![0.0; b]];
+                let mut quad = [vec![0.0; b], vec![0.0; b]];
+                for (i, n) in [&net, &batched].into_iter().enumerate() {
+                    n.forward_div(times, xb, v[i].as_mut(), &mut div[i], Par::Seq, stack);
+                    n.forward_jvp(times, xb, pb, v[i].as_mut(), &mut quad[i], Par::Seq, stack);
+                }
+                let bits = |v: &[f64]| v.iter().map(|d| d.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&div[0]), bits(&div[1]), "{c:?} b={b}: divergence");
+                assert_eq!(bits(&quad[0]), bits(&quad[1]), "{c:?} b={b}: Hutchinson");
+                assert_bitwise(&v[0], &v[1], &format!("{c:?} b={b}: velocity"));
+            }
+        }
+    }
+}
+
+#[test]
 fn mutable_parameters_drop_the_row_kernels_not_the_results() {
     let c = cfg(4, 24, 2, 3);
     let mut net = VelocityNet::<f32>::new(c, 5).unwrap();
@@ -276,7 +308,7 @@ fn one_matrix_per_call_equals_one_call_for_all() {
 fn one_matrix_per_call_scores_like_one_call_for_all() {
     let (model, m, n) = fitted();
     let opts = SolverOptions::default();
-    let count = 12;
+    let count = 40; // above SMALL_ROWS: the batched path
     let data: Vec<f64> = sample(&model, &opts, 100, count)
         .into_iter()
         .map(f64::from_bits)
@@ -292,7 +324,7 @@ fn one_matrix_per_call_scores_like_one_call_for_all() {
         lp
     };
     let all = score(0, count);
-    for j in [0, 5, 11] {
+    for j in [0, 5, 39] {
         assert_eq!(score(j, 1)[0].to_bits(), all[j].to_bits(), "matrix {j}");
     }
 }

@@ -437,6 +437,26 @@ pub(crate) unsafe fn temp_rows_uninit<T: Real>(
     (mat, stack)
 }
 
+/// The same matrix typed as `f32` when `T` is `f32`.
+fn as_f32_mut<T: 'static>(m: MatMut<'_, T>) -> Option<MatMut<'_, f32>> {
+    if core::any::TypeId::of::<T>() != core::any::TypeId::of::<f32>() {
+        return None;
+    }
+    let (r, c, rs, cs) = (m.nrows(), m.ncols(), m.row_stride(), m.col_stride());
+    // SAFETY: T is f32, so this is the same view with the same lifetime.
+    Some(unsafe { MatMut::from_raw_parts_mut(m.as_ptr_mut() as *mut f32, r, c, rs, cs) })
+}
+
+/// The same matrix typed as `f32` when `T` is `f32`.
+fn as_f32_ref<T: 'static>(m: MatRef<'_, T>) -> Option<MatRef<'_, f32>> {
+    if core::any::TypeId::of::<T>() != core::any::TypeId::of::<f32>() {
+        return None;
+    }
+    let (r, c, rs, cs) = (m.nrows(), m.ncols(), m.row_stride(), m.col_stride());
+    // SAFETY: T is f32, so this is the same view with the same lifetime.
+    Some(unsafe { MatRef::from_raw_parts(m.as_ptr() as *const f32, r, c, rs, cs) })
+}
+
 #[inline]
 pub(crate) fn gemm<T: Real>(dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, par: Par) {
     matmul(dst, Accum::Replace, lhs, rhs, T::ONE, par);
@@ -693,7 +713,30 @@ impl<T: Real> VelocityNet<T> {
         StackReq::all_of(&[
             temp_mat_scratch::<T>(1, 2 * c.time_freqs),
             temp_rows_scratch::<T>(batch, c.input_dim()),
+            SmallPath::product_scratch(c),
         ])
+    }
+
+    /// `dst <- lhs W_l[..n, :]` with `n = lhs.ncols()`: on the row kernels
+    /// when the network has them and `lhs` has 1 to [`SMALL_ROWS`] rows (the
+    /// same bits, see [`super::small`]), else faer's product. Workspace:
+    /// [`SmallPath::product_scratch`].
+    fn product(
+        &self,
+        l: usize,
+        mut dst: MatMut<'_, T>,
+        lhs: MatRef<'_, T>,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
+        if let Some(small) = &self.small {
+            if (1..=SMALL_ROWS).contains(&lhs.nrows()) {
+                if let (Some(dst), Some(lhs)) = (as_f32_mut(dst.rb_mut()), as_f32_ref(lhs)) {
+                    return small.product(l, dst, lhs, stack);
+                }
+            }
+        }
+        gemm(dst, lhs, self.weight(l).subrows(0, lhs.ncols()), par);
     }
 
     /// Pre-activation of the first hidden layer without its bias into `z`,
@@ -709,23 +752,22 @@ impl<T: Real> VelocityNet<T> {
     ) {
         let c = &self.config;
         let b = x.x.nrows();
-        let w = self.weight(0);
         let nf = 2 * c.time_freqs;
         match times {
             Times::Shared(t) => {
                 let stack = self.shared_time_bias(t, bias, stack);
                 // SAFETY: the conversion writes every element.
-                let (mut xin, _) = unsafe { temp_rows_uninit::<T>(b, c.dim, stack) };
+                let (mut xin, stack) = unsafe { temp_rows_uninit::<T>(b, c.dim, stack) };
                 x.write(xin.rb_mut());
-                gemm(z, xin.rb(), w.subrows(0, c.dim), par);
+                self.product(0, z, xin.rb(), par, stack);
             }
             Times::PerRow(t) => {
                 assert!(t.len() == b);
-                let (mut input, _) = temp_rows::<T>(b, c.input_dim(), stack);
+                let (mut input, stack) = temp_rows::<T>(b, c.input_dim(), stack);
                 x.write(input.rb_mut().subcols_mut(0, c.dim));
                 self.time_features(t, input.rb_mut().subcols_mut(c.dim, nf));
                 bias.copy_from_slice(self.bias(0));
-                gemm(z, input.rb(), w, par);
+                self.product(0, z, input.rb(), par, stack);
             }
         }
     }
@@ -868,11 +910,11 @@ impl<T: Real> VelocityNet<T> {
         self.first_layer(times, Input { x, step: None }, a.rb_mut(), bias, par, stack);
         real::bias_silu_deriv(a.rb_mut(), block_mut(derivs, 0, b, h), bias);
         for l in 1..c.layers {
-            gemm(z.rb_mut(), a.rb(), self.weight(l), par);
+            self.product(l, z.rb_mut(), a.rb(), par, stack);
             real::bias_silu_deriv(z.rb_mut(), block_mut(derivs, l, b, h), self.bias(l));
             core::mem::swap(&mut a, &mut z);
         }
-        gemm(o.rb_mut(), a.rb(), self.weight(c.layers), par);
+        self.product(c.layers, o.rb_mut(), a.rb(), par, stack);
         real::add_bias_convert(o.rb(), self.bias(c.layers), out);
 
         // Tangents: row j*B + i is sample i along direction e_j.
@@ -889,7 +931,7 @@ impl<T: Real> VelocityNet<T> {
             }
         }
         for l in 1..c.layers {
-            gemm(tan_next.rb_mut(), tan.rb(), self.weight(l), par);
+            self.product(l, tan_next.rb_mut(), tan.rb(), par, stack);
             core::mem::swap(&mut tan, &mut tan_next);
             scale_blocks(tan.rb_mut(), block(derivs, l, b, h), k);
         }
@@ -959,19 +1001,19 @@ impl<T: Real> VelocityNet<T> {
 
         self.first_layer(times, Input { x, step: None }, a.rb_mut(), bias, par, stack);
         real::bias_silu_deriv(a.rb_mut(), d.rb_mut(), bias);
-        gemm(tan.rb_mut(), p.rb(), self.weight(0).subrows(0, k), par);
+        self.product(0, tan.rb_mut(), p.rb(), par, stack);
         scale_blocks(tan.rb_mut(), d.rb(), 1);
         for l in 1..c.layers {
-            gemm(z.rb_mut(), a.rb(), self.weight(l), par);
+            self.product(l, z.rb_mut(), a.rb(), par, stack);
             real::bias_silu_deriv(z.rb_mut(), d.rb_mut(), self.bias(l));
             core::mem::swap(&mut a, &mut z);
-            gemm(tan_next.rb_mut(), tan.rb(), self.weight(l), par);
+            self.product(l, tan_next.rb_mut(), tan.rb(), par, stack);
             core::mem::swap(&mut tan, &mut tan_next);
             scale_blocks(tan.rb_mut(), d.rb(), 1);
         }
-        gemm(o.rb_mut(), a.rb(), self.weight(c.layers), par);
+        self.product(c.layers, o.rb_mut(), a.rb(), par, stack);
         real::add_bias_convert(o.rb(), self.bias(c.layers), out);
-        gemm(tan_out.rb_mut(), tan.rb(), self.weight(c.layers), par);
+        self.product(c.layers, tan_out.rb_mut(), tan.rb(), par, stack);
         for (i, q) in quad.iter_mut().enumerate() {
             let mut s = 0.0;
             for j in 0..k {

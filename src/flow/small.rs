@@ -233,6 +233,45 @@ impl SmallPath {
         ])
     }
 
+    /// Workspace of [`product`](Self::product).
+    pub(crate) fn product_scratch(c: &NetConfig) -> StackReq {
+        let pad = |n: usize| n.div_ceil(LANES) * LANES;
+        StackReq::all_of(&[
+            temp_slice_scratch::<f32>(SMALL_ROWS * c.input_dim().max(c.hidden)),
+            temp_slice_scratch::<f32>(SMALL_ROWS * pad(c.hidden.max(c.dim))),
+        ])
+    }
+
+    /// `dst <- lhs W_l[..n, :]` (`n = lhs.ncols()`, at most [`SMALL_ROWS`]
+    /// rows, any strides): the product of the batched path's matrix
+    /// layouts, through row-major copies.
+    pub(crate) fn product(
+        &self,
+        l: usize,
+        dst: MatMut<'_, f32>,
+        lhs: MatRef<'_, f32>,
+        stack: &mut MemStack,
+    ) {
+        let (rows, n) = lhs.shape();
+        let layer = &self.layers[l];
+        let w = layer.width();
+        assert!(rows <= SMALL_ROWS && dst.nrows() == rows && dst.ncols() <= w);
+        let (a, stack) = temp_slice(rows * n, 0f32, stack);
+        let (o, _) = temp_slice(rows * w, 0f32, stack);
+        for j in 0..n {
+            for i in 0..rows {
+                a[i * n + j] = lhs[(i, j)];
+            }
+        }
+        matmul_rows(self.kernel, layer, 0, n, a, n, rows, o, w);
+        let mut dst = dst;
+        for j in 0..dst.ncols() {
+            for i in 0..rows {
+                dst[(i, j)] = o[i * w + j];
+            }
+        }
+    }
+
     /// One forward pass of `net` (whose packed layers these are) with input
     /// and output as `io` says: the operations of the batched path.
     pub(crate) fn forward<X: Real>(
