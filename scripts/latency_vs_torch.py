@@ -15,7 +15,7 @@ measures in the same run (weights x 4 bytes x 64 evaluations / bandwidth).
 
     cargo build --release --example sample_latency
     python3 scripts/latency_vs_torch.py --python /work/venv-torch/bin/python \\
-        --peer ../shared/peers/torch_flow_bench.py [--core 1] [--rounds 3] [--large]
+        --peer ../shared/peers/torch_flow_bench.py [--core 1] [--rounds 3] [--shapes demo,large]
 """
 
 import argparse
@@ -41,12 +41,15 @@ def main():
     p.add_argument("--counts", default="1,4,16")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--peer-repeats", type=int, default=30)
-    p.add_argument("--large", action="store_true", help="also 200 x 200 matrices, flow on 40, H = 512")
+    p.add_argument("--shapes", default="demo",
+                   help="demo (128 x 128, flow on 12, H = 256), large (200 x 200, flow on 40, "
+                        "H = 512) or demo,large")
     p.add_argument("--json-out", default="", help="also write every raw JSON line here")
     a = p.parse_args()
 
     counts = [int(c) for c in a.counts.split(",")]
-    shapes = [(128, 8, 12, 256)] + ([(200, 8, 40, 512)] if a.large else [])
+    known = {"demo": (128, 8, 12, 256), "large": (200, 8, 40, 512)}
+    shapes = [known[s] for s in a.shapes.split(",")]
     raw = []
     for size, rank, k, hidden in shapes:
         ours_ms = {c: [] for c in counts}

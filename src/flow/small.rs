@@ -14,16 +14,27 @@
 //! GEMM kernels accumulate a row; the folded bias, the SiLU and the
 //! conversions repeat the batched path's operations element by element. A
 //! network enables these kernels only after checking that equality on a
-//! probe batch ([`SmallPath::new`]), so which path runs may depend on the
-//! batch size without changing any result.
+//! probe batch (when it is built), so which path runs may depend on the
+//! batch size without changing any result. The same kernels serve the
+//! products of the divergence passes (scoring) with 1 to [`SMALL_ROWS`]
+//! rows.
 //!
 //! Layout: each layer's weights are packed once, when the network is built
 //! from its parameters, into groups of up to 64 output columns, each group
 //! `fan_in x columns` row-major (the weights one input meets are
 //! contiguous): a row of activations times a group is one sequential stream
 //! of multiply-adds of a broadcast input with contiguous weights, with no
-//! horizontal sums and no per-call packing. Padding columns have zero weights and biases and are
-//! never read back. Activations are row-major inside the kernels.
+//! horizontal sums and no per-call packing. Padding columns have zero
+//! weights and biases and are never read back. Activations are row-major
+//! inside the kernels. The folded first bias `b'(t)` of the times `m / 64`
+//! is precomputed too: the stage times of fixed-step solves with
+//! power-of-two step counts (RK4 with 16 steps by default).
+//!
+//! Tiles: `R <= 6` rows times `V` vectors of 8 columns, with `R V <= 12`
+//! accumulators (16 vector registers hold them, the broadcast input and
+//! the weights); one row takes a whole group per tile (8 accumulators, one
+//! sequential weight stream), which keeps a single sample bound by the L2
+//! read bandwidth rather than by the multiply-add latency.
 
 use super::network::{Input, Io, NetConfig, Times, VelocityNet};
 use super::real::Real;
@@ -33,9 +44,9 @@ use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::{Mat, MatMut, MatRef, Par};
 
 /// Largest batch the row kernels take; larger batches go to faer's GEMM,
-/// whose wide-register kernels are faster once a layer has enough rows to
-/// reuse each weight several times (the crossover measured on an AVX-512
-/// core; the results are the same either way).
+/// whose AVX-512 kernels are as fast from 16 rows on (measured; below
+/// that its 16-row tiles run mostly empty). The results are the same
+/// either way.
 pub const SMALL_ROWS: usize = 12;
 
 /// Output columns per packed panel (two 8-lane vectors).
