@@ -17,8 +17,9 @@
 //! the same count as the PyTorch peer) and, for count = 1, the ratio to the
 //! weight-traffic bound `NFE x weight bytes / L2 bandwidth`. The L2 figure is
 //! the read rate of a buffer the size of the weights, swept repeatedly with
-//! the widest loads available (measured in the same process). Output: one
-//! JSON line on stdout.
+//! the widest loads available, and the compute peak is the rate of a
+//! single-thread f32 faer GEMM (512 x 512 x 512), both measured in the same
+//! process. Output: one JSON line on stdout.
 
 use coreflow::datasets::{planted_low_rank, CoreDistribution, PlantedSpec};
 use coreflow::flow::core_model::{CoreModelChoice, FlowOptions};
@@ -148,6 +149,26 @@ fn read_bandwidth(bytes: usize, repeats: usize, min_ms: f64) -> f64 {
     bytes as f64 / secs
 }
 
+/// FLOP per second of a single-thread f32 faer GEMM, `n x n` by `n x n`.
+fn gemm_peak(n: usize, repeats: usize, min_ms: f64) -> f64 {
+    use faer::{Accum, Mat, Par};
+    let a = Mat::<f32>::from_fn(n, n, |i, j| ((i * 3 + j) % 11) as f32 * 0.1);
+    let b = Mat::<f32>::from_fn(n, n, |i, j| ((i + 5 * j) % 13) as f32 * 0.1);
+    let mut c = Mat::<f32>::zeros(n, n);
+    let secs = time(repeats, min_ms, || {
+        faer::linalg::matmul::matmul(
+            c.as_mut(),
+            Accum::Replace,
+            a.as_ref(),
+            b.as_ref(),
+            1.0,
+            Par::Seq,
+        );
+        black_box(c[(0, 0)]);
+    });
+    2.0 * (n * n * n) as f64 / secs
+}
+
 fn sum(x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -196,6 +217,7 @@ fn main() {
     let (rows, cols) = (info.rows, info.cols);
     let l2 = read_bandwidth(weights * 4, a.repeats, a.min_ms / 2.0);
     let bound = nfe as f64 * (weights * 4) as f64 / l2;
+    let peak = gemm_peak(512, a.repeats, a.min_ms / 2.0);
     let mut results = Vec::new();
     for &count in &a.counts {
         let mut out = vec![0.0; count * rows * cols];
@@ -239,7 +261,7 @@ fn main() {
         results.push(r);
     }
     println!(
-        "{{\"rows\":{rows},\"cols\":{cols},\"core_dim\":{},\"flow_dim\":{},\"hidden\":{},\"layers\":{},\"time_freqs\":{},\"nfe\":{nfe},\"macs_per_eval\":{macs},\"weight_bytes\":{},\"l2_read_gbs\":{:.1},\"results\":[{}]}}",
+        "{{\"rows\":{rows},\"cols\":{cols},\"core_dim\":{},\"flow_dim\":{},\"hidden\":{},\"layers\":{},\"time_freqs\":{},\"nfe\":{nfe},\"macs_per_eval\":{macs},\"weight_bytes\":{},\"l2_read_gbs\":{:.1},\"gemm_peak_gflops\":{:.1},\"results\":[{}]}}",
         m.core_dim(),
         net.dim,
         net.hidden,
@@ -247,6 +269,7 @@ fn main() {
         net.time_freqs,
         weights * 4,
         l2 / 1e9,
+        peak / 1e9,
         results.join(",")
     );
 }

@@ -11,7 +11,8 @@ steps = 64 evaluations). Prints a markdown table of the medians: ms per call,
 the ratio peer / CoreFlow, achieved GFLOP/s (2 x 64 x multiply-adds per
 sample, the same count on both sides), and for count = 1 the time the
 network's weight traffic needs at the L2 read bandwidth sample_latency
-measures in the same run (weights x 4 bytes x 64 evaluations / bandwidth).
+measures in the same run (weights x 4 bytes x 64 evaluations / bandwidth);
+the single-thread f32 GEMM peak of the same runs bounds the larger counts.
 
     cargo build --release --example sample_latency
     python3 scripts/latency_vs_torch.py --python /work/venv-torch/bin/python \\
@@ -54,7 +55,7 @@ def main():
     for size, rank, k, hidden in shapes:
         ours_ms = {c: [] for c in counts}
         peer_ms = {c: [] for c in counts}
-        l2, bound, macs = [], [], None
+        l2, peak, bound, macs = [], [], [], None
         for rnd in range(a.rounds):
             ours = run([a.bench, "--size", str(size), "--rank", str(rank), "--flow-dim", str(k),
                         "--hidden", str(hidden), "--counts", ",".join(map(str, counts)),
@@ -62,6 +63,7 @@ def main():
             raw.append(ours)
             macs = ours["macs_per_eval"]
             l2.append(ours["l2_read_gbs"])
+            peak.append(ours["gemm_peak_gflops"])
             for r in ours["results"]:
                 ours_ms[r["count"]].append(r["sample_ms_per_call"])
                 if r["count"] == 1:
@@ -79,7 +81,9 @@ def main():
         med = statistics.median
         print(f"\n{size} x {size} matrices, flow on {k} components, H = {hidden}, 3 layers, RK4 16 steps; "
               f"core {a.core}, 1 thread, medians of {a.rounds} alternating rounds; "
-              f"L2 read {med(l2):.0f} GB/s (rounds: {', '.join(f'{v:.0f}' for v in l2)})\n")
+              f"L2 read {med(l2):.0f} GB/s (rounds: {', '.join(f'{v:.0f}' for v in l2)}), "
+              f"f32 GEMM peak (faer, 512^3) {med(peak):.0f} GFLOP/s (rounds: "
+              f"{', '.join(f'{v:.0f}' for v in peak)})\n")
         print("| count | CoreFlow ms/call | torch ms/call | torch / CoreFlow | CoreFlow GFLOP/s | torch GFLOP/s "
               "| CoreFlow / weight traffic at L2 |")
         print("|---|---|---|---|---|---|---|")
