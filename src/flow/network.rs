@@ -11,7 +11,10 @@
 //! row, so every layer is one GEMM `(B x fan_in) (fan_in x fan_out)`. With
 //! faer's kernels a row of the product depends only on the same row of the
 //! left factor (measured bitwise, including `B = 1`), which makes every
-//! per-sample result independent of the batch it was computed in.
+//! per-sample result independent of the batch it was computed in. Products
+//! with 1 to [`SMALL_ROWS`] rows run on the row kernels of [`super::small`]
+//! instead, over weights packed when the network is built; they give the
+//! same bits, so the batch size only decides the speed.
 //!
 //! Parameters live in one flat buffer ([`VelocityNet::params`]) so that Adam,
 //! the weight EMA, gradient reduction and persistence treat them as one slice.
@@ -528,7 +531,8 @@ impl<T: Real> VelocityNet<T> {
     /// path).
     #[doc(hidden)]
     pub fn with_row_kernel(&self, kernel: RowKernel) -> Option<Self> {
-        let mut net = self.clone();
+        // Checked against the batched path alone.
+        let mut net = self.without_row_kernels();
         let k = match kernel {
             RowKernel::Detected => None,
             RowKernel::Portable => Some(Kernel::Portable),
