@@ -13,7 +13,8 @@
 //! not depend on how well the flow is trained) and cached in `--model`.
 //!
 //! Reported per count: the median time per call over `--repeats` runs of at
-//! least `--min-ms` each, the network's FLOP rate (`2 NFE macs` per sample,
+//! least `--min-ms` each (wall time, and the thread's CPU time, which
+//! leaves out the time other processes held the core), the network's FLOP rate (`2 NFE macs` per sample,
 //! the same count as the PyTorch peer) and, for count = 1, the ratio to the
 //! weight-traffic bound `NFE x weight bytes / L2 bandwidth`. The L2 figure is
 //! the read rate of a buffer the size of the weights, swept repeatedly with
@@ -122,21 +123,42 @@ fn model(a: &Args) -> Model {
 }
 
 /// Median seconds per call of `f`, each repeat running for `min_ms`.
-fn time(repeats: usize, min_ms: f64, mut f: impl FnMut()) -> f64 {
+fn time(repeats: usize, min_ms: f64, f: impl FnMut()) -> f64 {
+    time_both(repeats, min_ms, f).0
+}
+
+/// CPU time of the calling thread in seconds (Linux: the first field of
+/// `/proc/thread-self/schedstat`, nanoseconds on the CPU), if available.
+fn thread_cpu() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(s.split_whitespace().next()?.parse::<f64>().ok()? * 1e-9)
+}
+
+/// Median wall and thread-CPU seconds per call of `f` (CPU time excludes
+/// the time other processes held the core, which a shared machine adds to
+/// the wall time; NaN where unavailable).
+fn time_both(repeats: usize, min_ms: f64, mut f: impl FnMut()) -> (f64, f64) {
     f();
-    let mut v: Vec<f64> = (0..repeats)
-        .map(|_| {
-            let t = Instant::now();
-            let mut calls = 0usize;
-            while t.elapsed().as_secs_f64() * 1e3 < min_ms || calls == 0 {
-                f();
-                calls += 1;
-            }
-            t.elapsed().as_secs_f64() / calls as f64
-        })
-        .collect();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    let mut wall = Vec::new();
+    let mut cpu = Vec::new();
+    for _ in 0..repeats {
+        let (t, c0) = (Instant::now(), thread_cpu());
+        let mut calls = 0usize;
+        while t.elapsed().as_secs_f64() * 1e3 < min_ms || calls == 0 {
+            f();
+            calls += 1;
+        }
+        wall.push(t.elapsed().as_secs_f64() / calls as f64);
+        cpu.push(match (c0, thread_cpu()) {
+            (Some(a), Some(b)) => (b - a) / calls as f64,
+            _ => f64::NAN,
+        });
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    (med(wall), med(cpu))
 }
 
 /// Bytes per second of repeated reads of a `bytes` buffer (sum of every
@@ -223,15 +245,16 @@ fn main() {
         let mut out = vec![0.0; count * rows * cols];
         let mut buf = MemBuffer::new(m.sample_scratch(count, &opts));
         let mut first = 0u64;
-        let secs = time(a.repeats, a.min_ms, || {
+        let (secs, cpu) = time_both(a.repeats, a.min_ms, || {
             let mut ob = MatrixBatchMut::from_c_order(&mut out, count, rows, cols).unwrap();
             m.sample(&opts, 1, first, &mut ob, MemStack::new(&mut buf))
                 .unwrap();
             first += count as u64;
         });
         let mut r = format!(
-            "{{\"count\":{count},\"sample_ms_per_call\":{:.4},\"sample_us_per_matrix\":{:.2},\"sample_gflops\":{:.2}",
+            "{{\"count\":{count},\"sample_ms_per_call\":{:.4},\"sample_cpu_ms_per_call\":{:.4},\"sample_us_per_matrix\":{:.2},\"sample_gflops\":{:.2}",
             secs * 1e3,
+            cpu * 1e3,
             secs * 1e6 / count as f64,
             flop_per_sample * count as f64 / secs / 1e9
         );
