@@ -14,9 +14,10 @@
 //!
 //! Reported per count: the median time per call over `--repeats` runs of at
 //! least `--min-ms` each (wall time, and the thread's CPU time, which
-//! leaves out the time other processes held the core), the network's FLOP rate (`2 NFE macs` per sample,
-//! the same count as the PyTorch peer) and, for count = 1, the ratio to the
-//! weight-traffic bound `NFE x weight bytes / L2 bandwidth`. The L2 figure is
+//! leaves out the time other processes held the core), the network's FLOP
+//! rate (`2 NFE macs` per sample, the same count as the PyTorch peer) and,
+//! for count = 1, the ratio of the CPU time to the weight-traffic bound
+//! `NFE x weight bytes / L2 bandwidth` (bandwidth in CPU time too). The L2 figure is
 //! the read rate of a buffer the size of the weights, swept repeatedly with
 //! the widest loads available, and the compute peak is the rate of a
 //! single-thread f32 faer GEMM (512 x 512 x 512), both measured in the same
@@ -163,21 +164,23 @@ fn time_both(repeats: usize, min_ms: f64, mut f: impl FnMut()) -> (f64, f64) {
 
 /// Bytes per second of repeated reads of a `bytes` buffer (sum of every
 /// value, eight independent accumulators of the widest vectors available).
-fn read_bandwidth(bytes: usize, repeats: usize, min_ms: f64) -> f64 {
+/// Wall and CPU time rates (see [`time_both`]).
+fn read_bandwidth(bytes: usize, repeats: usize, min_ms: f64) -> (f64, f64) {
     let buf: Vec<f32> = (0..bytes / 4).map(|i| (i % 7) as f32).collect();
-    let secs = time(repeats, min_ms, || {
+    let (wall, cpu) = time_both(repeats, min_ms, || {
         black_box(sum(black_box(&buf)));
     });
-    bytes as f64 / secs
+    (bytes as f64 / wall, bytes as f64 / cpu)
 }
 
-/// FLOP per second of a single-thread f32 faer GEMM, `n x n` by `n x n`.
-fn gemm_peak(n: usize, repeats: usize, min_ms: f64) -> f64 {
+/// FLOP per second of a single-thread f32 faer GEMM, `n x n` by `n x n`,
+/// in wall and CPU time.
+fn gemm_peak(n: usize, repeats: usize, min_ms: f64) -> (f64, f64) {
     use faer::{Accum, Mat, Par};
     let a = Mat::<f32>::from_fn(n, n, |i, j| ((i * 3 + j) % 11) as f32 * 0.1);
     let b = Mat::<f32>::from_fn(n, n, |i, j| ((i + 5 * j) % 13) as f32 * 0.1);
     let mut c = Mat::<f32>::zeros(n, n);
-    let secs = time(repeats, min_ms, || {
+    let (wall, cpu) = time_both(repeats, min_ms, || {
         faer::linalg::matmul::matmul(
             c.as_mut(),
             Accum::Replace,
@@ -188,7 +191,8 @@ fn gemm_peak(n: usize, repeats: usize, min_ms: f64) -> f64 {
         );
         black_box(c[(0, 0)]);
     });
-    2.0 * (n * n * n) as f64 / secs
+    let flop = 2.0 * (n * n * n) as f64;
+    (flop / wall, flop / cpu)
 }
 
 fn sum(x: &[f32]) -> f32 {
@@ -237,9 +241,11 @@ fn main() {
     let weights = net.num_params();
     let flop_per_sample = 2.0 * (nfe * macs) as f64;
     let (rows, cols) = (info.rows, info.cols);
-    let l2 = read_bandwidth(weights * 4, a.repeats, a.min_ms / 2.0);
-    let bound = nfe as f64 * (weights * 4) as f64 / l2;
-    let peak = gemm_peak(512, a.repeats, a.min_ms / 2.0);
+    let (l2, l2_cpu) = read_bandwidth(weights * 4, a.repeats, a.min_ms / 2.0);
+    // The bound in CPU time: reads and samples both timed on the CPU.
+    let l2_bound = if l2_cpu.is_finite() { l2_cpu } else { l2 };
+    let bound = nfe as f64 * (weights * 4) as f64 / l2_bound;
+    let (peak, peak_cpu) = gemm_peak(512, a.repeats, a.min_ms / 2.0);
     let mut results = Vec::new();
     for &count in &a.counts {
         let mut out = vec![0.0; count * rows * cols];
@@ -260,9 +266,9 @@ fn main() {
         );
         if count == 1 {
             r += &format!(
-                ",\"weight_traffic_ms\":{:.4},\"ratio_to_traffic\":{:.2}",
+                ",\"weight_traffic_ms\":{:.4},\"cpu_ratio_to_traffic\":{:.2}",
                 bound * 1e3,
-                secs / bound
+                cpu / bound
             );
         }
         if a.log_prob {
@@ -284,7 +290,7 @@ fn main() {
         results.push(r);
     }
     println!(
-        "{{\"rows\":{rows},\"cols\":{cols},\"core_dim\":{},\"flow_dim\":{},\"hidden\":{},\"layers\":{},\"time_freqs\":{},\"nfe\":{nfe},\"macs_per_eval\":{macs},\"weight_bytes\":{},\"l2_read_gbs\":{:.1},\"gemm_peak_gflops\":{:.1},\"results\":[{}]}}",
+        "{{\"rows\":{rows},\"cols\":{cols},\"core_dim\":{},\"flow_dim\":{},\"hidden\":{},\"layers\":{},\"time_freqs\":{},\"nfe\":{nfe},\"macs_per_eval\":{macs},\"weight_bytes\":{},\"l2_read_gbs\":{:.1},\"l2_read_cpu_gbs\":{:.1},\"gemm_peak_gflops\":{:.1},\"gemm_peak_cpu_gflops\":{:.1},\"results\":[{}]}}",
         m.core_dim(),
         net.dim,
         net.hidden,
@@ -292,7 +298,9 @@ fn main() {
         net.time_freqs,
         weights * 4,
         l2 / 1e9,
+        l2_cpu / 1e9,
         peak / 1e9,
+        peak_cpu / 1e9,
         results.join(",")
     );
 }

@@ -20,7 +20,8 @@ CoreFlow, achieved GFLOP/s (2 x 64 x multiply-adds per sample, the same
 count on both sides), and for count = 1 the time the network's weight traffic
 needs at the L2 read bandwidth sample_latency measures in the same run
 (weights x 4 bytes x 64 evaluations / bandwidth); the single-thread f32 GEMM
-peak of the same runs bounds the larger counts.
+peak of the same runs bounds the larger counts. Both rates are taken in
+CPU time, like the CPU column they bound.
 
     cargo build --release --example sample_latency
     python3 scripts/latency_vs_torch.py --python /work/venv-torch/bin/python \\
@@ -98,8 +99,8 @@ def main():
                         "--repeats", str(a.repeats), "--min-ms", str(a.min_ms), "--no-log-prob"], a.core)
             raw.append(ours)
             macs = ours["macs_per_eval"]
-            l2.append(ours["l2_read_gbs"])
-            peak.append(ours["gemm_peak_gflops"])
+            l2.append(ours["l2_read_cpu_gbs"])
+            peak.append(ours["gemm_peak_cpu_gflops"])
             for r in ours["results"]:
                 ours_ms[r["count"]].append(r["sample_ms_per_call"])
                 ours_cpu[r["count"]].append(r["sample_cpu_ms_per_call"])
@@ -118,7 +119,7 @@ def main():
         med = statistics.median
         print(f"\n{size} x {size} matrices, flow on {k} components, H = {hidden}, 3 layers, RK4 16 steps; "
               f"core {a.core}, 1 thread, medians of {a.rounds} alternating rounds; "
-              f"L2 read {med(l2):.0f} GB/s (rounds: {', '.join(f'{v:.0f}' for v in l2)}), "
+              f"rates in CPU time: L2 read {med(l2):.0f} GB/s (rounds: {', '.join(f'{v:.0f}' for v in l2)}), "
               f"f32 GEMM peak (faer, 512^3) {med(peak):.0f} GFLOP/s (rounds: "
               f"{', '.join(f'{v:.0f}' for v in peak)})\n")
         print("| count | CoreFlow ms/call: wall (CPU) | torch ms/call: wall (CPU) | torch / CoreFlow: wall "
