@@ -22,7 +22,7 @@
 #[path = "benchmark/harness.rs"]
 mod harness;
 
-use coreflow::flow::CoreModelChoice;
+use coreflow::core_model::CoreModelChoice;
 use coreflow::Dataset;
 use harness::Config;
 

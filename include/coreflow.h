@@ -460,8 +460,9 @@ typedef struct coreflow_model_info {
      */
     double noise_variance;
     /**
-     * The fitted core model: -1 geometry only, else `COREFLOW_CORE_MODEL_FLOW`
-     * or `COREFLOW_CORE_MODEL_GAUSSIAN` (the choice AUTO made).
+     * The fitted core model: -1 geometry only, else `COREFLOW_CORE_MODEL_FLOW`,
+     * `COREFLOW_CORE_MODEL_GAUSSIAN` or `COREFLOW_CORE_MODEL_MIXTURE` (the
+     * choice AUTO made).
      */
     coreflow_core_model core_model;
     /**
@@ -489,6 +490,30 @@ typedef struct coreflow_model_info {
      * The same for the flow kind (NaN when AUTO had no choice).
      */
     double heldout_mmd_flow;
+    /**
+     * Held-out mean log-likelihood of the Gaussian-mixture kind (NaN when
+     * no mixture was fitted).
+     */
+    double heldout_loglik_mixture;
+    /**
+     * The MMD^2 check of the mixture kind (NaN when AUTO had no choice or
+     * no mixture was fitted).
+     */
+    double heldout_mmd_mixture;
+    /**
+     * Leading block size k of the mixture selected by BIC (0 when none).
+     */
+    size_t mixture_block;
+    /**
+     * Its number of Gaussian components (0 when none).
+     */
+    size_t mixture_components;
+    /**
+     * Optimiser steps the flow was trained for: with a hold-out, the step
+     * of the best held-out flow-matching loss on the split, which the
+     * refit on all matrices repeats (0 without a flow).
+     */
+    size_t flow_train_steps;
 } coreflow_model_info;
 
 /**
@@ -702,6 +727,13 @@ typedef struct coreflow_metrics_result {
  * Always a full-covariance Gaussian on all core coordinates.
  */
 #define COREFLOW_CORE_MODEL_GAUSSIAN 2
+
+/**
+ * Always a Gaussian mixture on a leading block of principal components
+ * (block size and number of components selected by BIC), Gaussian on the
+ * rest.
+ */
+#define COREFLOW_CORE_MODEL_MIXTURE 3
 
 /**
  * Success.

@@ -46,8 +46,8 @@
 //! sampling runs on the calling thread.
 
 use crate::batch::{MatrixBatch, MatrixBatchMut};
+use crate::core_model::{CoreModel, CoreModelChoice, FlowOptions, Precision};
 use crate::error::{Error, Result};
-use crate::flow::core_model::{CoreModel, CoreModelChoice, FlowOptions, Precision};
 use crate::flow::latent::{self, LatentMaps};
 use crate::flow::network::{NetConfig, VelocityNet};
 use crate::flow::ode::SolverOptions;

@@ -6,8 +6,8 @@
 //! and generates new matrices X = U C V^T.
 //!
 //! Layers, bottom to top: [`numerics`] (faer helpers and workspaces), the
-//! maths modules ([`subspace`], [`completion`], [`flow`], [`metrics`],
-//! [`datasets`]), the fitted [`model`], the comparison [`baselines`], and
+//! maths modules ([`subspace`], [`completion`], [`flow`], [`core_model`],
+//! [`metrics`], [`datasets`]), the fitted [`model`], the comparison [`baselines`], and
 //! the C ABI ([`ffi`]).
 
 #![warn(missing_docs)]
@@ -18,6 +18,8 @@ pub mod baselines;
 pub mod batch;
 /// cbindgen:ignore
 pub mod completion;
+/// cbindgen:ignore
+pub mod core_model;
 /// cbindgen:ignore
 pub mod datasets;
 /// cbindgen:ignore
@@ -31,6 +33,8 @@ pub mod limits;
 pub mod metrics;
 /// cbindgen:ignore
 pub mod model;
+/// cbindgen:ignore
+pub mod moments;
 /// cbindgen:ignore
 pub mod numerics;
 /// cbindgen:ignore

@@ -189,7 +189,7 @@ fn completion_rounds_and_complete_do_not_allocate() {
 
 #[test]
 fn sample_and_log_prob_do_not_allocate() {
-    use coreflow::flow::core_model::FlowOptions;
+    use coreflow::core_model::FlowOptions;
     use coreflow::flow::ode::SolverOptions;
     let (count, m, n) = (60, 16, 12);
     let p = planted(count, m, n, 2, 2, 1e-3, 25);

@@ -6,9 +6,9 @@
 //! GEMM keeps a per-thread packing buffer that is created on first use), then
 //! is counted.
 
+use coreflow::core_model::{CoreModel, CoreModelChoice, FlowOptions};
 use coreflow::flow::{
-    CoreModel, CoreModelChoice, Coupling, Divergence, FlowOptions, NetConfig, Solver,
-    SolverOptions, TrainOptions, Trainer,
+    Coupling, Divergence, NetConfig, Solver, SolverOptions, TrainOptions, Trainer,
 };
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::{Mat, Par};

@@ -7,8 +7,8 @@ mod common;
 
 use common::{orthonormal, Rng};
 use coreflow::completion::{complete_one, complete_one_scratch, CorePrior, Observed};
+use coreflow::core_model::{CoreModel, CoreModelChoice, CoreModelKind, FlowOptions};
 use coreflow::datasets::{planted_low_rank, PlantedSpec};
-use coreflow::flow::core_model::{CoreModel, CoreModelChoice, CoreModelKind, FlowOptions};
 use coreflow::flow::ode::SolverOptions;
 use coreflow::numerics::{MemBuffer, MemStack, Par};
 use coreflow::pca::{principal_components, shrinkage_intensity};

@@ -6,8 +6,8 @@
 
 mod common;
 
+use coreflow::core_model::CoreModelChoice;
 use coreflow::datasets::{planted_low_rank, PlantedSpec};
-use coreflow::flow::core_model::CoreModelChoice;
 use coreflow::{FitOptions, MatrixBatch, Model};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,8 +1,8 @@
 //! Sampling and scoring through the fitted model's public API: determinism,
 //! chunking, threads, persistence, and the geometry-only model.
 
+use coreflow::core_model::{CoreModelChoice, CoreModelKind, FlowOptions};
 use coreflow::datasets::{planted_low_rank, CoreDistribution, PlantedSpec};
-use coreflow::flow::core_model::{CoreModelChoice, CoreModelKind, FlowOptions};
 use coreflow::flow::ode::{Solver, SolverOptions};
 use coreflow::numerics::{MemBuffer, MemStack};
 use coreflow::{ErrorKind, FitOptions, MatrixBatch, MatrixBatchMut, Model};

@@ -80,6 +80,7 @@ const CORE_MODEL_NONE = Int32(-1)   # in ModelInfo: geometry only
 const CORE_MODEL_AUTO = Int32(0)
 const CORE_MODEL_FLOW = Int32(1)
 const CORE_MODEL_GAUSSIAN = Int32(2)
+const CORE_MODEL_MIXTURE = Int32(3)
 
 # Struct mirrors of include/coreflow.h, field for field (isbits structs get
 # the C layout). bindings/python/tests/test_coreflow.py checks them against the
@@ -204,6 +205,11 @@ struct ModelInfo
     heldout_loglik_gaussian::Float64
     heldout_mmd_gaussian::Float64
     heldout_mmd_flow::Float64
+    heldout_loglik_mixture::Float64
+    heldout_mmd_mixture::Float64
+    mixture_block::Csize_t
+    mixture_components::Csize_t
+    flow_train_steps::Csize_t
 end
 
 # ---------------------------------------------------------------------------

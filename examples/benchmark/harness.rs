@@ -26,8 +26,9 @@
 #![allow(dead_code)]
 
 use coreflow::baselines::{AmbientFlow, GaussianCore, PcaFlow, Sampler};
+use coreflow::core_model::{CoreModelChoice, CoreModelKind};
 use coreflow::datasets::mcar_mask;
-use coreflow::flow::{CoreModelChoice, CoreModelKind, SolverOptions};
+use coreflow::flow::SolverOptions;
 use coreflow::metrics::{EvalOptions, Metrics, Reference};
 use coreflow::numerics::{MemBuffer, MemStack, StackReq};
 use coreflow::{Dataset, DatasetSpec, FitOptions, MatrixBatch, MatrixBatchMut, Model};
@@ -379,6 +380,7 @@ fn core_note(kind: Option<CoreModelKind>, flow_dim: usize, block: usize) -> Stri
     match kind {
         Some(CoreModelKind::Flow) => format!("flow k={flow_dim}"),
         Some(CoreModelKind::Gaussian) => format!("Gaussian (k={block})"),
+        Some(CoreModelKind::Mixture) => format!("mixture (k={block})"),
         None => String::new(),
     }
 }

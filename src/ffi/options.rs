@@ -6,8 +6,8 @@
 //! keeps working: fields it lacks get their defaults.
 
 use super::views::null;
+use crate::core_model::{CoreModelChoice, CoreModelKind, FlowOptions};
 use crate::error::{Error, Result};
-use crate::flow::core_model::{CoreModelChoice, CoreModelKind, FlowOptions};
 use crate::flow::ode::{Solver, SolverOptions};
 use crate::flow::train::Coupling;
 use crate::model::{FitOptions, ModelInfo, Progress, Stage};
@@ -60,6 +60,10 @@ pub const COREFLOW_CORE_MODEL_AUTO: coreflow_core_model = 0;
 pub const COREFLOW_CORE_MODEL_FLOW: coreflow_core_model = 1;
 /// Always a full-covariance Gaussian on all core coordinates.
 pub const COREFLOW_CORE_MODEL_GAUSSIAN: coreflow_core_model = 2;
+/// Always a Gaussian mixture on a leading block of principal components
+/// (block size and number of components selected by BIC), Gaussian on the
+/// rest.
+pub const COREFLOW_CORE_MODEL_MIXTURE: coreflow_core_model = 3;
 
 /// A progress report, passed to the progress callback.
 #[repr(C)]
@@ -299,7 +303,7 @@ pub(crate) fn to_fit_options(o: &coreflow_fit_options) -> Result<FitOptions> {
             o.coupling
         )));
     }
-    if !(COREFLOW_CORE_MODEL_AUTO..=COREFLOW_CORE_MODEL_GAUSSIAN).contains(&o.core_model) {
+    if !(COREFLOW_CORE_MODEL_AUTO..=COREFLOW_CORE_MODEL_MIXTURE).contains(&o.core_model) {
         return Err(Error::invalid(format!(
             "opts->core_model: {} is not a COREFLOW_CORE_MODEL_* value",
             o.core_model
@@ -336,6 +340,7 @@ pub(crate) fn to_fit_options(o: &coreflow_fit_options) -> Result<FitOptions> {
             core_model: match o.core_model {
                 COREFLOW_CORE_MODEL_FLOW => CoreModelChoice::Flow,
                 COREFLOW_CORE_MODEL_GAUSSIAN => CoreModelChoice::Gaussian,
+                COREFLOW_CORE_MODEL_MIXTURE => CoreModelChoice::Mixture,
                 _ => CoreModelChoice::Auto,
             },
             holdout_fraction: o.holdout_fraction,
@@ -414,8 +419,9 @@ pub struct coreflow_model_info {
     pub completion_objective: f64,
     /// Noise variance per entry estimated from the training residuals.
     pub noise_variance: f64,
-    /// The fitted core model: -1 geometry only, else `COREFLOW_CORE_MODEL_FLOW`
-    /// or `COREFLOW_CORE_MODEL_GAUSSIAN` (the choice AUTO made).
+    /// The fitted core model: -1 geometry only, else `COREFLOW_CORE_MODEL_FLOW`,
+    /// `COREFLOW_CORE_MODEL_GAUSSIAN` or `COREFLOW_CORE_MODEL_MIXTURE` (the
+    /// choice AUTO made).
     pub core_model: coreflow_core_model,
     /// Flow block size k (leading principal components) by the energy rule
     /// (also when the Gaussian was chosen).
@@ -432,6 +438,20 @@ pub struct coreflow_model_info {
     pub heldout_mmd_gaussian: f64,
     /// The same for the flow kind (NaN when AUTO had no choice).
     pub heldout_mmd_flow: f64,
+    /// Held-out mean log-likelihood of the Gaussian-mixture kind (NaN when
+    /// no mixture was fitted).
+    pub heldout_loglik_mixture: f64,
+    /// The MMD^2 check of the mixture kind (NaN when AUTO had no choice or
+    /// no mixture was fitted).
+    pub heldout_mmd_mixture: f64,
+    /// Leading block size k of the mixture selected by BIC (0 when none).
+    pub mixture_block: usize,
+    /// Its number of Gaussian components (0 when none).
+    pub mixture_components: usize,
+    /// Optimiser steps the flow was trained for: with a hold-out, the step
+    /// of the best held-out flow-matching loss on the split, which the
+    /// refit on all matrices repeats (0 without a flow).
+    pub flow_train_steps: usize,
 }
 
 /// Smallest `struct_size` accepted for `coreflow_model_info` (ABI v1).
@@ -482,12 +502,18 @@ pub(crate) unsafe fn write_model_info(
             None => -1,
             Some(CoreModelKind::Flow) => COREFLOW_CORE_MODEL_FLOW,
             Some(CoreModelKind::Gaussian) => COREFLOW_CORE_MODEL_GAUSSIAN,
+            Some(CoreModelKind::Mixture) => COREFLOW_CORE_MODEL_MIXTURE,
         },
         flow_block: info.flow_block,
         heldout_loglik_flow: info.heldout_loglik_flow,
         heldout_loglik_gaussian: info.heldout_loglik_gaussian,
         heldout_mmd_gaussian: info.heldout_mmd_gaussian,
         heldout_mmd_flow: info.heldout_mmd_flow,
+        heldout_loglik_mixture: info.heldout_loglik_mixture,
+        heldout_mmd_mixture: info.heldout_mmd_mixture,
+        mixture_block: info.mixture_block,
+        mixture_components: info.mixture_components,
+        flow_train_steps: info.flow_train_steps,
     };
     let n = size.min(size_of::<coreflow_model_info>());
     std::ptr::copy_nonoverlapping(&full as *const _ as *const u8, out as *mut u8, n);

@@ -14,9 +14,10 @@
 //! - [`ode`]: fixed-step and adaptive ODE solvers;
 //! - [`latent`]: fixed-step sampling in the network's hidden coordinates
 //!   (fewer operations when the flow block is wider than half the network);
-//! - [`likelihood`]: log-densities by the instantaneous change of variables;
-//! - [`core_model`]: the fitted core model (flow on the leading principal
-//!   components + Gaussian block, or the Gaussian fallback).
+//! - [`likelihood`]: log-densities by the instantaneous change of variables.
+//!
+//! The core model that uses the flow (and its alternatives) is
+//! [`crate::core_model`].
 //!
 //! Decisions where DESIGN.md is silent (each is documented where it lives):
 //! - the core model is fitted on the cores left after the `holdout_fraction`
@@ -35,7 +36,6 @@
 //! - ODE states are `f64`; the network computes in `f32` (default) or `f64`.
 
 pub mod assignment;
-pub mod core_model;
 pub mod latent;
 pub mod likelihood;
 pub mod network;
@@ -46,10 +46,6 @@ pub mod rng;
 pub mod small;
 pub mod train;
 
-pub use core_model::{
-    CoreModel, CoreModelChoice, CoreModelInfo, CoreModelKind, CoreModelParts, FlowOptions,
-    FlowParts, NetParams, Precision,
-};
 pub use likelihood::DivergenceField;
 pub use network::{LayerSlot, NetConfig, RowKernel, Tape, Times, VelocityNet};
 pub use ode::{Divergence, SolveStats, Solver, SolverOptions, VelocityField};

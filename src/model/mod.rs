@@ -16,8 +16,8 @@ pub use persist::FORMAT_VERSION;
 
 use crate::batch::{MatrixBatch, MatrixBatchMut};
 use crate::completion::{self, CompletionOptions, CorePrior};
+use crate::core_model::{CoreModel, CoreModelChoice, CoreModelKind, FlowOptions};
 use crate::error::{Error, Result};
-use crate::flow::core_model::{CoreModel, CoreModelChoice, CoreModelKind, FlowOptions};
 use crate::flow::ode::SolverOptions;
 use crate::numerics::{self, check_workspace, temp_mat_zeroed, MemStack, StackReq};
 use crate::pool::{Caller, OnCaller};
@@ -140,7 +140,11 @@ impl FitOptions {
         self
     }
     fn fits_core_model(&self) -> bool {
-        self.flow.steps > 0 || self.flow.core_model == CoreModelChoice::Gaussian
+        self.flow.steps > 0
+            || matches!(
+                self.flow.core_model,
+                CoreModelChoice::Gaussian | CoreModelChoice::Mixture
+            )
     }
     fn completion_options(&self) -> CompletionOptions {
         CompletionOptions {
@@ -264,6 +268,20 @@ pub struct ModelInfo {
     pub heldout_mmd_gaussian: f64,
     /// The same for the flow kind (NaN when AUTO had no choice).
     pub heldout_mmd_flow: f64,
+    /// Held-out mean log-likelihood of the Gaussian-mixture kind (NaN when
+    /// no mixture was fitted).
+    pub heldout_loglik_mixture: f64,
+    /// The MMD^2 check of the mixture kind (NaN when AUTO had no choice or
+    /// no mixture was fitted).
+    pub heldout_mmd_mixture: f64,
+    /// Leading block size k of the mixture selected by BIC (0 when none).
+    pub mixture_block: usize,
+    /// Its number of components (0 when none).
+    pub mixture_components: usize,
+    /// Optimiser steps the flow was trained for (the step of the best
+    /// held-out loss on the split, when there was a hold-out; 0 without a
+    /// flow).
+    pub flow_train_steps: usize,
 }
 
 /// A fitted CoreFlow model. Immutable; `Send + Sync`.
@@ -323,6 +341,11 @@ fn set_core_info(info: &mut ModelInfo, core: &CoreModel) {
     info.heldout_loglik_gaussian = ci.heldout_loglik_gaussian;
     info.heldout_mmd_gaussian = ci.heldout_mmd_gaussian;
     info.heldout_mmd_flow = ci.heldout_mmd_flow;
+    info.heldout_loglik_mixture = ci.heldout_loglik_mixture;
+    info.heldout_mmd_mixture = ci.heldout_mmd_mixture;
+    info.mixture_block = ci.mixture_block;
+    info.mixture_components = ci.mixture_components;
+    info.flow_train_steps = ci.flow_train_steps;
     if let Some(cfg) = core.net_config() {
         info.flow_hidden = cfg.hidden;
         info.flow_layers = cfg.layers;
@@ -393,6 +416,11 @@ impl ModelInfo {
             heldout_loglik_gaussian: f64::NAN,
             heldout_mmd_gaussian: f64::NAN,
             heldout_mmd_flow: f64::NAN,
+            heldout_loglik_mixture: f64::NAN,
+            heldout_mmd_mixture: f64::NAN,
+            mixture_block: 0,
+            mixture_components: 0,
+            flow_train_steps: 0,
         }
     }
 }

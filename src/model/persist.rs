@@ -8,7 +8,7 @@
 //! trailer  CRC-32 (IEEE) of every preceding byte, u32
 //! ```
 //!
-//! Sections of versions 2 and 3: `META` (sizes, flags and summary numbers, as two
+//! Sections of versions 2 to 4: `META` (sizes, flags and summary numbers, as two
 //! counted arrays of u64 and f64 so later versions can append fields),
 //! `BASU` (U, column-major), `BASV` (V), `MEAN` (Xbar, only when centered),
 //! `PRIO` (core prior: mean, number q of principal directions, directions
@@ -23,6 +23,13 @@
 //! moment matching); version-2 files are read with NaN criteria and the
 //! radius `V2_SUPPORT_RADIUS_PER_SQRT_K x sqrt(k)`.
 //!
+//! Version 4 appends to `CORE` the mixture's block size and component
+//! count and the flow's training steps (after the hold-out count), its held-out log-likelihood and MMD^2
+//! check (after the flow's), and a third kind of leading block: the flag
+//! after the ridge is 0 (none), 1 (flow) or 2 (Gaussian mixture: scales,
+//! weights, means `K x k` and Cholesky factors, each a counted f64 array).
+//! Version-3 files read with NaN / 0 in those fields.
+//!
 //! Version 1 (dense Cholesky factors and a flow block on core coordinates)
 //! is not read: its files are refused with `ErrorKind::Version`.
 //!
@@ -33,16 +40,17 @@
 
 use super::{set_core_info, Model, ModelInfo};
 use crate::completion::CorePrior;
-use crate::error::{Error, ErrorKind, Result};
-use crate::flow::core_model::{
-    CoreModel, CoreModelChoice, CoreModelInfo, CoreModelKind, CoreModelParts, FlowParts, NetParams,
+use crate::core_model::{
+    CoreModel, CoreModelChoice, CoreModelInfo, CoreModelKind, CoreModelParts, FlowParts,
+    MixtureParts, NetParams,
 };
+use crate::error::{Error, ErrorKind, Result};
 use faer::Mat;
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"COREFLOW";
 /// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format version this build reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
 /// The support radius given to the flow block of a version-2 file, which
@@ -256,11 +264,13 @@ fn write_core(w: &mut Writer, p: &CoreModelParts) {
     let kind = match i.kind {
         CoreModelKind::Flow => 0,
         CoreModelKind::Gaussian => 1,
+        CoreModelKind::Mixture => 2,
     };
     let requested = match i.requested {
         CoreModelChoice::Auto => 0,
         CoreModelChoice::Flow => 1,
         CoreModelChoice::Gaussian => 2,
+        CoreModelChoice::Mixture => 3,
     };
     for x in [
         p.dim,
@@ -269,6 +279,9 @@ fn write_core(w: &mut Writer, p: &CoreModelParts) {
         i.flow_block,
         i.train_count,
         i.holdout_count,
+        i.mixture_block,
+        i.mixture_components,
+        i.flow_train_steps,
     ] {
         w.u64(x as u64);
     }
@@ -279,6 +292,8 @@ fn write_core(w: &mut Writer, p: &CoreModelParts) {
         i.heldout_loglik_gaussian,
         i.heldout_mmd_gaussian,
         i.heldout_mmd_flow,
+        i.heldout_loglik_mixture,
+        i.heldout_mmd_mixture,
     ]);
     let q = p.variances.len();
     w.u64(q as u64);
@@ -286,7 +301,18 @@ fn write_core(w: &mut Writer, p: &CoreModelParts) {
     w.f64s(p.basis.iter().copied());
     w.f64s(p.variances.iter().copied());
     w.f64s([p.ridge]);
-    w.u64(p.flow.is_some() as u64);
+    let block = match (&p.flow, &p.mixture) {
+        (Some(_), _) => 1,
+        (None, Some(_)) => 2,
+        (None, None) => 0,
+    };
+    w.u64(block);
+    if let Some(m) = &p.mixture {
+        w.f64_array(&m.scale);
+        w.f64_array(&m.weights);
+        w.f64_array(&m.means);
+        w.f64_array(&m.chols);
+    }
     if let Some(f) = &p.flow {
         w.f64_array(&f.scale);
         for x in [f.hidden, f.layers, f.time_freqs] {
@@ -332,15 +358,22 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize, version: u32) -> Result<CoreMo
     let kind = match r.u64()? {
         0 => CoreModelKind::Flow,
         1 => CoreModelKind::Gaussian,
+        2 if version >= 4 => CoreModelKind::Mixture,
         _ => return Err(format_err("model data: CORE has an unknown kind")),
     };
     let requested = match r.u64()? {
         0 => CoreModelChoice::Auto,
         1 => CoreModelChoice::Flow,
         2 => CoreModelChoice::Gaussian,
+        3 if version >= 4 => CoreModelChoice::Mixture,
         _ => return Err(format_err("model data: CORE has an unknown choice")),
     };
     let (flow_block, train_count, holdout_count) = (r.usize()?, r.usize()?, r.usize()?);
+    let (mixture_block, mixture_components, flow_train_steps) = if version >= 4 {
+        (r.usize()?, r.usize()?, r.usize()?)
+    } else {
+        (0, 0, 0)
+    };
     let info = CoreModelInfo {
         kind,
         requested,
@@ -354,6 +387,11 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize, version: u32) -> Result<CoreMo
         heldout_loglik_gaussian: r.f64()?,
         heldout_mmd_gaussian: if version >= 3 { r.f64()? } else { f64::NAN },
         heldout_mmd_flow: if version >= 3 { r.f64()? } else { f64::NAN },
+        heldout_loglik_mixture: if version >= 4 { r.f64()? } else { f64::NAN },
+        heldout_mmd_mixture: if version >= 4 { r.f64()? } else { f64::NAN },
+        mixture_block,
+        mixture_components,
+        flow_train_steps,
     };
     let q = read_components(r, dim)?;
     let mean = r.f64s(dim)?;
@@ -363,8 +401,19 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize, version: u32) -> Result<CoreMo
     )?;
     let variances = r.f64s(q)?;
     let ridge = r.f64()?;
-    let flow = match r.u64()? {
+    let block = r.u64()?;
+    let mixture = match block {
+        2 if version >= 4 => Some(MixtureParts {
+            scale: r.f64_array()?,
+            weights: r.f64_array()?,
+            means: r.f64_array()?,
+            chols: r.f64_array()?,
+        }),
+        _ => None,
+    };
+    let flow = match block {
         0 => None,
+        2 if version >= 4 => None,
         1 => {
             let scale = r.f64_array()?;
             let (hidden, layers, time_freqs) = (r.usize()?, r.usize()?, r.usize()?);
@@ -394,7 +443,7 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize, version: u32) -> Result<CoreMo
                 support_radius,
             })
         }
-        _ => return Err(format_err("model data: CORE flow flag is not 0 or 1")),
+        _ => return Err(format_err("model data: CORE has an unknown leading block")),
     };
     r.done()?;
     CoreModel::from_parts(CoreModelParts {
@@ -405,6 +454,7 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize, version: u32) -> Result<CoreMo
         variances,
         ridge,
         flow,
+        mixture,
     })
 }
 

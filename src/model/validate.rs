@@ -22,8 +22,8 @@
 //! A model that fails is refused with `ErrorKind::Format`, naming the part.
 
 use super::Model;
+use crate::core_model::NetParams;
 use crate::error::{Error, ErrorKind, Result};
-use crate::flow::core_model::NetParams;
 use crate::limits;
 use crate::numerics::{self, Par};
 use faer::{Accum, Mat, MatRef};

@@ -248,7 +248,8 @@ int main(void) {
     memset(&finfo, 0, sizeof finfo);
     finfo.struct_size = sizeof finfo;
     coreflow_model_get_info(model_flow, &finfo);
-    CHECK(finfo.core_model == COREFLOW_CORE_MODEL_FLOW || finfo.core_model == COREFLOW_CORE_MODEL_GAUSSIAN,
+    CHECK(finfo.core_model == COREFLOW_CORE_MODEL_FLOW || finfo.core_model == COREFLOW_CORE_MODEL_GAUSSIAN
+              || finfo.core_model == COREFLOW_CORE_MODEL_MIXTURE,
           "core model %d", (int)finfo.core_model);
     coreflow_sample_options sopt;
     coreflow_sample_options_init(&sopt);

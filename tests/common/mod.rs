@@ -84,14 +84,14 @@ pub fn subspace_distance(u: faer::MatRef<f64>, w: faer::MatRef<f64>) -> f64 {
 /// model's storage, not its training, is what the test sees.
 pub fn large_core_options(
     rank: usize,
-    core_model: coreflow::flow::core_model::CoreModelChoice,
+    core_model: coreflow::core_model::CoreModelChoice,
 ) -> coreflow::FitOptions {
     coreflow::FitOptions {
         rank_rows: rank,
         rank_cols: rank,
         threads: 1,
         subspace_max_iter: 5,
-        flow: coreflow::flow::core_model::FlowOptions {
+        flow: coreflow::core_model::FlowOptions {
             core_model,
             steps: 5,
             hidden: 8,

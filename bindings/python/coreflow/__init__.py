@@ -132,6 +132,7 @@ STAGE_FLOW = 2
 CORE_MODEL_AUTO = 0
 CORE_MODEL_FLOW = 1
 CORE_MODEL_GAUSSIAN = 2
+CORE_MODEL_MIXTURE = 3
 CORE_MODEL_NONE = -1  # in model info: geometry only
 
 
@@ -293,6 +294,11 @@ class ModelInfo(Structure):
         ("heldout_loglik_gaussian", c_double),
         ("heldout_mmd_gaussian", c_double),
         ("heldout_mmd_flow", c_double),
+        ("heldout_loglik_mixture", c_double),
+        ("heldout_mmd_mixture", c_double),
+        ("mixture_block", c_size_t),
+        ("mixture_components", c_size_t),
+        ("flow_train_steps", c_size_t),
     ]
 
 
@@ -710,8 +716,9 @@ class Model:
     def info(self):
         """The model summary as a dict (the fields of coreflow_model_info):
         sizes and ranks, fit diagnostics, and the core model (core_model is
-        CORE_MODEL_FLOW, CORE_MODEL_GAUSSIAN or CORE_MODEL_NONE for a
-        geometry-only model; flow_dim, flow_block, heldout_loglik_*)."""
+        CORE_MODEL_FLOW, CORE_MODEL_GAUSSIAN, CORE_MODEL_MIXTURE or
+        CORE_MODEL_NONE for a geometry-only model; flow_dim, flow_block,
+        mixture_block, mixture_components, heldout_loglik_*)."""
         info = ModelInfo()
         info.struct_size = ctypes.sizeof(ModelInfo)
         _check(self._lib.coreflow_model_get_info(self.handle, byref(info)))

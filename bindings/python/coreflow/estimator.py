@@ -19,6 +19,7 @@ from . import (
     CORE_MODEL_AUTO,
     CORE_MODEL_FLOW,
     CORE_MODEL_GAUSSIAN,
+    CORE_MODEL_MIXTURE,
     CORE_MODEL_NONE,
     COUPLING_INDEPENDENT,
     COUPLING_MINIBATCH_OT,
@@ -47,6 +48,7 @@ ENUMS = {
         "auto": CORE_MODEL_AUTO,
         "flow": CORE_MODEL_FLOW,
         "gaussian": CORE_MODEL_GAUSSIAN,
+        "mixture": CORE_MODEL_MIXTURE,
     },
     "subspace_method": {
         "hooi": SUBSPACE_METHOD_HOOI,
@@ -153,14 +155,14 @@ class CoreFlow:
       rank: None (choose both ranks by `energy`), an int for both, or (r, s).
       energy: fraction of the energy the ranks chosen by energy keep.
       center: subtract the entrywise mean first.
-      core_model: "auto" (a flow when it beats a Gaussian on held-out
-        cores), "flow" or "gaussian".
+      core_model: "auto" (a Gaussian mixture or a flow when it beats the
+        simpler kinds on held-out cores), "flow", "mixture" or "gaussian".
       subspace_method: "hooi" or "riemannian"; subspace_max_iter, subspace_tol.
       completion_max_iter, completion_tol, ridge: fitting incomplete data.
       flow_*, batch_size, learning_rate, weight_decay, ema_decay, coupling
         ("independent" or "minibatch_ot"), holdout_fraction: the flow;
         flow_steps=0 fits the geometry only (no sampling or scoring)
-        unless core_model="gaussian".
+        unless core_model is "gaussian" or "mixture".
       random_state: seed of the fit (an int; None = 0).
       threads: worker threads of the fit (0 = all cores).
       solver ("euler", "heun", "rk4", "dopri5"), steps, rtol, atol: the

@@ -20,8 +20,9 @@ use crate::plot::{self, Mat, Series};
 use crate::progress::check_cancelled;
 use crate::ThreadArgs;
 use clap::{Args, ValueEnum};
+use coreflow::core_model::CoreModelKind;
 use coreflow::datasets::{Dataset, DatasetSpec};
-use coreflow::flow::{CoreModelKind, SolverOptions};
+use coreflow::flow::SolverOptions;
 use coreflow::metrics::{self, EvalOptions, Metrics};
 use coreflow::{FitOptions, MatrixBatch, MatrixBatchMut, Model};
 use std::path::{Path, PathBuf};
@@ -107,7 +108,7 @@ impl DemoArgs {
         let flow_steps = self.flow_steps.unwrap_or(if self.quick {
             QUICK_FLOW_STEPS
         } else {
-            coreflow::flow::FlowOptions::default().steps
+            coreflow::core_model::FlowOptions::default().steps
         });
         if flow_steps == 0 {
             return Err(CliError::input(
@@ -322,6 +323,7 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
             name: match kind {
                 CoreModelKind::Flow => "CoreFlow",
                 CoreModelKind::Gaussian => "CoreFlow (Gaussian fallback)",
+                CoreModelKind::Mixture => "CoreFlow (Gaussian mixture)",
             },
             data: coreflow_samples,
         },

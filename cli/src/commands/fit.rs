@@ -6,7 +6,8 @@ use crate::progress::{install_ctrlc, StageBars};
 use crate::{parse_rank, Method, ThreadArgs};
 use clap::Args;
 use clap::ValueEnum;
-use coreflow::flow::{CoreModelChoice, Coupling, FlowOptions};
+use coreflow::core_model::{CoreModelChoice, FlowOptions};
+use coreflow::flow::Coupling;
 use coreflow::{FitOptions, Model};
 use std::io::Write;
 use std::path::PathBuf;
@@ -60,13 +61,16 @@ pub struct FitArgs {
 /// Which model the cores get.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CoreModelArg {
-    /// The flow when it predicts held-out matrices clearly better than a full Gaussian (then refitted on all).
+    /// The Gaussian, or a Gaussian mixture or the flow when it predicts held-out matrices clearly better (then refitted on all).
     Auto,
     /// Always the flow (plus a Gaussian on the low-variance principal
     /// components).
     Flow,
     /// Always a full-covariance Gaussian on the cores.
     Gaussian,
+    /// Always a Gaussian mixture on a leading block of principal components
+    /// (size and components selected by BIC), Gaussian on the rest.
+    Mixture,
 }
 
 /// Pairing of noise and data in flow-matching batches.
@@ -163,6 +167,7 @@ impl FlowArgs {
                 CoreModelArg::Auto => CoreModelChoice::Auto,
                 CoreModelArg::Flow => CoreModelChoice::Flow,
                 CoreModelArg::Gaussian => CoreModelChoice::Gaussian,
+                CoreModelArg::Mixture => CoreModelChoice::Mixture,
             },
             hidden: self.hidden,
             layers: self.layers,

@@ -3,7 +3,7 @@
 use crate::error::CliError;
 use crate::input::load_model;
 use clap::Args;
-use coreflow::flow::{CoreModelChoice, CoreModelKind};
+use coreflow::core_model::{CoreModelChoice, CoreModelKind};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -53,6 +53,7 @@ fn fields(m: &coreflow::Model) -> Vec<(&'static str, Value)> {
             match i.core_model {
                 Some(CoreModelKind::Flow) => "flow".into(),
                 Some(CoreModelKind::Gaussian) => "gaussian".into(),
+                Some(CoreModelKind::Mixture) => "mixture".into(),
                 None => Value::Null,
             },
         ),
@@ -66,12 +67,18 @@ fn fields(m: &coreflow::Model) -> Vec<(&'static str, Value)> {
         ("heldout_loglik_gaussian", num(i.heldout_loglik_gaussian)),
         ("heldout_mmd_gaussian", num(i.heldout_mmd_gaussian)),
         ("heldout_mmd_flow", num(i.heldout_mmd_flow)),
+        ("heldout_loglik_mixture", num(i.heldout_loglik_mixture)),
+        ("heldout_mmd_mixture", num(i.heldout_mmd_mixture)),
+        ("mixture_block", i.mixture_block.into()),
+        ("mixture_components", i.mixture_components.into()),
+        ("flow_train_steps", i.flow_train_steps.into()),
         (
             "core_model_requested",
             match m.core_model().map(|c| c.info().requested) {
                 Some(CoreModelChoice::Auto) => "auto".into(),
                 Some(CoreModelChoice::Flow) => "flow".into(),
                 Some(CoreModelChoice::Gaussian) => "gaussian".into(),
+                Some(CoreModelChoice::Mixture) => "mixture".into(),
                 None => Value::Null,
             },
         ),
@@ -99,15 +106,16 @@ pub fn core_model_reason(m: &coreflow::Model) -> String {
     };
     let ci = core.info();
     let mut scores = format!(
-        "on {} held-out cores, log-likelihood per core: Gaussian {}, flow {}",
+        "on {} held-out cores, log-likelihood per core: Gaussian {}, mixture {}, flow {}",
         ci.holdout_count,
         loglik(ci.heldout_loglik_gaussian),
+        loglik(ci.heldout_loglik_mixture),
         loglik(ci.heldout_loglik_flow)
     );
     if !ci.heldout_mmd_gaussian.is_nan() {
         scores += &format!(
-            "; MMD^2 of draws in the leading block (lower is better): Gaussian {:.3e}, flow {:.3e}",
-            ci.heldout_mmd_gaussian, ci.heldout_mmd_flow
+            "; MMD^2 of draws in the leading block (lower is better): Gaussian {:.3e}, mixture {:.3e}, flow {:.3e}",
+            ci.heldout_mmd_gaussian, ci.heldout_mmd_mixture, ci.heldout_mmd_flow
         );
     }
     let too_small = format!(
@@ -115,26 +123,38 @@ pub fn core_model_reason(m: &coreflow::Model) -> String {
         ci.flow_block,
         3 * ci.flow_block
     );
+    let name = |k: CoreModelKind| match k {
+        CoreModelKind::Flow => "the flow",
+        CoreModelKind::Gaussian => "the Gaussian",
+        CoreModelKind::Mixture => "the Gaussian mixture",
+    };
     match (ci.requested, ci.kind) {
-        (CoreModelChoice::Flow, _) | (CoreModelChoice::Gaussian, _) => {
+        (CoreModelChoice::Auto, kind) if ci.holdout_count == 0 => match kind {
+            CoreModelKind::Flow => "auto without a hold-out: enough matrices for the flow".into(),
+            CoreModelKind::Mixture => {
+                format!(
+                    "auto without a hold-out: {too_small}; BIC prefers a mixture to the Gaussian"
+                )
+            }
+            CoreModelKind::Gaussian => format!("auto without a hold-out: {too_small}"),
+        },
+        (CoreModelChoice::Auto, CoreModelKind::Gaussian)
+            if ci.heldout_loglik_flow.is_nan() && ci.heldout_loglik_mixture.is_nan() =>
+        {
+            format!("auto chose the Gaussian: {too_small}, and BIC prefers no mixture")
+        }
+        (CoreModelChoice::Auto, CoreModelKind::Gaussian) => {
+            format!("auto chose the Gaussian, no other kind's held-out log-likelihood clearly higher ({scores}); refitted on all matrices")
+        }
+        (CoreModelChoice::Auto, kind) => {
+            format!("auto chose {}, its held-out log-likelihood clearly higher than the simpler kinds' ({scores}); refitted on all matrices", name(kind))
+        }
+        _ => {
             if ci.holdout_count > 0 {
                 format!("forced by the caller; {scores}")
             } else {
                 "forced by the caller".into()
             }
-        }
-        (CoreModelChoice::Auto, _) if ci.holdout_count == 0 => match ci.kind {
-            CoreModelKind::Flow => "auto without a hold-out: enough matrices for the flow".into(),
-            CoreModelKind::Gaussian => format!("auto without a hold-out: {too_small}"),
-        },
-        (CoreModelChoice::Auto, CoreModelKind::Flow) => {
-            format!("auto chose the flow, its held-out log-likelihood clearly higher ({scores}); refitted on all matrices")
-        }
-        (CoreModelChoice::Auto, CoreModelKind::Gaussian) if ci.heldout_loglik_flow.is_nan() => {
-            format!("auto chose the Gaussian: {too_small}")
-        }
-        (CoreModelChoice::Auto, CoreModelKind::Gaussian) => {
-            format!("auto chose the Gaussian, the flow's held-out log-likelihood not clearly higher ({scores}); refitted on all matrices")
         }
     }
 }
@@ -151,7 +171,11 @@ pub fn core_model_summary(m: &coreflow::Model, kind: CoreModelKind) -> String {
         CoreModelKind::Gaussian => format!(
             "Gaussian on all {} core coordinates (covariance shrunk when there are fewer than {} matrices per coordinate)",
             i.core_dim,
-            coreflow::flow::core_model::SHRINK_BELOW_SAMPLES_PER_DIM
+            coreflow::core_model::SHRINK_BELOW_SAMPLES_PER_DIM
+        ),
+        CoreModelKind::Mixture => format!(
+            "Gaussian mixture of {} components on the {} leading principal components of the {} core coordinates, Gaussian on the rest",
+            i.mixture_components, i.mixture_block, i.core_dim
         ),
     };
     format!("{what}; {}", core_model_reason(m))
