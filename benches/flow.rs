@@ -14,8 +14,8 @@
 //! peer use `examples/flow_bench.rs` and `examples/sample_latency.rs` (see
 //! BENCHMARKS.md).
 
+use coreflow::core_model::{CoreModelChoice, FlowOptions};
 use coreflow::datasets::{planted_low_rank, CoreDistribution, PlantedSpec};
-use coreflow::flow::core_model::{CoreModelChoice, FlowOptions};
 use coreflow::flow::latent::{self, LatentMaps};
 use coreflow::flow::ode::{integrate, integrate_scratch};
 use coreflow::flow::{

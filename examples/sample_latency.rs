@@ -23,8 +23,8 @@
 //! single-thread f32 faer GEMM (512 x 512 x 512), both measured in the same
 //! process. Output: one JSON line on stdout.
 
+use coreflow::core_model::{CoreModelChoice, FlowOptions};
 use coreflow::datasets::{planted_low_rank, CoreDistribution, PlantedSpec};
-use coreflow::flow::core_model::{CoreModelChoice, FlowOptions};
 use coreflow::flow::ode::SolverOptions;
 use coreflow::numerics::{MemBuffer, MemStack};
 use coreflow::{FitOptions, MatrixBatch, MatrixBatchMut, Model};

@@ -3,8 +3,8 @@
 //! modes, fused solver stages, every solver, and through the fitted model's
 //! sampling (one matrix per call against one call for all).
 
+use coreflow::core_model::{CoreModelChoice, FlowOptions};
 use coreflow::datasets::{planted_low_rank, CoreDistribution, PlantedSpec};
-use coreflow::flow::core_model::{CoreModelChoice, FlowOptions};
 use coreflow::flow::ode::{integrate, integrate_scratch};
 use coreflow::flow::small::SMALL_ROWS;
 use coreflow::flow::{rng, NetConfig, RowKernel, Solver, SolverOptions, Times, VelocityNet};
