@@ -7,6 +7,8 @@
 //!   random streams are [`crate::rng`]);
 //! - [`network`]: the velocity MLP, its batched forward/backward passes and
 //!   Jacobian traces;
+//! - [`small`]: row kernels for batches of 1 to 12 rows over weights packed
+//!   when the network is built, bitwise equal to the batched path;
 //! - [`optim`]: Adam, the learning-rate schedule, clipping and the weight EMA;
 //! - [`assignment`]: exact minimum-cost assignment (minibatch OT coupling);
 //! - [`train`]: the flow-matching training loop;
@@ -42,10 +44,11 @@ pub mod noise;
 pub mod ode;
 pub mod optim;
 pub mod real;
+pub mod small;
 pub mod train;
 
 pub use likelihood::DivergenceField;
-pub use network::{LayerSlot, NetConfig, Tape, Times, VelocityNet};
+pub use network::{LayerSlot, NetConfig, RowKernel, Tape, Times, VelocityNet};
 pub use ode::{Divergence, SolveStats, Solver, SolverOptions, VelocityField};
 pub use real::Real;
 pub use train::{Coupling, TrainOptions, TrainReport, Trainer};
