@@ -67,6 +67,14 @@ cargo test --workspace --release
 
 echo "== fuzz targets, short runs (need a nightly toolchain and cargo-fuzz)"
 # The same probes run in process with the Rust tests (tests/hostile.rs).
+# Installed when missing and the toolchain server and crates.io are
+# reachable; without them the runs are skipped, not failed.
+if ! cargo +nightly --version >/dev/null 2>&1 && command -v rustup >/dev/null 2>&1; then
+  rustup toolchain install nightly --profile minimal >/dev/null 2>&1 || true
+fi
+if cargo +nightly --version >/dev/null 2>&1 && ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked >/dev/null 2>&1 || true
+fi
 if cargo +nightly fuzz --version >/dev/null 2>&1; then
   for target in model_from_bytes views_and_options; do
     cargo +nightly fuzz run "$target" -- -runs=20000 -max_total_time=60
