@@ -121,6 +121,7 @@ mod log_prob;
 mod mixture;
 mod options;
 mod parts;
+mod posterior;
 mod sample;
 mod select;
 #[cfg(test)]
@@ -131,6 +132,7 @@ pub use fit::SHRINK_BELOW_SAMPLES_PER_DIM;
 pub use flow::{support_radius, FLOW_DRAWS, SUPPORT_MARGIN};
 pub use mixture::{MixtureParts, MAX_COMPONENTS};
 pub use options::{CoreModelChoice, CoreModelKind, FlowOptions, Precision};
+pub use posterior::IMPUTE_PROPOSALS;
 pub use parts::{CoreModelInfo, CoreModelParts, FlowParts, NetParams};
 pub use select::{FLOW_GAIN_PER_DIM, HELDOUT_FLOOR_NATS, SELECTION_SAMPLES};
 
