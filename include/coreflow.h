@@ -650,6 +650,11 @@ typedef struct coreflow_metrics_result {
 #define COREFLOW_OP_COMPLETE 4
 
 /**
+ * `coreflow_impute`.
+ */
+#define COREFLOW_OP_IMPUTE 5
+
+/**
  * Block-exact alternating eigen-updates (HOOI); the default.
  */
 #define COREFLOW_SUBSPACE_METHOD_HOOI 0
@@ -1005,6 +1010,30 @@ coreflow_status coreflow_sample(const struct coreflow_model *m, const struct cor
  * calling thread only. Thread-safe.
  */
 coreflow_status coreflow_log_prob(const struct coreflow_model *m, const struct coreflow_sample_options *o, const struct coreflow_matrices *input, double *log_prob, double *residual, void *ws, size_t ws_bytes);
+
+/**
+ * Multiple imputation: matrix `j` of `out` is draw number `first_index + j`
+ * of stream `seed` from the model's law of matrix `j` of `partial` given
+ * its observed entries (mask nonzero, or not NaN when `partial->mask` is
+ * NULL): the core from the core model conditioned on the observed entries
+ * at the fitted noise level, then `U C V^T + Xbar` plus independent
+ * `N(0, noise_variance)` noise on the missing entries. Observed entries are
+ * copied bitwise. A `partial` with `sample_stride = 0` repeats one matrix
+ * (many draws of the same matrix; it is conditioned once). Exact for the
+ * Gaussian and mixture core models; for the flow, importance resampling
+ * from the Gaussian fit of the cores (64 proposals per draw). `o` selects
+ * the ODE solver as in `coreflow_sample` (NULL = defaults). Draws depend
+ * only on (seed, index): a run split into calls or spread over threads
+ * gives bitwise the same matrices. `out` must not overlap `partial`. `ws`
+ * is a workspace of `ws_bytes` bytes (`COREFLOW_OP_IMPUTE`).
+ * Returns `COREFLOW_OK`, or an error status with `out` untouched (every
+ * draw is computed and checked before the first is written):
+ * `COREFLOW_ERR_UNSUPPORTED` for a model fitted with `flow_steps = 0`,
+ * `COREFLOW_ERR_NUMERICAL` when a draw would not be finite. Ownership: the
+ * caller owns all buffers. Never allocates; runs on the calling thread
+ * only. Thread-safe.
+ */
+coreflow_status coreflow_impute(const struct coreflow_model *m, const struct coreflow_sample_options *o, uint64_t seed, uint64_t first_index, const struct coreflow_matrices *partial, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
 
 /**
  * Fills `o` with the defaults (all cores, top_k 10) and sets

@@ -47,7 +47,15 @@ fn orthonormal(rows: usize, cols: usize, seed: u64) -> Mat<f64> {
     a.qr().compute_thin_Q()
 }
 
-fn fit(data: &[f64], count: usize, m: usize, n: usize, r: usize, s: usize, flow: FlowOptions) -> Model {
+fn fit(
+    data: &[f64],
+    count: usize,
+    m: usize,
+    n: usize,
+    r: usize,
+    s: usize,
+    flow: FlowOptions,
+) -> Model {
     let batch = MatrixBatch::from_c_order(data, count, m, n).unwrap();
     let opts = FitOptions {
         rank_rows: r,
@@ -100,9 +108,7 @@ fn dense_components(model: &Model) -> Vec<(f64, Vec<f64>, Mat<f64>)> {
     let (d, q) = (p.dim, p.variances.len());
     let qm = Mat::from_fn(d, q, |i, j| p.basis[i + j * d]);
     let proj = &qm * qm.transpose();
-    let rest = Mat::from_fn(d, d, |i, j| {
-        (if i == j { 1.0 } else { 0.0 }) - proj[(i, j)]
-    });
+    let rest = Mat::from_fn(d, d, |i, j| (if i == j { 1.0 } else { 0.0 }) - proj[(i, j)]);
     let mut out = Vec::new();
     let comps = p.mixture.as_ref().map_or(1, |mx| mx.weights.len());
     for c in 0..comps {
@@ -146,8 +152,12 @@ fn dense_conditional(model: &Model, y: &[f64], obs: &[bool]) -> Vec<(f64, Vec<f6
     let xbar = |a: usize, b: usize| model.mean().map_or(0.0, |mm| mm[(a, b)]);
     let row = |a: usize, b: usize| Mat::from_fn(1, d, |_, k| u[(a, k % r)] * v[(b, k / r)]);
     let (o_idx, h_idx): (Vec<usize>, Vec<usize>) = (0..m * n).partition(|&e| obs[e]);
-    let ao = Mat::from_fn(o_idx.len(), d, |i, k| row(o_idx[i] / n, o_idx[i] % n)[(0, k)]);
-    let ah = Mat::from_fn(h_idx.len(), d, |i, k| row(h_idx[i] / n, h_idx[i] % n)[(0, k)]);
+    let ao = Mat::from_fn(o_idx.len(), d, |i, k| {
+        row(o_idx[i] / n, o_idx[i] % n)[(0, k)]
+    });
+    let ah = Mat::from_fn(h_idx.len(), d, |i, k| {
+        row(h_idx[i] / n, h_idx[i] % n)[(0, k)]
+    });
     let yo = Mat::from_fn(o_idx.len(), 1, |i, _| {
         let (a, b) = (o_idx[i] / n, o_idx[i] % n);
         y[o_idx[i]] - xbar(a, b)
@@ -166,7 +176,8 @@ fn dense_conditional(model: &Model, y: &[f64], obs: &[bool]) -> Vec<(f64, Vec<f6
         let lw = w.ln() - 0.5 * (logdet + quad);
         top = top.max(lw);
         // Posterior of c, then of the missing entries.
-        let gain = &cov * ao.transpose() * llt.solve(&Mat::<f64>::identity(o_idx.len(), o_idx.len()));
+        let gain =
+            &cov * ao.transpose() * llt.solve(&Mat::<f64>::identity(o_idx.len(), o_idx.len()));
         let post_mean = &mu + &gain * &resid;
         let post_cov = &cov - &gain * &ao * &cov;
         let hm = &ah * &post_mean;
@@ -186,7 +197,10 @@ fn dense_conditional(model: &Model, y: &[f64], obs: &[bool]) -> Vec<(f64, Vec<f6
 
 fn missing_values(draws: &[f64], j: usize, obs: &[bool]) -> Vec<f64> {
     let mn = obs.len();
-    (0..mn).filter(|&e| !obs[e]).map(|e| draws[j * mn + e]).collect()
+    (0..mn)
+        .filter(|&e| !obs[e])
+        .map(|e| draws[j * mn + e])
+        .collect()
 }
 
 #[test]
@@ -195,7 +209,14 @@ fn gaussian_kind_draws_match_the_exact_conditional_and_the_map_completion() {
     let u0 = orthonormal(m, r, 1);
     let v0 = orthonormal(n, s, 2);
     // A correlated Gaussian core law.
-    let law = |z: &[f64]| vec![2.0 * z[0] + 1.0, z[0] + z[1], 0.7 * z[2] - 0.5, 0.4 * z[3] + 0.3 * z[1]];
+    let law = |z: &[f64]| {
+        vec![
+            2.0 * z[0] + 1.0,
+            z[0] + z[1],
+            0.7 * z[2] - 0.5,
+            0.4 * z[3] + 0.3 * z[1],
+        ]
+    };
     let data = generate(3000, &u0, &v0, 0.1, 11, law);
     let model = fit(
         &data,
@@ -234,7 +255,9 @@ fn gaussian_kind_draws_match_the_exact_conditional_and_the_map_completion() {
     let k = mean.len();
     let draws_n = 4000;
     let draws = impute_repeated(&model, &y, Some(&mask), 7, 0, draws_n);
-    let vals: Vec<Vec<f64>> = (0..draws_n).map(|j| missing_values(&draws, j, &obs)).collect();
+    let vals: Vec<Vec<f64>> = (0..draws_n)
+        .map(|j| missing_values(&draws, j, &obs))
+        .collect();
     // Observed entries come back bitwise.
     for j in [0, 1, draws_n - 1] {
         for e in 0..m * n {
@@ -271,11 +294,16 @@ fn gaussian_kind_draws_match_the_exact_conditional_and_the_map_completion() {
         }
     }
     // The MAP completion is the exact conditional mean.
-    let batch = MatrixBatch::from_c_order(&y, 1, m, n).unwrap().with_mask(&mask).unwrap();
+    let batch = MatrixBatch::from_c_order(&y, 1, m, n)
+        .unwrap()
+        .with_mask(&mask)
+        .unwrap();
     let mut map = vec![0.0; m * n];
     let mut ob = MatrixBatchMut::from_c_order(&mut map, 1, m, n).unwrap();
     let mut buf = MemBuffer::new(model.complete_scratch(1));
-    model.complete(&batch, &mut ob, MemStack::new(&mut buf)).unwrap();
+    model
+        .complete(&batch, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
     let map_h = missing_values(&map, 0, &obs);
     for i in 0..k {
         assert!(
@@ -360,7 +388,10 @@ fn mixture_kind_draws_cover_the_modes_in_the_exact_proportions() {
         .count() as f64
         / draws_n as f64;
     let se = (p * (1.0 - p) / draws_n as f64).sqrt();
-    assert!((above - p).abs() <= 4.5 * se, "{above} of the draws above, exact {p}");
+    assert!(
+        (above - p).abs() <= 4.5 * se,
+        "{above} of the draws above, exact {p}"
+    );
     // Both mode entries move together in every draw.
     for j in 0..draws_n {
         let v = missing_values(&draws, j, &obs);
@@ -474,7 +505,10 @@ fn flow_kind_resamples_with_reported_effective_sample_size() {
         .impute(&so, 1, 0, &batch, &mut ob, MemStack::new(&mut buf))
         .unwrap();
     let props = coreflow::core_model::IMPUTE_PROPOSALS as f64;
-    assert!(report.min_ess >= 1.0 && report.mean_ess <= props, "{report:?}");
+    assert!(
+        report.min_ess >= 1.0 && report.mean_ess <= props,
+        "{report:?}"
+    );
     // The observed +3.1 fixes the mode: the draws of (1, 1) stay in it.
     let stay = (0..count)
         .filter(|&j| out[j * m * n + n + 1] > xbar(1, 1))
@@ -520,7 +554,7 @@ fn arguments_are_checked_and_out_is_untouched_on_failure() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NonFinite);
     // Too small a workspace.
-    let mut small = MemBuffer::new(model.impute_scratch(1, &so));
+    let mut small = MemBuffer::new(coreflow::numerics::StackReq::new::<f64>(8));
     let e = model
         .impute(&so, 0, 0, &batch, &mut ob, MemStack::new(&mut small))
         .unwrap_err();

@@ -132,8 +132,8 @@ pub use fit::SHRINK_BELOW_SAMPLES_PER_DIM;
 pub use flow::{support_radius, FLOW_DRAWS, SUPPORT_MARGIN};
 pub use mixture::{MixtureParts, MAX_COMPONENTS};
 pub use options::{CoreModelChoice, CoreModelKind, FlowOptions, Precision};
-pub use posterior::IMPUTE_PROPOSALS;
 pub use parts::{CoreModelInfo, CoreModelParts, FlowParts, NetParams};
+pub use posterior::IMPUTE_PROPOSALS;
 pub use select::{FLOW_GAIN_PER_DIM, HELDOUT_FLOOR_NATS, SELECTION_SAMPLES};
 
 use crate::error::{Error, ErrorKind, Result};

@@ -121,8 +121,8 @@ impl CoreModel {
             _ => None,
         };
         for comp in 0..ncomp {
-            let (head, wt) = state[comp * (1 + d + d * d)..(comp + 1) * (1 + d + d * d)]
-                .split_at_mut(1 + d);
+            let (head, wt) =
+                state[comp * (1 + d + d * d)..(comp + 1) * (1 + d + d * d)].split_at_mut(1 + d);
             let (lw, mean) = head.split_at_mut(1);
             let mut wt = MatMut::from_column_major_slice_mut(wt, d, d);
             // m_c and P = Q M_c.
@@ -138,8 +138,8 @@ impl CoreModel {
                     let mc = &mp.means[comp * k..(comp + 1) * k];
                     for t in 0..k {
                         let w = scale[t] * mc[t];
-                        for i in 0..d {
-                            mean[i] += self.basis[(i, t)] * w;
+                        for (i, mi) in mean.iter_mut().enumerate() {
+                            *mi += self.basis[(i, t)] * w;
                         }
                         // Column j of Q_k diag(sigma) L_c: sum_t Q_t sigma_t L_tj.
                         for j in 0..=t {
@@ -212,7 +212,11 @@ impl CoreModel {
                 gemm(hm, Accum::Replace, f.rb().transpose(), rm, 1.0, Par::Seq);
             }
             let l = kmat.rb();
-            solve_lower_triangular_in_place(l, MatMut::from_column_major_slice_mut(h, d, 1), Par::Seq);
+            solve_lower_triangular_in_place(
+                l,
+                MatMut::from_column_major_slice_mut(h, d, 1),
+                Par::Seq,
+            );
             // W^T = L^-1 F^T.
             for j in 0..d {
                 for i in 0..d {
@@ -332,8 +336,8 @@ impl CoreModel {
             let mut q2 = 0.0;
             for t in 0..k {
                 let mut a = 0.0;
-                for c in 0..d {
-                    a += self.basis_t[(t, c)] * (core[c] - self.mean[c]);
+                for (c, (cv, mv)) in core.iter().zip(&self.mean).enumerate() {
+                    a += self.basis_t[(t, c)] * (cv - mv);
                 }
                 let yt = a / scale[t];
                 y[(i, t)] = yt;
@@ -357,7 +361,11 @@ impl CoreModel {
         }
         let mut top = f64::NEG_INFINITY;
         for (w, l) in lw.iter_mut().zip(lp.iter()) {
-            *w = if l.is_finite() { *w + l } else { f64::NEG_INFINITY };
+            *w = if l.is_finite() {
+                *w + l
+            } else {
+                f64::NEG_INFINITY
+            };
             top = top.max(*w);
         }
         if !top.is_finite() {
