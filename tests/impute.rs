@@ -514,6 +514,21 @@ fn flow_kind_resamples_with_reported_effective_sample_size() {
         .filter(|&j| out[j * m * n + n + 1] > xbar(1, 1))
         .count();
     assert!(stay as f64 >= 0.97 * count as f64, "{stay} of {count}");
+    // Ambiguous: both mode entries missing; the modes have weight 1/2 each
+    // in the generating law, and the draws must cover both.
+    let mut ya = y.clone();
+    ya[0] = f64::NAN;
+    let batch = MatrixBatch::new(&ya, 0, layout).unwrap();
+    let mut ob = MatrixBatchMut::from_c_order(&mut out, count, m, n).unwrap();
+    let report = model
+        .impute(&so, 2, 0, &batch, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
+    let plus = (0..count)
+        .filter(|&j| out[j * m * n + n + 1] > xbar(1, 1))
+        .count() as f64
+        / count as f64;
+    eprintln!("flow, ambiguous mode: {plus} of the draws in the + mode; {report:?}");
+    assert!(plus > 0.25 && plus < 0.75, "{plus} in the + mode");
 }
 
 #[test]
