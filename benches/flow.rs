@@ -3,14 +3,26 @@
 //! cheaper), single-threaded, at the default architecture
 //! (H = 256, L = 3, 16 time frequencies).
 //!
+//! `sample_latency`: `Model::sample` of 1, 4, 16 and 1000 matrices per call
+//! (the row kernels of small batches up to 12 rows, batched products above)
+//! and `Model::log_prob` of one matrix, at the demo's shape (128 x 128
+//! matrices, flow on 12 components, H = 256) and a large one (200 x 200,
+//! flow on 40 components, H = 512); the models are fitted on planted
+//! low-rank sets with a short flow training (timing does not depend on it).
+//!
 //! `cargo bench --bench flow`; for side-by-side numbers with the PyTorch
-//! peer use `examples/flow_bench.rs` (see BENCHMARKS.md).
+//! peer use `examples/flow_bench.rs` and `examples/sample_latency.rs` (see
+//! BENCHMARKS.md).
 
+use coreflow::core_model::{CoreModelChoice, FlowOptions};
+use coreflow::datasets::{planted_low_rank, CoreDistribution, PlantedSpec};
 use coreflow::flow::latent::{self, LatentMaps};
 use coreflow::flow::ode::{integrate, integrate_scratch};
 use coreflow::flow::{
-    likelihood, rng, NetConfig, Solver, SolverOptions, TrainOptions, Trainer, VelocityNet,
+    likelihood, NetConfig, Solver, SolverOptions, TrainOptions, Trainer, VelocityNet,
 };
+use coreflow::rng;
+use coreflow::{FitOptions, MatrixBatch, MatrixBatchMut, Model};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::{Mat, Par};
@@ -140,5 +152,90 @@ fn log_prob(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, train_step, sample, log_prob);
+/// A model of `size x size` matrices with `rank x rank` cores and a flow on
+/// the leading `flow_dim` components (width `hidden`, 3 layers).
+fn latency_model(size: usize, rank: usize, flow_dim: usize, hidden: usize) -> Model {
+    let n = 400;
+    let mut spec = PlantedSpec::new(n, size, size, rank, rank, 7);
+    spec.core = CoreDistribution::Mixture {
+        components: 4,
+        spread: 0.3,
+    };
+    spec.noise = 1e-3;
+    let p = planted_low_rank(&spec).unwrap();
+    let batch = MatrixBatch::from_c_order(&p.data.data, n, size, size).unwrap();
+    let opts = FitOptions {
+        rank_rows: rank,
+        rank_cols: rank,
+        threads: 1,
+        seed: 3,
+        flow: FlowOptions {
+            core_model: CoreModelChoice::Flow,
+            hidden,
+            layers: 3,
+            flow_energy: 1.0,
+            flow_noise_gap: 0.0,
+            flow_max_dim: flow_dim,
+            steps: 300,
+            moment_samples: 400,
+            threads: 1,
+            ..FlowOptions::default()
+        },
+        ..FitOptions::default()
+    };
+    Model::fit(&batch, &opts).unwrap()
+}
+
+fn sample_latency(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sample_latency");
+    g.sample_size(10).measurement_time(Duration::from_secs(4));
+    let opts = SolverOptions::default();
+    for (size, rank, flow_dim, hidden) in [(128, 8, 12, 256), (200, 8, 40, 512)] {
+        let model = latency_model(size, rank, flow_dim, hidden);
+        let name = format!("m{size}_k{flow_dim}_h{hidden}");
+        for count in [1usize, 4, 16, 1000] {
+            let mut out = vec![0.0; count * size * size];
+            let mut mem = MemBuffer::new(model.sample_scratch(count, &opts));
+            let mut first = 0u64;
+            g.throughput(Throughput::Elements(count as u64));
+            g.bench_function(format!("{name}_sample_n{count}"), |b| {
+                b.iter(|| {
+                    let mut ob = MatrixBatchMut::from_c_order(&mut out, count, size, size).unwrap();
+                    model
+                        .sample(&opts, 1, first, &mut ob, MemStack::new(&mut mem))
+                        .unwrap();
+                    first += count as u64;
+                    black_box(out[0])
+                })
+            });
+        }
+        let one = out_of(&model, &opts, size);
+        let batch = MatrixBatch::from_c_order(&one, 1, size, size).unwrap();
+        let mut lp = [0.0];
+        let mut mem = MemBuffer::new(model.log_prob_scratch(1, &opts));
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("{name}_log_prob_n1"), |b| {
+            b.iter(|| {
+                model
+                    .log_prob(&opts, &batch, &mut lp, None, MemStack::new(&mut mem))
+                    .unwrap();
+                black_box(lp[0])
+            })
+        });
+    }
+    g.finish();
+}
+
+/// One sample of `model`.
+fn out_of(model: &Model, opts: &SolverOptions, size: usize) -> Vec<f64> {
+    let mut out = vec![0.0; size * size];
+    let mut ob = MatrixBatchMut::from_c_order(&mut out, 1, size, size).unwrap();
+    let mut mem = MemBuffer::new(model.sample_scratch(1, opts));
+    model
+        .sample(opts, 2, 0, &mut ob, MemStack::new(&mut mem))
+        .unwrap();
+    out
+}
+
+criterion_group!(benches, train_step, sample, log_prob, sample_latency);
 criterion_main!(benches);

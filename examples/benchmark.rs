@@ -15,7 +15,7 @@
 //! `--missing-n N`, `--test T`, `--test-offset I` (first test draw; runs
 //! with the same offset share a test set), `--gen G`, `--steps S`, `--batch B`,
 //! `--hidden H`, `--no-ambient`, `--ambient-n 100,300`, `--no-pca`,
-//! `--subspace-max-iter K`, `--core-model auto|flow|gaussian` (CoreFlow and
+//! `--subspace-max-iter K`, `--core-model auto|flow|gaussian|mixture` (CoreFlow and
 //! PCA + flow), `--out FILE` (the markdown also goes to stdout;
 //! progress to stderr).
 
@@ -89,8 +89,9 @@ fn main() {
                     "auto" => CoreModelChoice::Auto,
                     "flow" => CoreModelChoice::Flow,
                     "gaussian" => CoreModelChoice::Gaussian,
+                    "mixture" => CoreModelChoice::Mixture,
                     x => usage(&format!(
-                        "--core-model: {x:?} is not auto, flow or gaussian"
+                        "--core-model: {x:?} is not auto, flow, gaussian or mixture"
                     )),
                 }
             }

@@ -24,7 +24,8 @@
 //! Output: progress on stderr, one JSON line on stdout.
 
 use coreflow::flow::latent::{self, LatentMaps};
-use coreflow::flow::{rng, NetConfig, Solver, SolverOptions, TrainOptions, Trainer, VelocityNet};
+use coreflow::flow::{NetConfig, Solver, SolverOptions, TrainOptions, Trainer, VelocityNet};
+use coreflow::rng;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::matmul::matmul;
 use faer::reborrow::ReborrowMut;

@@ -508,6 +508,12 @@ typedef struct coreflow_model_info {
      * Its number of Gaussian components (0 when none).
      */
     size_t mixture_components;
+    /**
+     * Optimiser steps the flow was trained for: with a hold-out, the step
+     * of the best held-out flow-matching loss on the split, which the
+     * refit on all matrices repeats (0 without a flow).
+     */
+    size_t flow_train_steps;
 } coreflow_model_info;
 
 /**
@@ -815,208 +821,322 @@ extern "C" {
 #endif // __cplusplus
 
 /**
+ * ---- Version ---------------------------------------------------------------
+ *
  * The ABI version of the library (`COREFLOW_ABI_VERSION` it was built with).
- * Never allocates. Thread-safe.
+ *
+ * Returns: the version number.
+ * Ownership: nothing to release.
+ * Allocates: never.
+ * Thread safety: thread-safe.
  */
 uint32_t coreflow_abi_version(void);
 
 /**
- * The library version, e.g. "0.1.0". Ownership: a static string, never freed.
- * Never allocates. Thread-safe.
+ * The library version, e.g. "0.1.0".
+ *
+ * Returns: a NUL-terminated string.
+ * Ownership: a static string, never freed.
+ * Allocates: never.
+ * Thread safety: thread-safe.
  */
 const char *coreflow_version(void);
 
 /**
- * Fills `opts` with the defaults and sets `opts->struct_size`. NULL is
- * ignored. Never allocates. Thread-safe.
+ * ---- Options ---------------------------------------------------------------
+ *
+ * Fills `opts` with the defaults and sets `opts->struct_size`.
+ *
+ * NULL is ignored. The header's `coreflow_fit_options_init` macro calls
+ * `coreflow_fit_options_init_sized` with the host's `sizeof *opts`.
+ *
+ * Returns: nothing.
+ * Ownership: the caller owns `opts`.
+ * Allocates: never.
+ * Thread safety: thread-safe.
  */
 void coreflow_fit_options_init(struct coreflow_fit_options *opts);
 
 /**
+ * Writes the defaults into a host's `coreflow_fit_options` of `size` bytes.
+ *
  * Writes the first `size` bytes of the default options (at most the
  * library's `sizeof(coreflow_fit_options)`) into `opts` and sets
  * `opts->struct_size` to the number of bytes written. Unlike
  * `coreflow_fit_options_init`, never writes past a host struct compiled
  * against an older, smaller header; the header's `coreflow_fit_options_init`
  * macro calls it with `sizeof *opts`. NULL, or a `size` smaller than
- * `sizeof(size_t)`, is ignored. Never allocates. Thread-safe.
+ * `sizeof(size_t)`, is ignored.
+ *
+ * Returns: nothing.
+ * Ownership: the caller owns `opts`.
+ * Allocates: never.
+ * Thread safety: thread-safe.
  */
 void coreflow_fit_options_init_sized(struct coreflow_fit_options *opts, size_t size);
 
 /**
- * The sized counterpart of `coreflow_sample_options_init` (see
- * `coreflow_fit_options_init_sized`). Never allocates. Thread-safe.
- */
-void coreflow_sample_options_init_sized(struct coreflow_sample_options *o, size_t size);
-
-/**
  * Fills `o` with the defaults (RK4, 16 steps) and sets `o->struct_size`.
- * NULL is ignored. Never allocates. Thread-safe.
+ *
+ * NULL is ignored. The header's `coreflow_sample_options_init` macro calls
+ * `coreflow_sample_options_init_sized` with the host's `sizeof *o`.
+ *
+ * Returns: nothing.
+ * Ownership: the caller owns `o`.
+ * Allocates: never.
+ * Thread safety: thread-safe.
  */
 void coreflow_sample_options_init(struct coreflow_sample_options *o);
 
 /**
+ * Writes the defaults into a host's `coreflow_sample_options` of `size` bytes.
+ *
+ * The sized counterpart of `coreflow_sample_options_init` (see
+ * `coreflow_fit_options_init_sized`).
+ *
+ * Returns: nothing.
+ * Ownership: the caller owns `o`.
+ * Allocates: never.
+ * Thread safety: thread-safe.
+ */
+void coreflow_sample_options_init_sized(struct coreflow_sample_options *o, size_t size);
+
+/**
+ * ---- Models: fit, inspect, release -----------------------------------------
+ *
  * Fits a model to `train` and stores a new handle in `*out`.
  *
- * Returns `COREFLOW_OK`, or an error status with `*out` untouched:
+ * Error messages name the fields of `coreflow_fit_options`.
+ *
+ * Returns: `COREFLOW_OK`, or an error status with `*out` untouched:
  * `COREFLOW_ERR_INVALID_ARGUMENT` for an option beyond its cap
  * (`COREFLOW_MAX_*`) or a view larger than memory,
  * `COREFLOW_ERR_OUT_OF_MEMORY` when the fit needs more memory than can be
  * allocated (checked before the fit starts).
  * Ownership: the caller owns `*out` and releases it with
  * `coreflow_model_free`; `train` is only read during the call.
- * Allocates (once, before its loops). Uses up to `opts->threads` threads,
- * on a pool created for the call and joined before it returns.
- * Thread-safe (calls on different threads are independent).
+ * Allocates: yes, once, before its loops.
+ * Thread safety: thread-safe (calls on different threads are
+ * independent). Uses up to `opts->threads` threads, on a pool created for
+ * the call and joined before it returns.
  */
 coreflow_status coreflow_fit(const struct coreflow_matrices *train, const struct coreflow_fit_options *opts, struct coreflow_model **out);
 
 /**
- * Releases a model. NULL is ignored. Thread-safe as long as no other
- * thread still uses the model.
+ * Releases a model.
+ *
+ * NULL is ignored.
+ *
+ * Returns: nothing.
+ * Ownership: `model` and everything it held are released; the handle is
+ * invalid after the call.
+ * Allocates: never (it only frees).
+ * Thread safety: thread-safe as long as no other thread still uses the model.
  */
 void coreflow_model_free(struct coreflow_model *model);
 
 /**
- * Writes the model summary into `*out`; the caller sets
- * `out->struct_size = sizeof(coreflow_model_info)` first.
- * Returns `COREFLOW_OK` or an error status. Never allocates. Thread-safe.
+ * Writes the model summary into `*out`.
+ *
+ * The caller sets `out->struct_size = sizeof(coreflow_model_info)` first.
+ *
+ * Returns: `COREFLOW_OK` or an error status.
+ * Ownership: the caller owns `*out`; the model is only read.
+ * Allocates: never.
+ * Thread safety: thread-safe.
  */
 coreflow_status coreflow_model_get_info(const struct coreflow_model *m, struct coreflow_model_info *out);
 
 /**
- * Copies U (rows x rank_rows) into `u` and V (cols x rank_cols) into `v`,
- * both column-major. Returns `COREFLOW_OK` or an error status.
- * Ownership: the caller owns both buffers. Never allocates. Thread-safe.
+ * Copies the bases U and V of the model.
+ *
+ * U (rows x rank_rows) goes into `u` and V (cols x rank_cols) into `v`,
+ * both column-major.
+ *
+ * Returns: `COREFLOW_OK` or an error status.
+ * Ownership: the caller owns both buffers.
+ * Allocates: never.
+ * Thread safety: thread-safe.
  */
 coreflow_status coreflow_model_subspaces(const struct coreflow_model *m, double *u, double *v);
 
 /**
- * Copies the subtracted mean (rows x cols, column-major) into `mean`;
- * zeros when the model is not centered. Returns `COREFLOW_OK` or an error
- * status. Ownership: the caller owns `mean`. Never allocates. Thread-safe.
+ * Copies the subtracted mean (rows x cols, column-major) into `mean`.
+ *
+ * Zeros when the model is not centered.
+ *
+ * Returns: `COREFLOW_OK` or an error status.
+ * Ownership: the caller owns `mean`.
+ * Allocates: never.
+ * Thread safety: thread-safe.
  */
 coreflow_status coreflow_model_mean(const struct coreflow_model *m, double *mean);
 
 /**
- * Stores in `*bytes` the workspace size that serves any call of `op` on
- * model `m` with at most `count` matrices and options `o` (NULL = defaults).
- * Any pointer alignment of the workspace is accepted.
- * Returns `COREFLOW_OK` or an error status. Never allocates. Thread-safe.
+ * ---- Per-matrix operations (caller-provided workspace) ---------------------
+ *
+ * Stores in `*bytes` the workspace size of calls of `op`.
+ *
+ * The size serves any call of `op` on model `m` with at most `count`
+ * matrices and options `o` (NULL = defaults). Any pointer alignment of the
+ * workspace is accepted.
+ *
+ * Returns: `COREFLOW_OK` or an error status.
+ * Ownership: the caller owns `*bytes` and, later, the workspace.
+ * Allocates: never.
+ * Thread safety: thread-safe.
  */
 coreflow_status coreflow_workspace_size(const struct coreflow_model *m, coreflow_op op, size_t count, const struct coreflow_sample_options *o, size_t *bytes);
 
 /**
- * Writes the cores `C_j = U^T (X_j - Xbar) V` of the matrices of `input` into
- * `cores`: `input->count` blocks of `rank_rows * rank_cols` values, each the
- * column-major core. `ws` is a workspace of `ws_bytes` bytes
- * (`coreflow_workspace_size` with `COREFLOW_OP_ENCODE`).
- * Returns `COREFLOW_OK`, or an error status with `cores` untouched
+ * Writes the cores `C_j = U^T (X_j - Xbar) V` of the matrices of `input` into `cores`.
+ *
+ * `cores` receives `input->count` blocks of `rank_rows * rank_cols`
+ * values, each the column-major core. `ws` is a workspace of `ws_bytes`
+ * bytes (`coreflow_workspace_size` with `COREFLOW_OP_ENCODE`).
+ *
+ * Returns: `COREFLOW_OK`, or an error status with `cores` untouched
  * (`COREFLOW_ERR_NUMERICAL` when a core would not be finite).
- * Ownership: the caller owns all buffers. Never allocates; runs on the
- * calling thread only. Thread-safe.
+ * Ownership: the caller owns all buffers.
+ * Allocates: never.
+ * Thread safety: thread-safe; runs on the calling thread only.
  */
 coreflow_status coreflow_encode(const struct coreflow_model *m, const struct coreflow_matrices *input, double *cores, void *ws, size_t ws_bytes);
 
 /**
- * Writes `X_j = U C_j V^T + Xbar` into the matrices of `out` from `cores`
- * (`out->count` column-major cores of `rank_rows * rank_cols` values).
- * `ws` is a workspace of `ws_bytes` bytes (`COREFLOW_OP_DECODE`).
- * Returns `COREFLOW_OK`, or an error status with `out` untouched
+ * Writes `X_j = U C_j V^T + Xbar` into the matrices of `out` from `cores`.
+ *
+ * `cores` holds `out->count` column-major cores of `rank_rows * rank_cols`
+ * values. `ws` is a workspace of `ws_bytes` bytes (`COREFLOW_OP_DECODE`).
+ *
+ * Returns: `COREFLOW_OK`, or an error status with `out` untouched
  * (`COREFLOW_ERR_NUMERICAL` for a core too large to decode into finite
- * values). Ownership: the caller owns all buffers. Never allocates; runs on
- * the calling thread only. Thread-safe.
+ * values).
+ * Ownership: the caller owns all buffers.
+ * Allocates: never.
+ * Thread safety: thread-safe; runs on the calling thread only.
  */
 coreflow_status coreflow_decode(const struct coreflow_model *m, const double *cores, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
 
 /**
- * Completes partially observed matrices: `out` receives each matrix of
- * `partial` with its missing entries (mask zero, or NaN when
- * `partial->mask` is NULL) replaced by the model's MAP completion; observed
- * entries are copied bitwise. `out` must not overlap `partial`. `ws` is a
- * workspace of `ws_bytes` bytes (`COREFLOW_OP_COMPLETE`).
- * Returns `COREFLOW_OK`, or an error status with `out` untouched (every
+ * Completes partially observed matrices.
+ *
+ * `out` receives each matrix of `partial` with its missing entries (mask
+ * zero, or NaN when `partial->mask` is NULL) replaced by the model's MAP
+ * completion; observed entries are copied bitwise. `out` must not overlap
+ * `partial`. `ws` is a workspace of `ws_bytes` bytes
+ * (`COREFLOW_OP_COMPLETE`).
+ *
+ * Returns: `COREFLOW_OK`, or an error status with `out` untouched (every
  * matrix is completed and checked before the first is written).
- * Ownership: the caller owns all
- * buffers. Never allocates; runs on the calling thread only. Thread-safe.
+ * Ownership: the caller owns all buffers.
+ * Allocates: never.
+ * Thread safety: thread-safe; runs on the calling thread only.
  */
 coreflow_status coreflow_complete(const struct coreflow_model *m, const struct coreflow_matrices *partial, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
 
 /**
+ * Draws `out->count` new matrices into `out`.
+ *
+ * Matrix `j` is sample number `first_index + j` of stream `seed`, so a run
+ * split into several calls, or spread over threads, gives bitwise the same
+ * matrices. `o` selects the ODE solver (NULL = RK4 with 16 steps). `ws` is
+ * a workspace of `ws_bytes` bytes (`COREFLOW_OP_SAMPLE`). `out->count = 0`
+ * needs no workspace.
+ *
+ * Returns: `COREFLOW_OK`, or an error status with `out` untouched (every
+ * sample is checked before `out` is written): `COREFLOW_ERR_UNSUPPORTED`
+ * for a model fitted with `flow_steps = 0`, `COREFLOW_ERR_NUMERICAL` for a
+ * sample that would not be finite.
+ * Ownership: the caller owns all buffers.
+ * Allocates: never.
+ * Thread safety: thread-safe; runs on the calling thread only.
+ */
+coreflow_status coreflow_sample(const struct coreflow_model *m, const struct coreflow_sample_options *o, uint64_t seed, uint64_t first_index, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
+
+/**
+ * Writes the log-density of each matrix of `input` into `log_prob`.
+ *
+ * `log_prob[j]` is the log-density of the core of matrix `j` of `input`
+ * under the model (a density over matrices in the learned geometry), and
+ * `residual[j]` (when `residual` is not NULL) its distance from that
+ * geometry, `||Y - U U^T Y V V^T|| / ||Y||` with `Y = X - Xbar` (computed
+ * with scaled sums of squares: finite inputs give finite residuals). `o`
+ * selects the solver (NULL = RK4, 16 steps, exact divergence). `ws` is a
+ * workspace of `ws_bytes` bytes (`COREFLOW_OP_LOG_PROB`).
+ *
+ * Returns: `COREFLOW_OK` with every value finite, or an error status
+ * (`COREFLOW_ERR_NUMERICAL` when some value would not be finite) with
+ * `log_prob` and `residual` untouched.
+ * Ownership: the caller owns all buffers.
+ * Allocates: never.
+ * Thread safety: thread-safe; runs on the calling thread only.
+ */
+coreflow_status coreflow_log_prob(const struct coreflow_model *m, const struct coreflow_sample_options *o, const struct coreflow_matrices *input, double *log_prob, double *residual, void *ws, size_t ws_bytes);
+
+/**
+ * ---- Persistence -----------------------------------------------------------
+ *
  * Writes the model to the file `path` (versioned, checksummed).
- * Returns `COREFLOW_OK` or an error status (`COREFLOW_ERR_IO` when the file
- * cannot be written). Allocates (the file image). Thread-safe.
+ *
+ * Returns: `COREFLOW_OK` or an error status (`COREFLOW_ERR_IO` when the file
+ * cannot be written).
+ * Ownership: the caller owns `path`; the model is only read.
+ * Allocates: yes, the file image.
+ * Thread safety: thread-safe.
  */
 coreflow_status coreflow_model_save(const struct coreflow_model *m, const char *path);
 
 /**
  * Reads a model from the file `path` and stores a new handle in `*out`.
- * Returns `COREFLOW_OK`, or an error status with `*out` untouched:
+ *
+ * Returns: `COREFLOW_OK`, or an error status with `*out` untouched:
  * `COREFLOW_ERR_IO` (unreadable file), `COREFLOW_ERR_FORMAT` (corrupt or
  * truncated, or a model the maths cannot use: bases that are not
  * orthonormal, unbounded parameters), `COREFLOW_ERR_VERSION` (newer format).
  * Ownership: the caller owns `*out` (release with `coreflow_model_free`).
- * Allocates; starts no thread. Thread-safe.
+ * Allocates: yes, the model; starts no thread.
+ * Thread safety: thread-safe.
  */
 coreflow_status coreflow_model_load(const char *path, struct coreflow_model **out);
 
 /**
- * Serializes the model into `buf` (capacity `cap` bytes) and stores the
- * image length in `*len`. With `buf` NULL, only `*len` is written (ask for
- * the length first). A `cap` smaller than the length gives
+ * Serializes the model into `buf` and stores the image length in `*len`.
+ *
+ * `buf` has a capacity of `cap` bytes. With `buf` NULL, only `*len` is
+ * written (ask for the length first). A `cap` smaller than the length gives
  * `COREFLOW_ERR_INVALID_ARGUMENT` and writes only `*len`.
- * Returns `COREFLOW_OK` or an error status. Ownership: the caller owns
- * `buf`. Allocates (a temporary image). Thread-safe.
+ *
+ * Returns: `COREFLOW_OK` or an error status.
+ * Ownership: the caller owns `buf`.
+ * Allocates: yes, a temporary image.
+ * Thread safety: thread-safe.
  */
 coreflow_status coreflow_model_to_bytes(const struct coreflow_model *m, uint8_t *buf, size_t cap, size_t *len);
 
 /**
- * Reads a model from `len` bytes at `buf` and stores a new handle in
- * `*out`. Returns `COREFLOW_OK`, or an error status with `*out` untouched
+ * Reads a model from `len` bytes at `buf` and stores a new handle in `*out`.
+ *
+ * Never reads outside `buf[0..len]`.
+ *
+ * Returns: `COREFLOW_OK`, or an error status with `*out` untouched
  * (`COREFLOW_ERR_FORMAT`, also for a model the maths cannot use;
- * `COREFLOW_ERR_VERSION`). Never reads outside `buf[0..len]`. Ownership:
- * the caller owns `buf` and `*out`. Allocates; starts no thread.
- * Thread-safe.
+ * `COREFLOW_ERR_VERSION`).
+ * Ownership: the caller owns `buf` and `*out` (release with
+ * `coreflow_model_free`).
+ * Allocates: yes, the model; starts no thread.
+ * Thread safety: thread-safe.
  */
 coreflow_status coreflow_model_from_bytes(const uint8_t *buf, size_t len, struct coreflow_model **out);
 
 /**
- * Draws `out->count` new matrices into `out`: matrix `j` is sample number
- * `first_index + j` of stream `seed`, so a run split into several calls, or
- * spread over threads, gives bitwise the same matrices. `o` selects the ODE
- * solver (NULL = RK4 with 16 steps). `ws` is a workspace of `ws_bytes` bytes
- * (`COREFLOW_OP_SAMPLE`). A model fitted with `flow_steps = 0` gives
- * `COREFLOW_ERR_UNSUPPORTED`; a sample that would not be finite
- * `COREFLOW_ERR_NUMERICAL` (every sample is checked before `out` is
- * written, so a failed call leaves `out` untouched). `out->count = 0` needs
- * no workspace. Returns `COREFLOW_OK` or an error status. Ownership: the
- * caller owns all buffers. Never allocates; runs on the calling thread
- * only. Thread-safe.
- */
-coreflow_status coreflow_sample(const struct coreflow_model *m, const struct coreflow_sample_options *o, uint64_t seed, uint64_t first_index, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
-
-/**
- * Writes into `log_prob[j]` the log-density of the core of matrix `j` of
- * `input` under the model (a density over matrices in the learned
- * geometry), and into `residual[j]` (when `residual` is not NULL) its
- * distance from that geometry, `||Y - U U^T Y V V^T|| / ||Y||` with
- * `Y = X - Xbar` (computed with scaled sums of squares: finite inputs give
- * finite residuals). `o` selects the solver (NULL = RK4, 16 steps, exact
- * divergence). `ws` is a workspace of `ws_bytes` bytes
- * (`COREFLOW_OP_LOG_PROB`). Returns `COREFLOW_OK` with every value finite,
- * or an error status (`COREFLOW_ERR_NUMERICAL` when some value would not
- * be finite) with `log_prob` and `residual` untouched.
- * Ownership: the caller owns all buffers. Never allocates; runs on the
- * calling thread only. Thread-safe.
- */
-coreflow_status coreflow_log_prob(const struct coreflow_model *m, const struct coreflow_sample_options *o, const struct coreflow_matrices *input, double *log_prob, double *residual, void *ws, size_t ws_bytes);
-
-/**
- * Multiple imputation: matrix `j` of `out` is draw number `first_index + j`
- * of stream `seed` from the model's law of matrix `j` of `partial` given
- * its observed entries (mask nonzero, or not NaN when `partial->mask` is
- * NULL): the core from the core model conditioned on the observed entries
- * at the fitted noise level, then `U C V^T + Xbar` plus independent
+ * Multiple imputation: draws of the missing entries given the observed ones.
+ *
+ * Matrix `j` of `out` is draw number `first_index + j` of stream `seed`
+ * from the model's law of matrix `j` of `partial` given its observed
+ * entries (mask nonzero, or not NaN when `partial->mask` is NULL): the core
+ * from the core model conditioned on the observed entries at the fitted
+ * noise level, then `U C V^T + Xbar` plus independent
  * `N(0, noise_variance)` noise on the missing entries. Observed entries are
  * copied bitwise. A `partial` with `sample_stride = 0` repeats one matrix
  * (many draws of the same matrix; it is conditioned once). Exact for the
@@ -1026,24 +1146,49 @@ coreflow_status coreflow_log_prob(const struct coreflow_model *m, const struct c
  * only on (seed, index): a run split into calls or spread over threads
  * gives bitwise the same matrices. `out` must not overlap `partial`. `ws`
  * is a workspace of `ws_bytes` bytes (`COREFLOW_OP_IMPUTE`).
- * Returns `COREFLOW_OK`, or an error status with `out` untouched (every
+ *
+ * Returns: `COREFLOW_OK`, or an error status with `out` untouched (every
  * draw is computed and checked before the first is written):
  * `COREFLOW_ERR_UNSUPPORTED` for a model fitted with `flow_steps = 0`,
- * `COREFLOW_ERR_NUMERICAL` when a draw would not be finite. Ownership: the
- * caller owns all buffers. Never allocates; runs on the calling thread
- * only. Thread-safe.
+ * `COREFLOW_ERR_NUMERICAL` when a draw would not be finite.
+ * Ownership: the caller owns all buffers.
+ * Allocates: never.
+ * Thread safety: thread-safe; runs on the calling thread only.
  */
 coreflow_status coreflow_impute(const struct coreflow_model *m, const struct coreflow_sample_options *o, uint64_t seed, uint64_t first_index, const struct coreflow_matrices *partial, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
 
 /**
- * Fills `o` with the defaults (all cores, top_k 10) and sets
- * `o->struct_size`. NULL is ignored. Never allocates. Thread-safe.
+ * ---- Metrics ---------------------------------------------------------------
+ *
+ * Fills `o` with the defaults (all cores, top_k 10) and sets `o->struct_size`.
+ *
+ * NULL is ignored. The header's `coreflow_metrics_options_init` macro
+ * calls `coreflow_metrics_options_init_sized` with the host's `sizeof *o`.
+ *
+ * Returns: nothing.
+ * Ownership: the caller owns `o`.
+ * Allocates: never.
+ * Thread safety: thread-safe.
  */
 void coreflow_metrics_options_init(struct coreflow_metrics_options *o);
 
 /**
- * Scores the `generated` set against the `real` one with the metrics of
- * the design (section 6) and writes them into `*out`; the caller sets
+ * Writes the defaults into a host's `coreflow_metrics_options` of `size` bytes.
+ *
+ * The sized counterpart of `coreflow_metrics_options_init` (see
+ * `coreflow_fit_options_init_sized`).
+ *
+ * Returns: nothing.
+ * Ownership: the caller owns `o`.
+ * Allocates: never.
+ * Thread safety: thread-safe.
+ */
+void coreflow_metrics_options_init_sized(struct coreflow_metrics_options *o, size_t size);
+
+/**
+ * Scores the `generated` set against the `real` one and writes the scores into `*out`.
+ *
+ * The metrics of the design (section 6); the caller sets
  * `out->struct_size = sizeof(coreflow_metrics_result)` first. Both sets
  * hold complete (mask NULL), finite matrices of the same size, at least 2
  * each (the unbiased MMD^2 needs pairs); their counts may differ. `o`
@@ -1051,41 +1196,55 @@ void coreflow_metrics_options_init(struct coreflow_metrics_options *o);
  * the closest-record ratio needs the training set
  * (`coreflow_metrics_with_train`). A host built against an older header (a
  * smaller `out->struct_size`) gets the fields its struct holds.
- * Returns `COREFLOW_OK` or an error status, `*out` untouched on failure.
+ *
+ * Returns: `COREFLOW_OK` or an error status, `*out` untouched on failure.
  * Ownership: the caller owns all buffers, only read (or written) during the
- * call. Allocates (the metrics are not a hot path); uses up to
- * `o->threads` threads. Thread-safe.
+ * call.
+ * Allocates: yes (the metrics are not a hot path).
+ * Thread safety: thread-safe. Uses up to `o->threads` threads.
  */
 coreflow_status coreflow_metrics(const struct coreflow_matrices *real, const struct coreflow_matrices *generated, const struct coreflow_metrics_options *o, struct coreflow_metrics_result *out);
 
 /**
- * `coreflow_metrics` with the training set the generator was fitted on,
- * which adds the distance-to-closest-record ratio (`out->dcr_ratio`).
- * `train` holds complete (mask NULL), finite matrices of the size of
- * `real`, at least 1; NULL means none (then `out->dcr_ratio` is NaN, as
- * with `coreflow_metrics`). Everything else as `coreflow_metrics`.
- * Returns `COREFLOW_OK` or an error status, `*out` untouched on failure.
+ * `coreflow_metrics` with the training set the generator was fitted on.
+ *
+ * Adds the distance-to-closest-record ratio (`out->dcr_ratio`). `train`
+ * holds complete (mask NULL), finite matrices of the size of `real`, at
+ * least 1; NULL means none (then `out->dcr_ratio` is NaN, as with
+ * `coreflow_metrics`). Everything else as `coreflow_metrics`.
+ *
+ * Returns: `COREFLOW_OK` or an error status, `*out` untouched on failure.
  * Ownership: the caller owns all buffers, only read (or written) during the
- * call. Allocates (the metrics are not a hot path); uses up to
- * `o->threads` threads. Thread-safe.
+ * call.
+ * Allocates: yes (the metrics are not a hot path).
+ * Thread safety: thread-safe. Uses up to `o->threads` threads.
  */
 coreflow_status coreflow_metrics_with_train(const struct coreflow_matrices *real, const struct coreflow_matrices *generated, const struct coreflow_matrices *train, const struct coreflow_metrics_options *o, struct coreflow_metrics_result *out);
 
 /**
- * The message of the last failed call on the calling thread: names the bad
- * argument and the reason. Returns "" when the last call succeeded.
+ * ---- Errors ----------------------------------------------------------------
  *
- * Ownership: the string belongs to the library; it stays valid until the
- * next CoreFlow call on the same thread. Never allocates. Thread-safe (one
- * message per thread).
+ * The message of the last failed call on the calling thread.
+ *
+ * It names the bad argument and the reason.
+ *
+ * Returns: the message; "" when the last call succeeded.
+ * Ownership: the string belongs to the library; it stays valid until the next
+ * CoreFlow call on the same thread.
+ * Allocates: never.
+ * Thread safety: thread-safe (one message per thread).
  */
 const char *coreflow_last_error_message(void);
 
 /**
- * A static name for a status code, e.g. "COREFLOW_ERR_SHAPE"; unknown codes
- * give "COREFLOW_UNKNOWN_STATUS".
+ * A static name for a status code, e.g. "COREFLOW_ERR_SHAPE".
  *
- * Ownership: a static string, never freed. Never allocates. Thread-safe.
+ * Unknown codes give "COREFLOW_UNKNOWN_STATUS".
+ *
+ * Returns: the name.
+ * Ownership: a static string, never freed.
+ * Allocates: never.
+ * Thread safety: thread-safe.
  */
 const char *coreflow_status_name(coreflow_status status);
 
@@ -1105,4 +1264,5 @@ const char *coreflow_status_name(coreflow_status status);
 #define COREFLOW_INIT_MACROS
 #define coreflow_fit_options_init(opts) coreflow_fit_options_init_sized((opts), sizeof *(opts))
 #define coreflow_sample_options_init(o) coreflow_sample_options_init_sized((o), sizeof *(o))
+#define coreflow_metrics_options_init(o) coreflow_metrics_options_init_sized((o), sizeof *(o))
 #endif

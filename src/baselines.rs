@@ -51,10 +51,10 @@ use crate::error::{Error, Result};
 use crate::flow::latent::{self, LatentMaps};
 use crate::flow::network::{NetConfig, VelocityNet};
 use crate::flow::ode::SolverOptions;
-use crate::flow::rng;
 use crate::flow::train::{self, TrainOptions};
 use crate::model::{FitOptions, Model};
 use crate::numerics::{self, par_for_threads, MemBuffer, MemStack};
+use crate::rng;
 use faer::prelude::ReborrowMut;
 use faer::{Accum, Mat, MatRef, Par};
 

@@ -25,7 +25,8 @@
 //!   line is on with probability 0.3 with intensity `U[0.5, 1]` and profile
 //!   `g` with `w = 0.01`: `X = sum_h a_h g(y; c_h) 1^T + sum_v a_v 1 g(x; c_v)^T`.
 //!
-//! Randomness: [`Rng`] is xoshiro256++ with Box–Muller normals and `libm`
+//! Randomness: [`Rng`] draws from the streams of [`crate::rng`]
+//! ([`rng::family_stream`]), xoshiro256++ with Box–Muller normals and `libm`
 //! transcendentals, so the same seed gives bitwise the same data on every
 //! platform. Sample `i` draws from its own stream derived from `(seed, i)`:
 //! the first `k` samples do not depend on `count`, and generation runs on any
@@ -37,23 +38,15 @@
 use crate::batch::MatrixBatch;
 use crate::error::{Error, Result};
 use crate::numerics::{gemm, resolve_threads, retract_qr, retract_qr_scratch, MemBuffer, MemStack};
+use crate::rng;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
-use rand_xoshiro::rand_core::{RngCore, SeedableRng};
-use rand_xoshiro::Xoshiro256PlusPlus;
+use rand_xoshiro::rand_core::RngCore;
 use std::f64::consts::PI;
 use std::fmt;
 use std::str::FromStr;
 
 // ---------------------------------------------------------------------------
 // Random numbers
-
-/// SplitMix64's finaliser: a bijective 64-bit mixer.
-fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// Stream domains, so that one user seed drives unrelated draws.
 mod domain {
@@ -65,11 +58,11 @@ mod domain {
     pub const PLANTED_SAMPLES: u64 = 6;
 }
 
-/// A seeded generator: xoshiro256++ with uniform, integer and standard normal
-/// draws (Box–Muller, both values of each pair used).
+/// A seeded generator: the [`crate::rng`] streams with uniform, integer and
+/// standard normal draws (Box–Muller, both values of each pair used).
 #[derive(Clone, Debug)]
 pub struct Rng {
-    inner: Xoshiro256PlusPlus,
+    inner: rng::Rng,
     spare: Option<f64>,
 }
 
@@ -78,16 +71,19 @@ impl Rng {
     /// `Xoshiro256PlusPlus::seed_from_u64`).
     pub fn seed_from_u64(seed: u64) -> Self {
         Self {
-            inner: Xoshiro256PlusPlus::seed_from_u64(seed),
+            inner: rng::from_key(seed),
             spare: None,
         }
     }
 
-    /// Stream `index` of family `family` under `seed`: statistically
-    /// independent generators for the pieces of one seeded computation
-    /// (e.g. one stream per sample).
+    /// Stream `index` of family `family` under `seed`
+    /// ([`rng::family_stream`]): statistically independent generators for
+    /// the pieces of one seeded computation (e.g. one stream per sample).
     pub fn stream(seed: u64, family: u64, index: u64) -> Self {
-        Self::seed_from_u64(mix64(mix64(mix64(seed) ^ family) ^ index))
+        Self {
+            inner: rng::family_stream(seed, family, index),
+            spare: None,
+        }
     }
 
     /// 64 random bits.
@@ -99,7 +95,7 @@ impl Rng {
     /// Uniform in `[0, 1)` with 53 random bits.
     #[inline]
     pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        rng::uniform(&mut self.inner)
     }
 
     /// Uniform in `[lo, hi)`.
@@ -112,13 +108,7 @@ impl Rng {
     /// Panics when `n == 0`.
     pub fn below(&mut self, n: u64) -> u64 {
         assert!(n > 0, "Rng::below: empty range");
-        let threshold = n.wrapping_neg() % n;
-        loop {
-            let m = self.next_u64() as u128 * n as u128;
-            if (m as u64) >= threshold {
-                return (m >> 64) as u64;
-            }
-        }
+        rng::below(&mut self.inner, n)
     }
 
     /// A standard normal `N(0, 1)`.
@@ -129,10 +119,9 @@ impl Rng {
         // 1 - U is in (0, 1], so the logarithm is finite.
         let u1 = 1.0 - self.uniform();
         let u2 = self.uniform();
-        let r = libm::sqrt(-2.0 * libm::log(u1));
-        let t = 2.0 * PI * u2;
-        self.spare = Some(r * libm::sin(t));
-        r * libm::cos(t)
+        let (c, s) = rng::normal_pair(u1, u2);
+        self.spare = Some(s);
+        c
     }
 
     /// Fills `out` with standard normals.

@@ -5,9 +5,11 @@
 //! manifolds, projects every sample to its core C = U^T X V, models the cores,
 //! and generates new matrices X = U C V^T.
 //!
-//! Layers, bottom to top: [`numerics`] (faer helpers and workspaces), the
-//! maths modules ([`subspace`], [`completion`], [`flow`], [`core_model`],
-//! [`metrics`], [`datasets`]), the fitted [`model`], the comparison [`baselines`], and
+//! Layers, bottom to top: [`numerics`] (faer helpers and workspaces),
+//! [`reduce`] (sums over samples) and [`rng`] (random streams), the maths
+//! modules ([`subspace`], [`completion`], [`flow`], [`core_model`],
+//! [`moments`], [`metrics`], [`datasets`]), the fitted [`model`], the
+//! comparison [`baselines`], and
 //! the C ABI ([`ffi`]).
 
 #![warn(missing_docs)]
@@ -43,6 +45,8 @@ pub mod pca;
 pub(crate) mod pool;
 /// cbindgen:ignore
 pub mod reduce;
+/// cbindgen:ignore
+pub mod rng;
 /// cbindgen:ignore
 pub mod subspace;
 

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::numerics::{eigh_descending, eigh_descending_scratch};
-use crate::reduce::Reducer;
+use crate::reduce::{column_mean, Reducer};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
@@ -12,14 +12,7 @@ use faer::{Accum, Mat, MatRef, Par};
 /// participants (`reducer` completes the sums; two passes for accuracy).
 pub fn column_moments(x: MatRef<'_, f64>, reducer: &dyn Reducer) -> Result<(Vec<f64>, Vec<f64>)> {
     let (n, d) = x.shape();
-    let mut sums = vec![0.0; d + 1];
-    for j in 0..d {
-        sums[j] = (0..n).map(|i| x[(i, j)]).sum::<f64>();
-    }
-    sums[d] = n as f64;
-    reducer.sum_in_place(&mut sums)?;
-    let total = sums[d];
-    let mean: Vec<f64> = sums[..d].iter().map(|s| s / total).collect();
+    let (mean, total) = column_mean(x, reducer)?;
     let mut var: Vec<f64> = (0..d)
         .map(|j| (0..n).map(|i| (x[(i, j)] - mean[j]).powi(2)).sum::<f64>())
         .collect();

@@ -429,6 +429,17 @@ impl<T> SharedBuf<T> {
     }
 }
 
+/// A contiguous column-major matrix as one slice, or `None`.
+pub fn as_slice_mut<'a>(m: &'a mut MatMut<'_, f64>) -> Option<&'a mut [f64]> {
+    if m.row_stride() == 1 && (m.ncols() <= 1 || m.col_stride() == m.nrows() as isize) {
+        // SAFETY: the view is contiguous column-major (checked above) and the
+        // returned slice borrows it mutably.
+        Some(unsafe { std::slice::from_raw_parts_mut(m.as_ptr_mut(), m.nrows() * m.ncols()) })
+    } else {
+        None
+    }
+}
+
 /// Squared Frobenius norm.
 pub fn norm_sq(a: MatRef<'_, f64>) -> f64 {
     let mut s = 0.0;

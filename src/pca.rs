@@ -26,10 +26,11 @@
 //! is positive (ties by the lowest index), as for the canonical bases.
 
 use crate::error::{Error, Result};
-use crate::flow::rng;
 use crate::numerics::{self, gemm, MemBuffer, MemStack, Par};
-use crate::reduce::Reducer;
-use faer::{Accum, Mat, MatRef};
+use crate::reduce::{column_mean, sum_symmetric, Reducer};
+use crate::rng;
+use faer::prelude::{Reborrow, ReborrowMut};
+use faer::{Accum, Mat, MatMut, MatRef};
 
 /// Seed of the range finder's test matrix (any fixed value: the result does
 /// not depend on it beyond rounding).
@@ -52,36 +53,14 @@ pub struct PrincipalComponents {
     pub count: usize,
 }
 
-/// Reduces the lower triangle of the symmetric `a` through `reducer` and
-/// mirrors it (one buffer of `n (n + 1) / 2` values).
-fn reduce_symmetric(a: &mut Mat<f64>, reducer: &dyn Reducer) -> Result<()> {
-    let n = a.nrows();
-    let mut flat = Vec::with_capacity(n * (n + 1) / 2);
-    for j in 0..n {
-        for i in j..n {
-            flat.push(a[(i, j)]);
-        }
-    }
-    reducer.sum_in_place(&mut flat)?;
-    let mut k = 0;
-    for j in 0..n {
-        for i in j..n {
-            a[(i, j)] = flat[k];
-            a[(j, i)] = flat[k];
-            k += 1;
-        }
-    }
-    Ok(())
-}
-
 /// Eigenpairs of the symmetric `a` (descending).
-fn eig(a: &Mat<f64>) -> Result<(Mat<f64>, Vec<f64>)> {
+fn eig(a: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>)> {
     let n = a.nrows();
     let mut vecs = Mat::<f64>::zeros(n, n);
     let mut vals = vec![0.0; n];
     let mut mem = MemBuffer::new(numerics::eigh_descending_scratch(n, Par::Seq));
     numerics::eigh_descending(
-        a.as_ref(),
+        a,
         vecs.as_mut(),
         &mut vals,
         Par::Seq,
@@ -103,27 +82,21 @@ pub fn principal_components(
     if d == 0 {
         return Err(Error::shape("rows: have no columns"));
     }
-    let mut first = vec![0.0; d + 1];
-    for j in 0..d {
-        first[j] = (0..n_local).map(|i| x[(i, j)]).sum::<f64>();
-    }
-    first[d] = n_local as f64;
-    reducer.sum_in_place(&mut first)?;
-    let n = first[d];
+    let (mean, n) = column_mean(x, reducer)?;
     if n < 1.0 {
         return Err(Error::invalid("rows: there is no row to take moments of"));
     }
     let count = n as usize;
-    let mean: Vec<f64> = first[..d].iter().map(|s| s / n).collect();
     let centred = Mat::from_fn(n_local, d, |i, j| x[(i, j)] - mean[j]);
     let denom = (n - 1.0).max(1.0);
 
     let (mut basis, vals, trace) = if d <= count {
-        let mut s = Mat::<f64>::zeros(d, d);
-        numerics::syrk_lower(s.as_mut(), Accum::Replace, centred.transpose(), 1.0, par);
-        reduce_symmetric(&mut s, reducer)?;
+        let mut buf = vec![0.0; d * d];
+        let mut s = MatMut::from_column_major_slice_mut(&mut buf, d, d);
+        numerics::syrk_lower(s.rb_mut(), Accum::Replace, centred.transpose(), 1.0, par);
+        sum_symmetric(reducer, s.rb_mut())?;
         let trace = (0..d).map(|j| s[(j, j)]).sum::<f64>();
-        let (vecs, vals) = eig(&s)?;
+        let (vecs, vals) = eig(s.rb())?;
         (vecs, vals, trace)
     } else {
         let q = count;
@@ -181,10 +154,11 @@ pub fn principal_components(
             1.0,
             par,
         );
-        let mut b = Mat::<f64>::zeros(q, q);
-        numerics::syrk_lower(b.as_mut(), Accum::Replace, t.transpose(), 1.0, par);
-        reduce_symmetric(&mut b, reducer)?;
-        let (e, vals) = eig(&b)?;
+        let mut buf = vec![0.0; q * q];
+        let mut b = MatMut::from_column_major_slice_mut(&mut buf, q, q);
+        numerics::syrk_lower(b.rb_mut(), Accum::Replace, t.transpose(), 1.0, par);
+        sum_symmetric(reducer, b.rb_mut())?;
+        let (e, vals) = eig(b.rb())?;
         let mut basis = Mat::<f64>::zeros(d, q);
         gemm(
             basis.as_mut(),

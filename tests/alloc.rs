@@ -239,6 +239,24 @@ fn sample_and_log_prob_do_not_allocate() {
         (0, 0),
         "allocations in (sample, log_prob)"
     );
+    // One matrix per call: the row kernels of small batches.
+    let one = MatrixBatch::from_c_order(&p.data[..m * n], 1, m, n).unwrap();
+    let mut ob = MatrixBatchMut::from_c_order(&mut out[..m * n], 1, m, n).unwrap();
+    let before = allocs();
+    for index in 0..3 {
+        model
+            .sample(&so, 1, index, &mut ob, MemStack::new(&mut buf))
+            .unwrap();
+    }
+    let mid = allocs();
+    model
+        .log_prob(&so, &one, &mut lp[..1], None, MemStack::new(&mut buf))
+        .unwrap();
+    assert_eq!(
+        (mid - before, allocs() - mid),
+        (0, 0),
+        "allocations in (sample, log_prob) of one matrix"
+    );
 }
 
 #[test]

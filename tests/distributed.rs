@@ -192,8 +192,14 @@ fn sharded_core_priors_and_gaussian_core_models_match_the_single_process_fit() {
     // The principal components of the cores go through the reducer: the
     // d x d scatter for d = 12 <= N = 90, the range finder for
     // d = 100 > N (signal rank 10 x 10, so the bases are well defined).
+    // The mixture kind's EM and BIC selection too.
+    use coreflow::core_model::CoreModelChoice;
     let (count, m, n) = (90, 30, 24);
-    for rank in [(4, 3), (10, 10)] {
+    for (rank, kind) in [
+        ((4, 3), CoreModelChoice::Gaussian),
+        ((10, 10), CoreModelChoice::Gaussian),
+        ((4, 3), CoreModelChoice::Mixture),
+    ] {
         let mut spec = PlantedSpec::new(count, m, n, rank.0, rank.1, 65);
         spec.noise = 1e-2;
         let planted = planted_low_rank(&spec).unwrap();
@@ -205,7 +211,7 @@ fn sharded_core_priors_and_gaussian_core_models_match_the_single_process_fit() {
             center: true,
             threads: 1,
             flow: coreflow::core_model::FlowOptions {
-                core_model: coreflow::core_model::CoreModelChoice::Gaussian,
+                core_model: kind,
                 steps: 0,
                 holdout_fraction: 0.0,
                 ..Default::default()
@@ -224,7 +230,7 @@ fn sharded_core_priors_and_gaussian_core_models_match_the_single_process_fit() {
             // Every participant holds bitwise the same model.
             let bytes = models[0].to_bytes();
             for other in &models[1..] {
-                assert_eq!(other.to_bytes(), bytes, "d {d}, p {p}");
+                assert_eq!(other.to_bytes(), bytes, "{kind:?} d {d}, p {p}");
             }
             // And the same outputs as the single-process fit, up to the
             // rounding of sums taken in another order.
@@ -234,9 +240,15 @@ fn sharded_core_priors_and_gaussian_core_models_match_the_single_process_fit() {
                 .zip(&expect)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0, f64::max);
-            assert!(err <= 1e-8 * scale, "d {d}, p {p}: {err} (scale {scale})");
+            assert!(
+                err <= 1e-8 * scale,
+                "{kind:?} d {d}, p {p}: {err} (scale {scale})"
+            );
             for (a, b) in got_lp.iter().zip(&expect_lp) {
-                assert!((a - b).abs() <= 1e-8 * b.abs(), "d {d}, p {p}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-8 * b.abs(),
+                    "{kind:?} d {d}, p {p}: {a} vs {b}"
+                );
             }
         }
     }

@@ -123,6 +123,74 @@ fn c_encode_and_decode_do_not_allocate() {
 }
 
 #[test]
+fn c_sample_of_one_matrix_does_not_allocate() {
+    let p = planted(80, 20, 16, 3, 3, 1e-3, 29);
+    let (n, m, k) = (p.count, p.rows, p.cols);
+    let mn = (m * k) as isize;
+    let train = coreflow_matrices {
+        data: p.data.as_ptr(),
+        mask: ptr::null(),
+        count: n,
+        rows: m,
+        cols: k,
+        sample_stride: mn,
+        row_stride: k as isize,
+        col_stride: 1,
+    };
+    unsafe {
+        let mut opts = std::mem::zeroed::<coreflow_fit_options>();
+        coreflow_fit_options_init(&mut opts);
+        opts.rank_rows = 3;
+        opts.rank_cols = 3;
+        opts.threads = 1;
+        opts.flow_hidden = 32;
+        opts.flow_layers = 2;
+        opts.flow_steps = 50;
+        opts.core_model = COREFLOW_CORE_MODEL_FLOW;
+        let mut model = ptr::null_mut();
+        assert_eq!(coreflow_fit(&train, &opts, &mut model), COREFLOW_OK);
+
+        // One matrix per call, as a simulator's time loop draws them: the
+        // row kernels of small batches.
+        let mut bytes = 0usize;
+        assert_eq!(
+            coreflow_workspace_size(model, COREFLOW_OP_SAMPLE, 1, ptr::null(), &mut bytes),
+            COREFLOW_OK
+        );
+        let mut ws = vec![0u8; bytes.max(1)];
+        let ws_ptr = ws.as_mut_ptr() as *mut std::ffi::c_void;
+        let mut field = vec![0.0; m * k];
+        let mut out = coreflow_matrices_mut {
+            data: field.as_mut_ptr(),
+            count: 1,
+            rows: m,
+            cols: k,
+            sample_stride: mn,
+            row_stride: k as isize,
+            col_stride: 1,
+        };
+        assert_eq!(
+            coreflow_sample(model, ptr::null(), 5, 0, &mut out, ws_ptr, ws.len()),
+            COREFLOW_OK
+        );
+        let before = allocs();
+        let mut status = COREFLOW_OK;
+        for index in 1..5 {
+            let st = coreflow_sample(model, ptr::null(), 5, index, &mut out, ws_ptr, ws.len());
+            if st != COREFLOW_OK {
+                status = st;
+            }
+        }
+        let during = allocs() - before;
+        assert_eq!(status, COREFLOW_OK);
+        assert_eq!(during, 0, "allocations in 4 calls of coreflow_sample");
+        assert!(field.iter().all(|v| v.is_finite()));
+
+        coreflow_model_free(model);
+    }
+}
+
+#[test]
 fn c_impute_does_not_allocate() {
     let p = planted(120, 16, 12, 2, 2, 1e-3, 29);
     let (n, m, k) = (p.count, p.rows, p.cols);

@@ -157,9 +157,17 @@ fn sampling_and_log_densities_do_not_allocate() {
             ..Default::default()
         },
     ];
-    for model in [&flow, &gauss, &narrow] {
+    // 300: more than one sampling chunk (batched products); 1 and 5: the
+    // row kernels of small batches.
+    for (model, count) in [
+        (&flow, 300),
+        (&flow, 1),
+        (&flow, 5),
+        (&gauss, 300),
+        (&narrow, 300),
+        (&narrow, 1),
+    ] {
         for s in &solvers {
-            let count = 300; // more than one sampling chunk
             let mut out = Mat::<f64>::zeros(count, 6);
             let mut mem = MemBuffer::new(model.sample_scratch(count, s));
             model
@@ -170,7 +178,13 @@ fn sampling_and_log_densities_do_not_allocate() {
                     .sample(s, 2, 100, out.as_mut(), MemStack::new(&mut mem))
                     .unwrap();
             });
-            assert_eq!(n, 0, "{:?} sample {:?}: {n} allocations", model.kind(), s);
+            assert_eq!(
+                n,
+                0,
+                "{:?} sample {count} {:?}: {n} allocations",
+                model.kind(),
+                s
+            );
 
             let mut lp = vec![0.0; count];
             let mut mem = MemBuffer::new(model.log_prob_scratch(count, s));
@@ -182,7 +196,46 @@ fn sampling_and_log_densities_do_not_allocate() {
                     .log_prob(s, out.as_ref(), &mut lp, MemStack::new(&mut mem))
                     .unwrap();
             });
-            assert_eq!(n, 0, "{:?} log_prob {:?}: {n} allocations", model.kind(), s);
+            assert_eq!(
+                n,
+                0,
+                "{:?} log_prob {count} {:?}: {n} allocations",
+                model.kind(),
+                s
+            );
+        }
+    }
+}
+
+#[test]
+fn small_batch_solves_do_not_allocate() {
+    use coreflow::flow::ode::{integrate, integrate_scratch};
+    use coreflow::flow::small::SMALL_ROWS;
+    use coreflow::flow::VelocityNet;
+    let config = NetConfig {
+        dim: 12,
+        hidden: 256,
+        layers: 3,
+        time_freqs: 16,
+    };
+    let net = VelocityNet::<f32>::new(config, 3).unwrap();
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        assert!(net.has_row_kernels());
+    }
+    for solver in [Solver::Euler, Solver::Rk4, Solver::Dopri5] {
+        let opts = SolverOptions {
+            solver,
+            steps: 4,
+            ..Default::default()
+        };
+        for rows in [1, 3, SMALL_ROWS] {
+            let mut x = data(rows, 12);
+            let mut mem = MemBuffer::new(integrate_scratch(&net, rows, &opts));
+            let n = allocations(|| {
+                integrate(&net, &opts, 0.0, 1.0, x.as_mut(), MemStack::new(&mut mem)).unwrap();
+            });
+            assert_eq!(n, 0, "{solver:?} on {rows} rows: {n} allocations");
         }
     }
 }

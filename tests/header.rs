@@ -94,3 +94,60 @@ fn the_check_catches_an_unprefixed_name() {
         );
     }
 }
+
+/// The documentation of every function follows one template: a one-line
+/// summary, then `Returns:`, `Ownership:`, `Allocates:` and
+/// `Thread safety:` in that order (each may continue on the next lines).
+#[test]
+fn every_function_is_documented_by_the_template() {
+    const FIELDS: [&str; 4] = ["Returns: ", "Ownership: ", "Allocates: ", "Thread safety: "];
+    let mut doc: Vec<&str> = Vec::new();
+    let mut functions = 0;
+    for line in HEADER.lines() {
+        let t = line.trim();
+        if t == "/**" {
+            doc.clear();
+        } else if let Some(text) = t.strip_prefix("* ").or(t.strip_prefix('*')) {
+            if t != "*/" {
+                doc.push(text);
+            }
+        }
+        let is_function = t.starts_with(|c: char| c.is_ascii_alphabetic())
+            && t.contains("coreflow_")
+            && t.ends_with(");")
+            && !t.starts_with("typedef")
+            && !t.starts_with('#');
+        if !is_function {
+            continue;
+        }
+        functions += 1;
+        let name = t[..t.find('(').unwrap()].rsplit([' ', '*']).next().unwrap();
+        // Section banners come first; the summary is the next line.
+        let body: Vec<&str> = match doc.iter().position(|l| l.starts_with("----")) {
+            Some(0) => doc[2..].to_vec(),
+            _ => doc.clone(),
+        };
+        assert!(
+            !body.is_empty() && body.get(1).is_none_or(|l| l.is_empty()),
+            "{name}: the summary is not one line"
+        );
+        let at: Vec<usize> = FIELDS
+            .iter()
+            .map(|f| {
+                body.iter()
+                    .position(|l| l.starts_with(f))
+                    .unwrap_or_else(|| panic!("{name}: no `{f}` line"))
+            })
+            .collect();
+        assert!(
+            at.windows(2).all(|w| w[0] < w[1]),
+            "{name}: fields out of order"
+        );
+        assert!(
+            body[at[0]..].iter().all(|l| !l.is_empty()),
+            "{name}: the fields end the documentation"
+        );
+        doc.clear();
+    }
+    assert!(functions >= 27, "found {functions} functions");
+}

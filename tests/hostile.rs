@@ -84,14 +84,20 @@ fn crafted_model_files_with_correct_checksums_are_refused() {
 
 #[test]
 fn mutated_model_files_never_give_non_finite_output() {
-    let fx = Fixture::new();
-    let mut rng = Rng(0x5eed_1234_abcd_0001);
-    let mut stats = Stats::default();
-    for k in 0..cases() {
-        let img = mutated(&fx, &mut rng);
-        hostile_probe::model_image(&fx, &img, k, &mut stats);
+    // A flow model and a mixture model: every leading-block parser.
+    for (kind, seed) in [
+        (COREFLOW_CORE_MODEL_FLOW, 0x5eed_1234_abcd_0001),
+        (COREFLOW_CORE_MODEL_MIXTURE, 0x5eed_1234_abcd_0002),
+    ] {
+        let fx = Fixture::with_core_model(kind);
+        let mut rng = Rng(seed);
+        let mut stats = Stats::default();
+        for k in 0..cases() {
+            let img = mutated(&fx, &mut rng);
+            hostile_probe::model_image(&fx, &img, k, &mut stats);
+        }
+        println!("mutated model files (core model {kind}): {stats:?}");
     }
-    println!("mutated model files: {stats:?}");
 }
 
 #[test]

@@ -5,8 +5,8 @@
 
 use coreflow::core_model::{CoreModelChoice, CoreModelKind, FlowOptions};
 use coreflow::flow::ode::SolverOptions;
-use coreflow::flow::rng;
 use coreflow::numerics::{MemBuffer, MemStack};
+use coreflow::rng;
 use coreflow::{ErrorKind, FitOptions, Layout, MatrixBatch, MatrixBatchMut, Model};
 use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};

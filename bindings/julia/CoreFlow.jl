@@ -210,6 +210,7 @@ struct ModelInfo
     heldout_mmd_mixture::Float64
     mixture_block::Csize_t
     mixture_components::Csize_t
+    flow_train_steps::Csize_t
 end
 
 # ---------------------------------------------------------------------------

@@ -21,7 +21,18 @@
  * alloc_counter.c interposes malloc and its siblings for the whole process
  * and counts every call, and the program fails if the count moves during
  * the loop.
+ *
+ * The per-step cost is reported: the time of the coreflow_sample call of
+ * every step (median, mean, 99th percentile) and of the whole step.
+ *
+ *   coreflow_simulator                      the simulation above
+ *   coreflow_simulator --time-model FILE [DRAWS]
+ *       loads a saved model (e.g. one written by coreflow fit or the
+ *       sample_latency example) and times DRAWS (default 2000) calls of
+ *       coreflow_sample with one matrix each, the same way (and with the
+ *       same no-allocation check): the per-step cost at that model's shape.
  */
+#define _POSIX_C_SOURCE 199309L
 #include "alloc_counter.h"
 #include "coreflow.h"
 
@@ -29,6 +40,27 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+static double now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Prints the median, mean and 99th percentile of n timings (sorts them). */
+static void report(const char *what, double *us, int n) {
+    double mean = 0.0;
+    for (int k = 0; k < n; k++) mean += us[k] / n;
+    qsort(us, (size_t)n, sizeof *us, cmp_double);
+    printf("%s: median %.1f us, mean %.1f us, p99 %.1f us (%d calls)\n", what, us[n / 2], mean,
+           us[(n * 99) / 100], n);
+}
 
 enum { ROWS = 40, COLS = 32, TRAIN_STEPS = 600, RECORD_EVERY = 4, RUN_STEPS = 400 };
 
@@ -66,7 +98,60 @@ static int fail(const char *what, coreflow_status st) {
     return 1;
 }
 
-int main(void) {
+/* --time-model FILE [DRAWS]: one matrix per call from a saved model. */
+static int time_model(const char *path, int draws) {
+    coreflow_model *model = NULL;
+    coreflow_status st = coreflow_model_load(path, &model);
+    if (st != COREFLOW_OK) return fail("coreflow_model_load", st);
+    coreflow_model_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    if ((st = coreflow_model_get_info(model, &info)) != COREFLOW_OK)
+        return fail("coreflow_model_get_info", st);
+    size_t ws_bytes = 0;
+    if ((st = coreflow_workspace_size(model, COREFLOW_OP_SAMPLE, 1, NULL, &ws_bytes)) != COREFLOW_OK)
+        return fail("coreflow_workspace_size", st);
+    void *ws = malloc(ws_bytes > 0 ? ws_bytes : 1);
+    double *field = malloc(info.rows * info.cols * sizeof *field);
+    double *us = malloc((size_t)draws * sizeof *us);
+    if (ws == NULL || field == NULL || us == NULL) return 1;
+    coreflow_matrices_mut out = {field, 1, info.rows, info.cols, (ptrdiff_t)(info.rows * info.cols),
+                                 (ptrdiff_t)info.cols, 1};
+    if ((st = coreflow_sample(model, NULL, 7, 0, &out, ws, ws_bytes)) != COREFLOW_OK)
+        return fail("coreflow_sample", st);
+    unsigned long before = alloc_count();
+    for (int t = 0; t < draws; t++) {
+        double t0 = now_us();
+        st = coreflow_sample(model, NULL, 7, (uint64_t)t + 1, &out, ws, ws_bytes);
+        us[t] = now_us() - t0;
+        if (st != COREFLOW_OK) return fail("coreflow_sample", st);
+    }
+    unsigned long during = alloc_count() - before;
+    printf("model %s: %zu x %zu matrices, core of %zu values, %s core model (flow on %zu "
+           "components, hidden %u)\n", path, info.rows, info.cols, info.core_dim,
+           info.core_model == COREFLOW_CORE_MODEL_FLOW ? "flow" : "Gaussian", info.flow_dim,
+           info.flow_hidden);
+    report("coreflow_sample, one matrix per call", us, draws);
+    printf("heap allocations while drawing: %lu\n", during);
+    free(us);
+    free(field);
+    free(ws);
+    coreflow_model_free(model);
+    if (during != 0) {
+        puts("FAILED");
+        return 1;
+    }
+    puts("ok");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 3 && strcmp(argv[1], "--time-model") == 0)
+        return time_model(argv[2], argc >= 4 ? atoi(argv[3]) : 2000);
+    if (argc != 1) {
+        fprintf(stderr, "usage: %s [--time-model FILE [DRAWS]]\n", argv[0]);
+        return 2;
+    }
     /* Training run: record every RECORD_EVERY-th state, C-order (N, ROWS, COLS). */
     enum { N = TRAIN_STEPS / RECORD_EVERY };
     static sim s;
@@ -134,9 +219,11 @@ int main(void) {
         return fail("coreflow_sample", st);
 
     double worst = 0.0, worst_gen = 0.0, gen_energy = 0.0;
+    static double sample_us[RUN_STEPS], step_us[RUN_STEPS];
     const char *failed_call = NULL;
     unsigned long before = alloc_count();
     for (int t = 0; t < RUN_STEPS; t++) {
+        double t0 = now_us();
         step(&s);
         /* Compress the state and restore it. */
         if ((st = coreflow_encode(model, &state, core, ws, ws_bytes)) != COREFLOW_OK) {
@@ -148,8 +235,10 @@ int main(void) {
             break;
         }
         /* Draw field number t of the stream, then encode and decode it. */
-        if ((st = coreflow_sample(model, NULL, stream, (uint64_t)t, &gen_out, ws, ws_bytes)) !=
-            COREFLOW_OK) {
+        double ts = now_us();
+        st = coreflow_sample(model, NULL, stream, (uint64_t)t, &gen_out, ws, ws_bytes);
+        sample_us[t] = now_us() - ts;
+        if (st != COREFLOW_OK) {
             failed_call = "coreflow_sample";
             break;
         }
@@ -176,6 +265,7 @@ int main(void) {
             }
             worst = fmax(worst, sqrt(err / norm));
         }
+        step_us[t] = now_us() - t0;
     }
     unsigned long during = alloc_count() - before;
     if (failed_call != NULL) return fail(failed_call, st);
@@ -199,6 +289,8 @@ int main(void) {
     printf("worst relative reconstruction error of the state: %.2e\n", worst);
     printf("generated fields: worst encode/decode change %.2e, mean energy %.3f x that of "
            "the recorded snapshots\n", worst_gen, energy_ratio);
+    report("per step, coreflow_sample of one field", sample_us, RUN_STEPS);
+    report("per step, whole step (physics, 2 encodes, 2 decodes, 1 sample)", step_us, RUN_STEPS);
     printf("heap allocations inside the time loop: %lu\n", during);
 
     free(core);

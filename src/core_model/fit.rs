@@ -4,17 +4,16 @@
 use super::block::{flow_block, BlockChoice};
 use super::flow::fit_flow;
 use super::mixture::{
-    fit_mixture, no_mixture, refit_mixture, responsibilities, select_mixture, MixtureChoice,
-    MixtureFit,
+    no_mixture, refit_mixture, responsibilities, select_mixture, MixtureChoice, MixtureFit,
 };
 use super::parts::{CoreModelInfo, CoreModelParts};
 use super::select::{block_mmd, heldout_scores, mmd_all};
 use super::{flatten, CoreModel, CoreModelChoice, CoreModelKind, FlowOptions};
 use crate::error::{Error, Result};
-use crate::flow::rng;
 use crate::numerics::par_for_threads;
 use crate::pca::{principal_components, PrincipalComponents};
 use crate::reduce::{sum_scalar, LocalReducer, Reducer};
+use crate::rng;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 
@@ -100,9 +99,18 @@ impl CoreModel {
                 CoreModelChoice::Auto if mixture.is_some() => CoreModelKind::Mixture,
                 CoreModelChoice::Auto => CoreModelKind::Gaussian,
             };
-            let shape = mixture.as_ref().map(|m| (m.dim, m.fit.weights.len()));
-            let start = mixture.map_or(MixtureStart::Divisive, |m| MixtureStart::Fitted(m.fit));
-            return fit.fit(kind, shape, start, opts, reducer, progress);
+            let start = mixture.map_or(MixtureStart::None, |m| MixtureStart::Fitted {
+                dim: m.dim,
+                fit: m.fit,
+            });
+            return fit.fit(
+                kind,
+                start,
+                FlowTraining::default(),
+                opts,
+                reducer,
+                progress,
+            );
         }
         // Selection (AUTO) and diagnostics on a seeded split, then the
         // chosen kind refitted on every core.
@@ -127,9 +135,6 @@ impl CoreModel {
                 .filter(|m| m.score > 0.0),
             _ => None,
         };
-        let mixture_shape = mixture_choice
-            .as_ref()
-            .map(|m| (m.dim, m.fit.weights.len()));
         let flow_passes = if flow_candidate { 2 } else { 1 };
         let total_steps = flow_passes * steps;
         // Candidates in order of complexity: the Gaussian, the mixture, the
@@ -138,8 +143,8 @@ impl CoreModel {
             CoreModelKind::Gaussian,
             split.fit(
                 CoreModelKind::Gaussian,
-                None,
-                MixtureStart::Divisive,
+                MixtureStart::None,
+                FlowTraining::default(),
                 opts,
                 reducer,
                 &mut |_, _, _| true,
@@ -148,8 +153,11 @@ impl CoreModel {
         if let Some(m) = &mixture_choice {
             let model = split.fit(
                 CoreModelKind::Mixture,
-                mixture_shape,
-                MixtureStart::Fitted(m.fit.clone()),
+                MixtureStart::Fitted {
+                    dim: m.dim,
+                    fit: m.fit.clone(),
+                },
+                FlowTraining::default(),
                 opts,
                 reducer,
                 &mut |_, _, _| true,
@@ -157,17 +165,27 @@ impl CoreModel {
             candidates.push((CoreModelKind::Mixture, model));
         }
         let mut final_loss = f64::NAN;
+        // Steps the split's flow took and the step of its best held-out
+        // loss (the refit trains that long).
+        let (mut split_steps, mut flow_steps) = (0, None);
         if flow_candidate {
-            let mut first = |i: usize, _: usize, l: f64| progress(i, total_steps, l);
+            let mut first = |i: usize, _: usize, l: f64| {
+                split_steps = i;
+                progress(i, total_steps, l)
+            };
             let f = split.fit(
                 CoreModelKind::Flow,
-                None,
-                MixtureStart::Divisive,
+                MixtureStart::None,
+                FlowTraining {
+                    validation: Some(held.as_ref()),
+                    steps: None,
+                },
                 opts,
                 reducer,
                 &mut first,
             )?;
             final_loss = f.info.final_loss;
+            flow_steps = Some(f.info.flow_train_steps);
             candidates.push((CoreModelKind::Flow, f));
         }
         let models: Vec<&CoreModel> = candidates.iter().map(|(_, m)| m).collect();
@@ -210,17 +228,29 @@ impl CoreModel {
         let start = match (&mixture_choice, kind) {
             (Some(m), CoreModelKind::Mixture) => {
                 let (_, y) = split.scores_of(cores, m.dim, par_for_threads(opts.threads));
-                MixtureStart::Responsibilities(responsibilities(&m.fit, y.as_ref())?)
+                MixtureStart::Responsibilities {
+                    dim: m.dim,
+                    resp: responsibilities(&m.fit, y.as_ref())?,
+                }
             }
-            _ => MixtureStart::Divisive,
+            _ => MixtureStart::None,
         };
         drop(models);
         drop(candidates);
         drop(split);
-        let offset = (flow_passes - 1) * steps;
+        // The second pass reports its steps after the first's; when the
+        // first stopped early, the total shrinks to what is left.
+        let (offset, total_steps) = match (kind, flow_steps) {
+            (CoreModelKind::Flow, Some(b)) => (split_steps, split_steps + b.max(1)),
+            _ => ((flow_passes - 1) * steps, total_steps),
+        };
         let mut second = |i: usize, _: usize, l: f64| progress(offset + i, total_steps, l);
         let all = KindFit::new(cores, opts, noise_variance, reducer)?;
-        let mut model = all.fit(kind, mixture_shape, start, opts, reducer, &mut second)?;
+        let training = FlowTraining {
+            validation: None,
+            steps: flow_steps,
+        };
+        let mut model = all.fit(kind, start, training, opts, reducer, &mut second)?;
         let info = &mut model.info;
         info.holdout_count = n_hold_all;
         info.heldout_loglik_gaussian = ll_g;
@@ -229,9 +259,9 @@ impl CoreModel {
         info.heldout_mmd_gaussian = mmd_g;
         info.heldout_mmd_flow = mmd_f;
         info.heldout_mmd_mixture = mmd_m;
-        if let Some((k, c)) = mixture_shape {
-            info.mixture_block = k;
-            info.mixture_components = c;
+        if let Some(m) = &mixture_choice {
+            info.mixture_block = m.dim;
+            info.mixture_components = m.fit.weights.len();
         }
         if kind != CoreModelKind::Flow && final_loss.is_finite() {
             info.final_loss = final_loss;
@@ -240,15 +270,26 @@ impl CoreModel {
     }
 }
 
-/// Where the mixture kind's fit comes from.
+/// How the flow kind trains: early stopping on held-out cores, or a fixed
+/// number of steps (the default: `opts.steps`).
+#[derive(Copy, Clone, Default)]
+pub(super) struct FlowTraining<'a> {
+    /// Held-out cores whose flow-matching loss stops the training.
+    validation: Option<MatRef<'a, f64>>,
+    /// Steps instead of `opts.steps`.
+    steps: Option<usize>,
+}
+
+/// Where the mixture kind's fit comes from (its block size `dim` was
+/// selected by BIC on the split, or on every core without a hold-out).
 pub(super) enum MixtureStart {
     /// Already fitted on exactly these cores.
-    Fitted(MixtureFit),
+    Fitted { dim: usize, fit: MixtureFit },
     /// EM from these responsibilities of this participant's rows (and
     /// from the divisive start; [`refit_mixture`]).
-    Responsibilities(Mat<f64>),
-    /// EM from the divisive start.
-    Divisive,
+    Responsibilities { dim: usize, resp: Mat<f64> },
+    /// No mixture (the other kinds).
+    None,
 }
 
 /// The statistics of one set of cores that every kind is fitted from: the
@@ -341,9 +382,7 @@ impl<'a> KindFit<'a> {
     }
 
     /// The model of `kind` on these cores. The mixture kind takes its
-    /// block size and component count from `mixture_shape`, and its fit
-    /// from `mixture` when given (a fit on exactly these cores), else runs
-    /// EM for that shape. The Gaussian part (every component for the
+    /// block size and its fit, or the start of its EM, from `mixture`. The Gaussian part (every component for the
     /// Gaussian kind, those after the leading block otherwise, `d_g`
     /// dimensions) is, with fewer than
     /// [`SHRINK_BELOW_SAMPLES_PER_DIM`]` x d_g` cores, the Ledoit–Wolf
@@ -354,12 +393,16 @@ impl<'a> KindFit<'a> {
     fn fit(
         &self,
         kind: CoreModelKind,
-        mixture_shape: Option<(usize, usize)>,
         mixture: MixtureStart,
+        flow_training: FlowTraining<'_>,
         opts: &FlowOptions,
         reducer: &dyn Reducer,
         progress: &mut dyn FnMut(usize, usize, f64) -> bool,
     ) -> Result<CoreModel> {
+        let FlowTraining {
+            validation,
+            steps: flow_steps,
+        } = flow_training;
         let pcs = &self.pcs;
         let d = self.cores.ncols();
         let total = pcs.total_variance;
@@ -384,25 +427,43 @@ impl<'a> KindFit<'a> {
             heldout_mmd_mixture: f64::NAN,
             mixture_block: 0,
             mixture_components: 0,
+            flow_train_steps: 0,
         };
         let (mut flow, mut mix) = (None, None);
         let from = match kind {
             CoreModelKind::Gaussian => 0,
             CoreModelKind::Flow => {
                 let (sigma, x1) = self.leading_scores(k, par);
-                let (f, final_loss) = fit_flow(x1.as_ref(), sigma, reducer, opts, progress)?;
-                info.final_loss = final_loss;
+                let held = validation.map(|h| self.scores_of(h, k, par).1);
+                let (f, report) = fit_flow(
+                    x1.as_ref(),
+                    sigma,
+                    held.as_ref().map(|h| h.as_ref()),
+                    flow_steps,
+                    reducer,
+                    opts,
+                    progress,
+                )?;
+                info.final_loss = report.final_loss;
+                info.flow_train_steps = report.best_step;
                 flow = Some(f);
                 k
             }
             CoreModelKind::Mixture => {
-                let (km, comps) = mixture_shape
-                    .ok_or_else(|| Error::invalid("core model: a mixture needs its shape"))?;
+                let km = match &mixture {
+                    MixtureStart::Fitted { dim, .. }
+                    | MixtureStart::Responsibilities { dim, .. } => *dim,
+                    MixtureStart::None => {
+                        return Err(Error::invalid("core model: a mixture needs its block size"))
+                    }
+                };
                 let (sigma, x1) = self.leading_scores(km, par);
                 let fit = match mixture {
-                    MixtureStart::Fitted(f) => Some(f),
-                    MixtureStart::Responsibilities(r) => refit_mixture(x1.as_ref(), r, reducer)?,
-                    MixtureStart::Divisive => fit_mixture(x1.as_ref(), comps, reducer)?,
+                    MixtureStart::Fitted { fit, .. } => Some(fit),
+                    MixtureStart::Responsibilities { resp, .. } => {
+                        refit_mixture(x1.as_ref(), resp, reducer)?
+                    }
+                    MixtureStart::None => None,
                 }
                 .ok_or_else(|| no_mixture(km))?;
                 info.mixture_block = km;

@@ -12,13 +12,13 @@ use crate::flow::ode::{
     self, fused_velocity_field, Divergence, FusedField, SolveStats, SolverOptions,
 };
 use crate::flow::ode::{Times, VelocityField};
-use crate::flow::rng;
-use crate::flow::train::Trainer;
+use crate::flow::train::{TrainReport, Trainer, Validation};
 use crate::moments::{column_moments, covariance, sym_pow};
 use crate::numerics::{
     par_for_threads, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch,
 };
 use crate::reduce::{LocalReducer, Reducer};
+use crate::rng;
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::linalg::matmul::matmul;
 use faer::prelude::{Reborrow, ReborrowMut};
@@ -430,14 +430,21 @@ impl BlockDensity for FlowBlock {
 
 /// Trains the flow on the standardised scores `x1` (`N x k`, this
 /// participant's rows) of the first `k` components, of scales `sigma`, and
-/// moment-matches it; returns the flow parts and the final loss.
+/// moment-matches it; returns the flow parts and the training report.
+/// With `validation` (held-out standardised scores of the same components)
+/// training stops early on their flow-matching loss
+/// ([`Trainer::run_validated`]); `steps`, when given, replaces
+/// `opts.steps` (the refit on every core trains as long as the validated
+/// fit did).
 pub(super) fn fit_flow(
     x1: MatRef<'_, f64>,
     sigma: Vec<f64>,
+    validation: Option<MatRef<'_, f64>>,
+    steps: Option<usize>,
     reducer: &dyn Reducer,
     opts: &FlowOptions,
     progress: &mut dyn FnMut(usize, usize, f64) -> bool,
-) -> Result<(FlowParts, f64)> {
+) -> Result<(FlowParts, TrainReport)> {
     let k = x1.ncols();
     let support_radius = support_radius(x1, reducer)?;
     let config = NetConfig {
@@ -446,17 +453,28 @@ pub(super) fn fit_flow(
         layers: opts.layers,
         time_freqs: opts.time_freqs,
     };
-    let topts = opts.train_options();
+    let mut topts = opts.train_options();
+    if let Some(s) = steps {
+        topts.steps = s.max(1);
+        topts.warmup_steps = topts.warmup_steps.min(topts.steps / 2);
+    }
+    let validation = validation.map(|v| Validation::new(v, opts.seed));
     let par = par_for_threads(opts.threads);
     let (net, report) = match opts.precision {
         Precision::F32 => {
             let mut t = Trainer::<f32>::new(config, x1, &topts, Some(reducer), par)?;
-            let rep = t.run(progress)?;
+            let rep = match &validation {
+                Some(v) => t.run_validated(v, progress)?,
+                None => t.run(progress)?,
+            };
             (FlowNet::F32(t.into_nets().0), rep)
         }
         Precision::F64 => {
             let mut t = Trainer::<f64>::new(config, x1, &topts, Some(reducer), par)?;
-            let rep = t.run(progress)?;
+            let rep = match &validation {
+                Some(v) => t.run_validated(v, progress)?,
+                None => t.run(progress)?,
+            };
             (FlowNet::F64(t.into_nets().0), rep)
         }
     };
@@ -484,7 +502,7 @@ pub(super) fn fit_flow(
             mm_matrix,
             support_radius,
         },
-        report.final_loss,
+        report,
     ))
 }
 

@@ -19,7 +19,7 @@ use faer::{MatMut, MatRef};
 /// Contracts shared by every kind: `sample` writes row `i` from the sample
 /// index `first + i` of stream `seed` alone (so results do not depend on
 /// the count or chunking of a call) and uses at most the first `k` normals
-/// of [`crate::flow::rng::stream`]`(seed, index)` from the sample's own
+/// of [`crate::rng::stream`]`(seed, index)` from the sample's own
 /// stream (the Gaussian part takes the `d` after them); neither function
 /// allocates; both run on the calling thread.
 pub(super) trait BlockDensity {

@@ -34,9 +34,9 @@ use super::format_err;
 use super::leading::BlockDensity;
 use crate::error::{Error, Result};
 use crate::flow::ode::SolverOptions;
-use crate::flow::rng;
 use crate::numerics::{eigh_descending, eigh_descending_scratch, temp_slice, temp_slice_scratch};
 use crate::reduce::Reducer;
+use crate::rng;
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::{Mat, MatMut, MatRef, Par, Side};
 
@@ -48,9 +48,9 @@ pub const TAU: f64 = 1.0;
 pub const MAX_COMPONENTS: usize = 8;
 /// EM stops when an iteration raises the log-likelihood by less than this
 /// many nats per core, or after [`EM_MAX_ITER`] iterations.
-const EM_TOL_PER_CORE: f64 = 1e-6;
+const EM_TOL_PER_CORE: f64 = 1e-4;
 /// Iteration cap of one EM run.
-const EM_MAX_ITER: usize = 300;
+const EM_MAX_ITER: usize = 200;
 
 /// The mixture block as plain numbers.
 #[derive(Clone, Debug, PartialEq)]

@@ -46,6 +46,10 @@ pub struct CoreModelInfo {
     pub mixture_block: usize,
     /// Number of its components `K` (0 when none was selected).
     pub mixture_components: usize,
+    /// Optimiser steps whose weights the flow holds: on the split, the step
+    /// of the best held-out flow-matching loss; in the refit on every core,
+    /// that many steps (0 without a flow).
+    pub flow_train_steps: usize,
 }
 
 /// Network parameters in their precision.

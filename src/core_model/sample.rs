@@ -4,10 +4,10 @@ use super::leading::BlockDensity;
 use super::{rowwise_matmul, CoreModel, SAMPLE_CHUNK};
 use crate::error::{Error, Result};
 use crate::flow::ode::SolverOptions;
-use crate::flow::rng;
 use crate::numerics::{
     check_workspace, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch,
 };
+use crate::rng;
 use faer::dyn_stack::{MemStack, StackReq};
 use faer::prelude::{Reborrow, ReborrowMut};
 use faer::MatMut;

@@ -1,9 +1,9 @@
 use super::select::{heldout_scores, row_log_probs};
 use super::*;
 use crate::flow::ode::{Divergence, Solver, SolverOptions};
-use crate::flow::rng;
 use crate::moments::{column_moments, covariance};
 use crate::reduce::LocalReducer;
+use crate::rng;
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::{Mat, MatRef, Par};
 
@@ -1137,4 +1137,65 @@ fn corrupt_mixture_parts_are_format_errors() {
         CoreModel::from_parts(p).unwrap_err().kind(),
         ErrorKind::Format
     );
+}
+
+#[test]
+fn a_flow_on_few_cores_trains_only_as_long_as_held_out_cores_improve() {
+    // 60 ring cores (48 for training), a wide network, many steps.
+    let x = ring8(60, 21);
+    let opts = FlowOptions {
+        core_model: CoreModelChoice::Flow,
+        holdout_fraction: 0.2,
+        hidden: 128,
+        layers: 3,
+        steps: 6000,
+        ..small_opts()
+    };
+    let mut calls = 0usize;
+    let model = CoreModel::fit(x.as_ref(), &opts, &mut |_, _, _| {
+        calls += 1;
+        true
+    })
+    .unwrap();
+    let info = model.info();
+    assert_eq!(model.kind(), CoreModelKind::Flow);
+    assert!(
+        info.flow_train_steps > 0 && info.flow_train_steps < opts.steps,
+        "{info:?}"
+    );
+    // The split's run stopped early and the refit trained as long as the
+    // best held-out step: far fewer than two full runs.
+    assert!(calls < 2 * opts.steps, "{calls} steps");
+    // Without a hold-out there is nothing to stop on.
+    let full = CoreModel::fit(
+        x.as_ref(),
+        &FlowOptions {
+            holdout_fraction: 0.0,
+            steps: 300,
+            ..opts
+        },
+        &mut |_, _, _| true,
+    )
+    .unwrap();
+    assert_eq!(full.info().flow_train_steps, 300);
+}
+
+#[test]
+fn auto_takes_a_non_gaussian_kind_on_well_separated_clusters() {
+    for seed in 1..=3 {
+        let x = three_clusters(800, 6, 30 + seed);
+        let o = FlowOptions {
+            holdout_fraction: 0.2,
+            seed,
+            ..mixture_opts(CoreModelChoice::Auto)
+        };
+        let m = CoreModel::fit(x.as_ref(), &o, &mut |_, _, _| true).unwrap();
+        let info = m.info();
+        assert_ne!(m.kind(), CoreModelKind::Gaussian, "seed {seed}: {info:?}");
+        assert!(
+            info.heldout_loglik_mixture > info.heldout_loglik_gaussian + 0.5,
+            "seed {seed}: {info:?}"
+        );
+        assert_eq!(info.train_count, 800);
+    }
 }

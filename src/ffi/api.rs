@@ -1,12 +1,13 @@
 //! The exported functions.
 
 use super::options::*;
+use super::reducer::CallbackReducer;
 use super::status::{boundary, boundary_void, coreflow_status};
 use super::views::*;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::numerics::{MemStack, StackReq};
-use crate::reduce::{CallbackReducer, LocalReducer};
+use crate::reduce::LocalReducer;
 use std::ffi::{c_char, c_void};
 use std::mem::MaybeUninit;
 
@@ -43,12 +44,11 @@ fn into_handle(model: Model) -> *mut coreflow_model {
     }))
 }
 
-/// Runs `call` on a workspace view over the caller's buffer (any
-/// alignment). `ws_bytes` below `need` (what `coreflow_workspace_size`
-/// reports for the call) is `COREFLOW_ERR_WORKSPACE` whatever the buffer's
-/// alignment, as documented; the call still checks its other arguments
-/// first (it gets an empty workspace), so errors come in the same order
-/// for any workspace.
+/// Runs `call` on a workspace view over the caller's buffer (any alignment).
+/// `ws_bytes` below `need` (what `coreflow_workspace_size` reports for the
+/// call) is `COREFLOW_ERR_WORKSPACE` whatever the buffer's alignment, as
+/// documented; the call still checks its other arguments first (it gets an
+/// empty workspace), so errors come in the same order for any workspace.
 unsafe fn with_workspace(
     ws: *mut c_void,
     ws_bytes: usize,
@@ -73,22 +73,41 @@ unsafe fn with_workspace(
     }
 }
 
+/// ---- Version ---------------------------------------------------------------
+///
 /// The ABI version of the library (`COREFLOW_ABI_VERSION` it was built with).
-/// Never allocates. Thread-safe.
+///
+/// Returns: the version number.
+/// Ownership: nothing to release.
+/// Allocates: never.
+/// Thread safety: thread-safe.
 #[no_mangle]
 pub extern "C" fn coreflow_abi_version() -> u32 {
     COREFLOW_ABI_VERSION
 }
 
-/// The library version, e.g. "0.1.0". Ownership: a static string, never freed.
-/// Never allocates. Thread-safe.
+/// The library version, e.g. "0.1.0".
+///
+/// Returns: a NUL-terminated string.
+/// Ownership: a static string, never freed.
+/// Allocates: never.
+/// Thread safety: thread-safe.
 #[no_mangle]
 pub extern "C" fn coreflow_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
 }
 
-/// Fills `opts` with the defaults and sets `opts->struct_size`. NULL is
-/// ignored. Never allocates. Thread-safe.
+/// ---- Options ---------------------------------------------------------------
+///
+/// Fills `opts` with the defaults and sets `opts->struct_size`.
+///
+/// NULL is ignored. The header's `coreflow_fit_options_init` macro calls
+/// `coreflow_fit_options_init_sized` with the host's `sizeof *opts`.
+///
+/// Returns: nothing.
+/// Ownership: the caller owns `opts`.
+/// Allocates: never.
+/// Thread safety: thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_fit_options_init(opts: *mut coreflow_fit_options) {
     boundary_void(|| {
@@ -98,13 +117,20 @@ pub unsafe extern "C" fn coreflow_fit_options_init(opts: *mut coreflow_fit_optio
     })
 }
 
+/// Writes the defaults into a host's `coreflow_fit_options` of `size` bytes.
+///
 /// Writes the first `size` bytes of the default options (at most the
 /// library's `sizeof(coreflow_fit_options)`) into `opts` and sets
 /// `opts->struct_size` to the number of bytes written. Unlike
 /// `coreflow_fit_options_init`, never writes past a host struct compiled
 /// against an older, smaller header; the header's `coreflow_fit_options_init`
 /// macro calls it with `sizeof *opts`. NULL, or a `size` smaller than
-/// `sizeof(size_t)`, is ignored. Never allocates. Thread-safe.
+/// `sizeof(size_t)`, is ignored.
+///
+/// Returns: nothing.
+/// Ownership: the caller owns `opts`.
+/// Allocates: never.
+/// Thread safety: thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_fit_options_init_sized(
     opts: *mut coreflow_fit_options,
@@ -113,29 +139,15 @@ pub unsafe extern "C" fn coreflow_fit_options_init_sized(
     boundary_void(|| init_sized(opts, size, fit_options_default()))
 }
 
-/// The sized counterpart of `coreflow_sample_options_init` (see
-/// `coreflow_fit_options_init_sized`). Never allocates. Thread-safe.
-#[no_mangle]
-pub unsafe extern "C" fn coreflow_sample_options_init_sized(
-    o: *mut coreflow_sample_options,
-    size: usize,
-) {
-    boundary_void(|| init_sized(o, size, sample_options_default()))
-}
-
-/// Copies the first `size` bytes of `value` to `dst` and records the count
-/// in its leading `struct_size`.
-unsafe fn init_sized<T: Copy>(dst: *mut T, size: usize, value: T) {
-    if dst.is_null() || size < std::mem::size_of::<usize>() {
-        return;
-    }
-    let n = size.min(std::mem::size_of::<T>());
-    std::ptr::copy_nonoverlapping(&value as *const T as *const u8, dst as *mut u8, n);
-    (dst as *mut usize).write_unaligned(n);
-}
-
 /// Fills `o` with the defaults (RK4, 16 steps) and sets `o->struct_size`.
-/// NULL is ignored. Never allocates. Thread-safe.
+///
+/// NULL is ignored. The header's `coreflow_sample_options_init` macro calls
+/// `coreflow_sample_options_init_sized` with the host's `sizeof *o`.
+///
+/// Returns: nothing.
+/// Ownership: the caller owns `o`.
+/// Allocates: never.
+/// Thread safety: thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_sample_options_init(o: *mut coreflow_sample_options) {
     boundary_void(|| {
@@ -145,18 +157,40 @@ pub unsafe extern "C" fn coreflow_sample_options_init(o: *mut coreflow_sample_op
     })
 }
 
+/// Writes the defaults into a host's `coreflow_sample_options` of `size` bytes.
+///
+/// The sized counterpart of `coreflow_sample_options_init` (see
+/// `coreflow_fit_options_init_sized`).
+///
+/// Returns: nothing.
+/// Ownership: the caller owns `o`.
+/// Allocates: never.
+/// Thread safety: thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_sample_options_init_sized(
+    o: *mut coreflow_sample_options,
+    size: usize,
+) {
+    boundary_void(|| init_sized(o, size, sample_options_default()))
+}
+
+/// ---- Models: fit, inspect, release -----------------------------------------
+///
 /// Fits a model to `train` and stores a new handle in `*out`.
 ///
-/// Returns `COREFLOW_OK`, or an error status with `*out` untouched:
+/// Error messages name the fields of `coreflow_fit_options`.
+///
+/// Returns: `COREFLOW_OK`, or an error status with `*out` untouched:
 /// `COREFLOW_ERR_INVALID_ARGUMENT` for an option beyond its cap
 /// (`COREFLOW_MAX_*`) or a view larger than memory,
 /// `COREFLOW_ERR_OUT_OF_MEMORY` when the fit needs more memory than can be
 /// allocated (checked before the fit starts).
 /// Ownership: the caller owns `*out` and releases it with
 /// `coreflow_model_free`; `train` is only read during the call.
-/// Allocates (once, before its loops). Uses up to `opts->threads` threads,
-/// on a pool created for the call and joined before it returns.
-/// Thread-safe (calls on different threads are independent).
+/// Allocates: yes, once, before its loops.
+/// Thread safety: thread-safe (calls on different threads are
+/// independent). Uses up to `opts->threads` threads, on a pool created for
+/// the call and joined before it returns.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_fit(
     train: *const coreflow_matrices,
@@ -177,19 +211,28 @@ pub unsafe extern "C" fn coreflow_fit(
             Some(cb) => cb(user, &to_c_progress(p)) == 0,
         };
         let model = match copts.allreduce {
-            None => Model::fit_with_reducer(&batch, &fopts, &LocalReducer, &mut progress)?,
+            None => Model::fit_with_reducer(&batch, &fopts, &LocalReducer, &mut progress),
             Some(f) => {
                 let reducer = CallbackReducer::new(f, copts.allreduce_user);
-                Model::fit_with_reducer(&batch, &fopts, &reducer, &mut progress)?
+                Model::fit_with_reducer(&batch, &fopts, &reducer, &mut progress)
             }
-        };
+        }
+        // The Rust checks name the Rust fields; the caller set C ones.
+        .map_err(with_c_field_names)?;
         out.write(into_handle(model));
         Ok(())
     })
 }
 
-/// Releases a model. NULL is ignored. Thread-safe as long as no other
-/// thread still uses the model.
+/// Releases a model.
+///
+/// NULL is ignored.
+///
+/// Returns: nothing.
+/// Ownership: `model` and everything it held are released; the handle is
+/// invalid after the call.
+/// Allocates: never (it only frees).
+/// Thread safety: thread-safe as long as no other thread still uses the model.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_model_free(model: *mut coreflow_model) {
     boundary_void(|| {
@@ -201,9 +244,14 @@ pub unsafe extern "C" fn coreflow_model_free(model: *mut coreflow_model) {
     })
 }
 
-/// Writes the model summary into `*out`; the caller sets
-/// `out->struct_size = sizeof(coreflow_model_info)` first.
-/// Returns `COREFLOW_OK` or an error status. Never allocates. Thread-safe.
+/// Writes the model summary into `*out`.
+///
+/// The caller sets `out->struct_size = sizeof(coreflow_model_info)` first.
+///
+/// Returns: `COREFLOW_OK` or an error status.
+/// Ownership: the caller owns `*out`; the model is only read.
+/// Allocates: never.
+/// Thread safety: thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_model_get_info(
     m: *const coreflow_model,
@@ -215,9 +263,15 @@ pub unsafe extern "C" fn coreflow_model_get_info(
     })
 }
 
-/// Copies U (rows x rank_rows) into `u` and V (cols x rank_cols) into `v`,
-/// both column-major. Returns `COREFLOW_OK` or an error status.
-/// Ownership: the caller owns both buffers. Never allocates. Thread-safe.
+/// Copies the bases U and V of the model.
+///
+/// U (rows x rank_rows) goes into `u` and V (cols x rank_cols) into `v`,
+/// both column-major.
+///
+/// Returns: `COREFLOW_OK` or an error status.
+/// Ownership: the caller owns both buffers.
+/// Allocates: never.
+/// Thread safety: thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_model_subspaces(
     m: *const coreflow_model,
@@ -245,9 +299,14 @@ pub unsafe extern "C" fn coreflow_model_subspaces(
     })
 }
 
-/// Copies the subtracted mean (rows x cols, column-major) into `mean`;
-/// zeros when the model is not centered. Returns `COREFLOW_OK` or an error
-/// status. Ownership: the caller owns `mean`. Never allocates. Thread-safe.
+/// Copies the subtracted mean (rows x cols, column-major) into `mean`.
+///
+/// Zeros when the model is not centered.
+///
+/// Returns: `COREFLOW_OK` or an error status.
+/// Ownership: the caller owns `mean`.
+/// Allocates: never.
+/// Thread safety: thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_model_mean(
     m: *const coreflow_model,
@@ -318,10 +377,18 @@ fn op_scratch(
     }
 }
 
-/// Stores in `*bytes` the workspace size that serves any call of `op` on
-/// model `m` with at most `count` matrices and options `o` (NULL = defaults).
-/// Any pointer alignment of the workspace is accepted.
-/// Returns `COREFLOW_OK` or an error status. Never allocates. Thread-safe.
+/// ---- Per-matrix operations (caller-provided workspace) ---------------------
+///
+/// Stores in `*bytes` the workspace size of calls of `op`.
+///
+/// The size serves any call of `op` on model `m` with at most `count`
+/// matrices and options `o` (NULL = defaults). Any pointer alignment of the
+/// workspace is accepted.
+///
+/// Returns: `COREFLOW_OK` or an error status.
+/// Ownership: the caller owns `*bytes` and, later, the workspace.
+/// Allocates: never.
+/// Thread safety: thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_workspace_size(
     m: *const coreflow_model,
@@ -360,14 +427,17 @@ fn cores_len(count: usize, core_dim: usize, what: &str) -> Result<usize> {
         })
 }
 
-/// Writes the cores `C_j = U^T (X_j - Xbar) V` of the matrices of `input` into
-/// `cores`: `input->count` blocks of `rank_rows * rank_cols` values, each the
-/// column-major core. `ws` is a workspace of `ws_bytes` bytes
-/// (`coreflow_workspace_size` with `COREFLOW_OP_ENCODE`).
-/// Returns `COREFLOW_OK`, or an error status with `cores` untouched
+/// Writes the cores `C_j = U^T (X_j - Xbar) V` of the matrices of `input` into `cores`.
+///
+/// `cores` receives `input->count` blocks of `rank_rows * rank_cols`
+/// values, each the column-major core. `ws` is a workspace of `ws_bytes`
+/// bytes (`coreflow_workspace_size` with `COREFLOW_OP_ENCODE`).
+///
+/// Returns: `COREFLOW_OK`, or an error status with `cores` untouched
 /// (`COREFLOW_ERR_NUMERICAL` when a core would not be finite).
-/// Ownership: the caller owns all buffers. Never allocates; runs on the
-/// calling thread only. Thread-safe.
+/// Ownership: the caller owns all buffers.
+/// Allocates: never.
+/// Thread safety: thread-safe; runs on the calling thread only.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_encode(
     m: *const coreflow_model,
@@ -394,13 +464,17 @@ pub unsafe extern "C" fn coreflow_encode(
     })
 }
 
-/// Writes `X_j = U C_j V^T + Xbar` into the matrices of `out` from `cores`
-/// (`out->count` column-major cores of `rank_rows * rank_cols` values).
-/// `ws` is a workspace of `ws_bytes` bytes (`COREFLOW_OP_DECODE`).
-/// Returns `COREFLOW_OK`, or an error status with `out` untouched
+/// Writes `X_j = U C_j V^T + Xbar` into the matrices of `out` from `cores`.
+///
+/// `cores` holds `out->count` column-major cores of `rank_rows * rank_cols`
+/// values. `ws` is a workspace of `ws_bytes` bytes (`COREFLOW_OP_DECODE`).
+///
+/// Returns: `COREFLOW_OK`, or an error status with `out` untouched
 /// (`COREFLOW_ERR_NUMERICAL` for a core too large to decode into finite
-/// values). Ownership: the caller owns all buffers. Never allocates; runs on
-/// the calling thread only. Thread-safe.
+/// values).
+/// Ownership: the caller owns all buffers.
+/// Allocates: never.
+/// Thread safety: thread-safe; runs on the calling thread only.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_decode(
     m: *const coreflow_model,
@@ -428,15 +502,19 @@ pub unsafe extern "C" fn coreflow_decode(
     })
 }
 
-/// Completes partially observed matrices: `out` receives each matrix of
-/// `partial` with its missing entries (mask zero, or NaN when
-/// `partial->mask` is NULL) replaced by the model's MAP completion; observed
-/// entries are copied bitwise. `out` must not overlap `partial`. `ws` is a
-/// workspace of `ws_bytes` bytes (`COREFLOW_OP_COMPLETE`).
-/// Returns `COREFLOW_OK`, or an error status with `out` untouched (every
+/// Completes partially observed matrices.
+///
+/// `out` receives each matrix of `partial` with its missing entries (mask
+/// zero, or NaN when `partial->mask` is NULL) replaced by the model's MAP
+/// completion; observed entries are copied bitwise. `out` must not overlap
+/// `partial`. `ws` is a workspace of `ws_bytes` bytes
+/// (`COREFLOW_OP_COMPLETE`).
+///
+/// Returns: `COREFLOW_OK`, or an error status with `out` untouched (every
 /// matrix is completed and checked before the first is written).
-/// Ownership: the caller owns all
-/// buffers. Never allocates; runs on the calling thread only. Thread-safe.
+/// Ownership: the caller owns all buffers.
+/// Allocates: never.
+/// Thread safety: thread-safe; runs on the calling thread only.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_complete(
     m: *const coreflow_model,
@@ -465,128 +543,21 @@ pub unsafe extern "C" fn coreflow_complete(
     })
 }
 
-/// Reads a NUL-terminated UTF-8 path argument.
-unsafe fn path_arg<'a>(path: *const c_char) -> Result<&'a str> {
-    if path.is_null() {
-        return Err(null("path"));
-    }
-    std::ffi::CStr::from_ptr(path)
-        .to_str()
-        .map_err(|_| Error::invalid("path: is not valid UTF-8"))
-}
-
-/// Writes the model to the file `path` (versioned, checksummed).
-/// Returns `COREFLOW_OK` or an error status (`COREFLOW_ERR_IO` when the file
-/// cannot be written). Allocates (the file image). Thread-safe.
-#[no_mangle]
-pub unsafe extern "C" fn coreflow_model_save(
-    m: *const coreflow_model,
-    path: *const c_char,
-) -> coreflow_status {
-    boundary(|| {
-        let model = model_ref(m)?;
-        model.save(path_arg(path)?)
-    })
-}
-
-/// Reads a model from the file `path` and stores a new handle in `*out`.
-/// Returns `COREFLOW_OK`, or an error status with `*out` untouched:
-/// `COREFLOW_ERR_IO` (unreadable file), `COREFLOW_ERR_FORMAT` (corrupt or
-/// truncated, or a model the maths cannot use: bases that are not
-/// orthonormal, unbounded parameters), `COREFLOW_ERR_VERSION` (newer format).
-/// Ownership: the caller owns `*out` (release with `coreflow_model_free`).
-/// Allocates; starts no thread. Thread-safe.
-#[no_mangle]
-pub unsafe extern "C" fn coreflow_model_load(
-    path: *const c_char,
-    out: *mut *mut coreflow_model,
-) -> coreflow_status {
-    boundary(|| {
-        let p = path_arg(path)?;
-        if out.is_null() {
-            return Err(null("out"));
-        }
-        let model = Model::load(p)?;
-        out.write(into_handle(model));
-        Ok(())
-    })
-}
-
-/// Serializes the model into `buf` (capacity `cap` bytes) and stores the
-/// image length in `*len`. With `buf` NULL, only `*len` is written (ask for
-/// the length first). A `cap` smaller than the length gives
-/// `COREFLOW_ERR_INVALID_ARGUMENT` and writes only `*len`.
-/// Returns `COREFLOW_OK` or an error status. Ownership: the caller owns
-/// `buf`. Allocates (a temporary image). Thread-safe.
-#[no_mangle]
-pub unsafe extern "C" fn coreflow_model_to_bytes(
-    m: *const coreflow_model,
-    buf: *mut u8,
-    cap: usize,
-    len: *mut usize,
-) -> coreflow_status {
-    boundary(|| {
-        let model = model_ref(m)?;
-        if len.is_null() {
-            return Err(null("len"));
-        }
-        let image = model.to_bytes();
-        len.write(image.len());
-        if buf.is_null() {
-            return Ok(());
-        }
-        if cap < image.len() {
-            return Err(Error::invalid(format!(
-                "cap: {cap} bytes are too few, the model needs {} (written to *len)",
-                image.len()
-            )));
-        }
-        std::ptr::copy_nonoverlapping(image.as_ptr(), buf, image.len());
-        Ok(())
-    })
-}
-
-/// Reads a model from `len` bytes at `buf` and stores a new handle in
-/// `*out`. Returns `COREFLOW_OK`, or an error status with `*out` untouched
-/// (`COREFLOW_ERR_FORMAT`, also for a model the maths cannot use;
-/// `COREFLOW_ERR_VERSION`). Never reads outside `buf[0..len]`. Ownership:
-/// the caller owns `buf` and `*out`. Allocates; starts no thread.
-/// Thread-safe.
-#[no_mangle]
-pub unsafe extern "C" fn coreflow_model_from_bytes(
-    buf: *const u8,
-    len: usize,
-    out: *mut *mut coreflow_model,
-) -> coreflow_status {
-    boundary(|| {
-        if buf.is_null() && len > 0 {
-            return Err(null("buf"));
-        }
-        if out.is_null() {
-            return Err(null("out"));
-        }
-        let data: &[u8] = if len == 0 {
-            &[]
-        } else {
-            std::slice::from_raw_parts(buf, len)
-        };
-        let model = Model::from_bytes(data)?;
-        out.write(into_handle(model));
-        Ok(())
-    })
-}
-
-/// Draws `out->count` new matrices into `out`: matrix `j` is sample number
-/// `first_index + j` of stream `seed`, so a run split into several calls, or
-/// spread over threads, gives bitwise the same matrices. `o` selects the ODE
-/// solver (NULL = RK4 with 16 steps). `ws` is a workspace of `ws_bytes` bytes
-/// (`COREFLOW_OP_SAMPLE`). A model fitted with `flow_steps = 0` gives
-/// `COREFLOW_ERR_UNSUPPORTED`; a sample that would not be finite
-/// `COREFLOW_ERR_NUMERICAL` (every sample is checked before `out` is
-/// written, so a failed call leaves `out` untouched). `out->count = 0` needs
-/// no workspace. Returns `COREFLOW_OK` or an error status. Ownership: the
-/// caller owns all buffers. Never allocates; runs on the calling thread
-/// only. Thread-safe.
+/// Draws `out->count` new matrices into `out`.
+///
+/// Matrix `j` is sample number `first_index + j` of stream `seed`, so a run
+/// split into several calls, or spread over threads, gives bitwise the same
+/// matrices. `o` selects the ODE solver (NULL = RK4 with 16 steps). `ws` is
+/// a workspace of `ws_bytes` bytes (`COREFLOW_OP_SAMPLE`). `out->count = 0`
+/// needs no workspace.
+///
+/// Returns: `COREFLOW_OK`, or an error status with `out` untouched (every
+/// sample is checked before `out` is written): `COREFLOW_ERR_UNSUPPORTED`
+/// for a model fitted with `flow_steps = 0`, `COREFLOW_ERR_NUMERICAL` for a
+/// sample that would not be finite.
+/// Ownership: the caller owns all buffers.
+/// Allocates: never.
+/// Thread safety: thread-safe; runs on the calling thread only.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_sample(
     m: *const coreflow_model,
@@ -608,18 +579,22 @@ pub unsafe extern "C" fn coreflow_sample(
     })
 }
 
-/// Writes into `log_prob[j]` the log-density of the core of matrix `j` of
-/// `input` under the model (a density over matrices in the learned
-/// geometry), and into `residual[j]` (when `residual` is not NULL) its
-/// distance from that geometry, `||Y - U U^T Y V V^T|| / ||Y||` with
-/// `Y = X - Xbar` (computed with scaled sums of squares: finite inputs give
-/// finite residuals). `o` selects the solver (NULL = RK4, 16 steps, exact
-/// divergence). `ws` is a workspace of `ws_bytes` bytes
-/// (`COREFLOW_OP_LOG_PROB`). Returns `COREFLOW_OK` with every value finite,
-/// or an error status (`COREFLOW_ERR_NUMERICAL` when some value would not
-/// be finite) with `log_prob` and `residual` untouched.
-/// Ownership: the caller owns all buffers. Never allocates; runs on the
-/// calling thread only. Thread-safe.
+/// Writes the log-density of each matrix of `input` into `log_prob`.
+///
+/// `log_prob[j]` is the log-density of the core of matrix `j` of `input`
+/// under the model (a density over matrices in the learned geometry), and
+/// `residual[j]` (when `residual` is not NULL) its distance from that
+/// geometry, `||Y - U U^T Y V V^T|| / ||Y||` with `Y = X - Xbar` (computed
+/// with scaled sums of squares: finite inputs give finite residuals). `o`
+/// selects the solver (NULL = RK4, 16 steps, exact divergence). `ws` is a
+/// workspace of `ws_bytes` bytes (`COREFLOW_OP_LOG_PROB`).
+///
+/// Returns: `COREFLOW_OK` with every value finite, or an error status
+/// (`COREFLOW_ERR_NUMERICAL` when some value would not be finite) with
+/// `log_prob` and `residual` untouched.
+/// Ownership: the caller owns all buffers.
+/// Allocates: never.
+/// Thread safety: thread-safe; runs on the calling thread only.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_log_prob(
     m: *const coreflow_model,
@@ -654,11 +629,141 @@ pub unsafe extern "C" fn coreflow_log_prob(
     })
 }
 
-/// Multiple imputation: matrix `j` of `out` is draw number `first_index + j`
-/// of stream `seed` from the model's law of matrix `j` of `partial` given
-/// its observed entries (mask nonzero, or not NaN when `partial->mask` is
-/// NULL): the core from the core model conditioned on the observed entries
-/// at the fitted noise level, then `U C V^T + Xbar` plus independent
+/// Reads a NUL-terminated UTF-8 path argument.
+unsafe fn path_arg<'a>(path: *const c_char) -> Result<&'a str> {
+    if path.is_null() {
+        return Err(null("path"));
+    }
+    std::ffi::CStr::from_ptr(path)
+        .to_str()
+        .map_err(|_| Error::invalid("path: is not valid UTF-8"))
+}
+
+/// ---- Persistence -----------------------------------------------------------
+///
+/// Writes the model to the file `path` (versioned, checksummed).
+///
+/// Returns: `COREFLOW_OK` or an error status (`COREFLOW_ERR_IO` when the file
+/// cannot be written).
+/// Ownership: the caller owns `path`; the model is only read.
+/// Allocates: yes, the file image.
+/// Thread safety: thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_model_save(
+    m: *const coreflow_model,
+    path: *const c_char,
+) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        model.save(path_arg(path)?)
+    })
+}
+
+/// Reads a model from the file `path` and stores a new handle in `*out`.
+///
+/// Returns: `COREFLOW_OK`, or an error status with `*out` untouched:
+/// `COREFLOW_ERR_IO` (unreadable file), `COREFLOW_ERR_FORMAT` (corrupt or
+/// truncated, or a model the maths cannot use: bases that are not
+/// orthonormal, unbounded parameters), `COREFLOW_ERR_VERSION` (newer format).
+/// Ownership: the caller owns `*out` (release with `coreflow_model_free`).
+/// Allocates: yes, the model; starts no thread.
+/// Thread safety: thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_model_load(
+    path: *const c_char,
+    out: *mut *mut coreflow_model,
+) -> coreflow_status {
+    boundary(|| {
+        let p = path_arg(path)?;
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let model = Model::load(p)?;
+        out.write(into_handle(model));
+        Ok(())
+    })
+}
+
+/// Serializes the model into `buf` and stores the image length in `*len`.
+///
+/// `buf` has a capacity of `cap` bytes. With `buf` NULL, only `*len` is
+/// written (ask for the length first). A `cap` smaller than the length gives
+/// `COREFLOW_ERR_INVALID_ARGUMENT` and writes only `*len`.
+///
+/// Returns: `COREFLOW_OK` or an error status.
+/// Ownership: the caller owns `buf`.
+/// Allocates: yes, a temporary image.
+/// Thread safety: thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_model_to_bytes(
+    m: *const coreflow_model,
+    buf: *mut u8,
+    cap: usize,
+    len: *mut usize,
+) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        if len.is_null() {
+            return Err(null("len"));
+        }
+        let image = model.to_bytes();
+        len.write(image.len());
+        if buf.is_null() {
+            return Ok(());
+        }
+        if cap < image.len() {
+            return Err(Error::invalid(format!(
+                "cap: {cap} bytes are too few, the model needs {} (written to *len)",
+                image.len()
+            )));
+        }
+        std::ptr::copy_nonoverlapping(image.as_ptr(), buf, image.len());
+        Ok(())
+    })
+}
+
+/// Reads a model from `len` bytes at `buf` and stores a new handle in `*out`.
+///
+/// Never reads outside `buf[0..len]`.
+///
+/// Returns: `COREFLOW_OK`, or an error status with `*out` untouched
+/// (`COREFLOW_ERR_FORMAT`, also for a model the maths cannot use;
+/// `COREFLOW_ERR_VERSION`).
+/// Ownership: the caller owns `buf` and `*out` (release with
+/// `coreflow_model_free`).
+/// Allocates: yes, the model; starts no thread.
+/// Thread safety: thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_model_from_bytes(
+    buf: *const u8,
+    len: usize,
+    out: *mut *mut coreflow_model,
+) -> coreflow_status {
+    boundary(|| {
+        if buf.is_null() && len > 0 {
+            return Err(null("buf"));
+        }
+        if out.is_null() {
+            return Err(null("out"));
+        }
+        let data: &[u8] = if len == 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(buf, len)
+        };
+        let model = Model::from_bytes(data)?;
+        out.write(into_handle(model));
+        Ok(())
+    })
+}
+
+/// Multiple imputation: draws of the missing entries given the observed ones.
+///
+/// Matrix `j` of `out` is draw number `first_index + j` of stream `seed`
+/// from the model's law of matrix `j` of `partial` given its observed
+/// entries (mask nonzero, or not NaN when `partial->mask` is NULL): the core
+/// from the core model conditioned on the observed entries at the fitted
+/// noise level, then `U C V^T + Xbar` plus independent
 /// `N(0, noise_variance)` noise on the missing entries. Observed entries are
 /// copied bitwise. A `partial` with `sample_stride = 0` repeats one matrix
 /// (many draws of the same matrix; it is conditioned once). Exact for the
@@ -668,12 +773,14 @@ pub unsafe extern "C" fn coreflow_log_prob(
 /// only on (seed, index): a run split into calls or spread over threads
 /// gives bitwise the same matrices. `out` must not overlap `partial`. `ws`
 /// is a workspace of `ws_bytes` bytes (`COREFLOW_OP_IMPUTE`).
-/// Returns `COREFLOW_OK`, or an error status with `out` untouched (every
+///
+/// Returns: `COREFLOW_OK`, or an error status with `out` untouched (every
 /// draw is computed and checked before the first is written):
 /// `COREFLOW_ERR_UNSUPPORTED` for a model fitted with `flow_steps = 0`,
-/// `COREFLOW_ERR_NUMERICAL` when a draw would not be finite. Ownership: the
-/// caller owns all buffers. Never allocates; runs on the calling thread
-/// only. Thread-safe.
+/// `COREFLOW_ERR_NUMERICAL` when a draw would not be finite.
+/// Ownership: the caller owns all buffers.
+/// Allocates: never.
+/// Thread safety: thread-safe; runs on the calling thread only.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn coreflow_impute(

@@ -4,7 +4,7 @@
 //! (`coreflow_metrics_with_train`) the closest-record ratio), as
 //! [`crate::metrics::evaluate_with_train`] does in Rust.
 
-use super::options::read_versioned;
+use super::options::{init_sized, read_versioned};
 use super::status::{boundary, boundary_void, coreflow_status};
 use super::views::{batch_from_c, coreflow_matrices, null};
 use crate::batch::MatrixBatch;
@@ -79,8 +79,17 @@ pub struct coreflow_metrics_result {
 pub(crate) const METRICS_RESULT_V1_SIZE: usize =
     offset_of!(coreflow_metrics_result, colcov_error) + size_of::<f64>();
 
-/// Fills `o` with the defaults (all cores, top_k 10) and sets
-/// `o->struct_size`. NULL is ignored. Never allocates. Thread-safe.
+/// ---- Metrics ---------------------------------------------------------------
+///
+/// Fills `o` with the defaults (all cores, top_k 10) and sets `o->struct_size`.
+///
+/// NULL is ignored. The header's `coreflow_metrics_options_init` macro
+/// calls `coreflow_metrics_options_init_sized` with the host's `sizeof *o`.
+///
+/// Returns: nothing.
+/// Ownership: the caller owns `o`.
+/// Allocates: never.
+/// Thread safety: thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_metrics_options_init(o: *mut coreflow_metrics_options) {
     boundary_void(|| {
@@ -88,6 +97,23 @@ pub unsafe extern "C" fn coreflow_metrics_options_init(o: *mut coreflow_metrics_
             o.write(metrics_options_default());
         }
     })
+}
+
+/// Writes the defaults into a host's `coreflow_metrics_options` of `size` bytes.
+///
+/// The sized counterpart of `coreflow_metrics_options_init` (see
+/// `coreflow_fit_options_init_sized`).
+///
+/// Returns: nothing.
+/// Ownership: the caller owns `o`.
+/// Allocates: never.
+/// Thread safety: thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn coreflow_metrics_options_init_sized(
+    o: *mut coreflow_metrics_options,
+    size: usize,
+) {
+    boundary_void(|| init_sized(o, size, metrics_options_default()))
 }
 
 /// Reads the host's metrics options; NULL means the defaults.
@@ -110,8 +136,9 @@ unsafe fn read_metrics_options(o: *const coreflow_metrics_options) -> Result<Eva
     })
 }
 
-/// Scores the `generated` set against the `real` one with the metrics of
-/// the design (section 6) and writes them into `*out`; the caller sets
+/// Scores the `generated` set against the `real` one and writes the scores into `*out`.
+///
+/// The metrics of the design (section 6); the caller sets
 /// `out->struct_size = sizeof(coreflow_metrics_result)` first. Both sets
 /// hold complete (mask NULL), finite matrices of the same size, at least 2
 /// each (the unbiased MMD^2 needs pairs); their counts may differ. `o`
@@ -119,10 +146,12 @@ unsafe fn read_metrics_options(o: *const coreflow_metrics_options) -> Result<Eva
 /// the closest-record ratio needs the training set
 /// (`coreflow_metrics_with_train`). A host built against an older header (a
 /// smaller `out->struct_size`) gets the fields its struct holds.
-/// Returns `COREFLOW_OK` or an error status, `*out` untouched on failure.
+///
+/// Returns: `COREFLOW_OK` or an error status, `*out` untouched on failure.
 /// Ownership: the caller owns all buffers, only read (or written) during the
-/// call. Allocates (the metrics are not a hot path); uses up to
-/// `o->threads` threads. Thread-safe.
+/// call.
+/// Allocates: yes (the metrics are not a hot path).
+/// Thread safety: thread-safe. Uses up to `o->threads` threads.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_metrics(
     real: *const coreflow_matrices,
@@ -133,15 +162,18 @@ pub unsafe extern "C" fn coreflow_metrics(
     boundary(|| metrics_impl(real, generated, None, o, out))
 }
 
-/// `coreflow_metrics` with the training set the generator was fitted on,
-/// which adds the distance-to-closest-record ratio (`out->dcr_ratio`).
-/// `train` holds complete (mask NULL), finite matrices of the size of
-/// `real`, at least 1; NULL means none (then `out->dcr_ratio` is NaN, as
-/// with `coreflow_metrics`). Everything else as `coreflow_metrics`.
-/// Returns `COREFLOW_OK` or an error status, `*out` untouched on failure.
+/// `coreflow_metrics` with the training set the generator was fitted on.
+///
+/// Adds the distance-to-closest-record ratio (`out->dcr_ratio`). `train`
+/// holds complete (mask NULL), finite matrices of the size of `real`, at
+/// least 1; NULL means none (then `out->dcr_ratio` is NaN, as with
+/// `coreflow_metrics`). Everything else as `coreflow_metrics`.
+///
+/// Returns: `COREFLOW_OK` or an error status, `*out` untouched on failure.
 /// Ownership: the caller owns all buffers, only read (or written) during the
-/// call. Allocates (the metrics are not a hot path); uses up to
-/// `o->threads` threads. Thread-safe.
+/// call.
+/// Allocates: yes (the metrics are not a hot path).
+/// Thread safety: thread-safe. Uses up to `o->threads` threads.
 #[no_mangle]
 pub unsafe extern "C" fn coreflow_metrics_with_train(
     real: *const coreflow_matrices,

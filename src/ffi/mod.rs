@@ -19,6 +19,7 @@
 mod api;
 mod metrics;
 mod options;
+mod reducer;
 mod status;
 mod views;
 

@@ -448,6 +448,10 @@ pub struct coreflow_model_info {
     pub mixture_block: usize,
     /// Its number of Gaussian components (0 when none).
     pub mixture_components: usize,
+    /// Optimiser steps the flow was trained for: with a hold-out, the step
+    /// of the best held-out flow-matching loss on the split, which the
+    /// refit on all matrices repeats (0 without a flow).
+    pub flow_train_steps: usize,
 }
 
 /// Smallest `struct_size` accepted for `coreflow_model_info` (ABI v1).
@@ -509,6 +513,7 @@ pub(crate) unsafe fn write_model_info(
         heldout_mmd_mixture: info.heldout_mmd_mixture,
         mixture_block: info.mixture_block,
         mixture_components: info.mixture_components,
+        flow_train_steps: info.flow_train_steps,
     };
     let n = size.min(size_of::<coreflow_model_info>());
     std::ptr::copy_nonoverlapping(&full as *const _ as *const u8, out as *mut u8, n);
@@ -540,6 +545,76 @@ pub(crate) fn sample_options_default() -> coreflow_sample_options {
         rtol: 1e-5,
         atol: 1e-5,
     }
+}
+
+/// Fields of `coreflow_fit_options` that the library's checks may name, and
+/// the field of the Rust options (`FitOptions`, with its `SubspaceOptions`
+/// and `FlowOptions`) each is copied to: `(rust, c)`. The Rust checks name
+/// their own fields (`opts.max_iter` for the subspace iteration cap); a C
+/// caller set `opts->subspace_max_iter`.
+const FIT_FIELD_NAMES: [(&str, &str); 23] = [
+    ("rank_rows", "rank_rows"),
+    ("rank_cols", "rank_cols"),
+    ("energy", "energy"),
+    ("max_iter", "subspace_max_iter"),
+    ("subspace_max_iter", "subspace_max_iter"),
+    ("tol", "subspace_tol"),
+    ("subspace_tol", "subspace_tol"),
+    ("completion_max_iter", "completion_max_iter"),
+    ("completion_tol", "completion_tol"),
+    ("ridge", "ridge"),
+    ("hidden", "flow_hidden"),
+    ("layers", "flow_layers"),
+    ("time_freqs", "flow_time_freqs"),
+    ("flow_energy", "flow_energy"),
+    ("flow_max_dim", "flow_max_dim"),
+    ("flow_noise_gap", "flow_noise_gap"),
+    ("steps", "flow_steps"),
+    ("batch_size", "batch_size"),
+    ("learning_rate", "learning_rate"),
+    ("weight_decay", "weight_decay"),
+    ("ema_decay", "ema_decay"),
+    ("core_model", "core_model"),
+    ("holdout_fraction", "holdout_fraction"),
+];
+
+/// An error of a fit as a C caller reads it: every `opts.<field>` (or
+/// `opts.flow.<field>`) of the Rust options with a C counterpart becomes
+/// `opts-><c field>`. Fields the C struct does not have (the C ABI leaves
+/// them at their defaults) keep their Rust names.
+pub(crate) fn with_c_field_names(e: Error) -> Error {
+    let msg = e.message();
+    if !msg.contains("opts.") {
+        return e;
+    }
+    let mut out = String::with_capacity(msg.len() + 16);
+    let mut rest = msg;
+    while let Some(at) = rest.find("opts.") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "opts.".len()..];
+        let len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .unwrap_or(after.len());
+        let path = after[..len].trim_end_matches('.');
+        let field = path.strip_prefix("flow.").unwrap_or(path);
+        match FIT_FIELD_NAMES.iter().find(|(rust, _)| *rust == field) {
+            Some((_, c)) => {
+                out.push_str("opts->");
+                out.push_str(c);
+            }
+            None => {
+                out.push_str("opts.");
+                out.push_str(path);
+            }
+        }
+        rest = &after[path.len()..];
+    }
+    out.push_str(rest);
+    let out = out.replace(
+        "opts->core_model to GAUSSIAN",
+        "opts->core_model to COREFLOW_CORE_MODEL_GAUSSIAN",
+    );
+    Error::new(e.kind(), out)
 }
 
 /// Converts checked C sample options into solver options.
@@ -581,4 +656,49 @@ pub(crate) unsafe fn read_sample_options(
         return Ok(sample_options_default());
     }
     read_versioned(o, sample_options_default(), SAMPLE_OPTIONS_V1_SIZE, "o")
+}
+
+/// Copies the first `size` bytes of `value` to `dst` and records the count
+/// in its leading `struct_size`.
+pub(crate) unsafe fn init_sized<T: Copy>(dst: *mut T, size: usize, value: T) {
+    if dst.is_null() || size < std::mem::size_of::<usize>() {
+        return;
+    }
+    let n = size.min(std::mem::size_of::<T>());
+    std::ptr::copy_nonoverlapping(&value as *const T as *const u8, dst as *mut u8, n);
+    (dst as *mut usize).write_unaligned(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn fit_errors_name_the_c_fields() {
+        let c = |m: &str| with_c_field_names(Error::invalid(m)).message().to_string();
+        assert_eq!(
+            c("opts.max_iter: must be at least 1 (got 0)"),
+            "opts->subspace_max_iter: must be at least 1 (got 0)"
+        );
+        assert_eq!(c("opts.tol: -1 is not"), "opts->subspace_tol: -1 is not");
+        assert_eq!(
+            c("opts.hidden: must be > 0"),
+            "opts->flow_hidden: must be > 0"
+        );
+        assert_eq!(c("opts.flow.layers: 9"), "opts->flow_layers: 9");
+        assert_eq!(
+            c("opts.steps: must be > 0 to train a flow (or set opts.core_model to GAUSSIAN)"),
+            "opts->flow_steps: must be > 0 to train a flow (or set opts->core_model to \
+             COREFLOW_CORE_MODEL_GAUSSIAN)"
+        );
+        // Fields without a C counterpart keep their names; the rest is kept.
+        assert_eq!(
+            c("lower opts.learning_rate or set opts.clip_norm."),
+            "lower opts->learning_rate or set opts.clip_norm."
+        );
+        assert_eq!(c("train: no matrix"), "train: no matrix");
+        let e = with_c_field_names(Error::new(ErrorKind::Numerical, "opts.energy: x"));
+        assert_eq!(e.kind(), ErrorKind::Numerical);
+    }
 }

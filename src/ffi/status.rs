@@ -111,12 +111,17 @@ pub(crate) fn boundary_void(f: impl FnOnce()) {
     });
 }
 
-/// The message of the last failed call on the calling thread: names the bad
-/// argument and the reason. Returns "" when the last call succeeded.
+/// ---- Errors ----------------------------------------------------------------
 ///
-/// Ownership: the string belongs to the library; it stays valid until the
-/// next CoreFlow call on the same thread. Never allocates. Thread-safe (one
-/// message per thread).
+/// The message of the last failed call on the calling thread.
+///
+/// It names the bad argument and the reason.
+///
+/// Returns: the message; "" when the last call succeeded.
+/// Ownership: the string belongs to the library; it stays valid until the next
+/// CoreFlow call on the same thread.
+/// Allocates: never.
+/// Thread safety: thread-safe (one message per thread).
 #[no_mangle]
 pub extern "C" fn coreflow_last_error_message() -> *const c_char {
     LAST_ERROR.with(|e| {
@@ -129,10 +134,14 @@ pub extern "C" fn coreflow_last_error_message() -> *const c_char {
     })
 }
 
-/// A static name for a status code, e.g. "COREFLOW_ERR_SHAPE"; unknown codes
-/// give "COREFLOW_UNKNOWN_STATUS".
+/// A static name for a status code, e.g. "COREFLOW_ERR_SHAPE".
 ///
-/// Ownership: a static string, never freed. Never allocates. Thread-safe.
+/// Unknown codes give "COREFLOW_UNKNOWN_STATUS".
+///
+/// Returns: the name.
+/// Ownership: a static string, never freed.
+/// Allocates: never.
+/// Thread safety: thread-safe.
 #[no_mangle]
 pub extern "C" fn coreflow_status_name(status: coreflow_status) -> *const c_char {
     let s: &'static std::ffi::CStr = match status {

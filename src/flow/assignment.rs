@@ -118,7 +118,7 @@ pub fn min_cost_assignment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::rng;
+    use crate::rng;
     use faer::dyn_stack::MemBuffer;
 
     fn brute_force(n: usize, cost: &[f64]) -> f64 {

@@ -21,9 +21,9 @@
 use super::network::VelocityNet;
 use super::ode::{integrate, integrate_scratch, Divergence, SolverOptions, Times, VelocityField};
 use super::real::Real;
-use super::rng;
 use crate::error::{Error, Result};
 use crate::numerics::{temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch};
+use crate::rng;
 use faer::dyn_stack::{MemStack, StackReq};
 use faer::prelude::ReborrowMut;
 use faer::{MatMut, MatRef, Par};

@@ -3,9 +3,12 @@
 //!
 //! Submodules, bottom to top:
 //! - [`real`]: the network's floating-point types and vectorised kernels;
-//! - [`rng`]: counter-based random streams and normal variates;
+//! - [`noise`]: fast `f32` normal variates for the training noise (the
+//!   random streams are [`crate::rng`]);
 //! - [`network`]: the velocity MLP, its batched forward/backward passes and
 //!   Jacobian traces;
+//! - [`small`]: row kernels for batches of 1 to 12 rows over weights packed
+//!   when the network is built, bitwise equal to the batched path;
 //! - [`optim`]: Adam, the learning-rate schedule, clipping and the weight EMA;
 //! - [`assignment`]: exact minimum-cost assignment (minibatch OT coupling);
 //! - [`train`]: the flow-matching training loop;
@@ -37,14 +40,15 @@ pub mod assignment;
 pub mod latent;
 pub mod likelihood;
 pub mod network;
+pub mod noise;
 pub mod ode;
 pub mod optim;
 pub mod real;
-pub mod rng;
+pub mod small;
 pub mod train;
 
 pub use likelihood::DivergenceField;
-pub use network::{LayerSlot, NetConfig, Tape, Times, VelocityNet};
+pub use network::{LayerSlot, NetConfig, RowKernel, Tape, Times, VelocityNet};
 pub use ode::{Divergence, SolveStats, Solver, SolverOptions, VelocityField};
 pub use real::Real;
 pub use train::{Coupling, TrainOptions, TrainReport, Trainer};

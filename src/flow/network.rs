@@ -11,7 +11,10 @@
 //! row, so every layer is one GEMM `(B x fan_in) (fan_in x fan_out)`. With
 //! faer's kernels a row of the product depends only on the same row of the
 //! left factor (measured bitwise, including `B = 1`), which makes every
-//! per-sample result independent of the batch it was computed in.
+//! per-sample result independent of the batch it was computed in. Products
+//! with 1 to [`SMALL_ROWS`] rows run on the row kernels of [`super::small`]
+//! instead, over weights packed when the network is built; they give the
+//! same bits, so the batch size only decides the speed.
 //!
 //! Parameters live in one flat buffer ([`VelocityNet::params`]) so that Adam,
 //! the weight EMA, gradient reduction and persistence treat them as one slice.
@@ -33,9 +36,10 @@
 //! `eps^T J eps` is one forward-mode pass along `eps`.
 
 use super::real::{self, col_mut, col_ref, Real};
-use super::rng;
+use super::small::{Kernel, SmallPath, SMALL_ROWS};
 use crate::error::{Error, Result};
 use crate::numerics::{temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch};
+use crate::rng;
 use faer::dyn_stack::{MemStack, StackReq};
 use faer::linalg::matmul::matmul;
 use faer::prelude::{Reborrow, ReborrowMut};
@@ -139,6 +143,16 @@ impl NetConfig {
     }
 }
 
+/// Which row kernel [`VelocityNet::with_row_kernel`] packs for.
+#[doc(hidden)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RowKernel {
+    /// The one detected for this machine.
+    Detected,
+    /// The portable one.
+    Portable,
+}
+
 /// When the rows of a batch are evaluated.
 #[derive(Copy, Clone, Debug)]
 pub enum Times<'a> {
@@ -151,12 +165,23 @@ pub enum Times<'a> {
 }
 
 /// A velocity network with its parameters.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct VelocityNet<T: Real> {
     config: NetConfig,
     /// `w_j / (2 pi)`: frequencies in turns per unit time.
     turns: Vec<f64>,
     params: Vec<T>,
+    /// Packed weights for the row kernels of small batches (`f32` networks
+    /// on machines with a fast kernel); dropped when the parameters are
+    /// handed out mutably, which leaves every batch on the batched path
+    /// with the same results.
+    small: Option<SmallPath>,
+}
+
+impl<T: Real> PartialEq for VelocityNet<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config && self.params == other.params
+    }
 }
 
 /// A network input `x` or `x + a k`, in the caller's real type.
@@ -415,6 +440,26 @@ pub(crate) unsafe fn temp_rows_uninit<T: Real>(
     (mat, stack)
 }
 
+/// The same matrix typed as `f32` when `T` is `f32`.
+fn as_f32_mut<T: 'static>(m: MatMut<'_, T>) -> Option<MatMut<'_, f32>> {
+    if core::any::TypeId::of::<T>() != core::any::TypeId::of::<f32>() {
+        return None;
+    }
+    let (r, c, rs, cs) = (m.nrows(), m.ncols(), m.row_stride(), m.col_stride());
+    // SAFETY: T is f32, so this is the same view with the same lifetime.
+    Some(unsafe { MatMut::from_raw_parts_mut(m.as_ptr_mut() as *mut f32, r, c, rs, cs) })
+}
+
+/// The same matrix typed as `f32` when `T` is `f32`.
+fn as_f32_ref<T: 'static>(m: MatRef<'_, T>) -> Option<MatRef<'_, f32>> {
+    if core::any::TypeId::of::<T>() != core::any::TypeId::of::<f32>() {
+        return None;
+    }
+    let (r, c, rs, cs) = (m.nrows(), m.ncols(), m.row_stride(), m.col_stride());
+    // SAFETY: T is f32, so this is the same view with the same lifetime.
+    Some(unsafe { MatRef::from_raw_parts(m.as_ptr() as *const f32, r, c, rs, cs) })
+}
+
 #[inline]
 pub(crate) fn gemm<T: Real>(dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, par: Par) {
     matmul(dst, Accum::Replace, lhs, rhs, T::ONE, par);
@@ -458,11 +503,50 @@ impl<T: Real> VelocityNet<T> {
         let turns = (0..config.time_freqs)
             .map(|j| config.frequency(j) / core::f64::consts::TAU)
             .collect();
-        Self {
+        let mut net = Self {
             config,
             turns,
             params,
-        }
+            small: None,
+        };
+        net.small = net.as_f32().and_then(|n| SmallPath::new(n, None));
+        net
+    }
+
+    /// The same network typed as `f32` when `T` is `f32`.
+    fn as_f32(&self) -> Option<&VelocityNet<f32>> {
+        (core::any::TypeId::of::<T>() == core::any::TypeId::of::<f32>())
+            // SAFETY: T is f32, so this is the same type.
+            .then(|| unsafe { &*(self as *const Self as *const VelocityNet<f32>) })
+    }
+
+    /// Whether batches of 1 to [`SMALL_ROWS`] rows run on the row kernels
+    /// of [`super::small`] (the results are the same either way).
+    pub fn has_row_kernels(&self) -> bool {
+        self.small.is_some()
+    }
+
+    /// The same network with its row kernels packed for `kernel` (tests
+    /// compare the kernels; `None` when they do not reproduce the batched
+    /// path).
+    #[doc(hidden)]
+    pub fn with_row_kernel(&self, kernel: RowKernel) -> Option<Self> {
+        // Checked against the batched path alone.
+        let mut net = self.without_row_kernels();
+        let k = match kernel {
+            RowKernel::Detected => None,
+            RowKernel::Portable => Some(Kernel::Portable),
+        };
+        net.small = Some(SmallPath::new(net.as_f32()?, k)?);
+        Some(net)
+    }
+
+    /// The same network without row kernels: every batch on the batched path.
+    #[doc(hidden)]
+    pub fn without_row_kernels(&self) -> Self {
+        let mut net = self.clone();
+        net.small = None;
+        net
     }
 
     /// The architecture.
@@ -473,8 +557,9 @@ impl<T: Real> VelocityNet<T> {
     pub fn params(&self) -> &[T] {
         &self.params
     }
-    /// All parameters, mutable.
+    /// All parameters, mutable (the row kernels' packed copy is dropped).
     pub fn params_mut(&mut self) -> &mut [T] {
+        self.small = None;
         &mut self.params
     }
     /// Consumes the network, returning its parameters.
@@ -501,12 +586,15 @@ impl<T: Real> VelocityNet<T> {
     /// Workspace for [`forward`](Self::forward) on `batch` rows.
     pub fn forward_scratch(&self, batch: usize) -> StackReq {
         let c = &self.config;
-        StackReq::all_of(&[
-            temp_slice_scratch::<T>(c.hidden),
-            temp_rows_scratch::<T>(batch, c.hidden),
-            temp_rows_scratch::<T>(batch, c.hidden),
-            temp_rows_scratch::<T>(batch, c.dim),
-            self.first_layer_scratch(batch),
+        StackReq::any_of(&[
+            StackReq::all_of(&[
+                temp_slice_scratch::<T>(c.hidden),
+                temp_rows_scratch::<T>(batch, c.hidden),
+                temp_rows_scratch::<T>(batch, c.hidden),
+                temp_rows_scratch::<T>(batch, c.dim),
+                self.first_layer_scratch(batch),
+            ]),
+            SmallPath::forward_scratch(c, batch.min(SMALL_ROWS)),
         ])
     }
 
@@ -540,8 +628,26 @@ impl<T: Real> VelocityNet<T> {
     }
 
     /// One forward pass with input and output as `io` says (workspace of
-    /// [`forward`](Self::forward)).
+    /// [`forward`](Self::forward)): on the row kernels for 1 to
+    /// [`SMALL_ROWS`] rows when the network has them, else batched.
     pub(crate) fn forward_io<X: Real>(
+        &self,
+        times: Times<'_>,
+        io: Io<'_, X>,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
+        if let (Some(small), Some(net)) = (&self.small, self.as_f32()) {
+            if (1..=SMALL_ROWS).contains(&io.rows()) {
+                return small.forward(net, times, io, stack);
+            }
+        }
+        self.forward_batched(times, io, par, stack)
+    }
+
+    /// [`forward_io`](Self::forward_io) with faer's products whatever the
+    /// batch size.
+    pub(crate) fn forward_batched<X: Real>(
         &self,
         times: Times<'_>,
         mut io: Io<'_, X>,
@@ -611,7 +717,30 @@ impl<T: Real> VelocityNet<T> {
         StackReq::all_of(&[
             temp_mat_scratch::<T>(1, 2 * c.time_freqs),
             temp_rows_scratch::<T>(batch, c.input_dim()),
+            SmallPath::product_scratch(c),
         ])
+    }
+
+    /// `dst <- lhs W_l[..n, :]` with `n = lhs.ncols()`: on the row kernels
+    /// when the network has them and `lhs` has 1 to [`SMALL_ROWS`] rows (the
+    /// same bits, see [`super::small`]), else faer's product. Workspace:
+    /// [`SmallPath::product_scratch`].
+    fn product(
+        &self,
+        l: usize,
+        mut dst: MatMut<'_, T>,
+        lhs: MatRef<'_, T>,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
+        if let Some(small) = &self.small {
+            if (1..=SMALL_ROWS).contains(&lhs.nrows()) {
+                if let (Some(dst), Some(lhs)) = (as_f32_mut(dst.rb_mut()), as_f32_ref(lhs)) {
+                    return small.product(l, dst, lhs, stack);
+                }
+            }
+        }
+        gemm(dst, lhs, self.weight(l).subrows(0, lhs.ncols()), par);
     }
 
     /// Pre-activation of the first hidden layer without its bias into `z`,
@@ -627,23 +756,22 @@ impl<T: Real> VelocityNet<T> {
     ) {
         let c = &self.config;
         let b = x.x.nrows();
-        let w = self.weight(0);
         let nf = 2 * c.time_freqs;
         match times {
             Times::Shared(t) => {
                 let stack = self.shared_time_bias(t, bias, stack);
                 // SAFETY: the conversion writes every element.
-                let (mut xin, _) = unsafe { temp_rows_uninit::<T>(b, c.dim, stack) };
+                let (mut xin, stack) = unsafe { temp_rows_uninit::<T>(b, c.dim, stack) };
                 x.write(xin.rb_mut());
-                gemm(z, xin.rb(), w.subrows(0, c.dim), par);
+                self.product(0, z, xin.rb(), par, stack);
             }
             Times::PerRow(t) => {
                 assert!(t.len() == b);
-                let (mut input, _) = temp_rows::<T>(b, c.input_dim(), stack);
+                let (mut input, stack) = temp_rows::<T>(b, c.input_dim(), stack);
                 x.write(input.rb_mut().subcols_mut(0, c.dim));
                 self.time_features(t, input.rb_mut().subcols_mut(c.dim, nf));
                 bias.copy_from_slice(self.bias(0));
-                gemm(z, input.rb(), w, par);
+                self.product(0, z, input.rb(), par, stack);
             }
         }
     }
@@ -786,11 +914,11 @@ impl<T: Real> VelocityNet<T> {
         self.first_layer(times, Input { x, step: None }, a.rb_mut(), bias, par, stack);
         real::bias_silu_deriv(a.rb_mut(), block_mut(derivs, 0, b, h), bias);
         for l in 1..c.layers {
-            gemm(z.rb_mut(), a.rb(), self.weight(l), par);
+            self.product(l, z.rb_mut(), a.rb(), par, stack);
             real::bias_silu_deriv(z.rb_mut(), block_mut(derivs, l, b, h), self.bias(l));
             core::mem::swap(&mut a, &mut z);
         }
-        gemm(o.rb_mut(), a.rb(), self.weight(c.layers), par);
+        self.product(c.layers, o.rb_mut(), a.rb(), par, stack);
         real::add_bias_convert(o.rb(), self.bias(c.layers), out);
 
         // Tangents: row j*B + i is sample i along direction e_j.
@@ -807,7 +935,7 @@ impl<T: Real> VelocityNet<T> {
             }
         }
         for l in 1..c.layers {
-            gemm(tan_next.rb_mut(), tan.rb(), self.weight(l), par);
+            self.product(l, tan_next.rb_mut(), tan.rb(), par, stack);
             core::mem::swap(&mut tan, &mut tan_next);
             scale_blocks(tan.rb_mut(), block(derivs, l, b, h), k);
         }
@@ -877,19 +1005,19 @@ impl<T: Real> VelocityNet<T> {
 
         self.first_layer(times, Input { x, step: None }, a.rb_mut(), bias, par, stack);
         real::bias_silu_deriv(a.rb_mut(), d.rb_mut(), bias);
-        gemm(tan.rb_mut(), p.rb(), self.weight(0).subrows(0, k), par);
+        self.product(0, tan.rb_mut(), p.rb(), par, stack);
         scale_blocks(tan.rb_mut(), d.rb(), 1);
         for l in 1..c.layers {
-            gemm(z.rb_mut(), a.rb(), self.weight(l), par);
+            self.product(l, z.rb_mut(), a.rb(), par, stack);
             real::bias_silu_deriv(z.rb_mut(), d.rb_mut(), self.bias(l));
             core::mem::swap(&mut a, &mut z);
-            gemm(tan_next.rb_mut(), tan.rb(), self.weight(l), par);
+            self.product(l, tan_next.rb_mut(), tan.rb(), par, stack);
             core::mem::swap(&mut tan, &mut tan_next);
             scale_blocks(tan.rb_mut(), d.rb(), 1);
         }
-        gemm(o.rb_mut(), a.rb(), self.weight(c.layers), par);
+        self.product(c.layers, o.rb_mut(), a.rb(), par, stack);
         real::add_bias_convert(o.rb(), self.bias(c.layers), out);
-        gemm(tan_out.rb_mut(), tan.rb(), self.weight(c.layers), par);
+        self.product(c.layers, tan_out.rb_mut(), tan.rb(), par, stack);
         for (i, q) in quad.iter_mut().enumerate() {
             let mut s = 0.0;
             for j in 0..k {

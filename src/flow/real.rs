@@ -302,12 +302,12 @@ fn as_f32_slice<T: 'static>(s: &[T]) -> Option<&[f32]> {
 /// Tails go through a padded 8-lane buffer, so every element takes the same
 /// instruction sequence whatever the batch size.
 #[cfg(target_arch = "x86_64")]
-mod silu_avx2 {
+pub(crate) mod silu_avx2 {
     use super::col_mut;
     use core::arch::x86_64::*;
     use faer::MatMut;
 
-    pub(super) fn available() -> bool {
+    pub(crate) fn available() -> bool {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     }
 
@@ -315,7 +315,7 @@ mod silu_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::excessive_precision)]
-    unsafe fn silu(v: __m256) -> (__m256, __m256) {
+    pub(crate) unsafe fn silu(v: __m256) -> (__m256, __m256) {
         // exp(x) at x = -v, with the negation folded into the reduction.
         let w = _mm256_min_ps(
             _mm256_max_ps(v, _mm256_set1_ps(-88.3)),

@@ -29,8 +29,8 @@ use crate::batch::{MatrixBatch, MatrixBatchMut};
 use crate::completion::{self, Observed};
 use crate::error::{Error, Result};
 use crate::flow::ode::SolverOptions;
-use crate::flow::rng;
 use crate::numerics::{self, gemm, temp_mat_zeroed, temp_slice, MemStack, StackReq};
+use crate::rng;
 use faer::prelude::{Reborrow, ReborrowMut};
 use faer::{Accum, MatMut, MatRef, Par};
 

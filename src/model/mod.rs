@@ -280,6 +280,10 @@ pub struct ModelInfo {
     pub mixture_block: usize,
     /// Its number of components (0 when none).
     pub mixture_components: usize,
+    /// Optimiser steps the flow was trained for (the step of the best
+    /// held-out loss on the split, when there was a hold-out; 0 without a
+    /// flow).
+    pub flow_train_steps: usize,
 }
 
 /// A fitted CoreFlow model. Immutable; `Send + Sync`.
@@ -343,6 +347,7 @@ fn set_core_info(info: &mut ModelInfo, core: &CoreModel) {
     info.heldout_mmd_mixture = ci.heldout_mmd_mixture;
     info.mixture_block = ci.mixture_block;
     info.mixture_components = ci.mixture_components;
+    info.flow_train_steps = ci.flow_train_steps;
     if let Some(cfg) = core.net_config() {
         info.flow_hidden = cfg.hidden;
         info.flow_layers = cfg.layers;
@@ -417,6 +422,7 @@ impl ModelInfo {
             heldout_mmd_mixture: f64::NAN,
             mixture_block: 0,
             mixture_components: 0,
+            flow_train_steps: 0,
         }
     }
 }

@@ -24,7 +24,7 @@
 //! radius `V2_SUPPORT_RADIUS_PER_SQRT_K x sqrt(k)`.
 //!
 //! Version 4 appends to `CORE` the mixture's block size and component
-//! count (after the hold-out count), its held-out log-likelihood and MMD^2
+//! count and the flow's training steps (after the hold-out count), its held-out log-likelihood and MMD^2
 //! check (after the flow's), and a third kind of leading block: the flag
 //! after the ridge is 0 (none), 1 (flow) or 2 (Gaussian mixture: scales,
 //! weights, means `K x k` and Cholesky factors, each a counted f64 array).
@@ -281,6 +281,7 @@ fn write_core(w: &mut Writer, p: &CoreModelParts) {
         i.holdout_count,
         i.mixture_block,
         i.mixture_components,
+        i.flow_train_steps,
     ] {
         w.u64(x as u64);
     }
@@ -368,10 +369,10 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize, version: u32) -> Result<CoreMo
         _ => return Err(format_err("model data: CORE has an unknown choice")),
     };
     let (flow_block, train_count, holdout_count) = (r.usize()?, r.usize()?, r.usize()?);
-    let (mixture_block, mixture_components) = if version >= 4 {
-        (r.usize()?, r.usize()?)
+    let (mixture_block, mixture_components, flow_train_steps) = if version >= 4 {
+        (r.usize()?, r.usize()?, r.usize()?)
     } else {
-        (0, 0)
+        (0, 0, 0)
     };
     let info = CoreModelInfo {
         kind,
@@ -390,6 +391,7 @@ fn read_core(r: &mut Reader<'_>, core_dim: usize, version: u32) -> Result<CoreMo
         heldout_mmd_mixture: if version >= 4 { r.f64()? } else { f64::NAN },
         mixture_block,
         mixture_components,
+        flow_train_steps,
     };
     let q = read_components(r, dim)?;
     let mean = r.f64s(dim)?;

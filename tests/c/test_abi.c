@@ -309,18 +309,30 @@ int main(void) {
     EXPECT_ERROR(coreflow_fit(&zero_dim, &opts, &bad), COREFLOW_ERR_SHAPE, "train");
     coreflow_fit_options big = opts;
     big.rank_rows = M + 1;
-    EXPECT_ERROR(coreflow_fit(&train, &big, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "rank_rows");
+    EXPECT_ERROR(coreflow_fit(&train, &big, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "opts->rank_rows");
     coreflow_fit_options small = opts;
     small.struct_size = 8;
     EXPECT_ERROR(coreflow_fit(&train, &small, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "struct_size");
     coreflow_fit_options flow = opts;
     flow.flow_hidden = 0;
     flow.flow_steps = 10;
-    EXPECT_ERROR(coreflow_fit(&train, &flow, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "hidden");
+    EXPECT_ERROR(coreflow_fit(&train, &flow, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "opts->flow_hidden");
+    /* Checks deeper in the library name the C fields the caller set. */
+    coreflow_fit_options iters = opts;
+    iters.subspace_max_iter = 0;
+    EXPECT_ERROR(coreflow_fit(&train, &iters, &bad), COREFLOW_ERR_INVALID_ARGUMENT,
+                 "opts->subspace_max_iter");
+    coreflow_fit_options tol = opts;
+    tol.subspace_tol = -1.0;
+    EXPECT_ERROR(coreflow_fit(&train, &tol, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "opts->subspace_tol");
+    coreflow_fit_options layers = opts;
+    layers.flow_layers = 0;
+    layers.flow_steps = 10;
+    EXPECT_ERROR(coreflow_fit(&train, &layers, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "opts->flow_layers");
     coreflow_fit_options gap = opts;
     gap.flow_noise_gap = 0.5;
     gap.flow_steps = 10;
-    EXPECT_ERROR(coreflow_fit(&train, &gap, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "flow_noise_gap");
+    EXPECT_ERROR(coreflow_fit(&train, &gap, &bad), COREFLOW_ERR_INVALID_ARGUMENT, "opts->flow_noise_gap");
     coreflow_sample_options so;
     coreflow_sample_options_init(&so);
     size_t sbytes = 0;

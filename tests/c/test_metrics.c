@@ -3,8 +3,8 @@
  * ABI: identical sets score zero, a shifted set scores the shift, a smaller
  * (older) result struct is filled only up to its struct_size, strided views
  * give the same scores, the 1-NN accuracy and the closest-record ratio on a
- * hand-computed case and on copies, and every documented error path names
- * its argument.
+ * hand-computed case and on copies, the sized options init writes only an
+ * older host's prefix, and every documented error path names its argument.
  * Compiled with -std=c99 -Wall -Wextra -Wpedantic -Werror.
  */
 #define TEST_RNG_SEED 0x2545F4914F6CDD1Dull
@@ -35,7 +35,27 @@ int main(void) {
     coreflow_metrics_options_init(&o);
     CHECK(o.struct_size == sizeof o, "struct_size %zu", o.struct_size);
     CHECK(o.threads == 0 && o.top_k == 10, "defaults %u %u", o.threads, o.top_k);
-    coreflow_metrics_options_init(NULL);
+    /* The macro passes sizeof *(o); the function itself ignores NULL. */
+    (coreflow_metrics_options_init)(NULL);
+    coreflow_metrics_options_init_sized(NULL, sizeof o);
+
+    /* An older host's smaller struct: the sized init writes only its prefix
+       and records its size. */
+    {
+        coreflow_metrics_options prefix[2];
+        unsigned char *bytes = (unsigned char *)prefix;
+        size_t old_size = offsetof(coreflow_metrics_options, top_k);
+        memset(prefix, 0xA5, sizeof prefix);
+        coreflow_metrics_options_init_sized(prefix, old_size);
+        CHECK(prefix[0].struct_size == old_size && prefix[0].threads == 0, "sized init %zu %u",
+              prefix[0].struct_size, prefix[0].threads);
+        int untouched = 1;
+        for (size_t k = old_size; k < sizeof prefix; k++) untouched &= bytes[k] == 0xA5;
+        CHECK(untouched, "the sized init wrote past the host's struct");
+        /* A size below sizeof(size_t) is ignored. */
+        coreflow_metrics_options_init_sized(prefix, sizeof(size_t) - 1);
+        CHECK(prefix[0].struct_size == old_size, "short size ignored");
+    }
 
     /* A set against itself: every error is zero; MMD^2 (unbiased) near 0. */
     coreflow_metrics_result res;

@@ -85,6 +85,12 @@ fn view_mut(data: *mut f64, count: usize) -> coreflow_matrices_mut {
 impl Fixture {
     /// Fits a small flow model on low-rank data (one thread).
     pub fn new() -> Self {
+        Self::with_core_model(COREFLOW_CORE_MODEL_FLOW)
+    }
+
+    /// The same data and options with another core model
+    /// (`COREFLOW_CORE_MODEL_*`).
+    pub fn with_core_model(core_model: coreflow_core_model) -> Self {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut data = vec![0.0; N * M * NC];
         for i in 0..N {
@@ -108,7 +114,7 @@ impl Fixture {
         o.flow_layers = 2;
         o.batch_size = 16;
         o.center = 1;
-        o.core_model = COREFLOW_CORE_MODEL_FLOW;
+        o.core_model = core_model;
         let train = view(data.as_ptr(), N);
         let mut model = std::ptr::null_mut();
         assert_eq!(unsafe { coreflow_fit(&train, &o, &mut model) }, COREFLOW_OK);
@@ -518,7 +524,8 @@ pub fn views_and_options(
                 o.subspace_max_iter = if beyond == 5 { u32::MAX } else { 5 };
                 o.batch_size = if beyond == 6 { u32::MAX } else { 8 };
                 o.completion_max_iter = if beyond == 7 { u32::MAX } else { 5 };
-                o.core_model = (b.take(1) % 3) as i32;
+                // Every kind, and one value beyond them.
+                o.core_model = (b.take(1) % 5) as i32;
                 let mut out = std::ptr::null_mut();
                 let st = coreflow_fit(&cv, &o, &mut out);
                 if st == COREFLOW_OK {

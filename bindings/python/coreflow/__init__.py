@@ -299,6 +299,7 @@ class ModelInfo(Structure):
         ("heldout_mmd_mixture", c_double),
         ("mixture_block", c_size_t),
         ("mixture_components", c_size_t),
+        ("flow_train_steps", c_size_t),
     ]
 
 
@@ -337,6 +338,7 @@ _PROTOTYPES = {
 _OPTIONAL_PROTOTYPES = {
     "coreflow_fit_options_init_sized": (None, [_P, c_size_t]),
     "coreflow_sample_options_init_sized": (None, [_P, c_size_t]),
+    "coreflow_metrics_options_init_sized": (None, [_P, c_size_t]),
 }
 
 _LIB_NAMES = {"linux": "libcoreflow.so", "darwin": "libcoreflow.dylib", "win32": "coreflow.dll"}

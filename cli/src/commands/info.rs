@@ -71,6 +71,7 @@ fn fields(m: &coreflow::Model) -> Vec<(&'static str, Value)> {
         ("heldout_mmd_mixture", num(i.heldout_mmd_mixture)),
         ("mixture_block", i.mixture_block.into()),
         ("mixture_components", i.mixture_components.into()),
+        ("flow_train_steps", i.flow_train_steps.into()),
         (
             "core_model_requested",
             match m.core_model().map(|c| c.info().requested) {
