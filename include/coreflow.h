@@ -656,6 +656,11 @@ typedef struct coreflow_metrics_result {
 #define COREFLOW_OP_COMPLETE 4
 
 /**
+ * `coreflow_impute`.
+ */
+#define COREFLOW_OP_IMPUTE 5
+
+/**
  * Block-exact alternating eigen-updates (HOOI); the default.
  */
 #define COREFLOW_SUBSPACE_METHOD_HOOI 0
@@ -1123,6 +1128,34 @@ coreflow_status coreflow_model_to_bytes(const struct coreflow_model *m, uint8_t 
  * Thread safety: thread-safe.
  */
 coreflow_status coreflow_model_from_bytes(const uint8_t *buf, size_t len, struct coreflow_model **out);
+
+/**
+ * Multiple imputation: draws of the missing entries given the observed ones.
+ *
+ * Matrix `j` of `out` is draw number `first_index + j` of stream `seed`
+ * from the model's law of matrix `j` of `partial` given its observed
+ * entries (mask nonzero, or not NaN when `partial->mask` is NULL): the core
+ * from the core model conditioned on the observed entries at the fitted
+ * noise level, then `U C V^T + Xbar` plus independent
+ * `N(0, noise_variance)` noise on the missing entries. Observed entries are
+ * copied bitwise. A `partial` with `sample_stride = 0` repeats one matrix
+ * (many draws of the same matrix; it is conditioned once). Exact for the
+ * Gaussian and mixture core models; for the flow, importance resampling
+ * from the Gaussian fit of the cores (64 proposals per draw). `o` selects
+ * the ODE solver as in `coreflow_sample` (NULL = defaults). Draws depend
+ * only on (seed, index): a run split into calls or spread over threads
+ * gives bitwise the same matrices. `out` must not overlap `partial`. `ws`
+ * is a workspace of `ws_bytes` bytes (`COREFLOW_OP_IMPUTE`).
+ *
+ * Returns: `COREFLOW_OK`, or an error status with `out` untouched (every
+ * draw is computed and checked before the first is written):
+ * `COREFLOW_ERR_UNSUPPORTED` for a model fitted with `flow_steps = 0`,
+ * `COREFLOW_ERR_NUMERICAL` when a draw would not be finite.
+ * Ownership: the caller owns all buffers.
+ * Allocates: never.
+ * Thread safety: thread-safe; runs on the calling thread only.
+ */
+coreflow_status coreflow_impute(const struct coreflow_model *m, const struct coreflow_sample_options *o, uint64_t seed, uint64_t first_index, const struct coreflow_matrices *partial, struct coreflow_matrices_mut *out, void *ws, size_t ws_bytes);
 
 /**
  * ---- Metrics ---------------------------------------------------------------

@@ -117,8 +117,9 @@ pub enum Observed<'a> {
 }
 
 impl Observed<'_> {
+    /// True when entry `(i, j)` of `x` is observed.
     #[inline]
-    fn at(&self, x: MatRef<'_, f64>, i: usize, j: usize) -> bool {
+    pub fn at(&self, x: MatRef<'_, f64>, i: usize, j: usize) -> bool {
         match self {
             Observed::All => true,
             Observed::Mask(m) => m.observed(i, j),

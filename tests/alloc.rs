@@ -258,3 +258,57 @@ fn sample_and_log_prob_do_not_allocate() {
         "allocations in (sample, log_prob) of one matrix"
     );
 }
+
+#[test]
+fn impute_does_not_allocate() {
+    use coreflow::core_model::{CoreModelChoice, FlowOptions};
+    use coreflow::flow::ode::SolverOptions;
+    let (count, m, n) = (120, 16, 12);
+    let p = planted(count, m, n, 2, 2, 1e-3, 27);
+    let batch = MatrixBatch::from_c_order(&p.data, count, m, n).unwrap();
+    let mut partial = p.data[..4 * m * n].to_vec();
+    for (k, v) in partial.iter_mut().enumerate() {
+        if k % 4 == 1 {
+            *v = f64::NAN;
+        }
+    }
+    let four = MatrixBatch::from_c_order(&partial, 4, m, n).unwrap();
+    for choice in [
+        CoreModelChoice::Gaussian,
+        CoreModelChoice::Mixture,
+        CoreModelChoice::Flow,
+    ] {
+        let opts = FitOptions {
+            rank_rows: 2,
+            rank_cols: 2,
+            threads: 1,
+            flow: FlowOptions {
+                core_model: choice,
+                hidden: 16,
+                layers: 2,
+                time_freqs: 4,
+                steps: 50,
+                ..FlowOptions::default()
+            },
+            ..FitOptions::default()
+        };
+        // A forced mixture needs BIC to prefer one; skip the kind otherwise.
+        let Ok(model) = Model::fit(&batch, &opts) else {
+            assert_eq!(choice, CoreModelChoice::Mixture);
+            continue;
+        };
+        let so = SolverOptions::default();
+        let mut out = vec![0.0; 4 * m * n];
+        let mut ob = MatrixBatchMut::from_c_order(&mut out, 4, m, n).unwrap();
+        let mut buf = MemBuffer::new(model.impute_scratch(4, &so));
+        // Warm-up of the per-thread matrix-product caches.
+        model
+            .impute(&so, 1, 0, &four, &mut ob, MemStack::new(&mut buf))
+            .unwrap();
+        let before = allocs();
+        model
+            .impute(&so, 1, 0, &four, &mut ob, MemStack::new(&mut buf))
+            .unwrap();
+        assert_eq!(allocs() - before, 0, "{choice:?}: allocations in impute");
+    }
+}

@@ -189,3 +189,69 @@ fn c_sample_of_one_matrix_does_not_allocate() {
         coreflow_model_free(model);
     }
 }
+
+#[test]
+fn c_impute_does_not_allocate() {
+    let p = planted(120, 16, 12, 2, 2, 1e-3, 29);
+    let (n, m, k) = (p.count, p.rows, p.cols);
+    let train = coreflow_matrices {
+        data: p.data.as_ptr(),
+        mask: ptr::null(),
+        count: n,
+        rows: m,
+        cols: k,
+        sample_stride: (m * k) as isize,
+        row_stride: k as isize,
+        col_stride: 1,
+    };
+    let mut y = p.data[..m * k].to_vec();
+    for v in y.iter_mut().step_by(3) {
+        *v = f64::NAN;
+    }
+    // Many draws of one matrix: sample stride 0.
+    let draws = 8;
+    let partial = coreflow_matrices {
+        data: y.as_ptr(),
+        count: draws,
+        sample_stride: 0,
+        ..train
+    };
+    unsafe {
+        let mut opts = std::mem::zeroed::<coreflow_fit_options>();
+        coreflow_fit_options_init(&mut opts);
+        opts.rank_rows = 2;
+        opts.rank_cols = 2;
+        opts.threads = 1;
+        opts.core_model = COREFLOW_CORE_MODEL_GAUSSIAN;
+        let mut model = ptr::null_mut();
+        assert_eq!(coreflow_fit(&train, &opts, &mut model), COREFLOW_OK);
+        let mut bytes = 0usize;
+        assert_eq!(
+            coreflow_workspace_size(model, COREFLOW_OP_IMPUTE, draws, ptr::null(), &mut bytes),
+            COREFLOW_OK
+        );
+        let mut ws = vec![0u8; bytes];
+        let ws_ptr = ws.as_mut_ptr() as *mut std::ffi::c_void;
+        let mut back = vec![0.0; draws * m * k];
+        let mut out = coreflow_matrices_mut {
+            data: back.as_mut_ptr(),
+            count: draws,
+            rows: m,
+            cols: k,
+            sample_stride: (m * k) as isize,
+            row_stride: k as isize,
+            col_stride: 1,
+        };
+        // Warm-up of the per-thread matrix-product caches.
+        let call = |out: &mut coreflow_matrices_mut| {
+            coreflow_impute(model, ptr::null(), 3, 0, &partial, out, ws_ptr, bytes)
+        };
+        assert_eq!(call(&mut out), COREFLOW_OK);
+        let before = allocs();
+        let status = call(&mut out);
+        let after = allocs();
+        assert_eq!(status, COREFLOW_OK);
+        assert_eq!(after - before, 0, "allocations in coreflow_impute");
+        coreflow_model_free(model);
+    }
+}

@@ -32,7 +32,7 @@ using Libdl
 # sample, save and load are not exported: StatsBase and FileIO use those
 # names. Call them as CoreFlow.sample, CoreFlow.save, CoreFlow.load.
 export CoreFlowError, Model, Workspace, fit, encode, encode!, decode, decode!, info, subspaces,
-       sample!, log_prob, log_prob!, complete, complete!, to_bytes, from_bytes, metrics
+       sample!, log_prob, log_prob!, complete, complete!, impute, impute!, to_bytes, from_bytes, metrics
 
 const ABI_VERSION = 1
 
@@ -65,6 +65,7 @@ const OP_ENCODE = Int32(1)
 const OP_DECODE = Int32(2)
 const OP_LOG_PROB = Int32(3)
 const OP_COMPLETE = Int32(4)
+const OP_IMPUTE = Int32(5)
 const SUBSPACE_METHOD_HOOI = Int32(0)
 const SUBSPACE_METHOD_RIEMANNIAN = Int32(1)
 const COUPLING_INDEPENDENT = Int32(0)
@@ -584,6 +585,64 @@ end
 
 complete(model::Model, x::StridedArray{Float64,3}, args...; kw...) =
     complete!(Array{Float64,3}(undef, size(x)), model, x, args...; kw...)
+
+"""
+    impute!(out, model, x, ws = ...; mask = nothing, seed = 0, first_index = 0,
+            options = nothing) -> out
+
+Multiple imputation: `out[:, :, i, k]` receives draw `k` of matrix
+`x[:, :, i]` from the model's law given its observed entries (where `mask`,
+of the size and layout of `x`, is nonzero, or the non-NaN entries when
+`mask` is `nothing`): the core from its posterior under the core model,
+then noise of the fitted level on the missing entries; observed entries are
+copied bitwise. `out` has size `(m, n, N, ndraws)`. Draw `k` of matrix `i`
+is draw number `first_index + (i - 1) * ndraws + k - 1` of stream `seed`
+(`coreflow_impute` with a partial of sample stride 0 per matrix). `ws`: a
+`Workspace` with `OP_IMPUTE` for `ndraws` matrices and the same options.
+"""
+function impute!(out::StridedArray{Float64,4}, model::Model, x::StridedArray{Float64,3},
+                 ws::Union{Nothing,Workspace} = nothing;
+                 mask::Union{Nothing,Array{UInt8,3},Array{Bool,3}} = nothing,
+                 seed::Integer = 0, first_index::Integer = 0,
+                 options::Union{Nothing,SampleOptions} = nothing)
+    m, n, N = size(x)
+    ndraws = size(out, 4)
+    size(out) == (m, n, N, ndraws) ||
+        throw(DimensionMismatch("out: size ($m, $n, $N, ndraws) expected, got $(size(out))"))
+    mask === nothing || (size(mask) == size(x) && strides(mask) == strides(x)) ||
+        throw(DimensionMismatch("mask: must have the size and layout of x"))
+    if ws === nothing
+        ws = Workspace(model, ndraws, (OP_IMPUTE,); options = options)
+    end
+    s = strides(x)
+    GC.@preserve out x mask begin
+        for i in 1:N
+            xi = pointer(view(x, :, :, i))
+            mi = mask === nothing ? Ptr{UInt8}(C_NULL) : Ptr{UInt8}(pointer(view(mask, :, :, i)))
+            # Sample stride 0: the same matrix for every draw.
+            v = Ref(Matrices(xi, mi, ndraws, m, n, 0, s[1], s[2]))
+            oview = Ref(_view_mut(view(out, :, :, i, :)))
+            _check(ccall(_sym(:coreflow_impute), Int32,
+                         (Ptr{Cvoid}, Ptr{Cvoid}, UInt64, UInt64, Ptr{Matrices},
+                          Ptr{MatricesMut}, Ptr{UInt8}, Csize_t),
+                         model, _options_arg(options), seed,
+                         first_index + (i - 1) * ndraws, v, oview, ws.buf, length(ws.buf)))
+        end
+    end
+    return out
+end
+
+"""
+    impute(model, x, ndraws, ws = nothing; kw...) -> Array{Float64,4}
+
+`impute!` into a new `(m, n, N, ndraws)` array; quantiles over the last
+axis give intervals for the missing entries.
+"""
+function impute(model::Model, x::StridedArray{Float64,3}, ndraws::Integer,
+                ws::Union{Nothing,Workspace} = nothing; kw...)
+    m, n, N = size(x)
+    return impute!(Array{Float64,4}(undef, m, n, N, ndraws), model, x, ws; kw...)
+end
 
 # ---------------------------------------------------------------------------
 # Model files

@@ -51,6 +51,8 @@ enum Command {
     Sample(commands::sample::SampleArgs),
     /// Fill the missing entries of partially observed matrices.
     Complete(commands::complete::CompleteArgs),
+    /// Draw completions of partially observed matrices from the model's law given the observed entries.
+    Impute(commands::impute::ImputeArgs),
     /// Log-likelihood of each matrix under a model, and its distance from the model's geometry.
     Score(commands::score::ScoreArgs),
     /// Compare a generated set with a real one (spectra, MMD^2, moments).
@@ -161,6 +163,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Fit(a) => commands::fit::run(a),
         Command::Sample(a) => commands::sample::run(a),
         Command::Complete(a) => commands::complete::run(a),
+        Command::Impute(a) => commands::impute::run(a),
         Command::Score(a) => commands::score::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Info(a) => commands::info::run(a),

@@ -13,7 +13,7 @@ fn every_command_has_help() {
     let top = coreflow(&["--help"]);
     let out = top.ok();
     for cmd in [
-        "fit", "sample", "complete", "score", "eval", "info", "encode", "decode", "demo",
+        "fit", "sample", "complete", "impute", "score", "eval", "info", "encode", "decode", "demo",
     ] {
         assert!(out.contains(cmd), "top-level help lists {cmd}");
         let r = coreflow(&[cmd, "--help"]);
@@ -1047,5 +1047,104 @@ fn absurd_sizes_and_options_exit_with_code_2() {
         s(&dir.join("big.npy")),
     ])
     .bad_input(&["-n 1000000000000"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn impute_draws_completions() {
+    let dir = temp_dir("impute");
+    let data = waves(N, M, K, 5);
+    let x = dir.join("x.npy");
+    write_f64(&x, &data, [N, M, K], false);
+    let model = dir.join("model.cfm");
+    coreflow(&[
+        "fit",
+        "--data",
+        s(&x),
+        "--rank",
+        "6",
+        "--core-model",
+        "gaussian",
+        "-q",
+        "--out",
+        s(&model),
+    ])
+    .ok();
+    let y = waves(N + 3, M, K, 5).split_off(N * M * K);
+    let mask = coreflow::datasets::mcar_mask(3, M, K, 0.3, 6).unwrap();
+    let (yp, mp) = (dir.join("y.npy"), dir.join("m.npy"));
+    write_f64(&yp, &y, [3, M, K], false);
+    write_mask(&mp, &mask, [3, M, K], true, "|b1");
+    let (d1, d2, dn) = (dir.join("d1.npy"), dir.join("d2.npy"), dir.join("dn.npy"));
+    let run = |out: &std::path::Path, data: &std::path::Path, mask: bool, threads: &str| {
+        let mut args = vec![
+            "impute",
+            "--model",
+            s(&model),
+            "--data",
+            s(data),
+            "--draws",
+            "7",
+            "--seed",
+            "4",
+            "--threads",
+            threads,
+            "--out",
+            s(out),
+        ];
+        if mask {
+            args.extend(["--mask", s(&mp)]);
+        }
+        coreflow(&args)
+    };
+    assert!(run(&d1, &yp, true, "1")
+        .ok()
+        .contains("drew 7 completions of 3 matrices"));
+    run(&d2, &yp, true, "2").ok();
+    let (shape, a) = read_f64(&d1);
+    assert_eq!(shape, vec![7, 3, M, K]);
+    // The same file whatever the thread count.
+    assert_eq!(a, read_f64(&d2).1);
+    // Observed entries copied, missing ones drawn (they differ between draws).
+    let mn = M * K;
+    for j in 0..7 {
+        for i in 0..3 {
+            for e in 0..mn {
+                let v = a[(j * 3 + i) * mn + e];
+                if mask[i * mn + e] != 0 {
+                    assert_eq!(v.to_bits(), y[i * mn + e].to_bits());
+                } else {
+                    assert!(v.is_finite());
+                }
+            }
+        }
+    }
+    let e = (0..3 * mn).find(|&e| mask[e] == 0).unwrap();
+    assert_ne!(a[e].to_bits(), a[3 * mn + e].to_bits());
+    // NaN marks the missing entries without a mask: the same draws.
+    let mut yn = y.clone();
+    for (v, m) in yn.iter_mut().zip(&mask) {
+        if *m == 0 {
+            *v = f64::NAN;
+        }
+    }
+    let ynp = dir.join("yn.npy");
+    write_f64(&ynp, &yn, [3, M, K], false);
+    run(&dn, &ynp, false, "1").ok();
+    assert_eq!(a, read_f64(&dn).1);
+    // An existing output is refused without --force.
+    run(&d1, &yp, true, "1").bad_input(&["d1.npy", "--force"]);
+    coreflow(&[
+        "impute",
+        "--model",
+        s(&model),
+        "--data",
+        s(&yp),
+        "--draws",
+        "0",
+        "--out",
+        s(&dir.join("d0.npy")),
+    ])
+    .bad_input(&["--draws"]);
     let _ = std::fs::remove_dir_all(&dir);
 }

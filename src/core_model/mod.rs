@@ -121,6 +121,7 @@ mod log_prob;
 mod mixture;
 mod options;
 mod parts;
+mod posterior;
 mod sample;
 mod select;
 #[cfg(test)]
@@ -132,6 +133,7 @@ pub use flow::{support_radius, FLOW_DRAWS, SUPPORT_MARGIN};
 pub use mixture::{MixtureParts, MAX_COMPONENTS};
 pub use options::{CoreModelChoice, CoreModelKind, FlowOptions, Precision};
 pub use parts::{CoreModelInfo, CoreModelParts, FlowParts, NetParams};
+pub use posterior::IMPUTE_PROPOSALS;
 pub use select::{FLOW_GAIN_PER_DIM, HELDOUT_FLOOR_NATS, SELECTION_SAMPLES};
 
 use crate::error::{Error, ErrorKind, Result};

@@ -345,6 +345,8 @@ pub const COREFLOW_OP_DECODE: coreflow_op = 2;
 pub const COREFLOW_OP_LOG_PROB: coreflow_op = 3;
 /// `coreflow_complete`.
 pub const COREFLOW_OP_COMPLETE: coreflow_op = 4;
+/// `coreflow_impute`.
+pub const COREFLOW_OP_IMPUTE: coreflow_op = 5;
 
 fn op_scratch(
     model: &Model,
@@ -356,17 +358,17 @@ fn op_scratch(
         COREFLOW_OP_ENCODE => Ok(model.encode_scratch(count)),
         COREFLOW_OP_DECODE => Ok(model.decode_scratch(count)),
         COREFLOW_OP_COMPLETE => Ok(model.complete_scratch(count)),
-        COREFLOW_OP_SAMPLE | COREFLOW_OP_LOG_PROB => {
+        COREFLOW_OP_SAMPLE | COREFLOW_OP_LOG_PROB | COREFLOW_OP_IMPUTE => {
             if model.core_model().is_none() {
                 return Err(Error::unsupported(
-                    "m: the model was fitted without a core model (flow_steps 0): it cannot sample or score",
+                    "m: the model was fitted without a core model (flow_steps 0): it cannot sample, score or impute",
                 ));
             }
             let so = to_solver_options(o)?;
-            Ok(if op == COREFLOW_OP_SAMPLE {
-                model.sample_scratch(count, &so)
-            } else {
-                model.log_prob_scratch(count, &so)
+            Ok(match op {
+                COREFLOW_OP_SAMPLE => model.sample_scratch(count, &so),
+                COREFLOW_OP_LOG_PROB => model.log_prob_scratch(count, &so),
+                _ => model.impute_scratch(count, &so),
             })
         }
         _ => Err(Error::invalid(format!(
@@ -752,5 +754,62 @@ pub unsafe extern "C" fn coreflow_model_from_bytes(
         let model = Model::from_bytes(data)?;
         out.write(into_handle(model));
         Ok(())
+    })
+}
+
+/// Multiple imputation: draws of the missing entries given the observed ones.
+///
+/// Matrix `j` of `out` is draw number `first_index + j` of stream `seed`
+/// from the model's law of matrix `j` of `partial` given its observed
+/// entries (mask nonzero, or not NaN when `partial->mask` is NULL): the core
+/// from the core model conditioned on the observed entries at the fitted
+/// noise level, then `U C V^T + Xbar` plus independent
+/// `N(0, noise_variance)` noise on the missing entries. Observed entries are
+/// copied bitwise. A `partial` with `sample_stride = 0` repeats one matrix
+/// (many draws of the same matrix; it is conditioned once). Exact for the
+/// Gaussian and mixture core models; for the flow, importance resampling
+/// from the Gaussian fit of the cores (64 proposals per draw). `o` selects
+/// the ODE solver as in `coreflow_sample` (NULL = defaults). Draws depend
+/// only on (seed, index): a run split into calls or spread over threads
+/// gives bitwise the same matrices. `out` must not overlap `partial`. `ws`
+/// is a workspace of `ws_bytes` bytes (`COREFLOW_OP_IMPUTE`).
+///
+/// Returns: `COREFLOW_OK`, or an error status with `out` untouched (every
+/// draw is computed and checked before the first is written):
+/// `COREFLOW_ERR_UNSUPPORTED` for a model fitted with `flow_steps = 0`,
+/// `COREFLOW_ERR_NUMERICAL` when a draw would not be finite.
+/// Ownership: the caller owns all buffers.
+/// Allocates: never.
+/// Thread safety: thread-safe; runs on the calling thread only.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn coreflow_impute(
+    m: *const coreflow_model,
+    o: *const coreflow_sample_options,
+    seed: u64,
+    first_index: u64,
+    partial: *const coreflow_matrices,
+    out: *mut coreflow_matrices_mut,
+    ws: *mut c_void,
+    ws_bytes: usize,
+) -> coreflow_status {
+    boundary(|| {
+        let model = model_ref(m)?;
+        let so = to_solver_options(&read_sample_options(o)?)?;
+        // Checked before the views exist: Rust may not hold a shared and an
+        // exclusive view of the same memory.
+        if !partial.is_null() && !out.is_null() && views_overlap(partial, out) {
+            return Err(Error::invalid(
+                "out: overlaps partial; impute into a separate buffer",
+            ));
+        }
+        let input = batch_from_c(partial, "partial")?;
+        let mut batch = batch_mut_from_c(out, "out")?;
+        let need = model.impute_scratch(input.count(), &so);
+        with_workspace(ws, ws_bytes, need, |stack| {
+            model
+                .impute(&so, seed, first_index, &input, &mut batch, stack)
+                .map(|_| ())
+        })
     })
 }

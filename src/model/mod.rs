@@ -9,9 +9,11 @@
 //! Cores are stored column-major: core `j` of a batch occupies
 //! `cores[j * r * s .. (j + 1) * r * s]`, entry `(a, b)` at `a + b * r`.
 
+mod impute;
 mod persist;
 mod validate;
 
+pub use impute::ImputeReport;
 pub use persist::FORMAT_VERSION;
 
 use crate::batch::{MatrixBatch, MatrixBatchMut};

@@ -178,6 +178,7 @@ fn workspace(
         COREFLOW_OP_DECODE,
         COREFLOW_OP_LOG_PROB,
         COREFLOW_OP_COMPLETE,
+        COREFLOW_OP_IMPUTE,
     ] {
         let mut b = 0;
         if unsafe { coreflow_workspace_size(model, op, count, so, &mut b) } == COREFLOW_OK {
@@ -244,6 +245,11 @@ pub fn exercise(
     let mut fv = view_mut(filled.as_mut_ptr(), count);
     let st = unsafe { coreflow_complete(model, &partial, &mut fv, wp, wb) };
     judge(st, &[&filled], "complete", stats);
+
+    let mut drawn = vec![SENTINEL; count * M * NC];
+    let mut iv = view_mut(drawn.as_mut_ptr(), count);
+    let st = unsafe { coreflow_impute(model, so, seed, seed >> 9, &partial, &mut iv, wp, wb) };
+    judge(st, &[&drawn], "impute", stats);
 }
 
 /// Loads `image`; when it loads, exercises every call on it.

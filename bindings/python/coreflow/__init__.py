@@ -117,6 +117,7 @@ OP_ENCODE = 1
 OP_DECODE = 2
 OP_LOG_PROB = 3
 OP_COMPLETE = 4
+OP_IMPUTE = 5
 
 SUBSPACE_METHOD_HOOI = 0
 SUBSPACE_METHOD_RIEMANNIAN = 1
@@ -324,6 +325,7 @@ _PROTOTYPES = {
     "coreflow_sample": (c_int32, [_P, _P, c_uint64, c_uint64, _P, _P, c_size_t]),
     "coreflow_log_prob": (c_int32, [_P, _P, _P, _P, _P, _P, c_size_t]),
     "coreflow_complete": (c_int32, [_P, _P, _P, _P, c_size_t]),
+    "coreflow_impute": (c_int32, [_P, _P, c_uint64, c_uint64, _P, _P, _P, c_size_t]),
     "coreflow_model_save": (c_int32, [_P, c_char_p]),
     "coreflow_model_load": (c_int32, [c_char_p, _P]),
     "coreflow_model_to_bytes": (c_int32, [_P, _P, c_size_t, _P]),
@@ -842,6 +844,45 @@ class Model:
         ws = ws if ws is not None else Workspace(self, (OP_COMPLETE,), view.count)
         _check(self._lib.coreflow_complete(self.handle, byref(view), byref(out_view),
                                            ws.address, ws.nbytes))
+        return out
+
+    def impute(self, x, n_draws, mask=None, seed=0, first_index=0, ws=None, options=None):
+        """Multiple imputation: `n_draws` draws of each matrix of `x` (C-order
+        (N, m, n)) from the model's law given its observed entries (where
+        `mask`, bool or uint8 (N, m, n), is nonzero, or the non-NaN entries
+        when mask is None), as a new (n_draws, N, m, n) array. Observed
+        entries are copied bitwise; missing ones get the core drawn from
+        its posterior plus noise of the fitted level. Draw k of matrix i is
+        draw number first_index + i * n_draws + k of stream `seed`
+        (coreflow_impute with a partial of sample stride 0 per matrix).
+        `options`: a SampleOptions (the flow's solver; None = defaults)."""
+        x = np.asarray(x)
+        if x.dtype != np.float64 or x.ndim != 3:
+            raise TypeError("x: float64 array (N, m, n) expected")
+        n_draws = int(n_draws)
+        if n_draws < 0:
+            raise ValueError(f"n_draws: must be non-negative, got {n_draws}")
+        count, m, n = x.shape
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.dtype not in (np.bool_, np.uint8) or mask.shape != x.shape:
+                raise ValueError(f"mask: bool or uint8 of shape {x.shape} expected")
+        out = np.empty((n_draws, count, m, n))
+        if n_draws == 0 or count == 0:
+            return out
+        ws = ws if ws is not None else Workspace(self, (OP_IMPUTE,), n_draws, options)
+        for i in range(count):
+            xi = np.broadcast_to(np.ascontiguousarray(x[i]), (n_draws, m, n))
+            mi = None
+            if mask is not None:
+                mi = np.broadcast_to(np.ascontiguousarray(mask[i]).view(np.uint8)
+                                     if mask.dtype == np.bool_
+                                     else np.ascontiguousarray(mask[i]), (n_draws, m, n))
+            view = matrices_view(xi, 0, mi)
+            out_view = matrices_mut_view(out[:, i], 0)
+            _check(self._lib.coreflow_impute(self.handle, _options_ref(options), seed,
+                                             first_index + i * n_draws, byref(view),
+                                             byref(out_view), ws.address, ws.nbytes))
         return out
 
     # Persistence -----------------------------------------------------------

@@ -5,6 +5,7 @@ pub mod complete;
 pub mod demo;
 pub mod eval;
 pub mod fit;
+pub mod impute;
 pub mod info;
 pub mod sample;
 pub mod score;

@@ -1,0 +1,267 @@
+//! Multiple imputation: draws of the missing entries of a matrix from the
+//! model's law given its observed entries (DESIGN.md section 4, "Multiple
+//! imputation").
+//!
+//! With `Y` the partial matrix, `P` its observed entries, `Xbar` the mean
+//! (zero when not centered) and `sigma^2` the fitted noise variance per
+//! entry, a draw is
+//!
+//! ```text
+//! c ~ p(c | P(Y)),   X = P(Y) + P^perp(Xbar + U C V^T + E),   E_ab ~ N(0, sigma^2),
+//! ```
+//!
+//! the core from the core model conditioned on the observed entries
+//! (`core_model` posterior docs), then independent noise of the fitted level
+//! on the missing entries. The observations enter through
+//! `G = A_o^T A_o = sum_b (v_b v_b^T) (x) H_b`, `H_b = sum_{a observed in
+//! column b} u_a u_a^T` (`v_b`, `u_a` rows of V and U; `A_o` the observed
+//! rows of `c -> vec(U C V^T)`, column-major `vec`), and
+//! `b = A_o^T P(Y - Xbar) = vec(U^T P(Y - Xbar) V)`: `O(m n r^2 + n d^2)`
+//! per observation pattern.
+//!
+//! Streams: the core of draw `index` comes from `rng::stream(seed, index)`
+//! (posterior docs), its noise from `rng::stream(mix64(seed ^ NOISE_TAG),
+//! index)`, one normal per entry in column-major order whether the entry is
+//! missing or not (so the noise of an entry does not depend on the mask).
+
+use super::{check_workspace, core_row_mut, Model};
+use crate::batch::{MatrixBatch, MatrixBatchMut};
+use crate::completion::{self, Observed};
+use crate::error::{Error, Result};
+use crate::flow::ode::SolverOptions;
+use crate::numerics::{self, gemm, temp_mat_zeroed, temp_slice, MemStack, StackReq};
+use crate::rng;
+use faer::prelude::{Reborrow, ReborrowMut};
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// Salt of the noise stream of the missing entries.
+const NOISE_TAG: u64 = 0x696d_7075_7465_6e6f;
+
+/// What [`Model::impute`] reports besides the draws.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct ImputeReport {
+    /// Smallest effective sample size of the importance resampling over
+    /// the draws (flow kind; NaN for the exact kinds and for no draw).
+    pub min_ess: f64,
+    /// Mean effective sample size (flow kind; NaN otherwise), out of
+    /// [`crate::core_model::IMPUTE_PROPOSALS`] proposals per draw.
+    pub mean_ess: f64,
+}
+
+impl Model {
+    /// Workspace for [`Model::impute`] of up to `count` draws with `opts`.
+    /// Empty for `count = 0` and for a geometry-only model (the call is
+    /// unsupported).
+    pub fn impute_scratch(&self, count: usize, opts: &SolverOptions) -> StackReq {
+        let Some(core) = &self.core else {
+            return StackReq::EMPTY;
+        };
+        if count == 0 {
+            return StackReq::EMPTY;
+        }
+        let (m, n) = (self.info.rows, self.info.cols);
+        let (r, s, d) = (self.info.rank_rows, self.info.rank_cols, self.core_dim());
+        StackReq::all_of(&[
+            numerics::temp_mat_scratch::<f64>(count, d),
+            numerics::temp_slice_scratch::<f64>(core.posterior_len() + 2 * d + m),
+            numerics::temp_mat_scratch::<f64>(d, d),
+            numerics::temp_mat_scratch::<f64>(m, n),
+            numerics::temp_mat_scratch::<f64>(m, s),
+            numerics::temp_mat_scratch::<f64>(r, r),
+            StackReq::any_of(&[core.condition_scratch(), core.posterior_draw_scratch(opts)]),
+        ])
+    }
+
+    /// Multiple imputation: matrix `j` of `out` is draw number
+    /// `first_index + j` of stream `seed` from the model's law of matrix `j`
+    /// of `partial` given its observed entries (mask nonzero, or not NaN
+    /// when `partial` has no mask): the core from the core model's
+    /// posterior, then `Xbar + U C V^T` plus independent `N(0, sigma^2)`
+    /// noise of the fitted level on the missing entries; observed entries
+    /// are copied bitwise (module docs). Exact for the Gaussian and mixture
+    /// kinds; importance resampling for the flow (its effective sample
+    /// sizes are reported). A `partial` with sample stride 0 repeats one
+    /// matrix, conditioned once. Depends only on (seed, index), not on the
+    /// split into calls; never allocates; runs on the calling thread; every
+    /// draw is computed and checked before `out` is written.
+    pub fn impute(
+        &self,
+        opts: &SolverOptions,
+        seed: u64,
+        first_index: u64,
+        partial: &MatrixBatch,
+        out: &mut MatrixBatchMut,
+        stack: &mut MemStack,
+    ) -> Result<ImputeReport> {
+        let core = self.core_or_unsupported("impute")?;
+        self.check_shape(partial.rows(), partial.cols(), "partial")?;
+        self.check_shape(out.rows(), out.cols(), "out")?;
+        if out.count() != partial.count() {
+            return Err(Error::shape(format!(
+                "out: holds {} matrices, partial has {}",
+                out.count(),
+                partial.count()
+            )));
+        }
+        opts.check()?;
+        completion::check_observed_finite(partial, true, "partial")?;
+        let count = partial.count();
+        if first_index.checked_add(count as u64).is_none() {
+            return Err(Error::invalid("first_index: first_index + count overflows"));
+        }
+        let mut report = ImputeReport {
+            min_ess: f64::NAN,
+            mean_ess: f64::NAN,
+        };
+        if count == 0 {
+            return Ok(report);
+        }
+        check_workspace(self.impute_scratch(count, opts), stack)?;
+        let (m, n) = (self.info.rows, self.info.cols);
+        let (r, s, d) = (self.info.rank_rows, self.info.rank_cols, self.core_dim());
+        let (mut cores, stack) = temp_mat_zeroed::<f64>(count, d, stack);
+        let (buf, stack) = temp_slice(core.posterior_len() + 2 * d + m, 0.0f64, stack);
+        let (state, rest) = buf.split_at_mut(core.posterior_len());
+        let (rhs, rest) = rest.split_at_mut(d);
+        let (draw, col) = rest.split_at_mut(d);
+        let (mut gram, stack) = temp_mat_zeroed::<f64>(d, d, stack);
+        let (mut full, stack) = temp_mat_zeroed::<f64>(m, n, stack);
+        let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
+        let (mut h, stack) = temp_mat_zeroed::<f64>(r, r, stack);
+        // Stride 0 repeats one matrix (and its mask): condition once.
+        let repeated = partial.layout().sample_stride == 0;
+        let sigma2 = self.prior.noise_var;
+        let (mut ess_min, mut ess_sum) = (f64::INFINITY, 0.0);
+        for j in 0..count {
+            let fail = |e: Error| {
+                Error::new(
+                    e.kind(),
+                    format!("partial: matrix {j}: {}; nothing was written", e.message()),
+                )
+            };
+            if j == 0 || !repeated {
+                let obs = completion::observed_of(partial, j, true);
+                self.observation(
+                    partial.sample(j),
+                    obs,
+                    gram.rb_mut(),
+                    rhs,
+                    h.rb_mut(),
+                    full.rb_mut(),
+                    t.rb_mut(),
+                );
+                core.condition(gram.rb(), rhs, sigma2, state, &mut *stack)
+                    .map_err(fail)?;
+            }
+            let ess = core
+                .posterior_draw(state, opts, seed, first_index + j as u64, draw, &mut *stack)
+                .map_err(fail)?;
+            for (k, v) in draw.iter().enumerate() {
+                cores[(j, k)] = *v;
+            }
+            if let Some(e) = ess {
+                ess_min = ess_min.min(e);
+                ess_sum += e;
+            }
+        }
+        if ess_min.is_finite() {
+            report = ImputeReport {
+                min_ess: ess_min,
+                mean_ess: ess_sum / count as f64,
+            };
+        }
+        for j in 0..count {
+            let row = cores.rb().row(j);
+            self.check_decodable((0..d).map(|k| row[k]), "out: draw", j)?;
+        }
+        // Two passes over the same deterministic values: the first checks
+        // every draw in the workspace, so the second, which writes, cannot
+        // fail and `out` is untouched by a failed call.
+        let sigma = sigma2.sqrt();
+        let noise_seed = rng::mix64(seed ^ NOISE_TAG);
+        for pass in 0..2 {
+            for j in 0..count {
+                let c = core_row_mut(cores.rb_mut(), j, r, s);
+                self.decode_one(c.rb(), full.rb_mut(), t.rb_mut());
+                let y = partial.sample(j);
+                let obs = completion::observed_of(partial, j, true);
+                let mut noise = rng::stream(noise_seed, first_index + j as u64);
+                for b in 0..n {
+                    rng::fill_normal(&mut noise, col);
+                    for a in 0..m {
+                        if obs.at(y, a, b) {
+                            full[(a, b)] = y[(a, b)];
+                        } else {
+                            full[(a, b)] += sigma * col[a];
+                        }
+                    }
+                }
+                if pass == 0 {
+                    if (0..n).any(|b| (0..m).any(|a| !full[(a, b)].is_finite())) {
+                        return Err(Error::numerical(format!(
+                            "out: draw {j} is not finite; nothing was written"
+                        )));
+                    }
+                } else {
+                    out.sample_mut(j).copy_from(full.rb());
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// `gram <- G = A_o^T A_o` and `rhs <- b = vec(U^T P(Y - Xbar) V)` for
+    /// the observed entries `obs` of `y` (module docs); `h` (`r x r`),
+    /// `full` (`m x n`) and `t` (`m x s`) are temporaries.
+    #[allow(clippy::too_many_arguments)]
+    fn observation(
+        &self,
+        y: MatRef<'_, f64>,
+        obs: Observed<'_>,
+        mut gram: MatMut<'_, f64>,
+        rhs: &mut [f64],
+        mut h: MatMut<'_, f64>,
+        mut full: MatMut<'_, f64>,
+        mut t: MatMut<'_, f64>,
+    ) {
+        let (m, n) = (self.info.rows, self.info.cols);
+        let (r, s) = (self.info.rank_rows, self.info.rank_cols);
+        let (u, v) = (self.u.as_ref(), self.v.as_ref());
+        gram.fill(0.0);
+        for b in 0..n {
+            h.fill(0.0);
+            for a in 0..m {
+                if obs.at(y, a, b) {
+                    for i2 in 0..r {
+                        let w = u[(a, i2)];
+                        for i1 in 0..r {
+                            h[(i1, i2)] += u[(a, i1)] * w;
+                        }
+                    }
+                }
+            }
+            for j2 in 0..s {
+                for j1 in 0..s {
+                    let w = v[(b, j1)] * v[(b, j2)];
+                    for i2 in 0..r {
+                        for i1 in 0..r {
+                            gram[(i1 + j1 * r, i2 + j2 * r)] += w * h[(i1, i2)];
+                        }
+                    }
+                }
+            }
+        }
+        for b in 0..n {
+            for a in 0..m {
+                full[(a, b)] = if obs.at(y, a, b) {
+                    y[(a, b)] - self.mean.as_ref().map_or(0.0, |mm| mm[(a, b)])
+                } else {
+                    0.0
+                };
+            }
+        }
+        gemm(t.rb_mut(), Accum::Replace, full.rb(), v, 1.0, Par::Seq);
+        let bm = MatMut::from_column_major_slice_mut(rhs, r, s);
+        gemm(bm, Accum::Replace, u.transpose(), t.rb(), 1.0, Par::Seq);
+    }
+}

@@ -1,0 +1,606 @@
+//! Multiple imputation through the public Rust API: the exact posteriors of
+//! the Gaussian and mixture kinds against dense reference formulas,
+//! determinism, threads, the flow's importance resampling and argument
+//! checks.
+
+use coreflow::core_model::{CoreModelChoice, CoreModelKind, FlowOptions};
+use coreflow::flow::ode::SolverOptions;
+use coreflow::numerics::{MemBuffer, MemStack};
+use coreflow::rng;
+use coreflow::{ErrorKind, FitOptions, Layout, MatrixBatch, MatrixBatchMut, Model};
+use faer::linalg::solvers::Solve;
+use faer::{Mat, Side};
+
+/// `count` matrices `U0 C V0^T + noise` (C-order), with `core(i, normals)`
+/// giving the r x s core (column-major) of matrix `i`.
+#[allow(clippy::too_many_arguments)]
+fn generate(
+    count: usize,
+    u0: &Mat<f64>,
+    v0: &Mat<f64>,
+    noise: f64,
+    seed: u64,
+    core: impl Fn(&[f64]) -> Vec<f64>,
+) -> Vec<f64> {
+    let (m, r) = u0.shape();
+    let (n, s) = v0.shape();
+    let mut out = vec![0.0; count * m * n];
+    let mut z = vec![0.0; r * s + 1 + m * n];
+    for i in 0..count {
+        rng::fill_normal(&mut rng::stream(seed, i as u64), &mut z);
+        let c = core(&z[..r * s + 1]);
+        let cm = Mat::from_fn(r, s, |a, b| c[a + b * r]);
+        let x = u0 * cm * v0.transpose();
+        for a in 0..m {
+            for b in 0..n {
+                out[i * m * n + a * n + b] = x[(a, b)] + noise * z[r * s + 1 + a * n + b];
+            }
+        }
+    }
+    out
+}
+
+fn orthonormal(rows: usize, cols: usize, seed: u64) -> Mat<f64> {
+    let mut z = vec![0.0; rows * cols];
+    rng::fill_normal(&mut rng::stream(seed, 0), &mut z);
+    let a = Mat::from_fn(rows, cols, |i, j| z[i + j * rows]);
+    a.qr().compute_thin_Q()
+}
+
+fn fit(
+    data: &[f64],
+    count: usize,
+    m: usize,
+    n: usize,
+    r: usize,
+    s: usize,
+    flow: FlowOptions,
+) -> Model {
+    let batch = MatrixBatch::from_c_order(data, count, m, n).unwrap();
+    let opts = FitOptions {
+        rank_rows: r,
+        rank_cols: s,
+        threads: 1,
+        seed: 3,
+        flow,
+        ..FitOptions::default()
+    };
+    Model::fit(&batch, &opts).unwrap()
+}
+
+/// `count` draws of the single matrix `y` (mask, or NaN when `mask` is
+/// None) through a partial view of sample stride 0.
+fn impute_repeated(
+    model: &Model,
+    y: &[f64],
+    mask: Option<&[u8]>,
+    seed: u64,
+    first: u64,
+    count: usize,
+) -> Vec<f64> {
+    let (m, n) = (model.info().rows, model.info().cols);
+    let layout = Layout {
+        count,
+        rows: m,
+        cols: n,
+        sample_stride: 0,
+        row_stride: n as isize,
+        col_stride: 1,
+    };
+    let mut batch = MatrixBatch::new(y, 0, layout).unwrap();
+    if let Some(mk) = mask {
+        batch = batch.with_mask(mk).unwrap();
+    }
+    let mut out = vec![0.0; count * m * n];
+    let mut ob = MatrixBatchMut::from_c_order(&mut out, count, m, n).unwrap();
+    let so = SolverOptions::default();
+    let mut buf = MemBuffer::new(model.impute_scratch(count, &so));
+    model
+        .impute(&so, seed, first, &batch, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
+    out
+}
+
+/// The core law of a fitted Gaussian- or mixture-kind model as dense
+/// components `(weight, mean, covariance)` on the core.
+fn dense_components(model: &Model) -> Vec<(f64, Vec<f64>, Mat<f64>)> {
+    let p = model.core_model().unwrap().to_parts();
+    let (d, q) = (p.dim, p.variances.len());
+    let qm = Mat::from_fn(d, q, |i, j| p.basis[i + j * d]);
+    let proj = &qm * qm.transpose();
+    let rest = Mat::from_fn(d, d, |i, j| (if i == j { 1.0 } else { 0.0 }) - proj[(i, j)]);
+    let mut out = Vec::new();
+    let comps = p.mixture.as_ref().map_or(1, |mx| mx.weights.len());
+    for c in 0..comps {
+        let mut inner = Mat::<f64>::zeros(q, q);
+        let mut a_mean = vec![0.0; q];
+        let mut k = 0;
+        let mut w = 1.0;
+        if let Some(mx) = &p.mixture {
+            k = mx.scale.len();
+            w = mx.weights[c];
+            let l = Mat::from_fn(k, k, |i, j| mx.chols[c * k * k + i + j * k]);
+            let sc = &l * l.transpose();
+            for i in 0..k {
+                a_mean[i] = mx.scale[i] * mx.means[c * k + i];
+                for j in 0..k {
+                    inner[(i, j)] = mx.scale[i] * sc[(i, j)] * mx.scale[j];
+                }
+            }
+        }
+        for j in k..q {
+            inner[(j, j)] = p.variances[j] + p.ridge;
+        }
+        let cov = &qm * &inner * qm.transpose() + &rest * faer::Scale(p.ridge);
+        let am = Mat::from_fn(q, 1, |i, _| a_mean[i]);
+        let shift = &qm * am;
+        let mean = (0..d).map(|i| p.mean[i] + shift[(i, 0)]).collect();
+        out.push((w, mean, cov));
+    }
+    out
+}
+
+/// The exact law of the missing entries of `y` (observed where `obs`):
+/// components `(weight, mean, covariance)` over the missing entries in
+/// row-major order, from dense Gaussian conditioning.
+fn dense_conditional(model: &Model, y: &[f64], obs: &[bool]) -> Vec<(f64, Vec<f64>, Mat<f64>)> {
+    let (m, n) = (model.info().rows, model.info().cols);
+    let (u, v) = (model.u(), model.v());
+    let r = u.ncols();
+    let d = model.core_dim();
+    let s2 = model.info().noise_variance;
+    let xbar = |a: usize, b: usize| model.mean().map_or(0.0, |mm| mm[(a, b)]);
+    let row = |a: usize, b: usize| Mat::from_fn(1, d, |_, k| u[(a, k % r)] * v[(b, k / r)]);
+    let (o_idx, h_idx): (Vec<usize>, Vec<usize>) = (0..m * n).partition(|&e| obs[e]);
+    let ao = Mat::from_fn(o_idx.len(), d, |i, k| {
+        row(o_idx[i] / n, o_idx[i] % n)[(0, k)]
+    });
+    let ah = Mat::from_fn(h_idx.len(), d, |i, k| {
+        row(h_idx[i] / n, h_idx[i] % n)[(0, k)]
+    });
+    let yo = Mat::from_fn(o_idx.len(), 1, |i, _| {
+        let (a, b) = (o_idx[i] / n, o_idx[i] % n);
+        y[o_idx[i]] - xbar(a, b)
+    });
+    let eye_o = Mat::<f64>::identity(o_idx.len(), o_idx.len());
+    let mut comps = Vec::new();
+    let mut top = f64::NEG_INFINITY;
+    for (w, mean, cov) in dense_components(model) {
+        let mu = Mat::from_fn(d, 1, |i, _| mean[i]);
+        let marg = &ao * &cov * ao.transpose() + &eye_o * faer::Scale(s2);
+        let llt = marg.llt(Side::Lower).unwrap();
+        let resid = &yo - &ao * &mu;
+        let solved = llt.solve(&resid);
+        let quad = (resid.transpose() * &solved)[(0, 0)];
+        let logdet: f64 = (0..o_idx.len()).map(|i| 2.0 * llt.L()[(i, i)].ln()).sum();
+        let lw = w.ln() - 0.5 * (logdet + quad);
+        top = top.max(lw);
+        // Posterior of c, then of the missing entries.
+        let gain =
+            &cov * ao.transpose() * llt.solve(&Mat::<f64>::identity(o_idx.len(), o_idx.len()));
+        let post_mean = &mu + &gain * &resid;
+        let post_cov = &cov - &gain * &ao * &cov;
+        let hm = &ah * &post_mean;
+        let hc = &ah * &post_cov * ah.transpose()
+            + Mat::<f64>::identity(h_idx.len(), h_idx.len()) * faer::Scale(s2);
+        let mean_h = (0..h_idx.len())
+            .map(|i| hm[(i, 0)] + xbar(h_idx[i] / n, h_idx[i] % n))
+            .collect();
+        comps.push((lw, mean_h, hc));
+    }
+    let total: f64 = comps.iter().map(|c| (c.0 - top).exp()).sum();
+    for c in &mut comps {
+        c.0 = (c.0 - top).exp() / total;
+    }
+    comps
+}
+
+fn missing_values(draws: &[f64], j: usize, obs: &[bool]) -> Vec<f64> {
+    let mn = obs.len();
+    (0..mn)
+        .filter(|&e| !obs[e])
+        .map(|e| draws[j * mn + e])
+        .collect()
+}
+
+#[test]
+fn gaussian_kind_draws_match_the_exact_conditional_and_the_map_completion() {
+    let (m, n, r, s) = (8, 6, 2, 2);
+    let u0 = orthonormal(m, r, 1);
+    let v0 = orthonormal(n, s, 2);
+    // A correlated Gaussian core law.
+    let law = |z: &[f64]| {
+        vec![
+            2.0 * z[0] + 1.0,
+            z[0] + z[1],
+            0.7 * z[2] - 0.5,
+            0.4 * z[3] + 0.3 * z[1],
+        ]
+    };
+    let data = generate(3000, &u0, &v0, 0.1, 11, law);
+    let model = fit(
+        &data,
+        3000,
+        m,
+        n,
+        r,
+        s,
+        FlowOptions {
+            core_model: CoreModelChoice::Gaussian,
+            ..FlowOptions::default()
+        },
+    );
+    assert_eq!(model.core_model().unwrap().kind(), CoreModelKind::Gaussian);
+    // The completion prior and the Gaussian kind's law coincide here
+    // (enough cores per dimension for no shrinkage, complete data for no
+    // noise cap): the same mean, components and ridge.
+    let parts = model.core_model().unwrap().to_parts();
+    let prior = model.core_prior();
+    assert!((parts.ridge - prior.ridge).abs() <= 1e-12 * prior.ridge);
+    for (a, b) in parts.variances.iter().zip(&prior.variances) {
+        assert!((a - b).abs() <= 1e-10 * b.abs().max(1e-300), "{a} vs {b}");
+    }
+    for (a, b) in parts.mean.iter().zip(&prior.mean) {
+        assert!((a - b).abs() <= 1e-12);
+    }
+    let y = generate(1, &u0, &v0, 0.1, 999, law);
+    let mut obs = vec![true; m * n];
+    for e in [0, 3, 7, 8, 14, 20, 21, 29, 33, 40, 41, 46, 47, 11] {
+        obs[e] = false;
+    }
+    let mask: Vec<u8> = obs.iter().map(|&o| o as u8).collect();
+    let exact = dense_conditional(&model, &y, &obs);
+    assert_eq!(exact.len(), 1);
+    let (_, mean, cov) = &exact[0];
+    let k = mean.len();
+    let draws_n = 4000;
+    let draws = impute_repeated(&model, &y, Some(&mask), 7, 0, draws_n);
+    let vals: Vec<Vec<f64>> = (0..draws_n)
+        .map(|j| missing_values(&draws, j, &obs))
+        .collect();
+    // Observed entries come back bitwise.
+    for j in [0, 1, draws_n - 1] {
+        for e in 0..m * n {
+            if obs[e] {
+                assert_eq!(draws[j * m * n + e].to_bits(), y[e].to_bits());
+            }
+        }
+    }
+    let emp_mean: Vec<f64> = (0..k)
+        .map(|i| vals.iter().map(|v| v[i]).sum::<f64>() / draws_n as f64)
+        .collect();
+    for i in 0..k {
+        let se = (cov[(i, i)] / draws_n as f64).sqrt();
+        assert!(
+            (emp_mean[i] - mean[i]).abs() <= 4.5 * se,
+            "entry {i}: mean {} vs exact {} (se {se})",
+            emp_mean[i],
+            mean[i]
+        );
+    }
+    for i in 0..k {
+        for j in 0..k {
+            let c: f64 = vals
+                .iter()
+                .map(|v| (v[i] - emp_mean[i]) * (v[j] - emp_mean[j]))
+                .sum::<f64>()
+                / (draws_n - 1) as f64;
+            let se = ((cov[(i, i)] * cov[(j, j)] + cov[(i, j)].powi(2)) / draws_n as f64).sqrt();
+            assert!(
+                (c - cov[(i, j)]).abs() <= 5.0 * se,
+                "cov ({i}, {j}): {c} vs exact {} (se {se})",
+                cov[(i, j)]
+            );
+        }
+    }
+    // The MAP completion is the exact conditional mean.
+    let batch = MatrixBatch::from_c_order(&y, 1, m, n)
+        .unwrap()
+        .with_mask(&mask)
+        .unwrap();
+    let mut map = vec![0.0; m * n];
+    let mut ob = MatrixBatchMut::from_c_order(&mut map, 1, m, n).unwrap();
+    let mut buf = MemBuffer::new(model.complete_scratch(1));
+    model
+        .complete(&batch, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
+    let map_h = missing_values(&map, 0, &obs);
+    for i in 0..k {
+        assert!(
+            (map_h[i] - mean[i]).abs() <= 1e-6 * (1.0 + mean[i].abs()),
+            "MAP {} vs exact mean {}",
+            map_h[i],
+            mean[i]
+        );
+    }
+}
+
+/// Bimodal cores: C_00 = C_11 = +-3 (weights 0.3, 0.7) plus N(0, 0.3^2)
+/// each, the other two coordinates N(0, 1), on the canonical directions.
+fn bimodal_model() -> (Model, usize, usize) {
+    let (m, n) = (6, 5);
+    let u0 = Mat::from_fn(m, 2, |i, j| (i == j) as u8 as f64);
+    let v0 = Mat::from_fn(n, 2, |i, j| (i == j) as u8 as f64);
+    let law = |z: &[f64]| {
+        let u = 0.5 * (1.0 + libm::erf(z[4] / std::f64::consts::SQRT_2));
+        let mode = if u < 0.3 { 3.0 } else { -3.0 };
+        vec![mode + 0.3 * z[0], z[1], z[2], mode + 0.3 * z[3]]
+    };
+    let data = generate(1500, &u0, &v0, 0.05, 21, law);
+    let model = fit(
+        &data,
+        1500,
+        m,
+        n,
+        2,
+        2,
+        FlowOptions {
+            core_model: CoreModelChoice::Mixture,
+            ..FlowOptions::default()
+        },
+    );
+    assert_eq!(model.core_model().unwrap().kind(), CoreModelKind::Mixture);
+    (model, m, n)
+}
+
+/// The probability that missing entry `i` exceeds `t` under the exact
+/// mixture conditional.
+fn exact_above(exact: &[(f64, Vec<f64>, Mat<f64>)], i: usize, t: f64) -> f64 {
+    exact
+        .iter()
+        .map(|(w, mean, cov)| {
+            let z = (mean[i] - t) / cov[(i, i)].sqrt();
+            w * 0.5 * libm::erfc(-z / std::f64::consts::SQRT_2)
+        })
+        .sum()
+}
+
+#[test]
+fn mixture_kind_draws_cover_the_modes_in_the_exact_proportions() {
+    let (model, m, n) = bimodal_model();
+    let xbar = |a: usize, b: usize| model.mean().map_or(0.0, |mm| mm[(a, b)]);
+    // A matrix of the +3 mode.
+    let mut y = vec![0.0; m * n];
+    y[0] = 3.1;
+    y[n + 1] = 2.9;
+    y[1] = 0.4;
+    y[n] = -0.8;
+    let draws_n = 4000;
+    // Ambiguous: both mode entries missing (NaN marks them: no mask).
+    let mut obs = vec![true; m * n];
+    obs[0] = false;
+    obs[n + 1] = false;
+    obs[2 * n + 3] = false;
+    let mut ya = y.clone();
+    for e in 0..m * n {
+        if !obs[e] {
+            ya[e] = f64::NAN;
+        }
+    }
+    let exact = dense_conditional(&model, &ya, &obs);
+    // Missing entry 1 is (1, 1), the second mode entry.
+    let t = xbar(1, 1);
+    let p = exact_above(&exact, 1, t);
+    assert!(p > 0.15 && p < 0.45, "the case must be ambiguous: {p}");
+    let draws = impute_repeated(&model, &ya, None, 5, 0, draws_n);
+    let above = (0..draws_n)
+        .filter(|&j| missing_values(&draws, j, &obs)[1] > t)
+        .count() as f64
+        / draws_n as f64;
+    let se = (p * (1.0 - p) / draws_n as f64).sqrt();
+    assert!(
+        (above - p).abs() <= 4.5 * se,
+        "{above} of the draws above, exact {p}"
+    );
+    // Both mode entries move together in every draw.
+    for j in 0..draws_n {
+        let v = missing_values(&draws, j, &obs);
+        assert_eq!(v[0] > xbar(0, 0), v[1] > t);
+    }
+    // Fixed: (0, 0) observed at +3.1, so (1, 1) stays in the + mode.
+    let mut obs = vec![true; m * n];
+    obs[n + 1] = false;
+    obs[2 * n + 3] = false;
+    let mask: Vec<u8> = obs.iter().map(|&o| o as u8).collect();
+    let exact = dense_conditional(&model, &y, &obs);
+    let p = exact_above(&exact, 0, t);
+    assert!(p > 0.999, "{p}");
+    let draws = impute_repeated(&model, &y, Some(&mask), 5, 0, draws_n);
+    let above = (0..draws_n)
+        .filter(|&j| missing_values(&draws, j, &obs)[0] > t)
+        .count();
+    assert_eq!(above, draws_n);
+}
+
+fn bits(x: &[f64]) -> Vec<u64> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn draws_depend_only_on_seed_and_index() {
+    let (model, m, n) = bimodal_model();
+    let mut y = vec![0.5; m * n];
+    y[0] = f64::NAN;
+    y[n + 1] = f64::NAN;
+    y[7] = f64::NAN;
+    let all = impute_repeated(&model, &y, None, 9, 0, 100);
+    let a = impute_repeated(&model, &y, None, 9, 0, 37);
+    let b = impute_repeated(&model, &y, None, 9, 37, 63);
+    assert_eq!(bits(&all), bits(&[a, b].concat()));
+    // 8 threads, each its own range and workspace.
+    let chunks: Vec<Vec<f64>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..8)
+            .map(|t| {
+                let (model, y) = (&model, &y);
+                let (lo, hi) = (t * 100 / 8, (t + 1) * 100 / 8);
+                sc.spawn(move || impute_repeated(model, y, None, 9, lo as u64, hi - lo))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(bits(&all), bits(&chunks.concat()));
+    // A partial with one copy per draw gives the same draws as stride 0.
+    let copies = y.repeat(100);
+    let batch = MatrixBatch::from_c_order(&copies, 100, m, n).unwrap();
+    let mut out = vec![0.0; 100 * m * n];
+    let mut ob = MatrixBatchMut::from_c_order(&mut out, 100, m, n).unwrap();
+    let so = SolverOptions::default();
+    let mut buf = MemBuffer::new(model.impute_scratch(100, &so));
+    model
+        .impute(&so, 9, 0, &batch, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
+    assert_eq!(bits(&all), bits(&out));
+    // Another seed gives other draws.
+    let other = impute_repeated(&model, &y, None, 10, 0, 100);
+    assert_ne!(bits(&all), bits(&other));
+}
+
+#[test]
+fn flow_kind_resamples_with_reported_effective_sample_size() {
+    let (m, n) = (6, 5);
+    let u0 = Mat::from_fn(m, 2, |i, j| (i == j) as u8 as f64);
+    let v0 = Mat::from_fn(n, 2, |i, j| (i == j) as u8 as f64);
+    let law = |z: &[f64]| {
+        let mode = if z[4] < 0.0 { 3.0 } else { -3.0 };
+        vec![mode + 0.3 * z[0], z[1], z[2], mode + 0.3 * z[3]]
+    };
+    let data = generate(600, &u0, &v0, 0.05, 31, law);
+    let model = fit(
+        &data,
+        600,
+        m,
+        n,
+        2,
+        2,
+        FlowOptions {
+            core_model: CoreModelChoice::Flow,
+            hidden: 64,
+            layers: 2,
+            steps: 3000,
+            batch_size: 64,
+            ..FlowOptions::default()
+        },
+    );
+    assert_eq!(model.core_model().unwrap().kind(), CoreModelKind::Flow);
+    let xbar = |a: usize, b: usize| model.mean().map_or(0.0, |mm| mm[(a, b)]);
+    let mut y = vec![0.0; m * n];
+    y[0] = 3.1;
+    y[n + 1] = f64::NAN;
+    y[2 * n + 2] = f64::NAN;
+    let count = 200;
+    let layout = Layout {
+        count,
+        rows: m,
+        cols: n,
+        sample_stride: 0,
+        row_stride: n as isize,
+        col_stride: 1,
+    };
+    let batch = MatrixBatch::new(&y, 0, layout).unwrap();
+    let mut out = vec![0.0; count * m * n];
+    let mut ob = MatrixBatchMut::from_c_order(&mut out, count, m, n).unwrap();
+    let so = SolverOptions::default();
+    let mut buf = MemBuffer::new(model.impute_scratch(count, &so));
+    let report = model
+        .impute(&so, 1, 0, &batch, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
+    let props = coreflow::core_model::IMPUTE_PROPOSALS as f64;
+    assert!(
+        report.min_ess >= 1.0 && report.mean_ess <= props,
+        "{report:?}"
+    );
+    // The observed +3.1 fixes the mode: the draws of (1, 1) stay in it.
+    let stay = (0..count)
+        .filter(|&j| out[j * m * n + n + 1] > xbar(1, 1))
+        .count();
+    assert!(stay as f64 >= 0.97 * count as f64, "{stay} of {count}");
+    // Ambiguous: both mode entries missing; the modes have weight 1/2 each
+    // in the generating law, and the draws must cover both.
+    let mut ya = y.clone();
+    ya[0] = f64::NAN;
+    let batch = MatrixBatch::new(&ya, 0, layout).unwrap();
+    let mut ob = MatrixBatchMut::from_c_order(&mut out, count, m, n).unwrap();
+    let report = model
+        .impute(&so, 2, 0, &batch, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
+    let plus = (0..count)
+        .filter(|&j| out[j * m * n + n + 1] > xbar(1, 1))
+        .count() as f64
+        / count as f64;
+    let between = (0..count)
+        .filter(|&j| (out[j * m * n + n + 1] - xbar(1, 1)).abs() < 1.5)
+        .count();
+    eprintln!("flow, ambiguous mode: {plus} of the draws in the + mode, {between} between the modes; {report:?}");
+    assert!(plus > 0.25 && plus < 0.75, "{plus} in the + mode");
+    // The Gaussian proposal puts about a quarter of its draws between the
+    // modes; the resampling must remove them (measured: none of 200, mean
+    // effective sample size 8 of 64).
+    assert!(between <= count / 20, "{between} draws between the modes");
+}
+
+#[test]
+fn arguments_are_checked_and_out_is_untouched_on_failure() {
+    let (model, m, n) = bimodal_model();
+    let so = SolverOptions::default();
+    let y = vec![0.0; 2 * m * n];
+    let batch = MatrixBatch::from_c_order(&y, 2, m, n).unwrap();
+    let mut buf = MemBuffer::new(model.impute_scratch(2, &so));
+    // Count mismatch.
+    let mut out = vec![7.0; m * n];
+    let mut ob = MatrixBatchMut::from_c_order(&mut out, 1, m, n).unwrap();
+    let e = model
+        .impute(&so, 0, 0, &batch, &mut ob, MemStack::new(&mut buf))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Shape);
+    assert!(e.message().starts_with("out:"), "{}", e.message());
+    // Shape mismatch.
+    let yb = vec![0.0; 2 * (m + 1) * n];
+    let bad = MatrixBatch::from_c_order(&yb, 2, m + 1, n).unwrap();
+    let mut out2 = vec![7.0; 2 * m * n];
+    let mut ob = MatrixBatchMut::from_c_order(&mut out2, 2, m, n).unwrap();
+    let e = model
+        .impute(&so, 0, 0, &bad, &mut ob, MemStack::new(&mut buf))
+        .unwrap_err();
+    assert!(e.message().starts_with("partial:"), "{}", e.message());
+    // Index overflow.
+    let e = model
+        .impute(&so, 0, u64::MAX, &batch, &mut ob, MemStack::new(&mut buf))
+        .unwrap_err();
+    assert!(e.message().starts_with("first_index:"), "{}", e.message());
+    // An infinite observed value.
+    let mut yi = y.clone();
+    yi[3] = f64::INFINITY;
+    let inf = MatrixBatch::from_c_order(&yi, 2, m, n).unwrap();
+    let e = model
+        .impute(&so, 0, 0, &inf, &mut ob, MemStack::new(&mut buf))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NonFinite);
+    // Too small a workspace.
+    let mut small = MemBuffer::new(coreflow::numerics::StackReq::new::<f64>(8));
+    let e = model
+        .impute(&so, 0, 0, &batch, &mut ob, MemStack::new(&mut small))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Workspace);
+    assert!(out2.iter().all(|&v| v == 7.0));
+    // A geometry-only model cannot impute.
+    let u0 = Mat::from_fn(m, 2, |i, j| (i == j) as u8 as f64);
+    let v0 = Mat::from_fn(n, 2, |i, j| (i == j) as u8 as f64);
+    let train = generate(40, &u0, &v0, 0.05, 41, |z: &[f64]| z[..4].to_vec());
+    let geo = Model::fit(
+        &MatrixBatch::from_c_order(&train, 40, m, n).unwrap(),
+        &FitOptions {
+            rank_rows: 2,
+            rank_cols: 2,
+            threads: 1,
+            ..FitOptions::default().geometry_only()
+        },
+    )
+    .unwrap();
+    {
+        let mut ob = MatrixBatchMut::from_c_order(&mut out2, 2, m, n).unwrap();
+        let e = geo
+            .impute(&so, 0, 0, &batch, &mut ob, MemStack::new(&mut buf))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+    }
+}
