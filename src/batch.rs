@@ -86,13 +86,15 @@ impl Layout {
         if self.is_empty() {
             return None;
         }
+        // Saturating: a stride of 2^63 over 2^64 elements on three axes
+        // exceeds i128; a saturated range is refused like any huge one.
         let (mut lo, mut hi) = (0i128, 0i128);
         for (n, s) in self.axes() {
-            let span = s as i128 * (n as i128 - 1);
+            let span = (s as i128).saturating_mul(n as i128 - 1);
             if span < 0 {
-                lo += span;
+                lo = lo.saturating_add(span);
             } else {
-                hi += span;
+                hi = hi.saturating_add(span);
             }
         }
         Some((lo, hi))

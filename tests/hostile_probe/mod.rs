@@ -409,15 +409,22 @@ pub fn views_and_options(
         row_stride: rs,
         col_stride: cs,
     };
-    let elements = count as i128 * rows as i128 * cols as i128;
-    let overflowing = elements > (isize::MAX / 8) as i128
+    // Three sizes of up to 2^64 overflow even i128: checked throughout.
+    let limit = (isize::MAX / 8) as i128;
+    let elements = (count as i128)
+        .checked_mul(rows as i128)
+        .and_then(|v| v.checked_mul(cols as i128));
+    let overflowing = elements.is_none_or(|e| e > limit)
         || layout
             .offset_range()
-            .is_some_and(|(lo, hi)| hi - lo >= (isize::MAX / 8) as i128);
+            .is_some_and(|(lo, hi)| hi.checked_sub(lo).is_none_or(|w| w >= limit));
     let inside = !overflowing
-        && layout
-            .offset_range()
-            .is_none_or(|(lo, hi)| base as i128 + lo >= 0 && base as i128 + hi < BUF as i128);
+        && layout.offset_range().is_none_or(|(lo, hi)| {
+            (base as i128).checked_add(lo).is_some_and(|v| v >= 0)
+                && (base as i128)
+                    .checked_add(hi)
+                    .is_some_and(|v| v < BUF as i128)
+        });
     let op = b.take(1) % 6;
     let mut so: coreflow_sample_options = unsafe { std::mem::zeroed() };
     unsafe { coreflow_sample_options_init_sized(&mut so, std::mem::size_of_val(&so)) };
