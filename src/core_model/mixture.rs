@@ -434,17 +434,34 @@ pub(super) fn responsibilities(fit: &MixtureFit, y: MatRef<'_, f64>) -> Result<M
     let (n, k) = y.shape();
     let c = fit.weights.len();
     let block = MixtureBlock::from_parts(fit.clone().into_parts(vec![1.0; k]))?;
-    let mut v = vec![0.0; k];
-    let mut lp = vec![0.0; c];
     let mut resp = Mat::<f64>::zeros(n, c);
-    for i in 0..n {
-        let lse = row_log_density(
-            &block.parts,
-            &block.log_norm,
-            |j| y[(i, j)],
-            &mut v,
-            &mut lp,
-        );
+    e_step(
+        &block,
+        y,
+        resp.as_mut(),
+        &mut vec![0.0; k],
+        &mut vec![0.0; c],
+    );
+    Ok(resp)
+}
+
+/// The E-step: `resp[i, c]` the posterior probability of component `c` for
+/// row `i` of `x` under `block` (uniform for a row without a finite
+/// density), and the sum of the rows' log-densities (this participant's).
+/// `v` and `lp` are scratch of `k` and `K` values.
+fn e_step(
+    block: &MixtureBlock,
+    x: MatRef<'_, f64>,
+    resp: MatMut<'_, f64>,
+    v: &mut [f64],
+    lp: &mut [f64],
+) -> f64 {
+    let mut resp = resp;
+    let c = lp.len();
+    let mut ll = 0.0;
+    for i in 0..x.nrows() {
+        let lse = row_log_density(&block.parts, &block.log_norm, |j| x[(i, j)], v, lp);
+        ll += lse;
         for (comp, l) in lp.iter().enumerate() {
             resp[(i, comp)] = if lse.is_finite() {
                 (l - lse).exp()
@@ -453,13 +470,13 @@ pub(super) fn responsibilities(fit: &MixtureFit, y: MatRef<'_, f64>) -> Result<M
             };
         }
     }
-    Ok(resp)
+    ll
 }
 
 /// EM iterations from the responsibilities `resp` (`N x K`) until the
 /// log-likelihood settles; `None` when the first M-step already fails.
 fn em(x: MatRef<'_, f64>, resp: Mat<f64>, reducer: &dyn Reducer) -> Result<Option<MixtureFit>> {
-    let (n, k) = x.shape();
+    let k = x.ncols();
     let components = resp.ncols();
     let mut resp = resp;
     let mut v = vec![0.0; k];
@@ -469,45 +486,26 @@ fn em(x: MatRef<'_, f64>, resp: Mat<f64>, reducer: &dyn Reducer) -> Result<Optio
     for _ in 0..EM_MAX_ITER {
         let sums = weighted_sums(x, resp.as_ref(), reducer)?;
         let total = sums[components * (1 + k + k * k)];
-        let Some(step) = m_step(&sums, components, k) else {
+        let Some(mut step) = m_step(&sums, components, k) else {
             // A component emptied or degenerated: keep the last fit.
             break;
         };
-        let parts = step.into_parts(vec![1.0; k]);
-        let block = match MixtureBlock::from_parts(parts) {
+        let block = match MixtureBlock::from_parts(step.clone().into_parts(vec![1.0; k])) {
             Ok(b) => b,
             Err(_) => break,
         };
         // E-step: responsibilities and the log-likelihood of these
-        // parameters.
-        let mut ll = [0.0];
-        for i in 0..n {
-            let lse = row_log_density(
-                &block.parts,
-                &block.log_norm,
-                |j| x[(i, j)],
-                &mut v,
-                &mut lp,
-            );
-            ll[0] += lse;
-            for (comp, l) in lp.iter().enumerate() {
-                resp[(i, comp)] = (l - lse).exp();
-            }
-        }
+        // parameters (a row without a finite density makes it non-finite,
+        // which ends the run with the last fit).
+        let mut ll = [e_step(&block, x, resp.as_mut(), &mut v, &mut lp)];
         reducer.sum_in_place(&mut ll)?;
         if !ll[0].is_finite() {
             break;
         }
-        let p = block.parts;
-        let fit = MixtureFit {
-            weights: p.weights.clone(),
-            means: Mat::from_fn(components, k, |c, j| p.means[c * k + j]),
-            chols: (0..components).map(|c| chol(&p, c).to_owned()).collect(),
-            loglik: ll[0],
-        };
+        step.loglik = ll[0];
         let gain = ll[0] - prev;
         prev = ll[0];
-        best = Some(fit);
+        best = Some(step);
         if gain.abs() <= EM_TOL_PER_CORE * total {
             break;
         }
