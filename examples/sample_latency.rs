@@ -25,6 +25,7 @@
 
 use coreflow::core_model::{CoreModelChoice, FlowOptions};
 use coreflow::datasets::{planted_low_rank, CoreDistribution, PlantedSpec};
+use coreflow::flow::network::VelocityNet;
 use coreflow::flow::ode::SolverOptions;
 use coreflow::numerics::{MemBuffer, MemStack};
 use coreflow::{FitOptions, MatrixBatch, MatrixBatchMut, Model};
@@ -246,6 +247,12 @@ fn main() {
     let l2_bound = if l2_cpu.is_finite() { l2_cpu } else { l2 };
     let bound = nfe as f64 * (weights * 4) as f64 / l2_bound;
     let (peak, peak_cpu) = gemm_peak(512, a.repeats, a.min_ms / 2.0);
+    // The row kernels' instruction set on this machine (a network of the
+    // same shape makes the same choice).
+    let kernel = VelocityNet::<f32>::new(net, 0)
+        .ok()
+        .and_then(|n| n.row_kernel())
+        .unwrap_or("none");
     let mut results = Vec::new();
     for &count in &a.counts {
         let mut out = vec![0.0; count * rows * cols];
@@ -290,7 +297,7 @@ fn main() {
         results.push(r);
     }
     println!(
-        "{{\"rows\":{rows},\"cols\":{cols},\"core_dim\":{},\"flow_dim\":{},\"hidden\":{},\"layers\":{},\"time_freqs\":{},\"nfe\":{nfe},\"macs_per_eval\":{macs},\"weight_bytes\":{},\"l2_read_gbs\":{:.1},\"l2_read_cpu_gbs\":{:.1},\"gemm_peak_gflops\":{:.1},\"gemm_peak_cpu_gflops\":{:.1},\"results\":[{}]}}",
+        "{{\"rows\":{rows},\"cols\":{cols},\"core_dim\":{},\"flow_dim\":{},\"hidden\":{},\"layers\":{},\"time_freqs\":{},\"nfe\":{nfe},\"macs_per_eval\":{macs},\"weight_bytes\":{},\"l2_read_gbs\":{:.1},\"l2_read_cpu_gbs\":{:.1},\"gemm_peak_gflops\":{:.1},\"gemm_peak_cpu_gflops\":{:.1},\"row_kernel\":\"{kernel}\",\"results\":[{}]}}",
         m.core_dim(),
         net.dim,
         net.hidden,

@@ -70,6 +70,27 @@ fn shapes() -> [NetConfig; 6] {
     ]
 }
 
+/// The widest kernel the machine and the compiler allow is the one chosen.
+#[test]
+fn the_widest_available_row_kernel_is_chosen() {
+    let net = VelocityNet::<f32>::new(shapes()[0], 1).unwrap();
+    #[allow(unused_mut)]
+    let mut want = if fast_kernel_expected() {
+        Some(if cfg!(target_arch = "x86_64") {
+            "avx2"
+        } else {
+            "portable"
+        })
+    } else {
+        None
+    };
+    #[cfg(all(target_arch = "x86_64", coreflow_avx512))]
+    if std::arch::is_x86_feature_detected!("avx512f") && want.is_some() {
+        want = Some("avx512");
+    }
+    assert_eq!(net.row_kernel(), want);
+}
+
 #[test]
 fn row_kernels_equal_the_batched_path_bitwise() {
     for (s, c) in shapes().into_iter().enumerate() {
@@ -82,10 +103,11 @@ fn row_kernels_equal_the_batched_path_bitwise() {
         let mut kernels = vec![("default", net.clone())];
         for (name, k) in [
             ("detected", RowKernel::Detected),
+            ("avx2", RowKernel::Avx2),
             ("portable", RowKernel::Portable),
         ] {
             let with = net.with_row_kernel(k);
-            if fast_kernel_expected() {
+            if fast_kernel_expected() && (name != "avx2" || cfg!(target_arch = "x86_64")) {
                 assert!(with.is_some(), "{c:?}: {name} kernel does not reproduce");
             }
             kernels.extend(with.map(|n| (name, n)));

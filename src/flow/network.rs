@@ -149,6 +149,8 @@ impl NetConfig {
 pub enum RowKernel {
     /// The one detected for this machine.
     Detected,
+    /// The AVX2 one (x86-64 with AVX2 and FMA).
+    Avx2,
     /// The portable one.
     Portable,
 }
@@ -526,6 +528,13 @@ impl<T: Real> VelocityNet<T> {
         self.small.is_some()
     }
 
+    /// The instruction set of the row kernels (`"avx512"`, `"avx2"`,
+    /// `"portable"`), `None` without row kernels.
+    #[doc(hidden)]
+    pub fn row_kernel(&self) -> Option<&'static str> {
+        self.small.as_ref().map(|s| s.kernel_name())
+    }
+
     /// The same network with its row kernels packed for `kernel` (tests
     /// compare the kernels; `None` when they do not reproduce the batched
     /// path).
@@ -535,6 +544,7 @@ impl<T: Real> VelocityNet<T> {
         let mut net = self.without_row_kernels();
         let k = match kernel {
             RowKernel::Detected => None,
+            RowKernel::Avx2 => Some(Kernel::Avx2Fma),
             RowKernel::Portable => Some(Kernel::Portable),
         };
         net.small = Some(SmallPath::new(net.as_f32()?, k)?);
@@ -638,7 +648,7 @@ impl<T: Real> VelocityNet<T> {
         stack: &mut MemStack,
     ) {
         if let (Some(small), Some(net)) = (&self.small, self.as_f32()) {
-            if (1..=SMALL_ROWS).contains(&io.rows()) {
+            if (1..=small.max_rows()).contains(&io.rows()) {
                 return small.forward(net, times, io, stack);
             }
         }
@@ -734,7 +744,7 @@ impl<T: Real> VelocityNet<T> {
         stack: &mut MemStack,
     ) {
         if let Some(small) = &self.small {
-            if (1..=SMALL_ROWS).contains(&lhs.nrows()) {
+            if (1..=small.max_rows()).contains(&lhs.nrows()) {
                 if let (Some(dst), Some(lhs)) = (as_f32_mut(dst.rb_mut()), as_f32_ref(lhs)) {
                     return small.product(l, dst, lhs, stack);
                 }

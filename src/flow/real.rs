@@ -247,6 +247,12 @@ use faer::prelude::ReborrowMut;
 pub(crate) fn bias_silu<T: Real>(mut z: MatMut<'_, T>, bias: &[T]) {
     #[cfg(target_arch = "x86_64")]
     if let (Some(zf), Some(bias)) = (as_f32_mat(z.rb_mut()), as_f32_slice(bias)) {
+        #[cfg(coreflow_avx512)]
+        if silu_avx512::available() {
+            // SAFETY: AVX-512F, AVX2 and FMA were detected.
+            unsafe { silu_avx512::bias_silu(zf, None, bias) };
+            return;
+        }
         if silu_avx2::available() {
             // SAFETY: AVX2 and FMA were detected.
             unsafe { silu_avx2::bias_silu(zf, None, bias) };
@@ -265,6 +271,12 @@ pub(crate) fn bias_silu_deriv<T: Real>(z: MatMut<'_, T>, d: MatMut<'_, T>, bias:
         as_f32_mat(d.rb_mut()),
         as_f32_slice(bias),
     ) {
+        #[cfg(coreflow_avx512)]
+        if silu_avx512::available() {
+            // SAFETY: AVX-512F, AVX2 and FMA were detected.
+            unsafe { silu_avx512::bias_silu(zf, Some(df), bias) };
+            return;
+        }
         if silu_avx2::available() {
             // SAFETY: AVX2 and FMA were detected.
             unsafe { silu_avx2::bias_silu(zf, Some(df), bias) };
@@ -295,6 +307,29 @@ fn as_f32_slice<T: 'static>(s: &[T]) -> Option<&[f32]> {
     Some(unsafe { core::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
 }
 
+/// Clamp of the SiLU's argument before the exponential of the vector
+/// kernels (`exp` of the clamped value stays a normal `f32`).
+#[cfg(target_arch = "x86_64")]
+const SILU_CLAMP: [f32; 2] = [-88.3, 87.3];
+
+/// `ln 2` split in two for the exponential's argument reduction (Cephes).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::excessive_precision)]
+const LN2_SPLIT: [f32; 2] = [0.693_359_4, -2.121_944_4e-4];
+
+/// Coefficients of the exponential's polynomial on the reduced argument
+/// (Cephes `expf`), highest degree first.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::excessive_precision)]
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.000_000_1e-1,
+];
+
 /// AVX2+FMA SiLU for `f32`: the same Cephes exponential as
 /// [`Real::exp_poly`] (with fused multiply-adds) and the sigmoid's
 /// reciprocal by `rcp_ps` plus one Newton step (relative error below 2^-22)
@@ -304,6 +339,7 @@ fn as_f32_slice<T: 'static>(s: &[T]) -> Option<&[f32]> {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod silu_avx2 {
     use super::col_mut;
+    use super::{EXP_POLY, LN2_SPLIT, SILU_CLAMP};
     use core::arch::x86_64::*;
     use faer::MatMut;
 
@@ -314,28 +350,21 @@ pub(crate) mod silu_avx2 {
     /// `(silu(v), sigmoid(v))`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::excessive_precision)]
     pub(crate) unsafe fn silu(v: __m256) -> (__m256, __m256) {
         // exp(x) at x = -v, with the negation folded into the reduction.
         let w = _mm256_min_ps(
-            _mm256_max_ps(v, _mm256_set1_ps(-88.3)),
-            _mm256_set1_ps(87.3),
+            _mm256_max_ps(v, _mm256_set1_ps(SILU_CLAMP[0])),
+            _mm256_set1_ps(SILU_CLAMP[1]),
         );
         let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm256_mul_ps(w, _mm256_set1_ps(-core::f32::consts::LOG2_E)),
         );
         // r = x - fx C1 - fx C2 with x = -w.
-        let r = _mm256_fnmsub_ps(fx, _mm256_set1_ps(0.693_359_4), w);
-        let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            5.000_000_1e-1,
-        ] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        let r = _mm256_fnmsub_ps(fx, _mm256_set1_ps(LN2_SPLIT[0]), w);
+        let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(LN2_SPLIT[1]), r);
+        let mut p = _mm256_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
         }
         let one = _mm256_set1_ps(1.0);
         let y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
@@ -364,9 +393,10 @@ pub(crate) mod silu_avx2 {
         }
     }
 
+    /// `zc <- silu(zc + b)` (and `dc <- silu'(zc + b)`) for one column.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn column(zc: &mut [f32], dc: Option<&mut [f32]>, b: f32) {
+    pub(crate) unsafe fn column(zc: &mut [f32], dc: Option<&mut [f32]>, b: f32) {
         let bv = _mm256_set1_ps(b);
         let one = _mm256_set1_ps(1.0);
         let n8 = zc.len() / 8 * 8;
@@ -407,6 +437,120 @@ pub(crate) mod silu_avx2 {
                     _mm256_storeu_ps(buf.as_mut_ptr(), gv);
                     dt.copy_from_slice(&buf[..dt.len()]);
                 }
+            }
+        }
+    }
+}
+
+/// AVX-512 SiLU for `f32`: the operations of [`silu_avx2`] on 16 lanes,
+/// with the reciprocal estimate taken by the AVX2 instruction on each
+/// 8-lane half (AVX-512's `rcp14` rounds differently), so every element
+/// gets the AVX2 kernel's bits and the choice of width changes no result.
+/// Built with Rust 1.89 or later (`cfg(coreflow_avx512)`).
+#[cfg(all(target_arch = "x86_64", coreflow_avx512))]
+// Compiled only by Rust 1.89 or later (build.rs), which stabilised these
+// intrinsics.
+#[clippy::msrv = "1.89"]
+pub(crate) mod silu_avx512 {
+    use super::{col_mut, silu_avx2};
+    use super::{EXP_POLY, LN2_SPLIT, SILU_CLAMP};
+    use core::arch::x86_64::*;
+    use faer::MatMut;
+
+    pub(crate) fn available() -> bool {
+        silu_avx2::available() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    /// `(silu(v), sigmoid(v))`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(crate) unsafe fn silu(v: __m512) -> (__m512, __m512) {
+        let w = _mm512_min_ps(
+            _mm512_max_ps(v, _mm512_set1_ps(SILU_CLAMP[0])),
+            _mm512_set1_ps(SILU_CLAMP[1]),
+        );
+        let fx = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(w, _mm512_set1_ps(-core::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmsub_ps(fx, _mm512_set1_ps(LN2_SPLIT[0]), w);
+        let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(LN2_SPLIT[1]), r);
+        let mut p = _mm512_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+        }
+        let one = _mm512_set1_ps(1.0);
+        let y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, one));
+        let pow2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_castps_si512(
+            _mm512_add_ps(fx, _mm512_set1_ps(8_388_735.0)),
+        )));
+        let den = _mm512_fmadd_ps(y, pow2, one);
+        let lo = _mm256_rcp_ps(_mm512_castps512_ps256(den));
+        let hi = _mm256_rcp_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+            _mm512_castps_pd(den),
+        )));
+        let rc = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castps_pd(_mm512_castps256_ps512(lo)),
+            _mm256_castps_pd(hi),
+        ));
+        let s = _mm512_mul_ps(rc, _mm512_fnmadd_ps(den, rc, _mm512_set1_ps(2.0)));
+        (_mm512_mul_ps(v, s), s)
+    }
+
+    /// `z <- silu(z + b_j)`, and `d <- silu'(z + b_j)` when given.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn bias_silu(
+        mut z: MatMut<'_, f32>,
+        mut d: Option<MatMut<'_, f32>>,
+        bias: &[f32],
+    ) {
+        for (j, &b) in bias.iter().enumerate().take(z.ncols()) {
+            let zc = col_mut(&mut z, j);
+            match d.as_mut() {
+                None => column(zc, None, b),
+                Some(d) => column(zc, Some(col_mut(d, j)), b),
+            }
+        }
+    }
+
+    /// 16 lanes at a time, the rest by the AVX2 kernel (the same bits).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn column(zc: &mut [f32], dc: Option<&mut [f32]>, b: f32) {
+        let bv = _mm512_set1_ps(b);
+        let one = _mm512_set1_ps(1.0);
+        let n16 = zc.len() / 16 * 16;
+        let (zm, zt) = zc.split_at_mut(n16);
+        match dc {
+            None => {
+                for c in zm.chunks_exact_mut(16) {
+                    let v = _mm512_add_ps(_mm512_loadu_ps(c.as_ptr()), bv);
+                    _mm512_storeu_ps(c.as_mut_ptr(), silu(v).0);
+                }
+                silu_avx2::column(zt, None, b);
+            }
+            Some(dc) => {
+                let (dm, dt) = dc.split_at_mut(n16);
+                for (c, g) in zm.chunks_exact_mut(16).zip(dm.chunks_exact_mut(16)) {
+                    let v = _mm512_add_ps(_mm512_loadu_ps(c.as_ptr()), bv);
+                    let (a, s) = silu(v);
+                    _mm512_storeu_ps(c.as_mut_ptr(), a);
+                    // silu'(v) = s (1 + v (1 - s)), as in the AVX2 kernel.
+                    let gv = _mm512_mul_ps(s, _mm512_fmadd_ps(v, _mm512_sub_ps(one, s), one));
+                    _mm512_storeu_ps(g.as_mut_ptr(), gv);
+                }
+                silu_avx2::column(zt, Some(dt), b);
+            }
+        }
+    }
+
+    /// `z[i, j] <- silu(z[i, j] + bias_j)` for row-major rows of
+    /// `bias.len()` (a multiple of 16) values.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(crate) unsafe fn bias_silu_rows(z: &mut [f32], bias: &[f32]) {
+        for row in z.chunks_exact_mut(bias.len()) {
+            for (c, b) in row.chunks_exact_mut(16).zip(bias.chunks_exact(16)) {
+                let v = _mm512_add_ps(_mm512_loadu_ps(c.as_ptr()), _mm512_loadu_ps(b.as_ptr()));
+                _mm512_storeu_ps(c.as_mut_ptr(), silu(v).0);
             }
         }
     }

@@ -30,11 +30,21 @@
 //! is precomputed too: the stage times of fixed-step solves with
 //! power-of-two step counts (RK4 with 16 steps by default).
 //!
-//! Tiles: `R <= 6` rows times `V` vectors of 8 columns, with `R V <= 12`
-//! accumulators (16 vector registers hold them, the broadcast input and
-//! the weights); one row takes a whole group per tile (8 accumulators, one
-//! sequential weight stream), which keeps a single sample bound by the L2
-//! read bandwidth rather than by the multiply-add latency.
+//! Tiles (AVX2): `R <= 6` rows times `V` vectors of 8 columns, with
+//! `R V <= 12` accumulators (16 vector registers hold them, the broadcast
+//! input and the weights); one row takes a whole group per tile (8
+//! accumulators, one sequential weight stream), which keeps a single sample
+//! bound by the L2 read bandwidth rather than by the multiply-add latency.
+//! Tiles (AVX-512, built with Rust 1.89 or later): `R <= 6` rows times a
+//! whole group (up to 4 vectors of 16 columns): up to 24 accumulators of
+//! the 32 registers. Twice the lanes per instruction make the kernels
+//! faster than faer's from 13 to [`SMALL_ROWS`] rows as well (its 16-row
+//! tiles run partly empty there), so they take batches up to
+//! [`SMALL_ROWS`]; the other kernels stop at [`AVX2_ROWS`]. The vector
+//! width changes no result: every element is still one chain of fused
+//! multiply-adds in input order, and the SiLU repeats the AVX2 sequence
+//! on 16 lanes with the approximate reciprocal taken as two 8-lane halves
+//! (`rcp14` would round differently).
 
 use super::network::{Input, Io, NetConfig, Times, VelocityNet};
 use super::real::Real;
@@ -43,11 +53,17 @@ use crate::rng;
 use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
 use faer::{Mat, MatMut, MatRef, Par};
 
-/// Largest batch the row kernels take; larger batches go to faer's GEMM,
-/// whose AVX-512 kernels are as fast from 16 rows on (measured; below
-/// that its 16-row tiles run mostly empty). The results are the same
-/// either way.
-pub const SMALL_ROWS: usize = 12;
+/// Largest batch any row kernel takes (the AVX-512 one); larger batches go
+/// to faer's GEMM. The results are the same either way. Measured at the
+/// demo's network: the AVX-512 row kernels beat faer's AVX-512 GEMM from 1
+/// to 28 rows except at 16 (equal), faer's 16-row tiles win from 32 on.
+pub const SMALL_ROWS: usize = 28;
+
+/// Largest batch the AVX2 and portable kernels take: faer's GEMM, whose
+/// AVX-512 kernels run 16-row tiles, is as fast from 13 rows on when the
+/// row kernels are limited to AVX2 (measured; below that its tiles run
+/// mostly empty).
+pub const AVX2_ROWS: usize = 12;
 
 /// Output columns per packed panel (two 8-lane vectors).
 const LANES: usize = 16;
@@ -55,6 +71,9 @@ const LANES: usize = 16;
 /// The instruction set of the product kernels.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {
+    /// `std::arch` AVX-512F (x86-64 with AVX2 and FMA as well, detected at
+    /// run time; built only with Rust 1.89 or later, `cfg(coreflow_avx512)`).
+    Avx512,
     /// `std::arch` AVX2 with FMA (x86-64, detected at run time).
     Avx2Fma,
     /// Scalar `mul_add` over panel rows (vectorised by the compiler where
@@ -67,15 +86,42 @@ impl Kernel {
     /// the portable kernel where fused multiply-adds are part of the base
     /// instruction set (AArch64). Elsewhere `mul_add` would be emulated.
     pub(crate) fn detect() -> Option<Kernel> {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        #[cfg(all(target_arch = "x86_64", coreflow_avx512))]
+        if Kernel::Avx512.available() {
+            return Some(Kernel::Avx512);
+        }
+        if Kernel::Avx2Fma.available() {
             return Some(Kernel::Avx2Fma);
         }
         if cfg!(target_arch = "aarch64") {
             return Some(Kernel::Portable);
         }
         None
+    }
+
+    /// Whether this machine (and this build) can run the kernel.
+    pub(crate) fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        match self {
+            #[cfg(all(target_arch = "x86_64", coreflow_avx512))]
+            Kernel::Avx512 => avx2 && std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(all(target_arch = "x86_64", coreflow_avx512)))]
+            Kernel::Avx512 => false,
+            Kernel::Avx2Fma => avx2,
+            Kernel::Portable => true,
+        }
+    }
+
+    /// Largest batch the kernel takes.
+    pub(crate) fn max_rows(self) -> usize {
+        match self {
+            Kernel::Avx512 => SMALL_ROWS,
+            Kernel::Avx2Fma | Kernel::Portable => AVX2_ROWS,
+        }
     }
 }
 
@@ -174,6 +220,9 @@ impl SmallPath {
     /// mismatch leaves every batch on the batched path.
     pub(crate) fn new(net: &VelocityNet<f32>, kernel: Option<Kernel>) -> Option<Self> {
         let kernel = kernel.or_else(Kernel::detect)?;
+        if !kernel.available() {
+            return None;
+        }
         let c = *net.config();
         let layers: Vec<Packed> = (0..c.linear_layers())
             .map(|l| Packed::new(net.weight(l), net.bias(l)))
@@ -192,6 +241,21 @@ impl SmallPath {
             grid,
         };
         path.reproduces(net).then_some(path)
+    }
+
+    /// The kernel's instruction set, by name.
+    pub(crate) fn kernel_name(&self) -> &'static str {
+        match self.kernel {
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2Fma => "avx2",
+            Kernel::Portable => "portable",
+        }
+    }
+
+    /// Largest batch these kernels take (larger ones go to the batched
+    /// path).
+    pub(crate) fn max_rows(&self) -> usize {
+        self.kernel.max_rows()
     }
 
     /// Whether the row kernels give the batched path's bits on a probe.
@@ -336,10 +400,10 @@ impl SmallPath {
                 matmul_rows(self.kernel, l0, 0, d, inp, d, b, act, hp);
             }
         }
-        bias_silu_rows(act, hp, b, bias);
+        bias_silu_rows(self.kernel, act, hp, b, bias);
         for layer in &self.layers[1..c.layers] {
             matmul_rows(self.kernel, layer, 0, c.hidden, act, hp, b, tmp, hp);
-            bias_silu_rows(tmp, hp, b, &layer.bias);
+            bias_silu_rows(self.kernel, tmp, hp, b, &layer.bias);
             core::mem::swap(&mut act, &mut tmp);
         }
         matmul_rows(self.kernel, out_layer, 0, c.hidden, act, hp, b, orow, op);
@@ -395,13 +459,22 @@ fn matmul_rows(
     }
     assert!(a.len() >= (rows - 1) * lda + n && out.len() >= (rows - 1) * ldo + layer.width());
     match kernel {
+        #[cfg(all(target_arch = "x86_64", coreflow_avx512))]
+        Kernel::Avx512 => {
+            // SAFETY: a SmallPath holds this kernel only when
+            // Kernel::available detected AVX-512F, and the sizes were
+            // checked above.
+            unsafe { avx512::matmul_rows(layer, k0, n, a, lda, rows, out, ldo) }
+        }
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2Fma => {
-            // SAFETY: this kernel is only chosen after AVX2 and FMA were
-            // detected (Kernel::detect, or a test that checked them), and the
-            // sizes were checked above.
+            // SAFETY: a SmallPath holds this kernel only when
+            // Kernel::available detected AVX2 and FMA, and the sizes were
+            // checked above.
             unsafe { avx2::matmul_rows(layer, k0, n, a, lda, rows, out, ldo) }
         }
+        #[cfg(not(all(target_arch = "x86_64", coreflow_avx512)))]
+        Kernel::Avx512 => unreachable!("AVX-512 kernels are not built"),
         #[cfg(not(target_arch = "x86_64"))]
         Kernel::Avx2Fma => unreachable!("AVX2 kernels exist on x86-64 only"),
         Kernel::Portable => portable_matmul_rows(layer, k0, n, a, lda, rows, out, ldo),
@@ -441,8 +514,9 @@ fn time_bias(kernel: Kernel, layer: &Packed, k: usize, tau: &[f32], bias: &mut [
     assert!(k + tau.len() <= layer.fan_in && bias.len() == layer.width());
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2Fma => {
-            // SAFETY: as in matmul_rows.
+        Kernel::Avx2Fma | Kernel::Avx512 => {
+            // SAFETY: as in matmul_rows (the AVX-512 kernel is available
+            // only where AVX2 and FMA are).
             unsafe { avx2::time_bias(layer, k, tau, bias) }
         }
         _ => {
@@ -464,8 +538,16 @@ fn time_bias(kernel: Kernel, layer: &Packed, k: usize, tau: &[f32], bias: &mut [
 /// `z[i ld + j] <- silu(z[i ld + j] + bias_j)` for `j < ld` (the padded
 /// width): the SiLU of `real::bias_silu`, element by element, with the
 /// same choice of implementation.
-fn bias_silu_rows(z: &mut [f32], ld: usize, rows: usize, bias: &[f32]) {
-    assert!(bias.len() == ld && ld % 8 == 0 && z.len() >= rows * ld);
+fn bias_silu_rows(kernel: Kernel, z: &mut [f32], ld: usize, rows: usize, bias: &[f32]) {
+    assert!(bias.len() == ld && ld % LANES == 0 && z.len() >= rows * ld);
+    #[cfg(all(target_arch = "x86_64", coreflow_avx512))]
+    if kernel == Kernel::Avx512 {
+        // SAFETY: a SmallPath holds this kernel only when AVX-512F, AVX2
+        // and FMA were detected.
+        unsafe { super::real::silu_avx512::bias_silu_rows(&mut z[..rows * ld], bias) };
+        return;
+    }
+    let _ = kernel;
     #[cfg(target_arch = "x86_64")]
     if super::real::silu_avx2::available() {
         // SAFETY: AVX2 and FMA were detected.
@@ -629,6 +711,110 @@ mod avx2 {
             for (c, b) in row.chunks_exact_mut(8).zip(bias.chunks_exact(8)) {
                 let v = _mm256_add_ps(_mm256_loadu_ps(c.as_ptr()), _mm256_loadu_ps(b.as_ptr()));
                 _mm256_storeu_ps(c.as_mut_ptr(), super::super::real::silu_avx2::silu(v).0);
+            }
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", coreflow_avx512))]
+// Compiled only by Rust 1.89 or later (build.rs), which stabilised these
+// intrinsics.
+#[clippy::msrv = "1.89"]
+mod avx512 {
+    use super::{Packed, GROUP, LANES};
+    use core::arch::x86_64::*;
+
+    /// `R` rows times `V` adjacent 16-column vectors of one group (row
+    /// stride `ldw`): `R V` accumulators, one broadcast per row and `V`
+    /// weight vectors for each term.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const R: usize, const V: usize>(
+        w: *const f32,
+        ldw: usize,
+        n: usize,
+        a: *const f32,
+        lda: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for p in 0..n {
+            let mut wv = [_mm512_setzero_ps(); V];
+            for (v, x) in wv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(w.add(p * ldw + LANES * v));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(r * lda + p));
+                for (acc_v, x) in acc_r.iter_mut().zip(&wv) {
+                    *acc_v = _mm512_fmadd_ps(av, *x, *acc_v);
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (v, acc_v) in acc_r.iter().enumerate() {
+                _mm512_storeu_ps(out.add(r * ldo + LANES * v), *acc_v);
+            }
+        }
+    }
+
+    /// A whole group (1 to [`GROUP`] vectors) for `R` rows in one tile.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn group<const R: usize>(
+        w: *const f32,
+        ldw: usize,
+        n: usize,
+        a: *const f32,
+        lda: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        match ldw / LANES {
+            4 => tile::<R, 4>(w, ldw, n, a, lda, out, ldo),
+            3 => tile::<R, 3>(w, ldw, n, a, lda, out, ldo),
+            2 => tile::<R, 2>(w, ldw, n, a, lda, out, ldo),
+            _ => tile::<R, 1>(w, ldw, n, a, lda, out, ldo),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn matmul_rows(
+        layer: &Packed,
+        k0: usize,
+        n: usize,
+        a: &[f32],
+        lda: usize,
+        nrows: usize,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let groups = layer.panels.div_ceil(GROUP);
+        for g in 0..groups {
+            let q = g * GROUP;
+            let (w, ldw) = (
+                layer.weights.as_ptr().add(layer.at(k0, q)),
+                layer.group_width(g),
+            );
+            let mut i = 0;
+            while i < nrows {
+                let ap = a.as_ptr().add(i * lda);
+                let op = out.as_mut_ptr().add(i * ldo + q * LANES);
+                // Tiles of at most 6 rows, as even as possible.
+                let left = nrows - i;
+                let r = left.div_ceil(left.div_ceil(6));
+                match r {
+                    1 => group::<1>(w, ldw, n, ap, lda, op, ldo),
+                    2 => group::<2>(w, ldw, n, ap, lda, op, ldo),
+                    3 => group::<3>(w, ldw, n, ap, lda, op, ldo),
+                    4 => group::<4>(w, ldw, n, ap, lda, op, ldo),
+                    5 => group::<5>(w, ldw, n, ap, lda, op, ldo),
+                    _ => group::<6>(w, ldw, n, ap, lda, op, ldo),
+                }
+                i += r;
             }
         }
     }
