@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project: the header check, formatting and lints,
-# the Rust tests, the C and C++ tests and examples through CMake/ctest
-# (including install, pkg-config, valgrind and MPI checks), and the Python
-# package's tests (installed with pip into a fresh virtual environment).
+# the API documentation (rustdoc warnings are errors), the Rust tests, the
+# C and C++ tests and examples through CMake/ctest (including install,
+# pkg-config, valgrind and MPI checks), and the Python package's tests
+# (installed with pip into a fresh virtual environment).
 # Installs the tools it needs when they are missing: system packages with
 # apt-get, cbindgen with cargo, the Python build backend and NumPy with pip.
 set -euo pipefail
@@ -61,6 +62,11 @@ if cargo clippy --version >/dev/null 2>&1; then
 else
   echo "cargo clippy not installed: skipped"
 fi
+
+echo "== documentation (broken or private intra-doc links, bad HTML: errors)"
+# The library's docs; the CLI binary is not documented (cli/Cargo.toml: its
+# docs would overwrite the library's, both being named coreflow).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 
 echo "== Rust tests"
 cargo test --workspace --release

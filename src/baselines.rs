@@ -44,6 +44,12 @@
 //!
 //! Baselines exist for evaluation: fitting and sampling allocate, and
 //! sampling runs on the calling thread.
+//!
+//! [`Sampler`]: crate::baselines::Sampler
+//! [`AmbientFlow`]: crate::baselines::AmbientFlow
+//! [`GaussianCore`]: crate::baselines::GaussianCore
+//! [`PcaFlow`]: crate::baselines::PcaFlow
+//! [`CoreModel::fit`]: crate::core_model::CoreModel::fit
 
 use crate::batch::{MatrixBatch, MatrixBatchMut};
 use crate::core_model::{CoreModel, CoreModelChoice, FlowOptions, Precision};

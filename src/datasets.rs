@@ -34,6 +34,8 @@
 //!
 //! All generators return owned C-order `(count, rows, cols)` buffers
 //! ([`MatrixSet`]; masks as `Vec<u8>` with the same layout, 1 = observed).
+//!
+//! [`Rng`]: crate::rng::Rng
 
 use crate::batch::MatrixBatch;
 use crate::error::{Error, Result};

@@ -19,10 +19,20 @@
 //! Within the caps, the memory a fit needs still grows with the data and
 //! the options. Before it allocates, a fit estimates its peak (the copies
 //! of the data, the Gram matrices, the network, its optimiser state and
-//! activations) and reserves that much once, fallibly ([`reserve_probe`]):
+//! activations) and reserves that much once, fallibly (`reserve_probe`):
 //! a request the machine cannot serve ends in `ErrorKind::OutOfMemory`
 //! (`COREFLOW_ERR_OUT_OF_MEMORY`) with nothing allocated, instead of an
 //! abort half-way through.
+//!
+//! [`MAX_THREADS`]: crate::limits::MAX_THREADS
+//! [`MAX_ITERATIONS`]: crate::limits::MAX_ITERATIONS
+//! [`MAX_FLOW_STEPS`]: crate::limits::MAX_FLOW_STEPS
+//! [`MAX_FLOW_HIDDEN`]: crate::limits::MAX_FLOW_HIDDEN
+//! [`MAX_FLOW_LAYERS`]: crate::limits::MAX_FLOW_LAYERS
+//! [`MAX_FLOW_TIME_FREQS`]: crate::limits::MAX_FLOW_TIME_FREQS
+//! [`MAX_BATCH_SIZE`]: crate::limits::MAX_BATCH_SIZE
+//! [`MAX_FLOW_PARAMETERS`]: crate::limits::MAX_FLOW_PARAMETERS
+//! [`MAX_SOLVER_STEPS`]: crate::limits::MAX_SOLVER_STEPS
 
 use crate::error::{Error, Result};
 use crate::model::FitOptions;

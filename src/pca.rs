@@ -24,6 +24,8 @@
 //!
 //! Signs: every direction is flipped so that its entry of largest magnitude
 //! is positive (ties by the lowest index), as for the canonical bases.
+//!
+//! [`Reducer`]: crate::reduce::Reducer
 
 use crate::error::{Error, Result};
 use crate::numerics::{self, gemm, MemBuffer, MemStack, Par};

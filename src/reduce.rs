@@ -15,6 +15,11 @@
 //! - [`column_mean`]: the mean `mu_j = (sum_i x_ij) / N` of the rows of
 //!   every participant, the column sums and the row count `N` in one
 //!   reduction of `d + 1` values.
+//!
+//! [`Reducer`]: crate::reduce::Reducer
+//! [`sum_matrix`]: crate::reduce::sum_matrix
+//! [`sum_symmetric`]: crate::reduce::sum_symmetric
+//! [`column_mean`]: crate::reduce::column_mean
 
 use crate::error::{Error, Result};
 use crate::numerics::as_slice_mut;

@@ -25,7 +25,7 @@ use faer::prelude::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef, Par, RowMut, RowRef};
 
 /// Draws of a sample's flow block before sampling gives up on it (see
-/// [`CoreModel::sample`]): a flow that leaves its support once in a
+/// [`CoreModel::sample`](super::CoreModel::sample)): a flow that leaves its support once in a
 /// thousand draws fails here with probability 1e-48.
 pub const FLOW_DRAWS: u32 = 16;
 

@@ -2,7 +2,7 @@
 //! components of the cores (a flow or a Gaussian mixture) and a Gaussian on
 //! the rest, or a Gaussian alone.
 //!
-//! Layout: [`options`](FlowOptions) and the kinds; [`flow_block`] (the
+//! Layout: [`options`](crate::core_model::FlowOptions) and the kinds; [`flow_block`] (the
 //! energy and noise-floor rule); `leading` (the seam every leading-block
 //! law implements: sample, log-density, their workspaces); `flow` and
 //! `mixture` (the two laws and their fits); `fit` (principal components,
@@ -112,6 +112,16 @@
 //! Sampling and log-densities run on the calling thread and never allocate;
 //! their workspaces are `O(rows x (d + q))`, with the `d`-vector
 //! temporaries processed in row blocks of at most `2^18` values.
+//!
+//! [`flow_block`]: crate::core_model::flow_block
+//! [`FLOW_GAIN_PER_DIM`]: crate::core_model::FLOW_GAIN_PER_DIM
+//! [`CoreModel::fit_with_reducer`]: crate::core_model::CoreModel::fit_with_reducer
+//! [`likelihood`]: crate::flow::likelihood
+//! [`HELDOUT_FLOOR_NATS`]: crate::core_model::HELDOUT_FLOOR_NATS
+//! [`CoreModelInfo`]: crate::core_model::CoreModelInfo
+//! [`SHRINK_BELOW_SAMPLES_PER_DIM`]: crate::core_model::SHRINK_BELOW_SAMPLES_PER_DIM
+//! [`support_radius()`]: crate::core_model::support_radius()
+//! [`FLOW_DRAWS`]: crate::core_model::FLOW_DRAWS
 
 mod block;
 mod fit;

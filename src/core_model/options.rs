@@ -42,7 +42,7 @@ pub enum Precision {
     F64,
 }
 
-/// Options of [`CoreModel::fit`] (defaults from DESIGN.md section 5).
+/// Options of [`CoreModel::fit`](super::CoreModel::fit) (defaults from DESIGN.md section 5).
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub struct FlowOptions {
     /// Hidden width `H` (default 256).
@@ -59,7 +59,7 @@ pub struct FlowOptions {
     /// Ratio of consecutive component variances taken as the noise floor:
     /// the flow block ends at the first gap `lambda_j >= flow_noise_gap x
     /// lambda_(j+1)` inside the energy block below which at most
-    /// [`NOISE_TAIL_MAX`] of the variance lies; 0 = the energy rule alone;
+    /// [`NOISE_TAIL_MAX`](super::NOISE_TAIL_MAX) of the variance lies; 0 = the energy rule alone;
     /// otherwise at least 1 (default 10).
     pub flow_noise_gap: f64,
     /// Optimiser steps (default 4000; must be > 0 unless the model is forced

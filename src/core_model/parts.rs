@@ -73,7 +73,7 @@ pub struct FlowParts {
     pub layers: usize,
     /// Network time frequencies.
     pub time_freqs: usize,
-    /// Network parameters (EMA weights), layout of [`NetConfig::layer`].
+    /// Network parameters (EMA weights), layout of [`NetConfig::layer`](crate::flow::NetConfig::layer).
     pub params: NetParams,
     /// Moment-matching shift `m` (`k`).
     pub mm_shift: Vec<f64>,
@@ -81,11 +81,11 @@ pub struct FlowParts {
     pub mm_matrix: Vec<f64>,
     /// Radius of the region the training data justify, in standardised
     /// scores `y = A (z - m)`: a flow draw with `||y||` above it is drawn
-    /// again ([`support_radius`]).
+    /// again ([`support_radius`](super::support_radius())).
     pub support_radius: f64,
 }
 
-/// Every number of a fitted [`CoreModel`], for persistence:
+/// Every number of a fitted [`CoreModel`](super::CoreModel), for persistence:
 /// `CoreModel::from_parts(model.to_parts())` is the same model bit for bit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CoreModelParts {

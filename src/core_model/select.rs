@@ -12,7 +12,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par, RowRef};
 
 /// Samples drawn from each candidate for AUTO's sample-based check
-/// ([`block_mmd`]).
+/// (`block_mmd`).
 pub const SELECTION_SAMPLES: usize = 2000;
 
 /// AUTO's sample-based check, reported beside its choice: the squared maximum mean discrepancy
@@ -187,7 +187,7 @@ pub(super) fn row_log_probs(
 pub const FLOW_GAIN_PER_DIM: f64 = 0.01;
 
 /// Nats by which a held-out core's log-density under a candidate counts at
-/// most below the Gaussian kind's (see [`heldout_scores`]).
+/// most below the Gaussian kind's (see `heldout_scores`).
 pub const HELDOUT_FLOOR_NATS: f64 = 25.0;
 
 /// The held-out scores of candidate models, `models[0]` the Gaussian kind,

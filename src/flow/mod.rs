@@ -35,6 +35,17 @@
 //!   Adaptive DOPRI5 controls each row's step size separately for the same
 //!   reason;
 //! - ODE states are `f64`; the network computes in `f32` (default) or `f64`.
+//!
+//! [`real`]: crate::flow::real
+//! [`noise`]: crate::flow::noise
+//! [`network`]: crate::flow::network
+//! [`small`]: crate::flow::small
+//! [`optim`]: crate::flow::optim
+//! [`assignment`]: crate::flow::assignment
+//! [`train`]: crate::flow::train
+//! [`ode`]: crate::flow::ode
+//! [`latent`]: crate::flow::latent
+//! [`likelihood`]: crate::flow::likelihood
 
 pub mod assignment;
 pub mod latent;

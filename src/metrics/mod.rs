@@ -78,6 +78,16 @@
 //! (`moments.rs`), the subspace distance and containment (`subspace.rs`)
 //! and the completion error (`completion.rs`); this file holds the options,
 //! the results and [`evaluate`] with [`Reference`].
+//!
+//! [`wasserstein1`]: crate::metrics::wasserstein1
+//! [`nn_accuracy`]: crate::metrics::nn_accuracy
+//! [`dcr_ratio`]: crate::metrics::dcr_ratio
+//! [`subspace_distance`]: crate::metrics::subspace_distance
+//! [`containment`]: crate::metrics::containment
+//! [`completion_error`]: crate::metrics::completion_error
+//! [`evaluate`]: crate::metrics::evaluate
+//! [`evaluate_with_train`]: crate::metrics::evaluate_with_train
+//! [`Reference`]: crate::metrics::Reference
 
 mod check;
 mod chunks;

@@ -447,7 +447,7 @@ impl Model {
     /// over samples is completed by `reducer` (see [`crate::reduce`]).
     ///
     /// The fit runs on a pool of `opts.threads` workers created for the
-    /// call and joined before it returns ([`crate::pool`]); `progress` and
+    /// call and joined before it returns (`crate::pool`); `progress` and
     /// `reducer` are called on the calling thread.
     pub fn fit_with_reducer(
         train: &MatrixBatch,

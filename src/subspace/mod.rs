@@ -123,6 +123,19 @@
 //! | `line_search.rs` | the exact line search along the retraction |
 //! | `stop.rs` | the stopping rule |
 //! | `fit.rs` | the fit driver |
+//!
+//! [`hosvd_init`]: crate::subspace::hosvd_init
+//! [`hooi_sweep`]: crate::subspace::hooi_sweep
+//! [`hooi_sweep_from_rows`]: crate::subspace::hooi_sweep_from_rows
+//! [`project_cores_from_left`]: crate::subspace::project_cores_from_left
+//! [`riemannian_solve`]: crate::subspace::riemannian_solve
+//! [`canonicalize`]: crate::subspace::canonicalize
+//! [`rank_by_energy`]: crate::subspace::rank_by_energy
+//! [`energy_core_dim_cap`]: crate::subspace::energy_core_dim_cap
+//! [`initial_ranks`]: crate::subspace::initial_ranks
+//! [`energy_shortfall`]: crate::subspace::energy_shortfall
+//! [`Reducer`]: crate::reduce::Reducer
+//! [`fit`]: crate::subspace::fit()
 
 use crate::error::{Error, Result};
 use faer::Mat;
