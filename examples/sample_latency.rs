@@ -14,7 +14,9 @@
 //!
 //! Reported per count: the median time per call over `--repeats` runs of at
 //! least `--min-ms` each (wall time, and the thread's CPU time, which
-//! leaves out the time other processes held the core), the network's FLOP
+//! leaves out the time other processes held the core) of `Model::sample`
+//! and of the core model's sampler alone (`cores_*`: no decoding to
+//! matrices, the work a flow library's sampler does), the network's FLOP
 //! rate (`2 NFE macs` per sample, the same count as the PyTorch peer) and,
 //! for count = 1, the ratio of the CPU time to the weight-traffic bound
 //! `NFE x weight bytes / L2 bandwidth` (bandwidth in CPU time too). The L2 figure is
@@ -264,12 +266,26 @@ fn main() {
                 .unwrap();
             first += count as u64;
         });
+        // The cores alone (the flow solve, the Gaussian block and moment
+        // matching, no decoding to matrices): the work the peer's
+        // sampler times.
+        let cm = m.core_model().expect("a core model");
+        let mut cores = faer::Mat::<f64>::zeros(count, cm.dim());
+        let mut cbuf = MemBuffer::new(cm.sample_scratch(count, &opts));
+        let mut cfirst = 0u64;
+        let (core_secs, core_cpu) = time_both(a.repeats, a.min_ms, || {
+            cm.sample(&opts, 1, cfirst, cores.as_mut(), MemStack::new(&mut cbuf))
+                .unwrap();
+            cfirst += count as u64;
+        });
         let mut r = format!(
-            "{{\"count\":{count},\"sample_ms_per_call\":{:.4},\"sample_cpu_ms_per_call\":{:.4},\"sample_us_per_matrix\":{:.2},\"sample_gflops\":{:.2}",
+            "{{\"count\":{count},\"sample_ms_per_call\":{:.4},\"sample_cpu_ms_per_call\":{:.4},\"sample_us_per_matrix\":{:.2},\"sample_gflops\":{:.2},\"cores_ms_per_call\":{:.4},\"cores_cpu_ms_per_call\":{:.4}",
             secs * 1e3,
             cpu * 1e3,
             secs * 1e6 / count as f64,
-            flop_per_sample * count as f64 / secs / 1e9
+            flop_per_sample * count as f64 / secs / 1e9,
+            core_secs * 1e3,
+            core_cpu * 1e3
         );
         if count == 1 {
             r += &format!(

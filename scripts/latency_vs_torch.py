@@ -13,6 +13,10 @@ RK4 with 16 steps = 64 evaluations). The peer is
 solve only), here repeated for at least `--min-ms` per repeat so that one
 call is timed many times, in wall time and in the calling thread's CPU time.
 
+CoreFlow's side is also timed without decoding (the core model's sampler:
+flow solve, Gaussian block, moment matching), the work the peer's sampler
+does; that column is the like-for-like ratio, the others are conservative.
+
 Both sides report wall time and thread CPU time per call; on a machine shared
 with other jobs the CPU time leaves out the time others held the core.
 Prints markdown tables of the medians: ms per call, the ratio peer /
@@ -91,6 +95,7 @@ def main():
         ours_ms = {c: [] for c in counts}
         peer_ms = {c: [] for c in counts}
         ours_cpu = {c: [] for c in counts}
+        cores_cpu = {c: [] for c in counts}
         peer_cpu = {c: [] for c in counts}
         l2, peak, bound, macs = [], [], [], None
         for rnd in range(a.rounds):
@@ -104,6 +109,7 @@ def main():
             for r in ours["results"]:
                 ours_ms[r["count"]].append(r["sample_ms_per_call"])
                 ours_cpu[r["count"]].append(r["sample_cpu_ms_per_call"])
+                cores_cpu[r["count"]].append(r["cores_cpu_ms_per_call"])
                 if r["count"] == 1:
                     bound.append(r["weight_traffic_ms"])
             for c in counts:
@@ -123,14 +129,17 @@ def main():
               f"f32 GEMM peak (faer, 512^3) {med(peak):.0f} GFLOP/s (rounds: "
               f"{', '.join(f'{v:.0f}' for v in peak)})\n")
         print("| count | CoreFlow ms/call: wall (CPU) | torch ms/call: wall (CPU) | torch / CoreFlow: wall "
-              "(CPU) | GFLOP/s CoreFlow / torch (CPU time) | CoreFlow / weight traffic at L2: wall (CPU) |")
-        print("|---|---|---|---|---|---|")
+              "(CPU) | GFLOP/s CoreFlow / torch (CPU time) | CoreFlow / weight traffic at L2: wall (CPU) "
+              "| cores only (no decoding): CPU ms, torch / cores |")
+        print("|---|---|---|---|---|---|---|")
         for c in counts:
             o, q, oc, qc = med(ours_ms[c]), med(peer_ms[c]), med(ours_cpu[c]), med(peer_cpu[c])
+            cc = med(cores_cpu[c])
             b = med(bound)
             traffic = f"{o / b:.2f}x ({oc / b:.2f}x) of {b:.3f} ms" if c == 1 else ""
             print(f"| {c} | {o:.3f} ({oc:.3f}) | {q:.3f} ({qc:.3f}) | {q / o:.1f}x ({qc / oc:.1f}x) | "
-                  f"{flop * c / oc / 1e6:.1f} / {flop * c / qc / 1e6:.1f} | {traffic} |")
+                  f"{flop * c / oc / 1e6:.1f} / {flop * c / qc / 1e6:.1f} | {traffic} | "
+                  f"{cc:.3f}, {qc / cc:.1f}x |")
     if a.json_out:
         with open(a.json_out, "w") as f:
             for r in raw:

@@ -247,6 +247,11 @@ use faer::prelude::ReborrowMut;
 pub(crate) fn bias_silu<T: Real>(mut z: MatMut<'_, T>, bias: &[T]) {
     #[cfg(target_arch = "x86_64")]
     if let (Some(zf), Some(bias)) = (as_f32_mat(z.rb_mut()), as_f32_slice(bias)) {
+        if zf.nrows() < 8 && silu_avx2::available() {
+            // SAFETY: AVX2 and FMA were detected.
+            unsafe { silu_avx2::bias_silu_few_rows(zf, None, bias) };
+            return;
+        }
         #[cfg(coreflow_avx512)]
         if silu_avx512::available() {
             // SAFETY: AVX-512F, AVX2 and FMA were detected.
@@ -271,6 +276,11 @@ pub(crate) fn bias_silu_deriv<T: Real>(z: MatMut<'_, T>, d: MatMut<'_, T>, bias:
         as_f32_mat(d.rb_mut()),
         as_f32_slice(bias),
     ) {
+        if zf.nrows() < 8 && silu_avx2::available() {
+            // SAFETY: AVX2 and FMA were detected.
+            unsafe { silu_avx2::bias_silu_few_rows(zf, Some(df), bias) };
+            return;
+        }
         #[cfg(coreflow_avx512)]
         if silu_avx512::available() {
             // SAFETY: AVX-512F, AVX2 and FMA were detected.
@@ -389,6 +399,45 @@ pub(crate) mod silu_avx2 {
             match d.as_mut() {
                 None => column(zc, None, b),
                 Some(d) => column(zc, Some(col_mut(d, j)), b),
+            }
+        }
+    }
+
+    /// [`bias_silu`] for batches of fewer than 8 rows: the column kernel
+    /// would push every element through a padded 8-lane tail, so 8
+    /// columns of one row are gathered into the lanes instead (the same
+    /// operations per element, so the same bits).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn bias_silu_few_rows(
+        mut z: MatMut<'_, f32>,
+        mut d: Option<MatMut<'_, f32>>,
+        bias: &[f32],
+    ) {
+        let one = _mm256_set1_ps(1.0);
+        let cols = z.ncols().min(bias.len());
+        for i in 0..z.nrows() {
+            let mut j0 = 0;
+            while j0 < cols {
+                let len = (cols - j0).min(8);
+                let (mut zb, mut bb) = ([0f32; 8], [0f32; 8]);
+                for t in 0..len {
+                    zb[t] = z[(i, j0 + t)];
+                    bb[t] = bias[j0 + t];
+                }
+                let v = _mm256_add_ps(_mm256_loadu_ps(zb.as_ptr()), _mm256_loadu_ps(bb.as_ptr()));
+                let (a, sg) = silu(v);
+                _mm256_storeu_ps(zb.as_mut_ptr(), a);
+                for t in 0..len {
+                    z[(i, j0 + t)] = zb[t];
+                }
+                if let Some(d) = d.as_mut() {
+                    let gv = _mm256_mul_ps(sg, _mm256_fmadd_ps(v, _mm256_sub_ps(one, sg), one));
+                    _mm256_storeu_ps(zb.as_mut_ptr(), gv);
+                    for t in 0..len {
+                        d[(i, j0 + t)] = zb[t];
+                    }
+                }
+                j0 += len;
             }
         }
     }
