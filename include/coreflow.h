@@ -514,6 +514,20 @@ typedef struct coreflow_model_info {
      * refit on all matrices repeats (0 without a flow).
      */
     size_t flow_train_steps;
+    /**
+     * Degrees of freedom of the Student-t tails of the noise law
+     * (+infinity: Gaussian noise).
+     */
+    double noise_dof;
+    /**
+     * The noise law's tail scale tau^2 (1 for Gaussian noise).
+     */
+    double noise_tail_scale;
+    /**
+     * max / min over the entries of the noise variance profile
+     * rho_a gamma_b (1 for a flat profile).
+     */
+    double noise_profile_spread;
 } coreflow_model_info;
 
 /**

@@ -211,6 +211,9 @@ struct ModelInfo
     mixture_block::Csize_t
     mixture_components::Csize_t
     flow_train_steps::Csize_t
+    noise_dof::Float64
+    noise_tail_scale::Float64
+    noise_profile_spread::Float64
 end
 
 # ---------------------------------------------------------------------------

@@ -300,6 +300,9 @@ class ModelInfo(Structure):
         ("mixture_block", c_size_t),
         ("mixture_components", c_size_t),
         ("flow_train_steps", c_size_t),
+        ("noise_dof", c_double),
+        ("noise_tail_scale", c_double),
+        ("noise_profile_spread", c_double),
     ]
 
 
