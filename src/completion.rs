@@ -66,10 +66,12 @@
 //!
 //! The MAP core under the Gaussian prior of the training cores,
 //! `c ~ N(mu, Sigma)`, and noise variance `sigma^2` estimated from the
-//! training residuals:
+//! training residuals, the observed entries weighted by
+//! `W_ab = 1 / (rho_a gamma_b)` of the noise law's profile
+//! ([`crate::noise`]; `W = 1` without one):
 //!
 //! ```text
-//! min_c ||P(Y - U C V^T)||^2 / sigma^2 + (c - mu)^T Sigma^-1 (c - mu).
+//! min_c ||W^1/2 o P(Y - U C V^T)||^2 / sigma^2 + (c - mu)^T Sigma^-1 (c - mu).
 //! ```
 //!
 //! The prior is held in low rank ([`CorePrior`]): with the principal
@@ -88,7 +90,7 @@
 //!
 //! With `c = mu + S z`, `S = Sigma^1/2` (symmetric), the problem is the
 //! well-conditioned system
-//! `(I + S A^T P A S / sigma^2) z = S A^T P (Y - A mu) / sigma^2`,
+//! `(I + S A^T W P A S / sigma^2) z = S A^T W P (Y - A mu) / sigma^2`,
 //! `A c = U C V^T`, solved by conjugate gradients: each product costs two
 //! small matrix products with U and V and two with `Q` (`O(d q)`). The
 //! result is `P(Y) + P^perp(U C V^T)`: observed entries come back bitwise
@@ -1072,7 +1074,7 @@ pub fn map_core(
     let mut iters = 0;
     if b_norm > 0.0 {
         while iters < CG_MAX_ITER {
-            // kp = p + S A^T P A S p / sigma^2
+            // kp = p + S A^T W P A S p / sigma^2
             prior.sqrt_mul(p, c, tmp);
             apply_ptpa(c, w, &mut t, &mut full);
             prior.sqrt_mul(w, kp, tmp);
