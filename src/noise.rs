@@ -95,6 +95,10 @@ pub const TAIL_SAMPLE: usize = 1 << 20;
 /// below which the entry counts as never off the geometry (not scored for
 /// the tails).
 pub const NEGLIGIBLE: f64 = 1e-6;
+/// Smallest profile value accepted from parts (a file): the fit floors at
+/// [`PROFILE_FLOOR`]; this bound keeps the weights `1 / rho_a` far from
+/// overflow.
+pub const MIN_PROFILE: f64 = 1e-6;
 /// Tolerance of the profile's normalisation checked on load.
 const NORM_TOL: f64 = 1e-9;
 
@@ -121,7 +125,7 @@ impl NoiseModel {
     }
 
     /// A noise law from its parts, checked: `row` (m values) and `col` (n
-    /// values) finite, positive, each of mean 1 (to `1e-9` relative);
+    /// values) finite, at least [`MIN_PROFILE`], each of mean 1 (to `1e-9`);
     /// `dof` above 2 or `f64::INFINITY` (Gaussian); `tail_scale` finite and
     /// positive, and 1 for the Gaussian. Errors name the offending part.
     pub fn from_parts(
@@ -136,9 +140,9 @@ impl NoiseModel {
                     "noise: the {what} profile is empty"
                 )));
             }
-            if let Some(x) = p.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+            if let Some(x) = p.iter().find(|x| !(x.is_finite() && **x >= MIN_PROFILE)) {
                 return Err(Error::invalid(format!(
-                    "noise: the {what} profile holds {x}, not a finite positive value"
+                    "noise: the {what} profile holds {x}, not a finite positive value of at least {MIN_PROFILE:e}"
                 )));
             }
             let mean = p.iter().sum::<f64>() / p.len() as f64;

@@ -34,7 +34,7 @@
 //! ([`crate::noise`]): the row profile (m f64), the column profile (n f64),
 //! the degrees of freedom of the tails (f64, `+inf` for Gaussian noise) and
 //! the tail scale (f64). It is required from version 5 on and checked on
-//! reading (finite positive profiles of mean 1, degrees of freedom above 2
+//! reading (finite profiles of values at least 1e-6 and mean 1, degrees of freedom above 2
 //! or infinite, a finite positive tail scale, 1 for Gaussian tails).
 //! Files of versions 2 to 4 read with a flat profile and Gaussian tails,
 //! which reproduce their outputs bitwise.
