@@ -718,6 +718,37 @@ fn the_noise_profile_is_recovered_from_planted_row_and_column_variances() {
     }
     let spread = model.info().noise_profile_spread;
     assert!(spread > 100.0, "{spread}");
+    // With 30 % of the training entries missing the profile comes from the
+    // observed entries' residuals: the same to a few percent.
+    let mask: Vec<u8> = {
+        let mut pick = rng::stream(71, 0);
+        (0..count * m * n)
+            .map(|_| (rng::uniform(&mut pick) >= 0.3) as u8)
+            .collect()
+    };
+    let masked = Model::fit(
+        &MatrixBatch::from_c_order(&data, count, m, n)
+            .unwrap()
+            .with_mask(&mask)
+            .unwrap(),
+        &FitOptions {
+            rank_rows: r,
+            rank_cols: s,
+            threads: 1,
+            ..FitOptions::default().geometry_only()
+        },
+    )
+    .unwrap();
+    assert!(masked.info().masked && masked.noise().is_gaussian());
+    for (a, b) in masked
+        .noise()
+        .row_profile()
+        .iter()
+        .chain(masked.noise().col_profile())
+        .zip(noise.row_profile().iter().chain(noise.col_profile()))
+    {
+        assert!((a / b - 1.0).abs() < 0.06, "masked {a} vs complete {b}");
+    }
     // The level stays the fitted noise variance.
     assert_eq!(model.info().noise_variance, model.core_prior().noise_var);
 }
