@@ -139,6 +139,7 @@ fn main() {
                         p.v.as_ref(),
                         None,
                         &prior,
+                        None,
                         one.sample(0),
                         Observed::Mask(one.mask(0).unwrap()),
                         z.as_mut(),

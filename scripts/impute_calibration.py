@@ -86,6 +86,9 @@ def evaluate(name, train, test, args, tmp):
     out["ranks"] = [info["rank_rows"], info["rank_cols"]]
     sigma2 = info["noise_variance"]
     out["noise_variance"] = sigma2
+    for k in ("noise_dof", "noise_tail_scale", "noise_profile_spread"):
+        if k in info:
+            out[k] = info[k]
     rng = np.random.default_rng(args.seed)
     mask = (rng.random(te.shape) >= args.missing).astype(np.uint8)
     y = os.path.join(tmp, f"{name}_y.npy")

@@ -66,10 +66,12 @@
 //!
 //! The MAP core under the Gaussian prior of the training cores,
 //! `c ~ N(mu, Sigma)`, and noise variance `sigma^2` estimated from the
-//! training residuals:
+//! training residuals, the observed entries weighted by
+//! `W_ab = 1 / (rho_a gamma_b)` of the noise law's profile
+//! ([`crate::noise`]; `W = 1` without one):
 //!
 //! ```text
-//! min_c ||P(Y - U C V^T)||^2 / sigma^2 + (c - mu)^T Sigma^-1 (c - mu).
+//! min_c ||W^1/2 o P(Y - U C V^T)||^2 / sigma^2 + (c - mu)^T Sigma^-1 (c - mu).
 //! ```
 //!
 //! The prior is held in low rank ([`CorePrior`]): with the principal
@@ -88,7 +90,7 @@
 //!
 //! With `c = mu + S z`, `S = Sigma^1/2` (symmetric), the problem is the
 //! well-conditioned system
-//! `(I + S A^T P A S / sigma^2) z = S A^T P (Y - A mu) / sigma^2`,
+//! `(I + S A^T W P A S / sigma^2) z = S A^T W P (Y - A mu) / sigma^2`,
 //! `A c = U C V^T`, solved by conjugate gradients: each product costs two
 //! small matrix products with U and V and two with `Q` (`O(d q)`). The
 //! result is `P(Y) + P^perp(U C V^T)`: observed entries come back bitwise
@@ -96,6 +98,7 @@
 
 use crate::batch::{MaskRef, MatrixBatch};
 use crate::error::{Error, Result};
+use crate::noise::NoiseModel;
 use crate::numerics::{
     self, gemm, temp_mat_scratch, temp_mat_zeroed, temp_slice, temp_slice_scratch, MemBuffer,
     MemStack, Par, SharedBuf, StackReq,
@@ -988,15 +991,19 @@ const CG_MAX_ITER: usize = 500;
 
 /// The MAP core of one partially observed matrix under `prior` (module
 /// docs): `core` (column-major `r x s`, length `r s`) receives
-/// `argmin_c ||P(Y - Xbar - U C V^T)||^2 / sigma^2 + (c - mu)^T Sigma^-1
-/// (c - mu)`. `y` may hold anything at missing entries (NaN included).
-/// Never allocates. Returns the number of conjugate-gradient iterations.
+/// `argmin_c ||W^1/2 o P(Y - Xbar - U C V^T)||^2 / sigma^2 + (c - mu)^T
+/// Sigma^-1 (c - mu)`, with the weights `W_ab = 1 / (rho_a gamma_b)` of the
+/// noise law `noise` (all 1 when `None`, and for a flat profile: then the
+/// result is bitwise the unweighted one). `y` may hold anything at missing
+/// entries (NaN included). Never allocates. Returns the number of
+/// conjugate-gradient iterations.
 #[allow(clippy::too_many_arguments)]
 pub fn map_core(
     u: MatRef<'_, f64>,
     v: MatRef<'_, f64>,
     mean: Option<MatRef<'_, f64>>,
     prior: &CorePrior,
+    noise: Option<&NoiseModel>,
     y: MatRef<'_, f64>,
     obs: Observed<'_>,
     core: &mut [f64],
@@ -1017,8 +1024,10 @@ pub fn map_core(
     let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
     let (mut full, _) = temp_mat_zeroed::<f64>(m, n, stack);
     let sigma2 = prior.noise_var;
+    let weights = noise.map(|nz| (nz.inv_row(), nz.inv_col()));
+    let weight = |a: usize, b: usize| weights.map_or(1.0, |(wr, wc)| wr[a] * wc[b]);
 
-    // full <- P(A c) for a core vector c; then w <- A^T full = vec(U^T full V).
+    // full <- W P(A c) for a core vector c; then w <- A^T full = vec(U^T full V).
     let apply_ptpa =
         |c: &[f64], w: &mut [f64], t: &mut MatMut<'_, f64>, full: &mut MatMut<'_, f64>| {
             let cm = MatRef::from_column_major_slice(c, r, s);
@@ -1033,7 +1042,9 @@ pub fn map_core(
             );
             for b in 0..n {
                 for a in 0..m {
-                    if !obs.at(y, a, b) {
+                    if obs.at(y, a, b) {
+                        full[(a, b)] *= weight(a, b);
+                    } else {
                         full[(a, b)] = 0.0;
                     }
                 }
@@ -1041,12 +1052,12 @@ pub fn map_core(
             project_to_core(u, v, full.as_ref(), w, t);
         };
 
-    // Right-hand side: S A^T P (Y - Xbar - A mu) / sigma^2.
+    // Right-hand side: S A^T W P (Y - Xbar - A mu) / sigma^2.
     apply_ptpa(&prior.mean, w, &mut t, &mut full);
     for b in 0..n {
         for a in 0..m {
             full[(a, b)] = if obs.at(y, a, b) {
-                y[(a, b)] - mean.map_or(0.0, |mm| mm[(a, b)])
+                (y[(a, b)] - mean.map_or(0.0, |mm| mm[(a, b)])) * weight(a, b)
             } else {
                 0.0
             };
@@ -1063,7 +1074,7 @@ pub fn map_core(
     let mut iters = 0;
     if b_norm > 0.0 {
         while iters < CG_MAX_ITER {
-            // kp = p + S A^T P A S p / sigma^2
+            // kp = p + S A^T W P A S p / sigma^2
             prior.sqrt_mul(p, c, tmp);
             apply_ptpa(c, w, &mut t, &mut full);
             prior.sqrt_mul(w, kp, tmp);
@@ -1099,7 +1110,8 @@ pub fn map_core(
 }
 
 /// Completes one matrix: `out = P(Y) + P^perp(Xbar + U C V^T)` with the MAP
-/// core C of [`map_core`]. `y` may hold anything at missing entries (NaN
+/// core C of [`map_core`] (observations weighted by the noise law `noise`,
+/// unweighted when `None`). `y` may hold anything at missing entries (NaN
 /// included); `out` may not alias `y`. Never allocates. Returns the number
 /// of conjugate-gradient iterations.
 #[allow(clippy::too_many_arguments)]
@@ -1108,6 +1120,7 @@ pub fn complete_one(
     v: MatRef<'_, f64>,
     mean: Option<MatRef<'_, f64>>,
     prior: &CorePrior,
+    noise: Option<&NoiseModel>,
     y: MatRef<'_, f64>,
     obs: Observed<'_>,
     mut out: MatMut<'_, f64>,
@@ -1116,7 +1129,7 @@ pub fn complete_one(
     let (m, n) = y.shape();
     let (r, s) = (u.ncols(), v.ncols());
     let (c, stack) = temp_slice(r * s, 0.0f64, stack);
-    let iters = map_core(u, v, mean, prior, y, obs, c, stack)?;
+    let iters = map_core(u, v, mean, prior, noise, y, obs, c, stack)?;
     // The prediction Xbar + U C V^T, written where the entries are missing.
     let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
     let (mut full, _) = temp_mat_zeroed::<f64>(m, n, stack);

@@ -45,6 +45,8 @@ pub mod model;
 /// cbindgen:ignore
 pub mod moments;
 /// cbindgen:ignore
+pub mod noise;
+/// cbindgen:ignore
 pub mod numerics;
 /// cbindgen:ignore
 pub mod pca;

@@ -18,6 +18,19 @@
 //! computed in `f64` with the `libm` functions (bitwise reproducible across
 //! platforms). Bounded integers use Lemire's multiply-shift with rejection
 //! ([`below`]).
+//!
+//! Gamma variates use Marsaglia and Tsang's squeeze-and-reject method
+//! ([`gamma`]): for shape `k >= 1`, with `d = k - 1/3` and
+//! `c = 1 / sqrt(9 d)`, a standard normal `x` and a uniform `u`, the value
+//! `d v`, `v = (1 + c x)^3`, is accepted when `v > 0` and
+//! `ln u < x^2 / 2 + d (1 - v + ln v)` (a cheap squeeze
+//! `u < 1 - 0.0331 x^4` first); otherwise both are drawn again. Shapes
+//! below 1 draw shape `k + 1` and multiply by `u^(1/k)`. The normal is the
+//! first of a [`normal_pair`], the second discarded, so a variate uses a
+//! whole number of Box-Muller pairs and depends only on the stream's
+//! state. Chi-square with `nu` degrees of freedom is `2 gamma(nu / 2)`
+//! ([`chi_square`]); a Student-t variate ([`student_t`]) is
+//! `x / sqrt(chi2 / nu)`.
 
 use rand_xoshiro::rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -129,6 +142,49 @@ pub fn normal_pair(u1: f64, u2: f64) -> (f64, f64) {
     (r * c, r * s)
 }
 
+/// A gamma variate of shape `shape > 0` and scale 1 (mean and variance
+/// `shape`), by Marsaglia and Tsang's method (module docs). Deterministic
+/// given the stream's state; uses a variable number of its values.
+pub fn gamma(rng: &mut Rng, shape: f64) -> f64 {
+    debug_assert!(shape > 0.0 && shape.is_finite());
+    if shape < 1.0 {
+        let g = gamma(rng, shape + 1.0);
+        let u = ((rng.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
+        return g * libm::pow(u, 1.0 / shape);
+    }
+    let d = shape - 1.0 / 3.0;
+    let c = 1.0 / libm::sqrt(9.0 * d);
+    loop {
+        let x = box_muller(rng).0;
+        let t = 1.0 + c * x;
+        if t <= 0.0 {
+            continue;
+        }
+        let v = t * t * t;
+        // u in (0, 1]: ln u is finite.
+        let u = ((rng.next_u64() >> 11) + 1) as f64 * (1.0 / (1u64 << 53) as f64);
+        let x2 = x * x;
+        if u < 1.0 - 0.0331 * x2 * x2 || libm::log(u) < 0.5 * x2 + d * (1.0 - v + libm::log(v)) {
+            return d * v;
+        }
+    }
+}
+
+/// A chi-square variate with `dof > 0` degrees of freedom: `2 gamma(dof / 2)`.
+#[inline]
+pub fn chi_square(rng: &mut Rng, dof: f64) -> f64 {
+    2.0 * gamma(rng, 0.5 * dof)
+}
+
+/// A standard Student-t variate with `dof > 0` degrees of freedom
+/// (`x / sqrt(chi2 / dof)`, `x` standard normal, `chi2` a chi-square with
+/// `dof` degrees of freedom, both from `rng`): variance `dof / (dof - 2)`
+/// for `dof > 2`.
+pub fn student_t(rng: &mut Rng, dof: f64) -> f64 {
+    let x = box_muller(rng).0;
+    x / libm::sqrt(chi_square(rng, dof) / dof)
+}
+
 /// Fills `out` with independent Rademacher variates (+1 or -1).
 pub fn fill_rademacher(rng: &mut Rng, out: &mut [f64]) {
     for chunk in out.chunks_mut(64) {
@@ -168,6 +224,91 @@ mod tests {
         assert!(
             m.abs() < 0.01 && (v - 1.0).abs() < 0.01 && s.abs() < 0.03 && (k - 3.0).abs() < 0.05
         );
+    }
+
+    #[test]
+    fn gamma_variates_have_the_moments_of_their_shape() {
+        let n = 200_000;
+        for (shape, key) in [
+            (0.4, 5u64),
+            (1.0, 6),
+            (1.5, 7),
+            (2.0, 8),
+            (5.0, 9),
+            (15.0, 10),
+        ] {
+            let mut r = stream(key, 0);
+            let x: Vec<f64> = (0..n).map(|_| gamma(&mut r, shape)).collect();
+            assert!(x.iter().all(|v| v.is_finite() && *v >= 0.0));
+            let (m, v, s, _) = moments(&x);
+            // Mean k, variance k, skewness 2 / sqrt(k).
+            let se = (shape / n as f64).sqrt();
+            assert!((m - shape).abs() < 5.0 * se, "shape {shape}: mean {m}");
+            assert!(
+                (v / shape - 1.0).abs() < 0.03,
+                "shape {shape}: variance {v}"
+            );
+            let skew = 2.0 / shape.sqrt();
+            assert!(
+                (s - skew).abs() < 0.06 * skew.max(1.0),
+                "shape {shape}: skewness {s}"
+            );
+        }
+    }
+
+    #[test]
+    fn student_t_variates_have_the_analytic_quantiles_and_variance() {
+        // (dof, 75 % quantile, 95 % quantile, 99 % quantile), from tables.
+        let table = [
+            (3.0, 0.764892, 2.353363, 4.540703),
+            (4.0, 0.740697, 2.131847, 3.746947),
+            (6.0, 0.717558, 1.943180, 3.142668),
+            (10.0, 0.699812, 1.812461, 2.763769),
+            (30.0, 0.682756, 1.697261, 2.457262),
+        ];
+        let n = 400_000;
+        for (k, &(dof, q75, q95, q99)) in table.iter().enumerate() {
+            let mut r = stream(20 + k as u64, 3);
+            let mut x: Vec<f64> = (0..n).map(|_| student_t(&mut r, dof)).collect();
+            let mean = x.iter().sum::<f64>() / n as f64;
+            assert!(mean.abs() < 0.02, "dof {dof}: mean {mean}");
+            if dof > 4.0 {
+                // Finite fourth moment: the sample variance is reliable.
+                let v = x.iter().map(|a| a * a).sum::<f64>() / n as f64;
+                let want = dof / (dof - 2.0);
+                assert!(
+                    (v / want - 1.0).abs() < 0.03,
+                    "dof {dof}: variance {v} vs {want}"
+                );
+            }
+            x.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let q = |p: f64| x[(p * n as f64) as usize];
+            for (p, want, tol) in [(0.75, q75, 0.01), (0.95, q95, 0.02), (0.99, q99, 0.06)] {
+                assert!(
+                    (q(p) - want).abs() < tol * want,
+                    "dof {dof}: {p} quantile {} vs {want}",
+                    q(p)
+                );
+                assert!(
+                    (q(1.0 - p) + want).abs() < tol * want,
+                    "dof {dof}: {} quantile {} vs {}",
+                    1.0 - p,
+                    q(1.0 - p),
+                    -want
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gamma_draws_depend_on_the_stream_only() {
+        let a: Vec<u64> = {
+            let mut r = stream(4, 2);
+            (0..100).map(|_| student_t(&mut r, 3.0).to_bits()).collect()
+        };
+        let mut r = stream(4, 2);
+        let b: Vec<u64> = (0..100).map(|_| student_t(&mut r, 3.0).to_bits()).collect();
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -265,7 +265,18 @@ fn impute_does_not_allocate() {
     use coreflow::flow::ode::SolverOptions;
     let (count, m, n) = (120, 16, 12);
     let p = planted(count, m, n, 2, 2, 1e-3, 27);
+    // Heavy-tailed noise on every row but the first, so that the fitted
+    // noise law has a profile and Student-t tails: the draws' noise takes
+    // the chi-square path.
+    let mut heavy = p.data.clone();
+    let mut t = coreflow::rng::stream(28, 0);
+    for (k, x) in heavy.iter_mut().enumerate() {
+        if (k / n) % m != 0 {
+            *x += 0.05 * coreflow::rng::student_t(&mut t, 3.0);
+        }
+    }
     let batch = MatrixBatch::from_c_order(&p.data, count, m, n).unwrap();
+    let heavy_batch = MatrixBatch::from_c_order(&heavy, count, m, n).unwrap();
     let mut partial = p.data[..4 * m * n].to_vec();
     for (k, v) in partial.iter_mut().enumerate() {
         if k % 4 == 1 {
@@ -273,10 +284,11 @@ fn impute_does_not_allocate() {
         }
     }
     let four = MatrixBatch::from_c_order(&partial, 4, m, n).unwrap();
-    for choice in [
-        CoreModelChoice::Gaussian,
-        CoreModelChoice::Mixture,
-        CoreModelChoice::Flow,
+    for (choice, batch) in [
+        (CoreModelChoice::Gaussian, &batch),
+        (CoreModelChoice::Mixture, &batch),
+        (CoreModelChoice::Flow, &batch),
+        (CoreModelChoice::Gaussian, &heavy_batch),
     ] {
         let opts = FitOptions {
             rank_rows: 2,
@@ -293,10 +305,15 @@ fn impute_does_not_allocate() {
             ..FitOptions::default()
         };
         // A forced mixture needs BIC to prefer one; skip the kind otherwise.
-        let Ok(model) = Model::fit(&batch, &opts) else {
+        let Ok(model) = Model::fit(batch, &opts) else {
             assert_eq!(choice, CoreModelChoice::Mixture);
             continue;
         };
+        if std::ptr::eq(batch, &heavy_batch) {
+            let noise = model.noise();
+            assert!(noise.dof().is_finite(), "{noise:?}");
+            assert!(model.info().noise_profile_spread > 10.0, "{noise:?}");
+        }
         let so = SolverOptions::default();
         let mut out = vec![0.0; 4 * m * n];
         let mut ob = MatrixBatchMut::from_c_order(&mut out, 4, m, n).unwrap();

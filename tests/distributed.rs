@@ -232,6 +232,20 @@ fn sharded_core_priors_and_gaussian_core_models_match_the_single_process_fit() {
             for other in &models[1..] {
                 assert_eq!(other.to_bytes(), bytes, "{kind:?} d {d}, p {p}");
             }
+            // The same noise law (its sums go through the reducer).
+            let (nz, nz1) = (models[0].noise(), single.noise());
+            assert_eq!(nz.dof(), nz1.dof(), "{kind:?} d {d}, p {p}");
+            for (a, b) in nz
+                .row_profile()
+                .iter()
+                .chain(nz.col_profile())
+                .zip(nz1.row_profile().iter().chain(nz1.col_profile()))
+            {
+                assert!(
+                    (a - b).abs() <= 1e-10 * b,
+                    "{kind:?} d {d}, p {p}: {a} vs {b}"
+                );
+            }
             // And the same outputs as the single-process fit, up to the
             // rounding of sums taken in another order.
             let (got, got_lp) = gaussian_outputs(&models[0], data, &mask, m, n);

@@ -298,6 +298,7 @@ fn the_map_completion_equals_the_dense_solve() {
             v.as_ref(),
             None,
             &prior,
+            None,
             batch.sample(0),
             Observed::Mask(batch.mask(0).unwrap()),
             out.as_mut(),

@@ -128,7 +128,7 @@ fn a_future_version_is_refused_with_a_version_error() {
     assert!(err.message().contains("version"));
     // Version 1 (dense core prior and coordinate flow blocks) is no longer
     // read.
-    assert_eq!(coreflow::model::FORMAT_VERSION, 4);
+    assert_eq!(coreflow::model::FORMAT_VERSION, 5);
     bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
     let err = Model::from_bytes(&bytes).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Version);
@@ -213,4 +213,172 @@ fn every_core_model_kind_survives_save_and_load_bitwise() {
         assert_eq!(generative_outputs(&back, &p.data.data), expect, "{kind:?}");
         assert_eq!(back.to_bytes(), bytes, "{kind:?}: re-serialization differs");
     }
+}
+
+/// CRC-32 (IEEE), as the model file's trailer.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= byte as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A model whose noise law has a profile and Student-t tails.
+fn heavy_tailed() -> (Model, Vec<f64>) {
+    use coreflow::core_model::{CoreModelChoice, FlowOptions};
+    let (count, m, n) = (200, 40, 30);
+    let mut spec = PlantedSpec::new(count, m, n, 3, 3, 71);
+    spec.noise = 0.0;
+    let mut data = planted_low_rank(&spec).unwrap().data.data;
+    let mut t = coreflow::rng::stream(72, 0);
+    for (k, x) in data.iter_mut().enumerate() {
+        let (a, b) = ((k / n) % m, k % n);
+        let sd = 0.01 * (1.0 + a as f64 / 4.0) * (1.0 + (b % 5) as f64);
+        *x += sd * coreflow::rng::student_t(&mut t, 4.0);
+    }
+    let batch = MatrixBatch::from_c_order(&data, count, m, n).unwrap();
+    let opts = FitOptions {
+        rank_rows: 3,
+        rank_cols: 3,
+        threads: 1,
+        flow: FlowOptions {
+            core_model: CoreModelChoice::Gaussian,
+            ..FlowOptions::default()
+        },
+        ..FitOptions::default()
+    };
+    (Model::fit(&batch, &opts).unwrap(), data)
+}
+
+/// Draws of 3 partial matrices, as bits.
+fn imputed(model: &Model, data: &[f64]) -> Vec<u64> {
+    use coreflow::flow::SolverOptions;
+    let (k, m, n) = (3, 40, 30);
+    let mask = mcar_mask(k, m, n, 0.3, 73).unwrap();
+    let partial = MatrixBatch::from_c_order(&data[..k * m * n], k, m, n)
+        .unwrap()
+        .with_mask(&mask)
+        .unwrap();
+    let so = SolverOptions::default();
+    let mut buf = MemBuffer::new(model.impute_scratch(k, &so).or(model.complete_scratch(k)));
+    let mut out = vec![0.0; k * m * n];
+    model
+        .impute(
+            &so,
+            5,
+            0,
+            &partial,
+            &mut MatrixBatchMut::from_c_order(&mut out, k, m, n).unwrap(),
+            MemStack::new(&mut buf),
+        )
+        .unwrap();
+    let mut map = vec![0.0; k * m * n];
+    model
+        .complete(
+            &partial,
+            &mut MatrixBatchMut::from_c_order(&mut map, k, m, n).unwrap(),
+            MemStack::new(&mut buf),
+        )
+        .unwrap();
+    out.iter().chain(&map).map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn the_noise_law_survives_save_and_load_and_is_validated() {
+    let (model, data) = heavy_tailed();
+    let noise = model.noise();
+    assert!(noise.dof().is_finite(), "{noise:?}");
+    assert!(
+        model.info().noise_profile_spread > 5.0,
+        "{:?}",
+        model.info()
+    );
+    let bytes = model.to_bytes();
+    let back = Model::from_bytes(&bytes).unwrap();
+    assert_eq!(back.noise(), model.noise());
+    assert_eq!(format!("{:?}", back.info()), format!("{:?}", model.info()));
+    assert_eq!(imputed(&back, &data), imputed(&model, &data));
+    assert_eq!(back.to_bytes(), bytes);
+
+    // The NOIS section: tag, length, m + n profile values, dof, tail scale.
+    let (m, n) = (40, 30);
+    let at = bytes.windows(4).position(|w| w == b"NOIS").unwrap();
+    let len = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().unwrap());
+    assert_eq!(len, 8 * (m + n + 2) as u64);
+    let value = |k: usize| at + 12 + 8 * k;
+    // Damaged values under a valid checksum are refused with clear errors.
+    let patch = |k: usize, x: f64| {
+        let mut b = bytes.clone();
+        b[value(k)..value(k) + 8].copy_from_slice(&x.to_le_bytes());
+        let body = b.len() - 4;
+        let crc = crc32(&b[..body]);
+        b[body..].copy_from_slice(&crc.to_le_bytes());
+        Model::from_bytes(&b)
+    };
+    let row0 = noise.row_profile()[0];
+    for (k, x, what) in [
+        (0, row0 * 1.5, "mean"),
+        (0, -row0, "finite positive"),
+        (m + 3, f64::NAN, "non-finite"),
+        (m + n, 2.0, "degrees of freedom"),
+        (m + n, f64::NAN, "degrees of freedom"),
+        (m + n + 1, 0.0, "tail scale"),
+        (m + n + 1, f64::INFINITY, "tail scale"),
+    ] {
+        let e = patch(k, x).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Format, "{e}");
+        assert!(e.message().contains("NOIS"), "{e}");
+        assert!(e.message().contains(what), "{what}: {e}");
+    }
+    // Gaussian tails with a tail scale other than 1.
+    let mut b = bytes.clone();
+    b[value(m + n)..value(m + n) + 8].copy_from_slice(&f64::INFINITY.to_le_bytes());
+    b[value(m + n + 1)..value(m + n + 1) + 8].copy_from_slice(&0.5f64.to_le_bytes());
+    let body = b.len() - 4;
+    let crc = crc32(&b[..body]);
+    b[body..].copy_from_slice(&crc.to_le_bytes());
+    let e = Model::from_bytes(&b).unwrap_err();
+    assert!(e.message().contains("NOIS"), "{e}");
+    // A version-5 file without the section is refused.
+    let mut b = bytes.clone();
+    b[at..at + 4].copy_from_slice(b"NOIZ");
+    let body = b.len() - 4;
+    let crc = crc32(&b[..body]);
+    b[body..].copy_from_slice(&crc.to_le_bytes());
+    let e = Model::from_bytes(&b).unwrap_err();
+    assert!(e.message().contains("NOIS"), "{e}");
+    // The same bytes as a version-4 file (an unknown section is skipped):
+    // a flat profile with Gaussian tails.
+    let mut b4 = b.clone();
+    b4[8..12].copy_from_slice(&4u32.to_le_bytes());
+    let body = b4.len() - 4;
+    let crc = crc32(&b4[..body]);
+    b4[body..].copy_from_slice(&crc.to_le_bytes());
+    let old = Model::from_bytes(&b4).unwrap();
+    assert!(old.noise().is_gaussian());
+    assert!(old.noise().row_profile().iter().all(|&x| x == 1.0));
+    assert!(old.noise().col_profile().iter().all(|&x| x == 1.0));
+    assert_eq!(old.info().noise_profile_spread, 1.0);
+}
+
+#[test]
+fn a_version_2_file_loads_with_a_flat_gaussian_noise_law() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/demo_waves_v2.cfm");
+    let model = Model::load(path).unwrap();
+    let noise = model.noise();
+    assert!(noise.is_gaussian() && noise.tail_scale() == 1.0);
+    assert!(noise.row_profile().iter().all(|&x| x == 1.0));
+    assert!(noise.col_profile().iter().all(|&x| x == 1.0));
+    assert_eq!(model.info().noise_dof, f64::INFINITY);
+    // Re-saved, it is a version-5 file with the same law.
+    let back = Model::from_bytes(&model.to_bytes()).unwrap();
+    assert_eq!(back.noise(), noise);
 }

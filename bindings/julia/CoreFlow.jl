@@ -211,6 +211,9 @@ struct ModelInfo
     mixture_block::Csize_t
     mixture_components::Csize_t
     flow_train_steps::Csize_t
+    noise_dof::Float64
+    noise_tail_scale::Float64
+    noise_profile_spread::Float64
 end
 
 # ---------------------------------------------------------------------------
@@ -594,7 +597,8 @@ Multiple imputation: `out[:, :, i, k]` receives draw `k` of matrix
 `x[:, :, i]` from the model's law given its observed entries (where `mask`,
 of the size and layout of `x`, is nonzero, or the non-NaN entries when
 `mask` is `nothing`): the core from its posterior under the core model,
-then noise of the fitted level on the missing entries; observed entries are
+then noise of the model's noise law (a variance profile over rows and columns,
+Gaussian or Student-t tails) on the missing entries; observed entries are
 copied bitwise. `out` has size `(m, n, N, ndraws)`. Draw `k` of matrix `i`
 is draw number `first_index + (i - 1) * ndraws + k - 1` of stream `seed`
 (`coreflow_impute` with a partial of sample stride 0 per matrix). `ws`: a

@@ -4,7 +4,11 @@
 //! Observations: `y_o = A_o c + e`, `e ~ N(0, s2 I)`, with `A_o` the
 //! observed rows of the map `c -> vec(U C V^T)` (the caller subtracts the
 //! mean). The posterior needs only `G = A_o^T A_o` (`d x d`) and
-//! `b = A_o^T y_o` (`d`).
+//! `b = A_o^T y_o` (`d`). Heteroscedastic noise `e ~ N(0, s2 W^-1)`, `W`
+//! diagonal (the noise law's profile, [`crate::noise`]), is the same
+//! problem with `G = A_o^T W A_o` and `b = A_o^T W y_o` (the whitened
+//! observations `W^1/2 y_o`); the log marginal likelihood then differs by
+//! `log det W / 2`, shared by every component.
 //!
 //! Every kind's law of `c` is written as Gaussians `N(m_c, F_c F_c^T)` in the
 //! frame of [`super`], with the factor

@@ -506,7 +506,9 @@ pub unsafe extern "C" fn coreflow_decode(
 ///
 /// `out` receives each matrix of `partial` with its missing entries (mask
 /// zero, or NaN when `partial->mask` is NULL) replaced by the model's MAP
-/// completion; observed entries are copied bitwise. `out` must not overlap
+/// completion (the observed entries weighted by the inverse of the noise
+/// law's variance profile, as in `coreflow_impute`); observed entries are
+/// copied bitwise. `out` must not overlap
 /// `partial`. `ws` is a workspace of `ws_bytes` bytes
 /// (`COREFLOW_OP_COMPLETE`).
 ///
@@ -762,10 +764,13 @@ pub unsafe extern "C" fn coreflow_model_from_bytes(
 /// Matrix `j` of `out` is draw number `first_index + j` of stream `seed`
 /// from the model's law of matrix `j` of `partial` given its observed
 /// entries (mask nonzero, or not NaN when `partial->mask` is NULL): the core
-/// from the core model conditioned on the observed entries at the fitted
-/// noise level, then `U C V^T + Xbar` plus independent
-/// `N(0, noise_variance)` noise on the missing entries. Observed entries are
-/// copied bitwise. A `partial` with `sample_stride = 0` repeats one matrix
+/// from the core model conditioned on the observed entries under the
+/// model's noise law (variance `noise_variance * rho_a * gamma_b`, a profile
+/// over rows and columns fitted with the model: the observed entries are
+/// weighted by `1 / (rho_a gamma_b)`), then `U C V^T + Xbar` plus independent
+/// noise of that law on the missing entries: Gaussian, or Student-t with
+/// `noise_dof` degrees of freedom (`coreflow_model_info`). Observed entries
+/// are copied bitwise. A `partial` with `sample_stride = 0` repeats one matrix
 /// (many draws of the same matrix; it is conditioned once). Exact for the
 /// Gaussian and mixture core models; for the flow, importance resampling
 /// from the Gaussian fit of the cores (64 proposals per draw). `o` selects

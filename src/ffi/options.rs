@@ -452,6 +452,14 @@ pub struct coreflow_model_info {
     /// of the best held-out flow-matching loss on the split, which the
     /// refit on all matrices repeats (0 without a flow).
     pub flow_train_steps: usize,
+    /// Degrees of freedom of the Student-t tails of the noise law
+    /// (+infinity: Gaussian noise).
+    pub noise_dof: f64,
+    /// The noise law's tail scale tau^2 (1 for Gaussian noise).
+    pub noise_tail_scale: f64,
+    /// max / min over the entries of the noise variance profile
+    /// rho_a gamma_b (1 for a flat profile).
+    pub noise_profile_spread: f64,
 }
 
 /// Smallest `struct_size` accepted for `coreflow_model_info` (ABI v1).
@@ -514,6 +522,9 @@ pub(crate) unsafe fn write_model_info(
         mixture_block: info.mixture_block,
         mixture_components: info.mixture_components,
         flow_train_steps: info.flow_train_steps,
+        noise_dof: info.noise_dof,
+        noise_tail_scale: info.noise_tail_scale,
+        noise_profile_spread: info.noise_profile_spread,
     };
     let n = size.min(size_of::<coreflow_model_info>());
     std::ptr::copy_nonoverlapping(&full as *const _ as *const u8, out as *mut u8, n);

@@ -3,26 +3,40 @@
 //! imputation").
 //!
 //! With `Y` the partial matrix, `P` its observed entries, `Xbar` the mean
-//! (zero when not centered) and `sigma^2` the fitted noise variance per
-//! entry, a draw is
+//! (zero when not centered), `sigma^2` the fitted noise level and
+//! `rho_a gamma_b` the noise law's variance profile ([`crate::noise`]), a
+//! draw is
 //!
 //! ```text
-//! c ~ p(c | P(Y)),   X = P(Y) + P^perp(Xbar + U C V^T + E),   E_ab ~ N(0, sigma^2),
+//! c ~ p(c | P(Y)),   X = P(Y) + P^perp(Xbar + U C V^T + E),
+//! E_ab = sigma sqrt(rho_a gamma_b) z_ab                      (Gaussian tails),
+//! E_ab = sigma sqrt(rho_a gamma_b) tau z_ab / sqrt(w_ab)     (Student-t, nu),
 //! ```
 //!
-//! the core from the core model conditioned on the observed entries
-//! (`core_model` posterior docs), then independent noise of the fitted level
-//! on the missing entries. The observations enter through
-//! `G = A_o^T A_o = sum_b (v_b v_b^T) (x) H_b`, `H_b = sum_{a observed in
-//! column b} u_a u_a^T` (`v_b`, `u_a` rows of V and U; `A_o` the observed
-//! rows of `c -> vec(U C V^T)`, column-major `vec`), and
-//! `b = A_o^T P(Y - Xbar) = vec(U^T P(Y - Xbar) V)`: `O(m n r^2 + n d^2)`
-//! per observation pattern.
+//! `z_ab ~ N(0, 1)`, `w_ab ~ chi2_nu / nu`, all independent: the core from
+//! the core model conditioned on the observed entries (`core_model`
+//! posterior docs), then independent noise of the noise law on the missing
+//! entries. The conditioning treats the noise as Gaussian with variance
+//! `sigma^2 rho_a gamma_b`: the observations are weighted by
+//! `w_ab = 1 / (rho_a gamma_b)`, entering through
+//! `G = A_o^T W A_o = sum_b (v_b v_b^T) (x) H_b / gamma_b`,
+//! `H_b = sum_{a observed in column b} u_a u_a^T / rho_a` (`v_b`, `u_a` rows
+//! of V and U; `A_o` the observed rows of `c -> vec(U C V^T)`,
+//! column-major `vec`), and
+//! `b = A_o^T W P(Y - Xbar) = vec(U^T (W o P(Y - Xbar)) V)` at level
+//! `sigma^2`: `O(m n r^2 + n d^2)` per observation pattern. The posterior is
+//! exact for the Gaussian and mixture kinds under Gaussian noise of that
+//! profile; Student-t tails enter only the noise of the missing entries.
+//! A flat profile gives weights exactly 1 (the unweighted formulas,
+//! bitwise).
 //!
 //! Streams: the core of draw `index` comes from `rng::stream(seed, index)`
 //! (posterior docs), its noise from `rng::stream(mix64(seed ^ NOISE_TAG),
 //! index)`, one normal per entry in column-major order whether the entry is
-//! missing or not (so the noise of an entry does not depend on the mask).
+//! missing or not (so the noise of an entry does not depend on the mask);
+//! with Student-t tails the chi-square variates come from
+//! `rng::stream(mix64(seed ^ TAIL_TAG), index)`, one per entry in the same
+//! order, also whether missing or not.
 
 use super::{check_workspace, core_row_mut, Model};
 use crate::batch::{MatrixBatch, MatrixBatchMut};
@@ -36,6 +50,8 @@ use faer::{Accum, MatMut, MatRef, Par};
 
 /// Salt of the noise stream of the missing entries.
 const NOISE_TAG: u64 = 0x696d_7075_7465_6e6f;
+/// Salt of the chi-square stream of Student-t noise.
+const TAIL_TAG: u64 = 0x7461_696c_735f_6e75;
 
 /// What [`Model::impute`] reports besides the draws.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -63,7 +79,7 @@ impl Model {
         let (r, s, d) = (self.info.rank_rows, self.info.rank_cols, self.core_dim());
         StackReq::all_of(&[
             numerics::temp_mat_scratch::<f64>(count, d),
-            numerics::temp_slice_scratch::<f64>(core.posterior_len() + 2 * d + m),
+            numerics::temp_slice_scratch::<f64>(core.posterior_len() + 2 * d + 2 * m),
             numerics::temp_mat_scratch::<f64>(d, d),
             numerics::temp_mat_scratch::<f64>(m, n),
             numerics::temp_mat_scratch::<f64>(m, s),
@@ -76,9 +92,11 @@ impl Model {
     /// `first_index + j` of stream `seed` from the model's law of matrix `j`
     /// of `partial` given its observed entries (mask nonzero, or not NaN
     /// when `partial` has no mask): the core from the core model's
-    /// posterior, then `Xbar + U C V^T` plus independent `N(0, sigma^2)`
-    /// noise of the fitted level on the missing entries; observed entries
-    /// are copied bitwise (module docs). Exact for the Gaussian and mixture
+    /// posterior given the observed entries weighted by the noise law's
+    /// profile, then `Xbar + U C V^T` plus independent noise of the noise
+    /// law ([`Model::noise`]: variance `sigma^2 rho_a gamma_b`, Gaussian or
+    /// Student-t) on the missing entries; observed entries are copied
+    /// bitwise (module docs). Exact for the Gaussian and mixture
     /// kinds; importance resampling for the flow (its effective sample
     /// sizes are reported). A `partial` with sample stride 0 repeats one
     /// matrix, conditioned once. Depends only on (seed, index), not on the
@@ -120,10 +138,11 @@ impl Model {
         let (m, n) = (self.info.rows, self.info.cols);
         let (r, s, d) = (self.info.rank_rows, self.info.rank_cols, self.core_dim());
         let (mut cores, stack) = temp_mat_zeroed::<f64>(count, d, stack);
-        let (buf, stack) = temp_slice(core.posterior_len() + 2 * d + m, 0.0f64, stack);
+        let (buf, stack) = temp_slice(core.posterior_len() + 2 * d + 2 * m, 0.0f64, stack);
         let (state, rest) = buf.split_at_mut(core.posterior_len());
         let (rhs, rest) = rest.split_at_mut(d);
-        let (draw, col) = rest.split_at_mut(d);
+        let (draw, rest) = rest.split_at_mut(d);
+        let (col, mix) = rest.split_at_mut(m);
         let (mut gram, stack) = temp_mat_zeroed::<f64>(d, d, stack);
         let (mut full, stack) = temp_mat_zeroed::<f64>(m, n, stack);
         let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
@@ -179,6 +198,10 @@ impl Model {
         // fail and `out` is untouched by a failed call.
         let sigma = sigma2.sqrt();
         let noise_seed = rng::mix64(seed ^ NOISE_TAG);
+        let tail_seed = rng::mix64(seed ^ TAIL_TAG);
+        let law = &self.noise;
+        let (sd_row, sd_col) = (law.sd_row(), law.sd_col());
+        let (dof, tau) = (law.dof(), law.tail_scale().sqrt());
         for pass in 0..2 {
             for j in 0..count {
                 let c = core_row_mut(cores.rb_mut(), j, r, s);
@@ -186,13 +209,24 @@ impl Model {
                 let y = partial.sample(j);
                 let obs = completion::observed_of(partial, j, true);
                 let mut noise = rng::stream(noise_seed, first_index + j as u64);
+                let mut tails =
+                    (!law.is_gaussian()).then(|| rng::stream(tail_seed, first_index + j as u64));
                 for b in 0..n {
                     rng::fill_normal(&mut noise, col);
+                    if let Some(t) = tails.as_mut() {
+                        // Student-t: z tau / sqrt(chi2 / nu).
+                        for w in mix.iter_mut() {
+                            *w = tau / (rng::chi_square(t, dof) / dof).sqrt();
+                        }
+                    } else {
+                        mix.fill(1.0);
+                    }
+                    let amp = sigma * sd_col[b];
                     for a in 0..m {
                         if obs.at(y, a, b) {
                             full[(a, b)] = y[(a, b)];
                         } else {
-                            full[(a, b)] += sigma * col[a];
+                            full[(a, b)] += amp * sd_row[a] * mix[a] * col[a];
                         }
                     }
                 }
@@ -210,8 +244,9 @@ impl Model {
         Ok(report)
     }
 
-    /// `gram <- G = A_o^T A_o` and `rhs <- b = vec(U^T P(Y - Xbar) V)` for
-    /// the observed entries `obs` of `y` (module docs); `h` (`r x r`),
+    /// `gram <- G = A_o^T W A_o` and `rhs <- b = vec(U^T (W o P(Y - Xbar))
+    /// V)` for the observed entries `obs` of `y`, `W` the weights
+    /// `1 / (rho_a gamma_b)` of the noise law (module docs); `h` (`r x r`),
     /// `full` (`m x n`) and `t` (`m x s`) are temporaries.
     #[allow(clippy::too_many_arguments)]
     fn observation(
@@ -227,13 +262,14 @@ impl Model {
         let (m, n) = (self.info.rows, self.info.cols);
         let (r, s) = (self.info.rank_rows, self.info.rank_cols);
         let (u, v) = (self.u.as_ref(), self.v.as_ref());
+        let (wr, wc) = (self.noise.inv_row(), self.noise.inv_col());
         gram.fill(0.0);
         for b in 0..n {
             h.fill(0.0);
             for a in 0..m {
                 if obs.at(y, a, b) {
                     for i2 in 0..r {
-                        let w = u[(a, i2)];
+                        let w = u[(a, i2)] * wr[a];
                         for i1 in 0..r {
                             h[(i1, i2)] += u[(a, i1)] * w;
                         }
@@ -242,7 +278,7 @@ impl Model {
             }
             for j2 in 0..s {
                 for j1 in 0..s {
-                    let w = v[(b, j1)] * v[(b, j2)];
+                    let w = v[(b, j1)] * v[(b, j2)] * wc[b];
                     for i2 in 0..r {
                         for i1 in 0..r {
                             gram[(i1 + j1 * r, i2 + j2 * r)] += w * h[(i1, i2)];
@@ -254,7 +290,7 @@ impl Model {
         for b in 0..n {
             for a in 0..m {
                 full[(a, b)] = if obs.at(y, a, b) {
-                    y[(a, b)] - self.mean.as_ref().map_or(0.0, |mm| mm[(a, b)])
+                    (y[(a, b)] - self.mean.as_ref().map_or(0.0, |mm| mm[(a, b)])) * (wr[a] * wc[b])
                 } else {
                     0.0
                 };

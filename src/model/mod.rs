@@ -21,6 +21,7 @@ use crate::completion::{self, CompletionOptions, CorePrior};
 use crate::core_model::{CoreModel, CoreModelChoice, CoreModelKind, FlowOptions};
 use crate::error::{Error, Result};
 use crate::flow::ode::SolverOptions;
+use crate::noise::NoiseModel;
 use crate::numerics::{self, check_workspace, temp_mat_zeroed, MemStack, StackReq};
 use crate::pool::{Caller, OnCaller};
 use crate::reduce::{LocalReducer, Reducer};
@@ -248,6 +249,14 @@ pub struct ModelInfo {
     pub completion_objective: f64,
     /// Noise variance per entry estimated from the training residuals.
     pub noise_variance: f64,
+    /// Degrees of freedom of the noise law's Student-t tails
+    /// (`f64::INFINITY`: Gaussian noise; [`crate::noise`]).
+    pub noise_dof: f64,
+    /// Its tail scale `tau^2` (1 for Gaussian noise).
+    pub noise_tail_scale: f64,
+    /// `max / min` of the noise variance profile `rho_a gamma_b` over the
+    /// entries (1 for a flat profile).
+    pub noise_profile_spread: f64,
     /// The fitted core model: `None` for a geometry-only model.
     pub core_model: Option<CoreModelKind>,
     /// Width of the hidden layers of the velocity network (0 without a flow).
@@ -299,9 +308,19 @@ pub struct Model {
     /// Gaussian prior of the training cores and the noise level, for
     /// completing new matrices.
     prior: CorePrior,
+    /// The law of the noise outside the geometry: its variance profile and
+    /// tails (the level is `prior.noise_var`).
+    noise: NoiseModel,
     /// The model of the cores (`None`: geometry only).
     core: Option<CoreModel>,
     info: ModelInfo,
+}
+
+/// Copies the noise law's summary into the model info.
+fn set_noise_info(info: &mut ModelInfo, noise: &NoiseModel) {
+    info.noise_dof = noise.dof();
+    info.noise_tail_scale = noise.tail_scale();
+    info.noise_profile_spread = noise.profile_spread();
 }
 
 /// `U^T Xbar V` (sequential: loading starts no thread).
@@ -410,6 +429,9 @@ impl ModelInfo {
             completion_converged: true,
             completion_objective: f64::NAN,
             noise_variance: f64::NAN,
+            noise_dof: f64::INFINITY,
+            noise_tail_scale: 1.0,
+            noise_profile_spread: 1.0,
             core_model: None,
             flow_hidden: 0,
             flow_layers: 0,
@@ -578,6 +600,17 @@ impl Model {
         let (r, s) = (u.ncols(), v.ncols());
         let core_mat = MatRef::from_row_major_slice(&cores, train.count(), r * s);
         let prior = CorePrior::from_cores(core_mat, residual_ss, observed, m * n, reducer, par)?;
+        let noise = NoiseModel::fit(
+            train,
+            opts.nan_is_missing,
+            u.as_ref(),
+            v.as_ref(),
+            mean.as_ref().map(|x| x.as_ref()),
+            core_mat,
+            prior.noise_var,
+            reducer,
+        )?;
+        set_noise_info(&mut info, &noise);
         let mean_core = mean.as_ref().map(|x| mean_core_of(&u, x, &v));
         info.rows = m;
         info.cols = n;
@@ -620,6 +653,7 @@ impl Model {
             mean,
             mean_core,
             prior,
+            noise,
             core,
             info,
         })
@@ -631,10 +665,12 @@ impl Model {
         v: Mat<f64>,
         mean: Option<Mat<f64>>,
         prior: CorePrior,
+        noise: NoiseModel,
         core: Option<CoreModel>,
-        info: ModelInfo,
+        mut info: ModelInfo,
     ) -> Model {
         let mean_core = mean.as_ref().map(|x| mean_core_of(&u, x, &v));
+        set_noise_info(&mut info, &noise);
         Model {
             mean_abs_max: mean_abs_max(mean.as_ref()),
             u,
@@ -642,6 +678,7 @@ impl Model {
             mean,
             mean_core,
             prior,
+            noise,
             core,
             info,
         }
@@ -656,6 +693,13 @@ impl Model {
     /// [`complete`](Self::complete) (low rank plus a ridge).
     pub fn core_prior(&self) -> &CorePrior {
         &self.prior
+    }
+
+    /// The law of the noise outside the geometry (variance profile and
+    /// tails; [`crate::noise`]), at the level `core_prior().noise_var`.
+    /// Completion and imputation weight the observed entries by it.
+    pub fn noise(&self) -> &NoiseModel {
+        &self.noise
     }
 
     /// The model file image (little-endian, versioned, checksummed; see
@@ -1164,8 +1208,10 @@ impl Model {
 
     /// Completes partially observed matrices: missing entries (mask zero, or
     /// NaN when `partial` has no mask) get those of `Xbar + U C V^T` with the
-    /// MAP core C under the Gaussian prior of the training cores; observed
-    /// entries are copied bitwise. Never allocates.
+    /// MAP core C under the Gaussian prior of the training cores, the
+    /// observed entries weighted by `1 / (rho_a gamma_b)` of the noise law
+    /// ([`Model::noise`]; the Gaussian likelihood of the noise's variance);
+    /// observed entries are copied bitwise. Never allocates.
     pub fn complete(
         &self,
         partial: &MatrixBatch,
@@ -1204,6 +1250,7 @@ impl Model {
                     self.v.as_ref(),
                     self.mean.as_ref().map(|x| x.as_ref()),
                     &self.prior,
+                    Some(&self.noise),
                     partial.sample(j),
                     obs,
                     target,

@@ -30,6 +30,15 @@
 //! weights, means `K x k` and Cholesky factors, each a counted f64 array).
 //! Version-3 files read with NaN / 0 in those fields.
 //!
+//! Version 5 adds the section `NOIS`, the noise law outside the geometry
+//! ([`crate::noise`]): the row profile (m f64), the column profile (n f64),
+//! the degrees of freedom of the tails (f64, `+inf` for Gaussian noise) and
+//! the tail scale (f64). It is required from version 5 on and checked on
+//! reading (finite profiles of values at least 1e-6 and mean 1, degrees of freedom above 2
+//! or infinite, a finite positive tail scale, 1 for Gaussian tails).
+//! Files of versions 2 to 4 read with a flat profile and Gaussian tails,
+//! which reproduce their outputs bitwise.
+//!
 //! Version 1 (dense Cholesky factors and a flow block on core coordinates)
 //! is not read: its files are refused with `ErrorKind::Version`.
 //!
@@ -45,12 +54,13 @@ use crate::core_model::{
     MixtureParts, NetParams,
 };
 use crate::error::{Error, ErrorKind, Result};
+use crate::noise::NoiseModel;
 use faer::Mat;
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"COREFLOW";
 /// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest format version this build reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
 /// The support radius given to the flow block of a version-2 file, which
@@ -250,6 +260,12 @@ pub fn to_bytes(model: &Model) -> Vec<u8> {
         w.mat(&p.basis);
         w.f64s(p.variances.iter().copied());
         w.f64s([p.ridge, p.noise_var]);
+    });
+    w.section(b"NOIS", |w| {
+        let nz = &model.noise;
+        w.f64s(nz.row_profile().iter().copied());
+        w.f64s(nz.col_profile().iter().copied());
+        w.f64s([nz.dof(), nz.tail_scale()]);
     });
     if let Some(core) = &model.core {
         w.section(b"CORE", |w| write_core(w, &core.to_parts()));
@@ -577,6 +593,20 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
             "model data: PRIO variances are negative or the ridge is not positive",
         ));
     }
+    let noise = if version >= 5 {
+        let mut rn = find(b"NOIS", "NOIS")?;
+        let row = rn.f64s(rows)?;
+        let col = rn.f64s(cols)?;
+        // The degrees of freedom may be +inf (Gaussian): read unchecked,
+        // validated below.
+        let dof = rn.f64()?;
+        let tail_scale = rn.f64()?;
+        rn.done()?;
+        NoiseModel::from_parts(row, col, dof, tail_scale)
+            .map_err(|e| format_err(format!("model data: NOIS: {}", e.message())))?
+    } else {
+        NoiseModel::flat(rows, cols)
+    };
     let core = if has(b"CORE") {
         let mut rc = find(b"CORE", "CORE")?;
         Some(read_core(&mut rc, d, version)?)
@@ -620,7 +650,7 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
         ridge: prior_ridge,
         noise_var,
     };
-    Ok(Model::from_parts(u, v, mean, prior, core, info))
+    Ok(Model::from_parts(u, v, mean, prior, noise, core, info))
 }
 
 /// Writes the model file to `path`.

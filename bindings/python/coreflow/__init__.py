@@ -300,6 +300,9 @@ class ModelInfo(Structure):
         ("mixture_block", c_size_t),
         ("mixture_components", c_size_t),
         ("flow_train_steps", c_size_t),
+        ("noise_dof", c_double),
+        ("noise_tail_scale", c_double),
+        ("noise_profile_spread", c_double),
     ]
 
 
@@ -852,7 +855,9 @@ class Model:
         `mask`, bool or uint8 (N, m, n), is nonzero, or the non-NaN entries
         when mask is None), as a new (n_draws, N, m, n) array. Observed
         entries are copied bitwise; missing ones get the core drawn from
-        its posterior plus noise of the fitted level. Draw k of matrix i is
+        its posterior plus noise of the model's noise law (variance profile
+        over rows and columns, Gaussian or Student-t tails; info()["noise_dof"],
+        info()["noise_profile_spread"]). Draw k of matrix i is
         draw number first_index + i * n_draws + k of stream `seed`
         (coreflow_impute with a partial of sample stride 0 per matrix).
         `options`: a SampleOptions (the flow's solver; None = defaults)."""
