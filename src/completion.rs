@@ -95,6 +95,9 @@
 //! small matrix products with U and V and two with `Q` (`O(d q)`). The
 //! result is `P(Y) + P^perp(U C V^T)`: observed entries come back bitwise
 //! unchanged.
+//!
+//! [`e_step`]: crate::completion::e_step
+//! [`CorePrior`]: crate::completion::CorePrior
 
 use crate::batch::{MaskRef, MatrixBatch};
 use crate::error::{Error, Result};

@@ -18,14 +18,11 @@
 pub mod baselines;
 /// cbindgen:ignore
 pub mod batch;
-// The module docs of completion.rs and rng.rs follow the outer
-// `cbindgen:ignore` line, so rustdoc resolves their links at the crate root;
-// the definitions below point them at their items. (Other modules define
-// their link targets in their own docs, with `crate::` paths.)
+// A module's docs follow the outer `cbindgen:ignore` line of its
+// declaration here, so rustdoc resolves their links at the crate root: the
+// modules define their link targets at the end of their docs, with
+// `crate::` paths.
 /// cbindgen:ignore
-///
-/// [`e_step`]: completion::e_step
-/// [`CorePrior`]: completion::CorePrior
 pub mod completion;
 /// cbindgen:ignore
 pub mod core_model;
@@ -55,12 +52,6 @@ pub(crate) mod pool;
 /// cbindgen:ignore
 pub mod reduce;
 /// cbindgen:ignore
-///
-/// [`from_key`]: rng::from_key
-/// [`stream`]: rng::stream
-/// [`family_stream`]: rng::family_stream
-/// [`normal_pair`]: rng::normal_pair
-/// [`below`]: rng::below
 pub mod rng;
 /// cbindgen:ignore
 pub mod subspace;

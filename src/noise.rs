@@ -75,6 +75,15 @@
 //! the tails enter only the noise of the missing entries of a draw. A flat
 //! profile with Gaussian tails (every model of a file older than version
 //! 5) reproduces the earlier outputs bitwise: its weights are exactly 1.
+//!
+//! [`NoiseModel::fit`]: crate::noise::NoiseModel::fit
+//! [`NoiseModel::inv_row`]: crate::noise::NoiseModel::inv_row
+//! [`NoiseModel::inv_col`]: crate::noise::NoiseModel::inv_col
+//! [`PROFILE_ROUNDS`]: crate::noise::PROFILE_ROUNDS
+//! [`PROFILE_FLOOR`]: crate::noise::PROFILE_FLOOR
+//! [`NEGLIGIBLE`]: crate::noise::NEGLIGIBLE
+//! [`TAIL_SAMPLE`]: crate::noise::TAIL_SAMPLE
+//! [`DOF_GRID`]: crate::noise::DOF_GRID
 
 use crate::batch::MatrixBatch;
 use crate::completion::observed_of;

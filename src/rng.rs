@@ -31,6 +31,15 @@
 //! state. Chi-square with `nu` degrees of freedom is `2 gamma(nu / 2)`
 //! ([`chi_square`]); a Student-t variate ([`student_t`]) is
 //! `x / sqrt(chi2 / nu)`.
+//!
+//! [`from_key`]: crate::rng::from_key
+//! [`stream`]: crate::rng::stream
+//! [`family_stream`]: crate::rng::family_stream
+//! [`normal_pair`]: crate::rng::normal_pair
+//! [`below`]: crate::rng::below
+//! [`gamma`]: crate::rng::gamma
+//! [`chi_square`]: crate::rng::chi_square
+//! [`student_t`]: crate::rng::student_t
 
 use rand_xoshiro::rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
