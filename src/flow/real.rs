@@ -340,6 +340,55 @@ const EXP_POLY: [f32; 6] = [
     5.000_000_1e-1,
 ];
 
+/// The SiLU's vector sequence, written once for every vector width: the
+/// Cephes exponential of `-v` (clamp, argument reduction by the split
+/// `ln 2`, the polynomial, the power of two by an exponent-field shift),
+/// then the sigmoid by a reciprocal estimate (`rcp`) and one Newton step.
+/// Each step is the same IEEE operation per lane at every width, so a
+/// kernel gives the same bits as another when its `rcp` does; evaluates to
+/// `(silu(v), sigmoid(v))`. Expanded inside `target_feature` functions.
+#[cfg(target_arch = "x86_64")]
+macro_rules! silu_sequence {
+    (
+        $v:expr,
+        set1 = $set1:ident,
+        min = $min:ident,
+        max = $max:ident,
+        round = $round:ident,
+        mul = $mul:ident,
+        add = $add:ident,
+        fnmsub = $fnmsub:ident,
+        fnmadd = $fnmadd:ident,
+        fmadd = $fmadd:ident,
+        to_int = $to_int:ident,
+        shl = $shl:ident,
+        to_float = $to_float:ident,
+        rcp = $rcp:ident
+    ) => {{
+        let v = $v;
+        // exp(x) at x = -v, with the negation folded into the reduction.
+        let w = $min($max(v, $set1(SILU_CLAMP[0])), $set1(SILU_CLAMP[1]));
+        let fx = $round::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>($mul(
+            w,
+            $set1(-core::f32::consts::LOG2_E),
+        ));
+        // r = x - fx C1 - fx C2 with x = -w.
+        let r = $fnmsub(fx, $set1(LN2_SPLIT[0]), w);
+        let r = $fnmadd(fx, $set1(LN2_SPLIT[1]), r);
+        let mut p = $set1(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = $fmadd(p, r, $set1(*c));
+        }
+        let one = $set1(1.0);
+        let y = $fmadd(p, $mul(r, r), $add(r, one));
+        let pow2 = $to_float($shl::<23>($to_int($add(fx, $set1(8_388_735.0)))));
+        let den = $fmadd(y, pow2, one);
+        let rc = $rcp(den);
+        let s = $mul(rc, $fnmadd(den, rc, $set1(2.0)));
+        ($mul(v, s), s)
+    }};
+}
+
 /// AVX2+FMA SiLU for `f32`: the same Cephes exponential as
 /// [`Real::exp_poly`] (with fused multiply-adds) and the sigmoid's
 /// reciprocal by `rcp_ps` plus one Newton step (relative error below 2^-22)
@@ -361,30 +410,22 @@ pub(crate) mod silu_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(crate) unsafe fn silu(v: __m256) -> (__m256, __m256) {
-        // exp(x) at x = -v, with the negation folded into the reduction.
-        let w = _mm256_min_ps(
-            _mm256_max_ps(v, _mm256_set1_ps(SILU_CLAMP[0])),
-            _mm256_set1_ps(SILU_CLAMP[1]),
-        );
-        let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm256_mul_ps(w, _mm256_set1_ps(-core::f32::consts::LOG2_E)),
-        );
-        // r = x - fx C1 - fx C2 with x = -w.
-        let r = _mm256_fnmsub_ps(fx, _mm256_set1_ps(LN2_SPLIT[0]), w);
-        let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(LN2_SPLIT[1]), r);
-        let mut p = _mm256_set1_ps(EXP_POLY[0]);
-        for c in &EXP_POLY[1..] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
-        }
-        let one = _mm256_set1_ps(1.0);
-        let y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
-        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_castps_si256(
-            _mm256_add_ps(fx, _mm256_set1_ps(8_388_735.0)),
-        )));
-        let den = _mm256_fmadd_ps(y, pow2, one);
-        let rc = _mm256_rcp_ps(den);
-        let s = _mm256_mul_ps(rc, _mm256_fnmadd_ps(den, rc, _mm256_set1_ps(2.0)));
-        (_mm256_mul_ps(v, s), s)
+        silu_sequence!(
+            v,
+            set1 = _mm256_set1_ps,
+            min = _mm256_min_ps,
+            max = _mm256_max_ps,
+            round = _mm256_round_ps,
+            mul = _mm256_mul_ps,
+            add = _mm256_add_ps,
+            fnmsub = _mm256_fnmsub_ps,
+            fnmadd = _mm256_fnmadd_ps,
+            fmadd = _mm256_fmadd_ps,
+            to_int = _mm256_castps_si256,
+            shl = _mm256_slli_epi32,
+            to_float = _mm256_castsi256_ps,
+            rcp = _mm256_rcp_ps
+        )
     }
 
     /// `z <- silu(z + b_j)`, and `d <- silu'(z + b_j)` when given.
@@ -510,39 +551,40 @@ pub(crate) mod silu_avx512 {
         silu_avx2::available() && std::arch::is_x86_feature_detected!("avx512f")
     }
 
-    /// `(silu(v), sigmoid(v))`.
+    /// The reciprocal estimate of the AVX2 kernel on each 8-lane half.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(crate) unsafe fn silu(v: __m512) -> (__m512, __m512) {
-        let w = _mm512_min_ps(
-            _mm512_max_ps(v, _mm512_set1_ps(SILU_CLAMP[0])),
-            _mm512_set1_ps(SILU_CLAMP[1]),
-        );
-        let fx = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(w, _mm512_set1_ps(-core::f32::consts::LOG2_E)),
-        );
-        let r = _mm512_fnmsub_ps(fx, _mm512_set1_ps(LN2_SPLIT[0]), w);
-        let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(LN2_SPLIT[1]), r);
-        let mut p = _mm512_set1_ps(EXP_POLY[0]);
-        for c in &EXP_POLY[1..] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
-        }
-        let one = _mm512_set1_ps(1.0);
-        let y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, one));
-        let pow2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_castps_si512(
-            _mm512_add_ps(fx, _mm512_set1_ps(8_388_735.0)),
-        )));
-        let den = _mm512_fmadd_ps(y, pow2, one);
+    unsafe fn rcp_halves(den: __m512) -> __m512 {
         let lo = _mm256_rcp_ps(_mm512_castps512_ps256(den));
         let hi = _mm256_rcp_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
             _mm512_castps_pd(den),
         )));
-        let rc = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
             _mm512_castps_pd(_mm512_castps256_ps512(lo)),
             _mm256_castps_pd(hi),
-        ));
-        let s = _mm512_mul_ps(rc, _mm512_fnmadd_ps(den, rc, _mm512_set1_ps(2.0)));
-        (_mm512_mul_ps(v, s), s)
+        ))
+    }
+
+    /// `(silu(v), sigmoid(v))`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(crate) unsafe fn silu(v: __m512) -> (__m512, __m512) {
+        silu_sequence!(
+            v,
+            set1 = _mm512_set1_ps,
+            min = _mm512_min_ps,
+            max = _mm512_max_ps,
+            round = _mm512_roundscale_ps,
+            mul = _mm512_mul_ps,
+            add = _mm512_add_ps,
+            fnmsub = _mm512_fnmsub_ps,
+            fnmadd = _mm512_fnmadd_ps,
+            fmadd = _mm512_fmadd_ps,
+            to_int = _mm512_castps_si512,
+            shl = _mm512_slli_epi32,
+            to_float = _mm512_castsi512_ps,
+            rcp = rcp_halves
+        )
     }
 
     /// `z <- silu(z + b_j)`, and `d <- silu'(z + b_j)` when given.

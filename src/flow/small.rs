@@ -563,45 +563,96 @@ fn bias_silu_rows(kernel: Kernel, z: &mut [f32], ld: usize, rows: usize, bias: &
     }
 }
 
+/// The tiles of `out <- a W_l[k0.., :]` (the vector kernels' common loop):
+/// for every group of `layer` and every run of at most 6 rows of `a`, as
+/// even as possible (short tiles have too few accumulators to keep the
+/// multiply-add units busy), calls `tile(weights, ldw, a_rows, out_rows,
+/// rows)` with the group's weights from input `k0` on, its row stride, and
+/// the first row of the run in `a` and `out` (at the group's columns).
+/// Sizes are the caller's to check ([`matmul_rows`]).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn for_each_tile(
+    layer: &Packed,
+    k0: usize,
+    a: &[f32],
+    lda: usize,
+    nrows: usize,
+    out: &mut [f32],
+    ldo: usize,
+    mut tile: impl FnMut(*const f32, usize, *const f32, *mut f32, usize),
+) {
+    for g in 0..layer.panels.div_ceil(GROUP) {
+        let q = g * GROUP;
+        let w = layer.weights[layer.at(k0, q)..].as_ptr();
+        let mut i = 0;
+        while i < nrows {
+            let left = nrows - i;
+            let r = left.div_ceil(left.div_ceil(6));
+            let ap = a[i * lda..].as_ptr();
+            let op = out[i * ldo + q * LANES..].as_mut_ptr();
+            tile(w, layer.group_width(g), ap, op, r);
+            i += r;
+        }
+    }
+}
+
+/// The product tile, written once for every vector width: `R` rows times
+/// `V` adjacent vectors of `$width` columns of one group (row stride
+/// `ldw`), `R V` accumulators, one broadcast per row and `V` weight vectors
+/// per term; each accumulator lane is one chain of fused multiply-adds in
+/// input order (module docs). Expands to `unsafe fn tile::<R, V>`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! row_tile {
+    ($feature:literal, $width:expr, $zero:ident, $load:ident, $splat:ident, $fma:ident, $store:ident) => {
+        #[inline]
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn tile<const R: usize, const V: usize>(
+            w: *const f32,
+            ldw: usize,
+            n: usize,
+            a: *const f32,
+            lda: usize,
+            out: *mut f32,
+            ldo: usize,
+        ) {
+            let mut acc = [[$zero(); V]; R];
+            for p in 0..n {
+                let mut wv = [$zero(); V];
+                for (v, x) in wv.iter_mut().enumerate() {
+                    *x = $load(w.add(p * ldw + $width * v));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let av = $splat(*a.add(r * lda + p));
+                    for (acc_v, x) in acc_r.iter_mut().zip(&wv) {
+                        *acc_v = $fma(av, *x, *acc_v);
+                    }
+                }
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (v, acc_v) in acc_r.iter().enumerate() {
+                    $store(out.add(r * ldo + $width * v), *acc_v);
+                }
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{Packed, GROUP, LANES};
     use core::arch::x86_64::*;
 
-    /// `R` rows times `V` adjacent 8-column vectors of one group (row
-    /// stride `ldw`): `R V` accumulators, one broadcast per row and `V`
-    /// weight vectors for each term.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const R: usize, const V: usize>(
-        w: *const f32,
-        ldw: usize,
-        n: usize,
-        a: *const f32,
-        lda: usize,
-        out: *mut f32,
-        ldo: usize,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); V]; R];
-        for p in 0..n {
-            let mut wv = [_mm256_setzero_ps(); V];
-            for (v, x) in wv.iter_mut().enumerate() {
-                *x = _mm256_loadu_ps(w.add(p * ldw + 8 * v));
-            }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let av = _mm256_set1_ps(*a.add(r * lda + p));
-                for (acc_v, x) in acc_r.iter_mut().zip(&wv) {
-                    *acc_v = _mm256_fmadd_ps(av, *x, *acc_v);
-                }
-            }
-        }
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (v, acc_v) in acc_r.iter().enumerate() {
-                _mm256_storeu_ps(out.add(r * ldo + 8 * v), *acc_v);
-            }
-        }
-    }
+    row_tile!(
+        "avx2,fma",
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_storeu_ps
+    );
 
     /// Every vector of one group for `R` rows, `V` vectors per tile
     /// (enough independent accumulators to hide the multiply-add latency
@@ -646,7 +697,8 @@ mod avx2 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    /// [`super::matmul_rows`] on AVX2 tiles; the caller checked the
+    /// features and the sizes.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn matmul_rows(
         layer: &Packed,
@@ -658,21 +710,9 @@ mod avx2 {
         out: &mut [f32],
         ldo: usize,
     ) {
-        let groups = layer.panels.div_ceil(GROUP);
-        for g in 0..groups {
-            let q = g * GROUP;
-            let (w, ldw) = (
-                layer.weights.as_ptr().add(layer.at(k0, q)),
-                layer.group_width(g),
-            );
-            let mut i = 0;
-            while i < nrows {
-                let ap = a.as_ptr().add(i * lda);
-                let op = out.as_mut_ptr().add(i * ldo + q * LANES);
-                // Tiles of at most 6 rows, as even as possible: short
-                // tiles have too few accumulators to keep the FMA units busy.
-                let left = nrows - i;
-                let r = left.div_ceil(left.div_ceil(6));
+        super::for_each_tile(layer, k0, a, lda, nrows, out, ldo, |w, ldw, ap, op, r| {
+            // SAFETY: as for this function.
+            unsafe {
                 match r {
                     1 => group_one_row(w, ldw, n, ap, op),
                     2 => group::<2, 4>(w, ldw, n, ap, lda, op, ldo),
@@ -681,9 +721,8 @@ mod avx2 {
                     5 => group::<5, 2>(w, ldw, n, ap, lda, op, ldo),
                     _ => group::<6, 2>(w, ldw, n, ap, lda, op, ldo),
                 }
-                i += r;
             }
-        }
+        });
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -721,45 +760,20 @@ mod avx2 {
 // intrinsics.
 #[clippy::msrv = "1.89"]
 mod avx512 {
-    use super::{Packed, GROUP, LANES};
+    use super::{Packed, LANES};
     use core::arch::x86_64::*;
 
-    /// `R` rows times `V` adjacent 16-column vectors of one group (row
-    /// stride `ldw`): `R V` accumulators, one broadcast per row and `V`
-    /// weight vectors for each term.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile<const R: usize, const V: usize>(
-        w: *const f32,
-        ldw: usize,
-        n: usize,
-        a: *const f32,
-        lda: usize,
-        out: *mut f32,
-        ldo: usize,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
-        for p in 0..n {
-            let mut wv = [_mm512_setzero_ps(); V];
-            for (v, x) in wv.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(w.add(p * ldw + LANES * v));
-            }
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r * lda + p));
-                for (acc_v, x) in acc_r.iter_mut().zip(&wv) {
-                    *acc_v = _mm512_fmadd_ps(av, *x, *acc_v);
-                }
-            }
-        }
-        for (r, acc_r) in acc.iter().enumerate() {
-            for (v, acc_v) in acc_r.iter().enumerate() {
-                _mm512_storeu_ps(out.add(r * ldo + LANES * v), *acc_v);
-            }
-        }
-    }
+    row_tile!(
+        "avx512f",
+        LANES,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_storeu_ps
+    );
 
-    /// A whole group (1 to [`GROUP`] vectors) for `R` rows in one tile.
+    /// A whole group (1 to [`GROUP`](super::GROUP) vectors) for `R` rows in one tile.
     #[inline]
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
@@ -780,7 +794,8 @@ mod avx512 {
         }
     }
 
-    #[target_feature(enable = "avx512f")]
+    /// [`super::matmul_rows`] on AVX-512 tiles; the caller checked the
+    /// features and the sizes.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn matmul_rows(
         layer: &Packed,
@@ -792,20 +807,9 @@ mod avx512 {
         out: &mut [f32],
         ldo: usize,
     ) {
-        let groups = layer.panels.div_ceil(GROUP);
-        for g in 0..groups {
-            let q = g * GROUP;
-            let (w, ldw) = (
-                layer.weights.as_ptr().add(layer.at(k0, q)),
-                layer.group_width(g),
-            );
-            let mut i = 0;
-            while i < nrows {
-                let ap = a.as_ptr().add(i * lda);
-                let op = out.as_mut_ptr().add(i * ldo + q * LANES);
-                // Tiles of at most 6 rows, as even as possible.
-                let left = nrows - i;
-                let r = left.div_ceil(left.div_ceil(6));
+        super::for_each_tile(layer, k0, a, lda, nrows, out, ldo, |w, ldw, ap, op, r| {
+            // SAFETY: as for this function.
+            unsafe {
                 match r {
                     1 => group::<1>(w, ldw, n, ap, lda, op, ldo),
                     2 => group::<2>(w, ldw, n, ap, lda, op, ldo),
@@ -814,8 +818,7 @@ mod avx512 {
                     5 => group::<5>(w, ldw, n, ap, lda, op, ldo),
                     _ => group::<6>(w, ldw, n, ap, lda, op, ldo),
                 }
-                i += r;
             }
-        }
+        });
     }
 }
