@@ -82,8 +82,15 @@ if cargo +nightly --version >/dev/null 2>&1 && ! cargo fuzz --version >/dev/null
   cargo install cargo-fuzz --locked >/dev/null 2>&1 || true
 fi
 if cargo +nightly fuzz --version >/dev/null 2>&1; then
+  # Seed inputs (fuzz/seeds/<target>: small valid model files of every
+  # core-model kind) start the mutations past the format's header checks;
+  # new inputs go to the untracked fuzz/corpus/<target>.
   for target in model_from_bytes views_and_options; do
-    cargo +nightly fuzz run "$target" -- -runs=20000 -max_total_time=60
+    mkdir -p "fuzz/corpus/$target"
+    seeds=()
+    [ -d "fuzz/seeds/$target" ] && seeds=("fuzz/seeds/$target")
+    cargo +nightly fuzz run "$target" "fuzz/corpus/$target" "${seeds[@]}" -- \
+      -runs=20000 -max_total_time=60
   done
 else
   echo "cargo-fuzz not installed: skipped"
