@@ -88,7 +88,7 @@ pub const LEVEL_PRIOR_WEIGHT: f64 = 10.0;
 /// Relative change of `lambda` below which its fixed-point iteration stops.
 pub const LEVEL_TOL: f64 = 1e-3;
 /// Most re-estimates of `lambda` per matrix (each one conditioning).
-pub const LEVEL_MAX_PASSES: usize = 8;
+pub const LEVEL_MAX_PASSES: usize = 16;
 
 impl Model {
     /// Workspace for [`Model::impute`] of up to `count` draws with `opts`.
@@ -244,19 +244,29 @@ impl Model {
                         let c = core_row_mut(cores.rb_mut(), j, r, s);
                         self.decode_one(c.rb(), full.rb_mut(), t.rb_mut());
                         let y = partial.sample(j);
-                        let (wr, wc) = (self.noise.inv_row(), self.noise.inv_col());
+                        let law = &self.noise;
+                        let (wr, wc) = (law.inv_row(), law.inv_col());
+                        // Student-t: E-step weights of the t as a scale
+                        // mixture of Gaussians; 1 for Gaussian tails.
+                        let (nu, tau2) = (law.dof(), law.tail_scale());
+                        let t_tails = !law.is_gaussian();
                         let (mut ss, mut n_obs) = (0.0, 0usize);
                         for b in 0..n {
                             for a in 0..m {
                                 if obs.at(y, a, b) {
                                     let e = y[(a, b)] - full[(a, b)];
-                                    ss += e * e * (wr[a] * wc[b]);
+                                    let e2 = e * e * (wr[a] * wc[b]) / sigma2;
+                                    ss += if t_tails {
+                                        (nu + 1.0) * e2 / (nu * tau2 + e2 / lambda)
+                                    } else {
+                                        e2
+                                    };
                                     n_obs += 1;
                                 }
                             }
                         }
                         let dof = (n_obs as f64 - d_eff).max(0.0);
-                        let next = (LEVEL_PRIOR_WEIGHT + ss / sigma2) / (LEVEL_PRIOR_WEIGHT + dof);
+                        let next = (LEVEL_PRIOR_WEIGHT + ss) / (LEVEL_PRIOR_WEIGHT + dof);
                         if !(next.is_finite() && next > 0.0) {
                             return Err(fail(Error::numerical(
                                 "the noise level re-estimated on the observed entries is not finite and positive",
