@@ -30,6 +30,45 @@
 //! A flat profile gives weights exactly 1 (the unweighted formulas,
 //! bitwise).
 //!
+//! # The level
+//!
+//! [`ImputeLevel::Fitted`] (the default, [`Model::impute`]) conditions and
+//! draws at the fitted `sigma^2`: the exact posterior under the model. That
+//! level is the training residuals'; held-out matrices can have another
+//! (larger where the bases overfit the training set). With
+//! [`ImputeLevel::Observed`] each matrix gets its own level
+//! `lambda sigma^2`, estimated on its observed entries: with `yhat` the
+//! posterior mean of `Xbar + U C V^T` at the current level (the mixture's
+//! mean over its components, weighted by their posterior weights; for the
+//! flow kind the Gaussian proposal's mean), `e2_ab = (y_ab - yhat_ab)^2 /
+//! (sigma^2 rho_a gamma_b)` over the `n_obs` observed entries and `d_eff`
+//! the trace of the posterior hat matrix
+//! ([`CoreModel::posterior_summary`](crate::core_model::CoreModel::posterior_summary),
+//! `d - trace(K^-1)`: the core directions the observations determine),
+//!
+//! ```text
+//! lambda <- (nu0 + sum_obs w_ab e2_ab) / (nu0 + max(n_obs - d_eff, 0)),
+//! w_ab = 1                                                (Gaussian tails),
+//! w_ab = (nu + 1) / (nu tau^2 + e2_ab / lambda)           (Student-t, nu),
+//! ```
+//!
+//! then conditioning again at `lambda sigma^2`, to a fixed point (relative
+//! change at most [`LEVEL_TOL`], at most [`LEVEL_MAX_PASSES`] passes; the
+//! state is always conditioned at the last `lambda`). For Gaussian noise,
+//! `E[sum e2] = lambda (n_obs - d_eff)` exactly when the data follow the
+//! model at level `lambda sigma^2` (whitened, the residual against the
+//! posterior mean is `r = (I - H)(y - A m)`, and `I - H = s2 S^-1` with
+//! `S` the covariance of `y - A m`, so `E|r|^2 = s2 trace(I - H)`), so the
+//! fixed point is the evidence (type-II maximum likelihood) update of the
+//! level, shrunk towards 1; for Student-t tails the weights are the
+//! E-step of the t as a scale mixture of Gaussians, so a few large
+//! residuals do not drive the level. `nu0 =` [`LEVEL_PRIOR_WEIGHT`]
+//! pseudo-observations at `lambda = 1` keep a matrix with few observed
+//! entries near the fitted level (no observed entry: `lambda = 1`). The
+//! missing entries then get noise of level `lambda sigma^2` (profile and
+//! tails unchanged). Deterministic; a stride-0 partial estimates `lambda`
+//! once; draws still depend only on (seed, index).
+//!
 //! Streams: the core of draw `index` comes from `rng::stream(seed, index)`
 //! (posterior docs), its noise from `rng::stream(mix64(seed ^ NOISE_TAG),
 //! index)`, one normal per entry in column-major order whether the entry is
