@@ -719,6 +719,29 @@ mod tests {
     use crate::error::ErrorKind;
 
     #[test]
+    fn impute_level_is_read_when_present_and_checked() {
+        let mut o = sample_options_default();
+        assert_eq!(to_impute_level(&o).unwrap(), ImputeLevel::Fitted);
+        o.impute_level = COREFLOW_IMPUTE_LEVEL_OBSERVED;
+        assert_eq!(to_impute_level(&o).unwrap(), ImputeLevel::Observed);
+        // An ABI v1 host's struct ends before impute_level: the default.
+        o.struct_size = SAMPLE_OPTIONS_V1_SIZE;
+        let read = unsafe { read_sample_options(&o) }.unwrap();
+        assert_eq!(read.impute_level, COREFLOW_IMPUTE_LEVEL_FITTED);
+        o.struct_size = size_of::<coreflow_sample_options>();
+        let read = unsafe { read_sample_options(&o) }.unwrap();
+        assert_eq!(read.impute_level, COREFLOW_IMPUTE_LEVEL_OBSERVED);
+        o.impute_level = 2;
+        let e = to_impute_level(&o).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            e.message().starts_with("o->impute_level: 2"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
     fn fit_errors_name_the_c_fields() {
         let c = |m: &str| with_c_field_names(Error::invalid(m)).message().to_string();
         assert_eq!(
