@@ -297,7 +297,8 @@ typedef int32_t coreflow_solver;
 typedef uint32_t coreflow_impute_level;
 
 /**
- * Options of sampling and scoring. Fill with `coreflow_sample_options_init`.
+ * Options of sampling, scoring and imputation. Fill with
+ * `coreflow_sample_options_init`.
  */
 typedef struct coreflow_sample_options {
     /**

@@ -541,7 +541,8 @@ pub(crate) unsafe fn write_model_info(
     Ok(())
 }
 
-/// Options of sampling and scoring. Fill with `coreflow_sample_options_init`.
+/// Options of sampling, scoring and imputation. Fill with
+/// `coreflow_sample_options_init`.
 #[repr(C)]
 #[derive(Copy, Clone, Debug)]
 pub struct coreflow_sample_options {

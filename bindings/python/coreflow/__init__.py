@@ -248,7 +248,8 @@ class FitOptions(Structure):
 
 
 class SampleOptions(Structure):
-    """coreflow_sample_options (solver settings of sampling and scoring)."""
+    """coreflow_sample_options (solver settings of sampling and scoring; the
+    noise level of imputation, impute_level)."""
 
     _fields_ = [
         ("struct_size", c_size_t),
