@@ -291,7 +291,14 @@ typedef struct coreflow_fit_options {
 typedef int32_t coreflow_solver;
 
 /**
- * Options of sampling and scoring. Fill with `coreflow_sample_options_init`.
+ * Noise level of multiple imputation, `coreflow_sample_options.impute_level`
+ * (32-bit; values below).
+ */
+typedef uint32_t coreflow_impute_level;
+
+/**
+ * Options of sampling, scoring and imputation. Fill with
+ * `coreflow_sample_options_init`.
  */
 typedef struct coreflow_sample_options {
     /**
@@ -315,6 +322,16 @@ typedef struct coreflow_sample_options {
      * Absolute tolerance of DOPRI5; default 1e-5.
      */
     double atol;
+    /**
+     * `COREFLOW_IMPUTE_LEVEL_*`: the noise level at which `coreflow_impute`
+     * conditions and draws; default `COREFLOW_IMPUTE_LEVEL_FITTED` (the
+     * fitted sigma^2, the exact posterior under the model);
+     * `COREFLOW_IMPUTE_LEVEL_OBSERVED` re-estimates the level on the
+     * observed entries of each matrix (DESIGN.md section 4, "Multiple
+     * imputation"). Ignored by `coreflow_sample` and `coreflow_log_prob`.
+     * Added after ABI v1: an older host's smaller struct gets the default.
+     */
+    coreflow_impute_level impute_level;
 } coreflow_sample_options;
 
 /**
@@ -713,6 +730,18 @@ typedef struct coreflow_metrics_result {
  * Dormand-Prince 5(4), adaptive steps controlled by rtol and atol.
  */
 #define COREFLOW_SOLVER_DOPRI5 3
+
+/**
+ * The fitted level `sigma^2`: the exact posterior under the model (the
+ * default).
+ */
+#define COREFLOW_IMPUTE_LEVEL_FITTED 0
+
+/**
+ * `lambda sigma^2`, the level re-estimated on the observed entries of each
+ * matrix (`coreflow_impute`).
+ */
+#define COREFLOW_IMPUTE_LEVEL_OBSERVED 1
 
 /**
  * Fitting the row and column subspaces.
@@ -1161,7 +1190,13 @@ coreflow_status coreflow_model_from_bytes(const uint8_t *buf, size_t len, struct
  * (many draws of the same matrix; it is conditioned once). Exact for the
  * Gaussian and mixture core models; for the flow, importance resampling
  * from the Gaussian fit of the cores (64 proposals per draw). `o` selects
- * the ODE solver as in `coreflow_sample` (NULL = defaults). Draws depend
+ * the ODE solver as in `coreflow_sample` (NULL = defaults) and, by
+ * `o->impute_level`, the noise level: `COREFLOW_IMPUTE_LEVEL_FITTED` (the
+ * default) conditions and draws at the fitted sigma^2, the exact posterior
+ * under the model; `COREFLOW_IMPUTE_LEVEL_OBSERVED` at `lambda sigma^2`,
+ * `lambda` re-estimated on the observed entries of each matrix from their
+ * residuals against the posterior mean, shrunk towards 1 by 10
+ * pseudo-observations (profile and tails unchanged). Draws depend
  * only on (seed, index): a run split into calls or spread over threads
  * gives bitwise the same matrices. `out` must not overlap `partial`. `ws`
  * is a workspace of `ws_bytes` bytes (`COREFLOW_OP_IMPUTE`).
@@ -1169,7 +1204,9 @@ coreflow_status coreflow_model_from_bytes(const uint8_t *buf, size_t len, struct
  * Returns: `COREFLOW_OK`, or an error status with `out` untouched (every
  * draw is computed and checked before the first is written):
  * `COREFLOW_ERR_UNSUPPORTED` for a model fitted with `flow_steps = 0`,
- * `COREFLOW_ERR_NUMERICAL` when a draw would not be finite.
+ * `COREFLOW_ERR_INVALID_ARGUMENT` for an `o->impute_level` that is not a
+ * `COREFLOW_IMPUTE_LEVEL_*` value, `COREFLOW_ERR_NUMERICAL` when a draw
+ * would not be finite.
  * Ownership: the caller owns all buffers.
  * Allocates: never.
  * Thread safety: thread-safe; runs on the calling thread only.

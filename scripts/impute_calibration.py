@@ -8,7 +8,7 @@ coreflow-cli`); everything goes through the command line:
 
     python scripts/impute_calibration.py --data real-data --sets digits,faces \\
         [--synthetic DIR] [--core-model auto] [--missing 0.3] [--draws 100] \\
-        [--test 60] [--json impute-calibration.json]
+        [--test 60] [--level fitted|observed|both] [--json impute-calibration.json]
 
 --synthetic DIR takes the sets written by
 `cargo run --release --example export_synthetic -- DIR` as well.
@@ -16,7 +16,8 @@ For every set NAME (NAME_train.npy, NAME_test.npy):
 1. `coreflow fit` on the training set (--core-model, --flow-steps);
 2. the first --test test matrices lose a seeded --missing fraction of their
    entries (missing completely at random);
-3. `coreflow impute --draws K` and `coreflow complete` on them;
+3. `coreflow impute --draws K --level L` (for each --level; `both` runs
+   fitted and observed on the same fit) and `coreflow complete` on them;
 4. on the missing entries: the coverage of the central 90 % interval of
    the K draws (their 5 % and 95 % quantiles), and of the MAP +- 1.645
    sigma interval (sigma^2 the model's noise variance per entry); the mean
@@ -25,7 +26,9 @@ For every set NAME (NAME_train.npy, NAME_test.npy):
    of N(MAP, sigma^2) (closed form); the root mean squared error of the MAP
    and of the mean of the draws, in units of the test set's entry standard
    deviation.
-Prints a table and writes everything to --json.
+With --level observed the mean multiplier of sigma^2 over the matrices
+(`coreflow impute`'s report) is recorded as level_multiplier.
+Prints a table (a row per set and level) and writes everything to --json.
 """
 
 import argparse
@@ -95,34 +98,45 @@ def evaluate(name, train, test, args, tmp):
     mk = os.path.join(tmp, f"{name}_mask.npy")
     np.save(y, np.ascontiguousarray(te))
     np.save(mk, mask)
-    draws_path = os.path.join(tmp, f"{name}_draws.npy")
-    t0 = time.time()
-    text = run([b, "impute", "--model", model, "--data", y, "--mask", mk, "--draws",
-                str(args.draws), "--seed", str(args.seed + 1), "--out", draws_path, "--force"],
-               "impute")
-    out["impute_seconds"] = time.time() - t0
-    out["impute_report"] = text.strip().splitlines()
     filled = os.path.join(tmp, f"{name}_map.npy")
     run([b, "complete", "--model", model, "--data", y, "--mask", mk, "--out", filled, "--force"],
         "complete")
-    draws, mp = np.load(draws_path), np.load(filled)
+    mp = np.load(filled)
     miss = mask == 0
     truth = te[miss]
-    d = draws[:, miss]
-    lo, hi = np.quantile(d, [0.05, 0.95], axis=0)
     sigma = math.sqrt(sigma2)
     m = mp[miss]
     scale = float(np.std(te)) or 1.0
     out["missing_entries"] = int(miss.sum())
-    out["coverage_draws"] = float(np.mean((truth >= lo) & (truth <= hi)))
     out["coverage_map_noise"] = float(np.mean(np.abs(truth - m) <= 1.645 * sigma))
-    out["crps_draws"] = float(np.mean(crps_draws(d, truth))) / scale
     out["crps_map_noise"] = float(np.mean(crps_normal(m, sigma, truth))) / scale
     out["rmse_map"] = float(np.sqrt(np.mean((m - truth) ** 2))) / scale
-    out["rmse_draw_mean"] = float(np.sqrt(np.mean((d.mean(axis=0) - truth) ** 2))) / scale
-    out["interval_width_draws"] = float(np.mean(hi - lo)) / scale
     out["interval_width_map_noise"] = 2 * 1.645 * sigma / scale
-    return out
+    rows = []
+    levels = ["fitted", "observed"] if args.level == "both" else [args.level]
+    for level in levels:
+        r = dict(out)
+        r["level"] = level
+        draws_path = os.path.join(tmp, f"{name}_{level}_draws.npy")
+        t0 = time.time()
+        text = run([b, "impute", "--model", model, "--data", y, "--mask", mk, "--draws",
+                    str(args.draws), "--seed", str(args.seed + 1), "--level", level,
+                    "--out", draws_path, "--force"], "impute")
+        r["impute_seconds"] = time.time() - t0
+        r["impute_report"] = text.strip().splitlines()
+        # "multiplier of sigma^2 M on average over the matrices (smallest S)"
+        r["level_multiplier"] = 1.0
+        for line in r["impute_report"]:
+            if "multiplier of sigma^2" in line:
+                r["level_multiplier"] = float(line.split("multiplier of sigma^2")[1].split()[0])
+        d = np.load(draws_path)[:, miss]
+        lo, hi = np.quantile(d, [0.05, 0.95], axis=0)
+        r["coverage_draws"] = float(np.mean((truth >= lo) & (truth <= hi)))
+        r["crps_draws"] = float(np.mean(crps_draws(d, truth))) / scale
+        r["rmse_draw_mean"] = float(np.sqrt(np.mean((d.mean(axis=0) - truth) ** 2))) / scale
+        r["interval_width_draws"] = float(np.mean(hi - lo)) / scale
+        rows.append(r)
+    return rows
 
 
 def main():
@@ -139,6 +153,8 @@ def main():
     ap.add_argument("--draws", type=int, default=100)
     ap.add_argument("--test", type=int, default=60, help="held-out matrices per set")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--level", choices=("fitted", "observed", "both"), default="fitted",
+                    help="`coreflow impute --level`; both: one fit, imputed at each level")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     jobs = []
@@ -156,13 +172,15 @@ def main():
                 print(f"{name}: missing {train} or {test}; skipped", file=sys.stderr)
                 continue
             try:
-                r = evaluate(name, train, test, args, tmp)
+                rows = evaluate(name, train, test, args, tmp)
             except RuntimeError as e:
-                r = {"set": name, "error": str(e)}
-            results.append(r)
-            print(json.dumps(r), file=sys.stderr)
-    cols = ("set", "core_model", "ranks", "missing_entries", "coverage_draws",
-            "coverage_map_noise", "crps_draws", "crps_map_noise", "rmse_map", "rmse_draw_mean")
+                rows = [{"set": name, "error": str(e)}]
+            for r in rows:
+                results.append(r)
+                print(json.dumps(r), file=sys.stderr)
+    cols = ("set", "core_model", "ranks", "level", "level_multiplier", "missing_entries",
+            "coverage_draws", "coverage_map_noise", "crps_draws", "crps_map_noise", "rmse_map",
+            "rmse_draw_mean")
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in results:

@@ -60,5 +60,5 @@ pub use batch::{CheckedLayout, Layout, MaskRef, MatrixBatch, MatrixBatchMut};
 pub use datasets::{Dataset, DatasetSpec, MatrixSet};
 pub use error::{Error, ErrorKind, Result};
 pub use metrics::{EvalOptions, Metrics};
-pub use model::{FitOptions, Model, ModelInfo, Progress, Stage};
+pub use model::{FitOptions, ImputeLevel, Model, ModelInfo, Progress, Stage};
 pub use subspace::{SubspaceFit, SubspaceMethod, SubspaceOptions};

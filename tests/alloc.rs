@@ -327,5 +327,19 @@ fn impute_does_not_allocate() {
             .impute(&so, 1, 0, &four, &mut ob, MemStack::new(&mut buf))
             .unwrap();
         assert_eq!(allocs() - before, 0, "{choice:?}: allocations in impute");
+        // The level re-estimated on the observed entries: the same workspace.
+        let observed = coreflow::ImputeLevel::Observed;
+        model
+            .impute_with_level(&so, observed, 1, 0, &four, &mut ob, MemStack::new(&mut buf))
+            .unwrap();
+        let before = allocs();
+        model
+            .impute_with_level(&so, observed, 1, 0, &four, &mut ob, MemStack::new(&mut buf))
+            .unwrap();
+        assert_eq!(
+            allocs() - before,
+            0,
+            "{choice:?}: allocations in impute at the observed level"
+        );
     }
 }

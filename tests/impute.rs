@@ -5,9 +5,10 @@
 
 use coreflow::core_model::{CoreModelChoice, CoreModelKind, FlowOptions};
 use coreflow::flow::ode::SolverOptions;
+use coreflow::model::ImputeReport;
 use coreflow::numerics::{MemBuffer, MemStack};
 use coreflow::rng;
-use coreflow::{ErrorKind, FitOptions, Layout, MatrixBatch, MatrixBatchMut, Model};
+use coreflow::{ErrorKind, FitOptions, ImputeLevel, Layout, MatrixBatch, MatrixBatchMut, Model};
 use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
 
@@ -871,4 +872,187 @@ fn draws_of_heteroscedastic_heavy_tailed_noise_cover_at_the_nominal_rate() {
         let c = hit[g] as f64 / total[g] as f64;
         assert!((0.86..=0.94).contains(&c), "group {g}: coverage {c}");
     }
+}
+
+/// `count` draws of the single matrix `y` at `level` (stride 0), with the
+/// report.
+fn impute_at(
+    model: &Model,
+    level: ImputeLevel,
+    y: &[f64],
+    mask: Option<&[u8]>,
+    seed: u64,
+    first: u64,
+    count: usize,
+) -> (Vec<f64>, ImputeReport) {
+    let (m, n) = (model.info().rows, model.info().cols);
+    let layout = Layout {
+        sample_stride: 0,
+        ..Layout::c_order(count, m, n)
+    };
+    let mut batch = MatrixBatch::new(y, 0, layout).unwrap();
+    if let Some(mk) = mask {
+        batch = batch.with_mask(mk).unwrap();
+    }
+    let mut out = vec![0.0; count * m * n];
+    let mut ob = MatrixBatchMut::from_c_order(&mut out, count, m, n).unwrap();
+    let so = SolverOptions::default();
+    let mut buf = MemBuffer::new(model.impute_scratch(count, &so));
+    let rep = model
+        .impute_with_level(
+            &so,
+            level,
+            seed,
+            first,
+            &batch,
+            &mut ob,
+            MemStack::new(&mut buf),
+        )
+        .unwrap();
+    (out, rep)
+}
+
+#[test]
+fn the_observed_level_recovers_the_noise_level_of_each_matrix() {
+    let (m, n, r, s, count) = (20, 15, 2, 2, 1500);
+    let u0 = orthonormal(m, r, 24);
+    let v0 = orthonormal(n, s, 25);
+    let law = |z: &[f64]| vec![2.0 * z[0] + 1.0, 1.5 * z[1], z[2] - z[0], 0.7 * z[3]];
+    let sd = 0.2;
+    let data = generate(count, &u0, &v0, sd, 26, law);
+    let model = fit(
+        &data,
+        count,
+        m,
+        n,
+        r,
+        s,
+        FlowOptions {
+            core_model: CoreModelChoice::Gaussian,
+            ..FlowOptions::default()
+        },
+    );
+    let sigma = model.info().noise_variance.sqrt();
+    let (tests, draws) = (160, 200);
+    let mut pick = rng::stream(27, 0);
+    // At the model's own level (held-out data of the training law), and at
+    // 1.5 times its noise standard deviation (level 2.25).
+    for (factor, seed) in [(1.0, 28), (1.5, 29)] {
+        let held = generate(tests, &u0, &v0, sd * factor, seed, law);
+        let (mut lambdas, mut hit, mut hit_fitted, mut total) = (vec![], 0, 0, 0);
+        let mut mean_gap = 0.0;
+        for t in 0..tests {
+            let y = &held[t * m * n..(t + 1) * m * n];
+            let mask: Vec<u8> = (0..m * n)
+                .map(|_| (rng::uniform(&mut pick) >= 0.3) as u8)
+                .collect();
+            let first = t as u64 * 1000;
+            let (obs, rep) = impute_at(
+                &model,
+                ImputeLevel::Observed,
+                y,
+                Some(&mask),
+                30,
+                first,
+                draws,
+            );
+            let (fit_d, fit_rep) = impute_at(
+                &model,
+                ImputeLevel::Fitted,
+                y,
+                Some(&mask),
+                30,
+                first,
+                draws,
+            );
+            assert_eq!(fit_rep.min_level, 1.0);
+            // Stride 0: one matrix, one multiplier.
+            assert!((rep.min_level - rep.mean_level).abs() <= 1e-12 * rep.mean_level);
+            lambdas.push(rep.mean_level);
+            for e in (0..m * n).filter(|&e| mask[e] == 0) {
+                let covers = |out: &[f64]| {
+                    let mut v: Vec<f64> = (0..draws).map(|j| out[j * m * n + e]).collect();
+                    v.sort_by(f64::total_cmp);
+                    let (lo, hi) = (v[draws / 20], v[draws - 1 - draws / 20]);
+                    (y[e] >= lo && y[e] <= hi) as usize
+                };
+                total += 1;
+                hit += covers(&obs);
+                hit_fitted += covers(&fit_d);
+                let mean = |out: &[f64]| {
+                    (0..draws).map(|j| out[j * m * n + e]).sum::<f64>() / draws as f64
+                };
+                mean_gap += (mean(&obs) - mean(&fit_d)).powi(2);
+            }
+        }
+        let lambda = lambdas.iter().sum::<f64>() / tests as f64;
+        let (cov, cov_fitted) = (hit as f64 / total as f64, hit_fitted as f64 / total as f64);
+        let gap = (mean_gap / total as f64).sqrt() / sigma;
+        eprintln!(
+            "noise x{factor}: lambda {lambda:.3} (planted {:.3}), coverage observed {cov:.3}, fitted {cov_fitted:.3}, rms gap of the draws' means {gap:.3} sigma",
+            (sd * factor).powi(2) / (sigma * sigma)
+        );
+        // About 200 residual degrees of freedom per matrix: lambda's
+        // relative standard error is sqrt(2 / 200) = 0.1 per matrix, 0.008
+        // over 160; nu0 = 10 pseudo-observations at 1 pull lambda towards 1
+        // by nu0 / (nu0 + 200) of its distance (2.28 -> 2.22).
+        let planted = (sd * factor).powi(2) / (sigma * sigma);
+        assert!(
+            (lambda / planted - 1.0).abs() < 0.06,
+            "lambda {lambda}, planted {planted}"
+        );
+        assert!((0.87..=0.93).contains(&cov), "coverage {cov}");
+        if factor == 1.0 {
+            assert!((0.87..=0.93).contains(&cov_fitted), "coverage {cov_fitted}");
+            // The same draws' mean up to their sampling error (sigma /
+            // sqrt(200) = 0.07 sigma per entry).
+            assert!(gap < 0.1, "gap {gap}");
+        } else {
+            assert!(cov_fitted < 0.8, "fitted coverage {cov_fitted}");
+        }
+    }
+}
+
+#[test]
+fn observed_level_draws_depend_only_on_seed_and_index() {
+    let (model, m, n) = bimodal_model();
+    let mut y = vec![0.5; m * n];
+    y[0] = f64::NAN;
+    y[n + 1] = f64::NAN;
+    y[7] = f64::NAN;
+    let lv = ImputeLevel::Observed;
+    let (all, rep) = impute_at(&model, lv, &y, None, 9, 0, 100);
+    assert!(rep.mean_level.is_finite() && rep.mean_level > 0.0);
+    let (a, _) = impute_at(&model, lv, &y, None, 9, 0, 37);
+    let (b, _) = impute_at(&model, lv, &y, None, 9, 37, 63);
+    assert_eq!(bits(&all), bits(&[a, b].concat()));
+    let chunks: Vec<Vec<f64>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                let (model, y) = (&model, &y);
+                sc.spawn(move || impute_at(model, lv, y, None, 9, t * 25, 25).0)
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(bits(&all), bits(&chunks.concat()));
+    // One copy per draw: the multiplier computed per copy, the same bits.
+    let copies = y.repeat(100);
+    let batch = MatrixBatch::from_c_order(&copies, 100, m, n).unwrap();
+    let mut out = vec![0.0; 100 * m * n];
+    let mut ob = MatrixBatchMut::from_c_order(&mut out, 100, m, n).unwrap();
+    let so = SolverOptions::default();
+    let mut buf = MemBuffer::new(model.impute_scratch(100, &so));
+    let rep2 = model
+        .impute_with_level(&so, lv, 9, 0, &batch, &mut ob, MemStack::new(&mut buf))
+        .unwrap();
+    assert_eq!(bits(&all), bits(&out));
+    assert_eq!(rep2.mean_level.to_bits(), rep.mean_level.to_bits());
+    // The fitted level is Model::impute, bitwise.
+    let (fitted, rep) = impute_at(&model, ImputeLevel::Fitted, &y, None, 9, 0, 100);
+    assert_eq!(
+        bits(&fitted),
+        bits(&impute_repeated(&model, &y, None, 9, 0, 100))
+    );
+    assert_eq!((rep.min_level, rep.mean_level), (1.0, 1.0));
 }

@@ -82,6 +82,8 @@ const CORE_MODEL_AUTO = Int32(0)
 const CORE_MODEL_FLOW = Int32(1)
 const CORE_MODEL_GAUSSIAN = Int32(2)
 const CORE_MODEL_MIXTURE = Int32(3)
+const IMPUTE_LEVEL_FITTED = UInt32(0)
+const IMPUTE_LEVEL_OBSERVED = UInt32(1)
 
 # Struct mirrors of include/coreflow.h, field for field (isbits structs get
 # the C layout). bindings/python/tests/test_coreflow.py checks them against the
@@ -157,6 +159,7 @@ struct SampleOptions
     steps::UInt32
     rtol::Float64
     atol::Float64
+    impute_level::UInt32
 end
 
 struct MetricsOptions
@@ -591,7 +594,7 @@ complete(model::Model, x::StridedArray{Float64,3}, args...; kw...) =
 
 """
     impute!(out, model, x, ws = ...; mask = nothing, seed = 0, first_index = 0,
-            options = nothing) -> out
+            options = nothing, level = :fitted) -> out
 
 Multiple imputation: `out[:, :, i, k]` receives draw `k` of matrix
 `x[:, :, i]` from the model's law given its observed entries (where `mask`,
@@ -603,12 +606,24 @@ copied bitwise. `out` has size `(m, n, N, ndraws)`. Draw `k` of matrix `i`
 is draw number `first_index + (i - 1) * ndraws + k - 1` of stream `seed`
 (`coreflow_impute` with a partial of sample stride 0 per matrix). `ws`: a
 `Workspace` with `OP_IMPUTE` for `ndraws` matrices and the same options.
+`level`: the noise level of the draws, `:fitted` (the model's sigma^2, the
+exact posterior under the model) or `:observed` (sigma^2 times a multiplier
+re-estimated on each matrix's observed entries, `IMPUTE_LEVEL_OBSERVED`);
+`nothing` keeps `options.impute_level`.
 """
 function impute!(out::StridedArray{Float64,4}, model::Model, x::StridedArray{Float64,3},
                  ws::Union{Nothing,Workspace} = nothing;
                  mask::Union{Nothing,Array{UInt8,3},Array{Bool,3}} = nothing,
                  seed::Integer = 0, first_index::Integer = 0,
-                 options::Union{Nothing,SampleOptions} = nothing)
+                 options::Union{Nothing,SampleOptions} = nothing,
+                 level::Union{Nothing,Symbol} = :fitted)
+    if level !== nothing
+        code = level === :fitted ? IMPUTE_LEVEL_FITTED :
+               level === :observed ? IMPUTE_LEVEL_OBSERVED :
+               throw(ArgumentError("level: $level is not one of :fitted, :observed"))
+        base = options === nothing ? sample_options() : options
+        options = _with_fields(base, (:impute_level => code,), (), "sample_options")
+    end
     m, n, N = size(x)
     ndraws = size(out, 4)
     size(out) == (m, n, N, ndraws) ||

@@ -1132,6 +1132,50 @@ fn impute_draws_completions() {
     write_f64(&ynp, &yn, [3, M, K], false);
     run(&dn, &ynp, false, "1").ok();
     assert_eq!(a, read_f64(&dn).1);
+    // --level: fitted is the default; observed reports the multiplier,
+    // copies the observed entries and gives the same file for any thread
+    // count; an unknown level is a usage error naming the option.
+    let run_level = |out: &std::path::Path, threads: &str, level: &str| {
+        coreflow(&[
+            "impute",
+            "--model",
+            s(&model),
+            "--data",
+            s(&yp),
+            "--mask",
+            s(&mp),
+            "--draws",
+            "7",
+            "--seed",
+            "4",
+            "--threads",
+            threads,
+            "--level",
+            level,
+            "--out",
+            s(out),
+        ])
+    };
+    let (lf, lo1, lo2) = (dir.join("lf.npy"), dir.join("lo1.npy"), dir.join("lo2.npy"));
+    run_level(&lf, "1", "fitted").ok();
+    assert_eq!(a, read_f64(&lf).1);
+    assert!(run_level(&lo1, "1", "observed")
+        .ok()
+        .contains("multiplier of sigma^2"));
+    run_level(&lo2, "2", "observed").ok();
+    let b = read_f64(&lo1).1;
+    assert_eq!(b, read_f64(&lo2).1);
+    for (k, v) in b.iter().enumerate() {
+        let e = k % (3 * mn);
+        if mask[e] != 0 {
+            assert_eq!(v.to_bits(), y[e].to_bits());
+        } else {
+            assert!(v.is_finite());
+        }
+    }
+    let bad = run_level(&dir.join("lx.npy"), "1", "training");
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("--level"), "{}", bad.stderr);
     // An existing output is refused without --force.
     run(&d1, &yp, true, "1").bad_input(&["d1.npy", "--force"]);
     coreflow(&[

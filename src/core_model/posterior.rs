@@ -276,6 +276,58 @@ impl CoreModel {
         }
     }
 
+    /// The posterior mean of the core and the effective number of core
+    /// parameters the observations determine, from a conditioned `state`
+    /// and the `gram` (`G`) and `noise_var` (`s2`) it was conditioned with:
+    /// writes the mean (weighted over the components by their posterior
+    /// weights; for the flow kind, the Gaussian proposal's) into `mean`
+    /// (`d` values) and returns the trace of the hat weighted the same way,
+    /// `d_eff = sum_c pi_c trace(G Sigma_c) / s2` (`= d - trace(K_c^-1)` for
+    /// one component), with
+    /// `Sigma_c = W_c W_c^T` the component's posterior covariance (module
+    /// docs). `tmp` holds `d` values. `O(K d^3)`; never allocates.
+    pub fn posterior_summary(
+        &self,
+        state: &[f64],
+        gram: MatRef<'_, f64>,
+        noise_var: f64,
+        mean: &mut [f64],
+        tmp: &mut [f64],
+    ) -> f64 {
+        let d = self.dim;
+        let stride = 1 + d + d * d;
+        debug_assert_eq!(mean.len(), d);
+        debug_assert_eq!(tmp.len(), d);
+        mean.fill(0.0);
+        let (mut prev, mut hat) = (0.0, 0.0);
+        for c in 0..self.posterior_components() {
+            let at = c * stride;
+            let w = state[at] - prev;
+            prev = state[at];
+            if w <= 0.0 {
+                continue;
+            }
+            for (o, v) in mean.iter_mut().zip(&state[at + 1..at + 1 + d]) {
+                *o += w * v;
+            }
+            // trace(W^T G W): row i of W^T is column i of W.
+            let wt = MatRef::from_column_major_slice(&state[at + 1 + d..at + stride], d, d);
+            let mut tr = 0.0;
+            for i in 0..d {
+                let wi = wt.row(i).transpose();
+                {
+                    let gw = MatMut::from_column_major_slice_mut(tmp, d, 1);
+                    gemm(gw, Accum::Replace, gram, wi.as_mat(), 1.0, Par::Seq);
+                }
+                for (k, g) in tmp.iter().enumerate() {
+                    tr += wi[k] * g;
+                }
+            }
+            hat += w * tr / noise_var;
+        }
+        hat
+    }
+
     /// Workspace of [`posterior_draw`](Self::posterior_draw).
     pub fn posterior_draw_scratch(&self, solver: &SolverOptions) -> StackReq {
         let (d, k) = (self.dim, self.block_dim());

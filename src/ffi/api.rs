@@ -774,7 +774,13 @@ pub unsafe extern "C" fn coreflow_model_from_bytes(
 /// (many draws of the same matrix; it is conditioned once). Exact for the
 /// Gaussian and mixture core models; for the flow, importance resampling
 /// from the Gaussian fit of the cores (64 proposals per draw). `o` selects
-/// the ODE solver as in `coreflow_sample` (NULL = defaults). Draws depend
+/// the ODE solver as in `coreflow_sample` (NULL = defaults) and, by
+/// `o->impute_level`, the noise level: `COREFLOW_IMPUTE_LEVEL_FITTED` (the
+/// default) conditions and draws at the fitted sigma^2, the exact posterior
+/// under the model; `COREFLOW_IMPUTE_LEVEL_OBSERVED` at `lambda sigma^2`,
+/// `lambda` re-estimated on the observed entries of each matrix from their
+/// residuals against the posterior mean, shrunk towards 1 by 10
+/// pseudo-observations (profile and tails unchanged). Draws depend
 /// only on (seed, index): a run split into calls or spread over threads
 /// gives bitwise the same matrices. `out` must not overlap `partial`. `ws`
 /// is a workspace of `ws_bytes` bytes (`COREFLOW_OP_IMPUTE`).
@@ -782,7 +788,9 @@ pub unsafe extern "C" fn coreflow_model_from_bytes(
 /// Returns: `COREFLOW_OK`, or an error status with `out` untouched (every
 /// draw is computed and checked before the first is written):
 /// `COREFLOW_ERR_UNSUPPORTED` for a model fitted with `flow_steps = 0`,
-/// `COREFLOW_ERR_NUMERICAL` when a draw would not be finite.
+/// `COREFLOW_ERR_INVALID_ARGUMENT` for an `o->impute_level` that is not a
+/// `COREFLOW_IMPUTE_LEVEL_*` value, `COREFLOW_ERR_NUMERICAL` when a draw
+/// would not be finite.
 /// Ownership: the caller owns all buffers.
 /// Allocates: never.
 /// Thread safety: thread-safe; runs on the calling thread only.
@@ -800,7 +808,9 @@ pub unsafe extern "C" fn coreflow_impute(
 ) -> coreflow_status {
     boundary(|| {
         let model = model_ref(m)?;
-        let so = to_solver_options(&read_sample_options(o)?)?;
+        let co = read_sample_options(o)?;
+        let so = to_solver_options(&co)?;
+        let level = to_impute_level(&co)?;
         // Checked before the views exist: Rust may not hold a shared and an
         // exclusive view of the same memory.
         if !partial.is_null() && !out.is_null() && views_overlap(partial, out) {
@@ -813,7 +823,7 @@ pub unsafe extern "C" fn coreflow_impute(
         let need = model.impute_scratch(input.count(), &so);
         with_workspace(ws, ws_bytes, need, |stack| {
             model
-                .impute(&so, seed, first_index, &input, &mut batch, stack)
+                .impute_with_level(&so, level, seed, first_index, &input, &mut batch, stack)
                 .map(|_| ())
         })
     })

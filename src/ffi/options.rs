@@ -10,7 +10,7 @@ use crate::core_model::{CoreModelChoice, CoreModelKind, FlowOptions};
 use crate::error::{Error, Result};
 use crate::flow::ode::{Solver, SolverOptions};
 use crate::flow::train::Coupling;
-use crate::model::{FitOptions, ModelInfo, Progress, Stage};
+use crate::model::{FitOptions, ImputeLevel, ModelInfo, Progress, Stage};
 use crate::subspace::SubspaceMethod;
 use std::ffi::c_void;
 use std::mem::{offset_of, size_of};
@@ -39,6 +39,16 @@ pub const COREFLOW_SOLVER_HEUN: coreflow_solver = 1;
 pub const COREFLOW_SOLVER_RK4: coreflow_solver = 2;
 /// Dormand-Prince 5(4), adaptive steps controlled by rtol and atol.
 pub const COREFLOW_SOLVER_DOPRI5: coreflow_solver = 3;
+
+/// Noise level of multiple imputation, `coreflow_sample_options.impute_level`
+/// (32-bit; values below).
+pub type coreflow_impute_level = u32;
+/// The fitted level `sigma^2`: the exact posterior under the model (the
+/// default).
+pub const COREFLOW_IMPUTE_LEVEL_FITTED: coreflow_impute_level = 0;
+/// `lambda sigma^2`, the level re-estimated on the observed entries of each
+/// matrix (`coreflow_impute`).
+pub const COREFLOW_IMPUTE_LEVEL_OBSERVED: coreflow_impute_level = 1;
 
 /// Stage of a progress report (32-bit; values below).
 pub type coreflow_stage = i32;
@@ -531,7 +541,8 @@ pub(crate) unsafe fn write_model_info(
     Ok(())
 }
 
-/// Options of sampling and scoring. Fill with `coreflow_sample_options_init`.
+/// Options of sampling, scoring and imputation. Fill with
+/// `coreflow_sample_options_init`.
 #[repr(C)]
 #[derive(Copy, Clone, Debug)]
 pub struct coreflow_sample_options {
@@ -546,6 +557,14 @@ pub struct coreflow_sample_options {
     pub rtol: f64,
     /// Absolute tolerance of DOPRI5; default 1e-5.
     pub atol: f64,
+    /// `COREFLOW_IMPUTE_LEVEL_*`: the noise level at which `coreflow_impute`
+    /// conditions and draws; default `COREFLOW_IMPUTE_LEVEL_FITTED` (the
+    /// fitted sigma^2, the exact posterior under the model);
+    /// `COREFLOW_IMPUTE_LEVEL_OBSERVED` re-estimates the level on the
+    /// observed entries of each matrix (DESIGN.md section 4, "Multiple
+    /// imputation"). Ignored by `coreflow_sample` and `coreflow_log_prob`.
+    /// Added after ABI v1: an older host's smaller struct gets the default.
+    pub impute_level: coreflow_impute_level,
 }
 
 pub(crate) fn sample_options_default() -> coreflow_sample_options {
@@ -555,6 +574,7 @@ pub(crate) fn sample_options_default() -> coreflow_sample_options {
         steps: 16,
         rtol: 1e-5,
         atol: 1e-5,
+        impute_level: COREFLOW_IMPUTE_LEVEL_FITTED,
     }
 }
 
@@ -653,8 +673,22 @@ pub(crate) fn to_solver_options(o: &coreflow_sample_options) -> Result<SolverOpt
     Ok(opts)
 }
 
-/// Smallest `struct_size` accepted for `coreflow_sample_options` (ABI v1).
-pub(crate) const SAMPLE_OPTIONS_V1_SIZE: usize = size_of::<coreflow_sample_options>();
+/// The imputation level of checked C sample options; an unknown value is
+/// refused.
+pub(crate) fn to_impute_level(o: &coreflow_sample_options) -> Result<ImputeLevel> {
+    match o.impute_level {
+        COREFLOW_IMPUTE_LEVEL_FITTED => Ok(ImputeLevel::Fitted),
+        COREFLOW_IMPUTE_LEVEL_OBSERVED => Ok(ImputeLevel::Observed),
+        x => Err(Error::invalid(format!(
+            "o->impute_level: {x} is not a COREFLOW_IMPUTE_LEVEL_* value"
+        ))),
+    }
+}
+
+/// Smallest `struct_size` accepted for `coreflow_sample_options` (ABI v1:
+/// up to `atol`).
+pub(crate) const SAMPLE_OPTIONS_V1_SIZE: usize =
+    offset_of!(coreflow_sample_options, atol) + size_of::<f64>();
 
 /// Reads the host's sample options; NULL means the defaults.
 ///
@@ -684,6 +718,29 @@ pub(crate) unsafe fn init_sized<T: Copy>(dst: *mut T, size: usize, value: T) {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+
+    #[test]
+    fn impute_level_is_read_when_present_and_checked() {
+        let mut o = sample_options_default();
+        assert_eq!(to_impute_level(&o).unwrap(), ImputeLevel::Fitted);
+        o.impute_level = COREFLOW_IMPUTE_LEVEL_OBSERVED;
+        assert_eq!(to_impute_level(&o).unwrap(), ImputeLevel::Observed);
+        // An ABI v1 host's struct ends before impute_level: the default.
+        o.struct_size = SAMPLE_OPTIONS_V1_SIZE;
+        let read = unsafe { read_sample_options(&o) }.unwrap();
+        assert_eq!(read.impute_level, COREFLOW_IMPUTE_LEVEL_FITTED);
+        o.struct_size = size_of::<coreflow_sample_options>();
+        let read = unsafe { read_sample_options(&o) }.unwrap();
+        assert_eq!(read.impute_level, COREFLOW_IMPUTE_LEVEL_OBSERVED);
+        o.impute_level = 2;
+        let e = to_impute_level(&o).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            e.message().starts_with("o->impute_level: 2"),
+            "{}",
+            e.message()
+        );
+    }
 
     #[test]
     fn fit_errors_name_the_c_fields() {

@@ -30,6 +30,45 @@
 //! A flat profile gives weights exactly 1 (the unweighted formulas,
 //! bitwise).
 //!
+//! # The level
+//!
+//! [`ImputeLevel::Fitted`] (the default, [`Model::impute`]) conditions and
+//! draws at the fitted `sigma^2`: the exact posterior under the model. That
+//! level is the training residuals'; held-out matrices can have another
+//! (larger where the bases overfit the training set). With
+//! [`ImputeLevel::Observed`] each matrix gets its own level
+//! `lambda sigma^2`, estimated on its observed entries: with `yhat` the
+//! posterior mean of `Xbar + U C V^T` at the current level (the mixture's
+//! mean over its components, weighted by their posterior weights; for the
+//! flow kind the Gaussian proposal's mean), `e2_ab = (y_ab - yhat_ab)^2 /
+//! (sigma^2 rho_a gamma_b)` over the `n_obs` observed entries and `d_eff`
+//! the trace of the posterior hat matrix
+//! ([`CoreModel::posterior_summary`](crate::core_model::CoreModel::posterior_summary),
+//! `d - trace(K^-1)`: the core directions the observations determine),
+//!
+//! ```text
+//! lambda <- (nu0 + sum_obs w_ab e2_ab) / (nu0 + max(n_obs - d_eff, 0)),
+//! w_ab = 1                                                (Gaussian tails),
+//! w_ab = (nu + 1) / (nu tau^2 + e2_ab / lambda)           (Student-t, nu),
+//! ```
+//!
+//! then conditioning again at `lambda sigma^2`, to a fixed point (relative
+//! change at most [`LEVEL_TOL`], at most [`LEVEL_MAX_PASSES`] passes; the
+//! state is always conditioned at the last `lambda`). For Gaussian noise,
+//! `E[sum e2] = lambda (n_obs - d_eff)` exactly when the data follow the
+//! model at level `lambda sigma^2` (whitened, the residual against the
+//! posterior mean is `r = (I - H)(y - A m)`, and `I - H = s2 S^-1` with
+//! `S` the covariance of `y - A m`, so `E|r|^2 = s2 trace(I - H)`), so the
+//! fixed point is the evidence (type-II maximum likelihood) update of the
+//! level, shrunk towards 1; for Student-t tails the weights are the
+//! E-step of the t as a scale mixture of Gaussians, so a few large
+//! residuals do not drive the level. `nu0 =` [`LEVEL_PRIOR_WEIGHT`]
+//! pseudo-observations at `lambda = 1` keep a matrix with few observed
+//! entries near the fitted level (no observed entry: `lambda = 1`). The
+//! missing entries then get noise of level `lambda sigma^2` (profile and
+//! tails unchanged). Deterministic; a stride-0 partial estimates `lambda`
+//! once; draws still depend only on (seed, index).
+//!
 //! Streams: the core of draw `index` comes from `rng::stream(seed, index)`
 //! (posterior docs), its noise from `rng::stream(mix64(seed ^ NOISE_TAG),
 //! index)`, one normal per entry in column-major order whether the entry is
@@ -62,7 +101,33 @@ pub struct ImputeReport {
     /// Mean effective sample size (flow kind; NaN otherwise), out of
     /// [`crate::core_model::IMPUTE_PROPOSALS`] proposals per draw.
     pub mean_ess: f64,
+    /// Smallest level multiplier `lambda` over the draws' matrices: 1 for
+    /// [`ImputeLevel::Fitted`], the re-estimated level over `sigma^2` for
+    /// [`ImputeLevel::Observed`] (module docs); NaN for no draw.
+    pub min_level: f64,
+    /// Mean level multiplier over the draws (NaN for no draw).
+    pub mean_level: f64,
 }
+
+/// The noise level at which [`Model::impute_with_level`] conditions and
+/// draws (module docs, "The level").
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum ImputeLevel {
+    /// The fitted level `sigma^2`: the exact posterior under the model.
+    #[default]
+    Fitted,
+    /// `lambda sigma^2`, `lambda` re-estimated on the observed entries of
+    /// each matrix.
+    Observed,
+}
+
+/// Prior weight `nu0` of the level re-estimate, in pseudo-observations at
+/// `lambda = 1` (module docs, "The level").
+pub const LEVEL_PRIOR_WEIGHT: f64 = 10.0;
+/// Relative change of `lambda` below which its fixed-point iteration stops.
+pub const LEVEL_TOL: f64 = 1e-3;
+/// Most re-estimates of `lambda` per matrix (each one conditioning).
+pub const LEVEL_MAX_PASSES: usize = 16;
 
 impl Model {
     /// Workspace for [`Model::impute`] of up to `count` draws with `opts`.
@@ -79,7 +144,7 @@ impl Model {
         let (r, s, d) = (self.info.rank_rows, self.info.rank_cols, self.core_dim());
         StackReq::all_of(&[
             numerics::temp_mat_scratch::<f64>(count, d),
-            numerics::temp_slice_scratch::<f64>(core.posterior_len() + 2 * d + 2 * m),
+            numerics::temp_slice_scratch::<f64>(core.posterior_len() + 3 * d + 2 * m + count),
             numerics::temp_mat_scratch::<f64>(d, d),
             numerics::temp_mat_scratch::<f64>(m, n),
             numerics::temp_mat_scratch::<f64>(m, s),
@@ -111,6 +176,35 @@ impl Model {
         out: &mut MatrixBatchMut,
         stack: &mut MemStack,
     ) -> Result<ImputeReport> {
+        self.impute_with_level(
+            opts,
+            ImputeLevel::Fitted,
+            seed,
+            first_index,
+            partial,
+            out,
+            stack,
+        )
+    }
+
+    /// [`Model::impute`] at the noise level `level`: with
+    /// [`ImputeLevel::Fitted`] exactly [`Model::impute`]; with
+    /// [`ImputeLevel::Observed`] each matrix is conditioned, and its missing
+    /// entries drawn, at the level `lambda sigma^2` re-estimated on its
+    /// observed entries (module docs, "The level"; the noise law's profile
+    /// and tails unchanged). The report gives the multipliers `lambda`.
+    /// The same workspace ([`Model::impute_scratch`]) and guarantees.
+    #[allow(clippy::too_many_arguments)]
+    pub fn impute_with_level(
+        &self,
+        opts: &SolverOptions,
+        level: ImputeLevel,
+        seed: u64,
+        first_index: u64,
+        partial: &MatrixBatch,
+        out: &mut MatrixBatchMut,
+        stack: &mut MemStack,
+    ) -> Result<ImputeReport> {
         let core = self.core_or_unsupported("impute")?;
         self.check_shape(partial.rows(), partial.cols(), "partial")?;
         self.check_shape(out.rows(), out.cols(), "out")?;
@@ -130,6 +224,8 @@ impl Model {
         let mut report = ImputeReport {
             min_ess: f64::NAN,
             mean_ess: f64::NAN,
+            min_level: f64::NAN,
+            mean_level: f64::NAN,
         };
         if count == 0 {
             return Ok(report);
@@ -138,11 +234,13 @@ impl Model {
         let (m, n) = (self.info.rows, self.info.cols);
         let (r, s, d) = (self.info.rank_rows, self.info.rank_cols, self.core_dim());
         let (mut cores, stack) = temp_mat_zeroed::<f64>(count, d, stack);
-        let (buf, stack) = temp_slice(core.posterior_len() + 2 * d + 2 * m, 0.0f64, stack);
+        let (buf, stack) = temp_slice(core.posterior_len() + 3 * d + 2 * m + count, 0.0f64, stack);
         let (state, rest) = buf.split_at_mut(core.posterior_len());
         let (rhs, rest) = rest.split_at_mut(d);
         let (draw, rest) = rest.split_at_mut(d);
-        let (col, mix) = rest.split_at_mut(m);
+        let (tmp, rest) = rest.split_at_mut(d);
+        let (col, rest) = rest.split_at_mut(m);
+        let (mix, levels) = rest.split_at_mut(m);
         let (mut gram, stack) = temp_mat_zeroed::<f64>(d, d, stack);
         let (mut full, stack) = temp_mat_zeroed::<f64>(m, n, stack);
         let (mut t, stack) = temp_mat_zeroed::<f64>(m, s, stack);
@@ -151,6 +249,7 @@ impl Model {
         let repeated = partial.layout().sample_stride == 0;
         let sigma2 = self.prior.noise_var;
         let (mut ess_min, mut ess_sum) = (f64::INFINITY, 0.0);
+        let mut lambda = 1.0;
         for j in 0..count {
             let fail = |e: Error| {
                 Error::new(
@@ -171,7 +270,58 @@ impl Model {
                 );
                 core.condition(gram.rb(), rhs, sigma2, state, &mut *stack)
                     .map_err(fail)?;
+                lambda = 1.0;
+                if level == ImputeLevel::Observed {
+                    // Fixed point of lambda = (nu0 + ss / sigma^2) / (nu0 +
+                    // n_obs - d_eff), both sides at level lambda sigma^2.
+                    for _ in 0..LEVEL_MAX_PASSES {
+                        let d_eff =
+                            core.posterior_summary(state, gram.rb(), lambda * sigma2, draw, tmp);
+                        for (k, v) in draw.iter().enumerate() {
+                            cores[(j, k)] = *v;
+                        }
+                        let c = core_row_mut(cores.rb_mut(), j, r, s);
+                        self.decode_one(c.rb(), full.rb_mut(), t.rb_mut());
+                        let y = partial.sample(j);
+                        let law = &self.noise;
+                        let (wr, wc) = (law.inv_row(), law.inv_col());
+                        // Student-t: E-step weights of the t as a scale
+                        // mixture of Gaussians; 1 for Gaussian tails.
+                        let (nu, tau2) = (law.dof(), law.tail_scale());
+                        let t_tails = !law.is_gaussian();
+                        let (mut ss, mut n_obs) = (0.0, 0usize);
+                        for b in 0..n {
+                            for a in 0..m {
+                                if obs.at(y, a, b) {
+                                    let e = y[(a, b)] - full[(a, b)];
+                                    let e2 = e * e * (wr[a] * wc[b]) / sigma2;
+                                    ss += if t_tails {
+                                        (nu + 1.0) * e2 / (nu * tau2 + e2 / lambda)
+                                    } else {
+                                        e2
+                                    };
+                                    n_obs += 1;
+                                }
+                            }
+                        }
+                        let dof = (n_obs as f64 - d_eff).max(0.0);
+                        let next = (LEVEL_PRIOR_WEIGHT + ss) / (LEVEL_PRIOR_WEIGHT + dof);
+                        if !(next.is_finite() && next > 0.0) {
+                            return Err(fail(Error::numerical(
+                                "the noise level re-estimated on the observed entries is not finite and positive",
+                            )));
+                        }
+                        let done = (next / lambda - 1.0).abs() <= LEVEL_TOL;
+                        lambda = next;
+                        core.condition(gram.rb(), rhs, lambda * sigma2, state, &mut *stack)
+                            .map_err(fail)?;
+                        if done {
+                            break;
+                        }
+                    }
+                }
             }
+            levels[j] = lambda;
             let ess = core
                 .posterior_draw(state, opts, seed, first_index + j as u64, draw, &mut *stack)
                 .map_err(fail)?;
@@ -184,11 +334,11 @@ impl Model {
             }
         }
         if ess_min.is_finite() {
-            report = ImputeReport {
-                min_ess: ess_min,
-                mean_ess: ess_sum / count as f64,
-            };
+            report.min_ess = ess_min;
+            report.mean_ess = ess_sum / count as f64;
         }
+        report.min_level = levels.iter().copied().fold(f64::INFINITY, f64::min);
+        report.mean_level = levels.iter().sum::<f64>() / count as f64;
         for j in 0..count {
             let row = cores.rb().row(j);
             self.check_decodable((0..d).map(|k| row[k]), "out: draw", j)?;
@@ -196,18 +346,19 @@ impl Model {
         // Two passes over the same deterministic values: the first checks
         // every draw in the workspace, so the second, which writes, cannot
         // fail and `out` is untouched by a failed call.
-        let sigma = sigma2.sqrt();
         let noise_seed = rng::mix64(seed ^ NOISE_TAG);
         let tail_seed = rng::mix64(seed ^ TAIL_TAG);
         let law = &self.noise;
         let (sd_row, sd_col) = (law.sd_row(), law.sd_col());
         let (dof, tau) = (law.dof(), law.tail_scale().sqrt());
         for pass in 0..2 {
-            for j in 0..count {
+            for (j, &lambda) in levels.iter().enumerate() {
                 let c = core_row_mut(cores.rb_mut(), j, r, s);
                 self.decode_one(c.rb(), full.rb_mut(), t.rb_mut());
                 let y = partial.sample(j);
                 let obs = completion::observed_of(partial, j, true);
+                // lambda = 1 (the fitted level) leaves sigma^2 bitwise.
+                let sigma = (lambda * sigma2).sqrt();
                 let mut noise = rng::stream(noise_seed, first_index + j as u64);
                 let mut tails =
                     (!law.is_gaussian()).then(|| rng::stream(tail_seed, first_index + j as u64));

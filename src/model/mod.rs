@@ -13,7 +13,7 @@ mod impute;
 mod persist;
 mod validate;
 
-pub use impute::ImputeReport;
+pub use impute::{ImputeLevel, ImputeReport, LEVEL_MAX_PASSES, LEVEL_PRIOR_WEIGHT, LEVEL_TOL};
 pub use persist::FORMAT_VERSION;
 
 use crate::batch::{MatrixBatch, MatrixBatchMut};

@@ -102,6 +102,31 @@ int main(void) {
     CHECK(coreflow_impute(model, NULL, 42, 37, &r63, &o63, ws, bytes) == COREFLOW_OK, "impute 63");
     CHECK(memcmp(parts, draws, sizeof(double) * K * M * NC) == 0, "split calls differ");
 
+    /* The level re-estimated on the observed entries: observed entries
+       copied, 37 + 63 draws the same bits, and the default is the fitted
+       level (an explicit COREFLOW_IMPUTE_LEVEL_FITTED gives NULL's draws). */
+    {
+        coreflow_sample_options lv;
+        coreflow_sample_options_init(&lv);
+        CHECK(lv.impute_level == COREFLOW_IMPUTE_LEVEL_FITTED, "impute_level default");
+        lv.impute_level = COREFLOW_IMPUTE_LEVEL_FITTED;
+        CHECK(coreflow_impute(model, &lv, 42, 0, &r37, &o37, ws, bytes) == COREFLOW_OK, "fitted 37");
+        CHECK(memcmp(parts, draws, sizeof(double) * 37 * M * NC) == 0, "explicit fitted level differs");
+        lv.impute_level = COREFLOW_IMPUTE_LEVEL_OBSERVED;
+        static double obs_all[K * M * NC];
+        coreflow_matrices_mut oa = c_order_matrices_mut(obs_all, K, M, NC);
+        CHECK(coreflow_impute(model, &lv, 42, 0, &repeated, &oa, ws, bytes) == COREFLOW_OK,
+              "impute observed: %s", coreflow_last_error_message());
+        CHECK(coreflow_impute(model, &lv, 42, 0, &r37, &o37, ws, bytes) == COREFLOW_OK, "observed 37");
+        CHECK(coreflow_impute(model, &lv, 42, 37, &r63, &o63, ws, bytes) == COREFLOW_OK, "observed 63");
+        CHECK(memcmp(parts, obs_all, sizeof(double) * K * M * NC) == 0, "observed: split calls differ");
+        int copied = 1;
+        for (size_t k = 0; k < K; k++)
+            for (size_t e = 0; e < M * NC; e++)
+                if (!isnan(y[e])) copied &= memcmp(&obs_all[k * M * NC + e], &y[e], sizeof(double)) == 0;
+        CHECK(copied, "observed level: observed entries not copied");
+    }
+
     /* Errors: each names its argument and leaves `out` untouched. */
     for (size_t k = 0; k < K * M * NC; k++) parts[k] = -7.0;
     coreflow_matrices_mut all = c_order_matrices_mut(parts, K, M, NC);
@@ -132,6 +157,10 @@ int main(void) {
     so.steps = 0;
     EXPECT_ERROR(coreflow_impute(model, &so, 0, 0, &repeated, &all, ws, bytes), COREFLOW_ERR_INVALID_ARGUMENT,
                  "steps");
+    coreflow_sample_options_init(&so);
+    so.impute_level = COREFLOW_IMPUTE_LEVEL_OBSERVED + 1;
+    EXPECT_ERROR(coreflow_impute(model, &so, 0, 0, &repeated, &all, ws, bytes), COREFLOW_ERR_INVALID_ARGUMENT,
+                 "impute_level");
     EXPECT_ERROR(coreflow_workspace_size(model, COREFLOW_OP_IMPUTE + 1, K, NULL, &bytes),
                  COREFLOW_ERR_INVALID_ARGUMENT, "op");
     int untouched = 1;

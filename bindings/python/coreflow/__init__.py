@@ -133,6 +133,28 @@ STAGE_FLOW = 2
 CORE_MODEL_AUTO = 0
 CORE_MODEL_FLOW = 1
 CORE_MODEL_GAUSSIAN = 2
+IMPUTE_LEVEL_FITTED = 0
+IMPUTE_LEVEL_OBSERVED = 1
+
+# `level` of impute(): coreflow_sample_options.impute_level by name.
+_IMPUTE_LEVELS = {"fitted": IMPUTE_LEVEL_FITTED, "observed": IMPUTE_LEVEL_OBSERVED}
+
+
+def _impute_options(options, level):
+    """`options` (None = defaults) with impute_level set from `level`
+    ('fitted' or 'observed'; None keeps the options' own value)."""
+    if level is None:
+        return options
+    if not (isinstance(level, str) and level.lower() in _IMPUTE_LEVELS):
+        raise ValueError(f"level: {level!r} is not one of 'fitted', 'observed'")
+    if options is None:
+        opts = sample_options()
+    elif isinstance(options, SampleOptions):
+        opts = SampleOptions.from_buffer_copy(options)
+    else:
+        raise TypeError("options: a SampleOptions (see sample_options()) or None")
+    opts.impute_level = _IMPUTE_LEVELS[level.lower()]
+    return opts
 CORE_MODEL_MIXTURE = 3
 CORE_MODEL_NONE = -1  # in model info: geometry only
 
@@ -226,7 +248,8 @@ class FitOptions(Structure):
 
 
 class SampleOptions(Structure):
-    """coreflow_sample_options (solver settings of sampling and scoring)."""
+    """coreflow_sample_options (solver settings of sampling and scoring; the
+    noise level of imputation, impute_level)."""
 
     _fields_ = [
         ("struct_size", c_size_t),
@@ -234,6 +257,7 @@ class SampleOptions(Structure):
         ("steps", c_uint32),
         ("rtol", c_double),
         ("atol", c_double),
+        ("impute_level", c_uint32),
     ]
 
 
@@ -849,7 +873,8 @@ class Model:
                                            ws.address, ws.nbytes))
         return out
 
-    def impute(self, x, n_draws, mask=None, seed=0, first_index=0, ws=None, options=None):
+    def impute(self, x, n_draws, mask=None, seed=0, first_index=0, ws=None, options=None,
+               level="fitted"):
         """Multiple imputation: `n_draws` draws of each matrix of `x` (C-order
         (N, m, n)) from the model's law given its observed entries (where
         `mask`, bool or uint8 (N, m, n), is nonzero, or the non-NaN entries
@@ -860,7 +885,12 @@ class Model:
         info()["noise_profile_spread"]). Draw k of matrix i is
         draw number first_index + i * n_draws + k of stream `seed`
         (coreflow_impute with a partial of sample stride 0 per matrix).
-        `options`: a SampleOptions (the flow's solver; None = defaults)."""
+        `options`: a SampleOptions (the flow's solver; None = defaults).
+        `level`: the noise level of the draws, "fitted" (the model's sigma^2,
+        the exact posterior under the model) or "observed" (sigma^2 times a
+        multiplier re-estimated on each matrix's observed entries;
+        IMPUTE_LEVEL_OBSERVED); None keeps options.impute_level."""
+        options = _impute_options(options, level)
         x = np.asarray(x)
         if x.dtype != np.float64 or x.ndim != 3:
             raise TypeError("x: float64 array (N, m, n) expected")

@@ -436,14 +436,17 @@ class CoreFlow:
             x = np.ascontiguousarray(x)
         return model.complete(x, mask=mk, out=np.empty(x.shape))
 
-    def impute(self, X, n_draws, mask=None, random_state=None):
+    def impute(self, X, n_draws, mask=None, random_state=None, level="fitted"):
         """Multiple imputation: n_draws completions of each matrix of X drawn
         from the model's law given its observed entries, (n_draws, N, m, n).
         Missing entries are where `mask` is zero, or the NaN entries when no
         mask is given; observed entries are kept as they are. Quantiles over
         the first axis give intervals for the missing entries. Draw k of
         matrix i is draw i * n_draws + k of the stream `random_state` (an
-        int; None draws a fresh seed)."""
+        int; None draws a fresh seed). `level`: "fitted" (the noise level
+        fitted on the training set; the exact posterior under the model) or
+        "observed" (that level times a multiplier re-estimated on each
+        matrix's observed entries)."""
         model = self._fitted()
         x = np.ascontiguousarray(self._batch(X))
         n = _count(n_draws, "n_draws")
@@ -451,7 +454,7 @@ class CoreFlow:
         if mask is not None:
             mk = np.ascontiguousarray(_as_mask(mask, x.shape))
         return model.impute(x, n, mask=mk, seed=_seed(random_state),
-                            options=self._sample_options())
+                            options=self._sample_options(), level=level)
 
     # Persistence ---------------------------------------------------------------------
 

@@ -844,7 +844,7 @@ class HeaderSignatures(unittest.TestCase):
         header = header_constants()
         with open(os.path.join(ROOT, "bindings", "julia", "CoreFlow.jl")) as f:
             julia = {n: int(v) for n, v in re.findall(
-                r"^const (\w+) = (?:Int32\()?(-?\d+)\)?", f.read(), flags=re.M)}
+                r"^const (\w+) = (?:U?Int32\()?(-?\d+)\)?", f.read(), flags=re.M)}
         julia_only = {"CORE_MODEL_NONE"}  # a value of coreflow_model_info.core_model
         for name, value in julia.items():
             if name in julia_only:

@@ -56,6 +56,38 @@ class Impute(unittest.TestCase):
         mean, sd = d.mean(axis=0)[miss], d.std(axis=0)[miss]
         self.assertTrue(np.all(np.abs(mean - filled[miss]) <= 5 * sd / np.sqrt(400)))
 
+    def test_observed_level(self):
+        y0 = self.y_nan[:1]
+        fitted = self.model.impute(y0, 50, seed=9)
+        self.assertTrue(np.array_equal(fitted, self.model.impute(y0, 50, seed=9, level="fitted")))
+        full = self.model.impute(y0, 100, seed=9, level="observed")
+        a = self.model.impute(y0, 37, seed=9, level="observed")
+        b = self.model.impute(y0, 63, seed=9, first_index=37, level="observed")
+        self.assertTrue(np.array_equal(full, np.concatenate([a, b])))
+        obs = np.broadcast_to(self.mask[:1], full.shape)
+        self.assertTrue(np.array_equal(full[obs], np.broadcast_to(self.y[:1], full.shape)[obs]))
+        # Data of the model: the level stays near the fitted one.
+        d = self.est.impute(self.y_nan, 400, random_state=3, level="observed")
+        f = self.est.impute(self.y_nan, 400, random_state=3)
+        miss = ~self.mask
+        ratio = d.var(axis=0)[miss].mean() / f.var(axis=0)[miss].mean()
+        self.assertTrue(0.5 < ratio < 2.0, ratio)
+        # The option through sample_options is the same as level=.
+        so = coreflow.sample_options(impute_level=coreflow.IMPUTE_LEVEL_OBSERVED)
+        self.assertTrue(np.array_equal(
+            full, self.model.impute(y0, 100, seed=9, options=so, level=None)))
+
+    def test_an_unknown_level_is_refused(self):
+        with self.assertRaises(ValueError):
+            self.est.impute(self.y_nan, 3, level="training")
+        with self.assertRaises(ValueError):
+            self.model.impute(self.y_nan, 3, level=1)
+        so = coreflow.sample_options(impute_level=7)
+        with self.assertRaises(coreflow.CoreFlowError) as cm:
+            self.model.impute(self.y_nan, 3, options=so, level=None)
+        self.assertEqual(cm.exception.name, "COREFLOW_ERR_INVALID_ARGUMENT")
+        self.assertIn("impute_level", cm.exception.message)
+
     def test_errors_name_the_argument(self):
         with self.assertRaises(ValueError):
             self.est.impute(self.y_nan, 0)

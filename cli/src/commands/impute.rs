@@ -12,7 +12,7 @@ use crate::input::{check_model_shape, load_model, read_input, Missing};
 use crate::ThreadArgs;
 use clap::Args;
 use coreflow::numerics::{resolve_threads, MemBuffer, MemStack};
-use coreflow::{Layout, MatrixBatch, MatrixBatchMut};
+use coreflow::{ImputeLevel, Layout, MatrixBatch, MatrixBatchMut};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -37,6 +37,11 @@ pub struct ImputeArgs {
     /// Number of the first draw of the stream (to continue an earlier run).
     #[arg(long, value_name = "J", default_value_t = 0)]
     pub first_index: u64,
+    /// Noise level of the draws: `fitted` (the model's sigma^2; the exact
+    /// posterior under the model) or `observed` (sigma^2 times a multiplier
+    /// re-estimated on each matrix's observed entries).
+    #[arg(long, value_enum, default_value_t = LevelArg::Fitted)]
+    pub level: LevelArg,
     #[command(flatten)]
     pub solver: SolverArgs,
     #[command(flatten)]
@@ -48,11 +53,24 @@ pub struct ImputeArgs {
     pub force: crate::output::ForceArg,
 }
 
+/// `--level`.
+#[derive(clap::ValueEnum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum LevelArg {
+    /// The fitted level sigma^2.
+    Fitted,
+    /// sigma^2 re-estimated on the observed entries of each matrix.
+    Observed,
+}
+
 pub fn run(a: ImputeArgs) -> Result<(), CliError> {
     if a.draws == 0 {
         return Err(CliError::input("--draws: must be at least 1"));
     }
     let opts = a.solver.options()?;
+    let level = match a.level {
+        LevelArg::Fitted => ImputeLevel::Fitted,
+        LevelArg::Observed => ImputeLevel::Observed,
+    };
     let model = load_model(&a.model)?;
     check_has_core_model(&model, &a.model)?;
     let input = read_input(
@@ -87,7 +105,7 @@ pub fn run(a: ImputeArgs) -> Result<(), CliError> {
     let workers = resolve_threads(a.threads.threads).clamp(1, count.max(1));
     let per = count.div_ceil(workers).max(1);
     let (model, opts, input) = (&model, &opts, &input);
-    let results: Vec<coreflow::Result<(f64, f64)>> = std::thread::scope(|sc| {
+    let results: Vec<coreflow::Result<(f64, f64, f64, f64)>> = std::thread::scope(|sc| {
         let handles: Vec<_> = by_matrix
             .chunks_mut(per * k * mn)
             .enumerate()
@@ -96,6 +114,7 @@ pub fn run(a: ImputeArgs) -> Result<(), CliError> {
                     let mut buf = MemBuffer::new(model.impute_scratch(k, opts));
                     let (mut y, mut mask) = (vec![0.0; mn], vec![0u8; mn]);
                     let (mut ess_min, mut ess_sum, mut ess_n) = (f64::INFINITY, 0.0, 0.0);
+                    let (mut lev_min, mut lev_sum) = (f64::INFINITY, 0.0);
                     for (j, block) in chunk.chunks_mut(k * mn).enumerate() {
                         let i = w * per + j;
                         // Matrix i in C order, repeated K times by sample stride 0.
@@ -119,8 +138,9 @@ pub fn run(a: ImputeArgs) -> Result<(), CliError> {
                         let mut out = MatrixBatchMut::from_c_order(block, k, m, n)?;
                         let first = a.first_index + (i * k) as u64;
                         let rep = model
-                            .impute(
+                            .impute_with_level(
                                 opts,
+                                level,
                                 a.seed,
                                 first,
                                 &partial,
@@ -133,6 +153,8 @@ pub fn run(a: ImputeArgs) -> Result<(), CliError> {
                                     format!("matrix {i}: {}", e.message()),
                                 )
                             })?;
+                        lev_min = lev_min.min(rep.min_level);
+                        lev_sum += rep.mean_level;
                         if rep.min_ess.is_finite() {
                             ess_min = ess_min.min(rep.min_ess);
                             ess_sum += rep.mean_ess;
@@ -146,6 +168,8 @@ pub fn run(a: ImputeArgs) -> Result<(), CliError> {
                         } else {
                             f64::NAN
                         },
+                        lev_min,
+                        lev_sum,
                     ))
                 })
             })
@@ -156,8 +180,11 @@ pub fn run(a: ImputeArgs) -> Result<(), CliError> {
             .collect()
     });
     let (mut ess_min, mut ess_means) = (f64::INFINITY, Vec::new());
+    let (mut level_min, mut level_sum) = (f64::INFINITY, 0.0);
     for r in results {
-        let (lo, mean) = r.ctx("impute")?;
+        let (lo, mean, lev_lo, lev_sum) = r.ctx("impute")?;
+        level_min = level_min.min(lev_lo);
+        level_sum += lev_sum;
         ess_min = ess_min.min(lo);
         if mean.is_finite() {
             ess_means.push(mean);
@@ -186,6 +213,13 @@ pub fn run(a: ImputeArgs) -> Result<(), CliError> {
         a.first_index + (k * count) as u64,
         a.out.display()
     );
+    if level == ImputeLevel::Observed {
+        out!(
+            "noise level re-estimated on the observed entries: multiplier of sigma^2 {:.4} on average over the matrices (smallest {:.4})",
+            level_sum / count.max(1) as f64,
+            level_min
+        );
+    }
     if !ess_means.is_empty() {
         out!(
             "flow core model: importance resampling with {} proposals per draw, effective sample size {:.1} on average (smallest {:.1})",
