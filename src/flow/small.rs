@@ -73,6 +73,7 @@ const LANES: usize = 16;
 pub(crate) enum Kernel {
     /// `std::arch` AVX-512F (x86-64 with AVX2 and FMA as well, detected at
     /// run time; built only with Rust 1.89 or later, `cfg(coreflow_avx512)`).
+    #[cfg_attr(not(all(target_arch = "x86_64", coreflow_avx512)), allow(dead_code))]
     Avx512,
     /// `std::arch` AVX2 with FMA (x86-64, detected at run time).
     Avx2Fma,
