@@ -545,6 +545,20 @@ typedef struct coreflow_model_info {
      * rho_a gamma_b (1 for a flat profile).
      */
     double noise_profile_spread;
+    /**
+     * Bound of the standardised noise of an imputation draw: the largest
+     * standardised training residual (+infinity: none).
+     */
+    double noise_bound;
+    /**
+     * Smallest observed training value: drawn entries are censored to
+     * [data_min, data_max] (-infinity: none).
+     */
+    double data_min;
+    /**
+     * Largest observed training value (+infinity: none).
+     */
+    double data_max;
 } coreflow_model_info;
 
 /**
@@ -1185,8 +1199,12 @@ coreflow_status coreflow_model_from_bytes(const uint8_t *buf, size_t len, struct
  * over rows and columns fitted with the model: the observed entries are
  * weighted by `1 / (rho_a gamma_b)`), then `U C V^T + Xbar` plus independent
  * noise of that law on the missing entries: Gaussian, or Student-t with
- * `noise_dof` degrees of freedom (`coreflow_model_info`). Observed entries
- * are copied bitwise. A `partial` with `sample_stride = 0` repeats one matrix
+ * `noise_dof` degrees of freedom (`coreflow_model_info`), truncated at
+ * `noise_bound` standard deviations (the largest standardised training
+ * residual; a value beyond it is drawn again), and each drawn entry is
+ * censored to the training range `[data_min, data_max]`: a draw holds no
+ * value the training data do not support (files of format version 5 and
+ * older have neither bound). Observed entries are copied bitwise. A `partial` with `sample_stride = 0` repeats one matrix
  * (many draws of the same matrix; it is conditioned once). Exact for the
  * Gaussian and mixture core models; for the flow, importance resampling
  * from the Gaussian fit of the cores (64 proposals per draw). `o` selects

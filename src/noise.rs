@@ -60,8 +60,31 @@
 //! against 0.832, faces 0.869 against 0.878; blobs, where it picks a wider
 //! law, 0.886 against 0.867), with the same CRPS to within 1 %.
 //!
+//! 3. Support: the largest standardised residual `z_max = max |z|` over
+//!    every scored entry (not only the sampled ones), and the range
+//!    `[x_min, x_max]` of the observed training values.
+//!
+//! # Support of a draw
+//!
+//! The fitted law says nothing of noise beyond the largest residual the
+//! training data showed, nor of values outside their range, yet its tails
+//! reach there: measured on the motion sensors (BENCHMARKS.md, "Multiple
+//! imputation"), Student-t tails of 3 degrees of freedom drew single entries
+//! of 654 where the training data span -27.8 to 34.9, and on digits 30 % of
+//! the drawn pixels fell outside `[0, 1]`. So a draw of the noise is bounded:
+//! its standardised value `q = tau z / sqrt(w)` (`z` for Gaussian tails) is
+//! drawn again while `|q| > z_max` ([`NoiseModel::truncated`]: the
+//! law truncated at `z_max`), and the drawn entry `x = prediction + noise` is
+//! censored to `[x_min, x_max]` (the nearest end of the range: what a sensor
+//! or a pixel scale that saturates records, and what the model can justify
+//! of any other data). Truncation lowers the variance by the law's mass
+//! beyond `z_max`, which is about the inverse of the number of scored
+//! residuals. Files older than version 6 have no support (`z_max` and the
+//! range infinite) and reproduce their outputs bitwise.
+//!
 //! Everything summed over matrices goes through the fit's reducer, in one
-//! call per pass, so every participant of a distributed fit gets the same
+//! call per pass (the support's maxima in eight more,
+//! [`crate::reduce::max_in_place`]), so every participant of a distributed fit gets the same
 //! law; the passes are sequential (results do not depend on the thread
 //! count).
 //!
@@ -77,6 +100,7 @@
 //! 5) reproduces the earlier outputs bitwise: its weights are exactly 1.
 //!
 //! [`NoiseModel::fit`]: crate::noise::NoiseModel::fit
+//! [`NoiseModel::truncated`]: crate::noise::NoiseModel::truncated
 //! [`NoiseModel::inv_row`]: crate::noise::NoiseModel::inv_row
 //! [`NoiseModel::inv_col`]: crate::noise::NoiseModel::inv_col
 //! [`PROFILE_ROUNDS`]: crate::noise::PROFILE_ROUNDS
@@ -89,7 +113,8 @@ use crate::batch::MatrixBatch;
 use crate::completion::observed_of;
 use crate::error::{Error, Result};
 use crate::numerics::gemm;
-use crate::reduce::Reducer;
+use crate::reduce::{max_in_place, Reducer};
+use crate::rng;
 use faer::{Accum, Mat, MatRef, Par};
 
 /// Degrees of freedom the tail fit chooses from (`f64::INFINITY`: Gaussian).
@@ -110,6 +135,9 @@ pub const NEGLIGIBLE: f64 = 1e-6;
 pub const MIN_PROFILE: f64 = 1e-6;
 /// Tolerance of the profile's normalisation checked on load.
 const NORM_TOL: f64 = 1e-9;
+/// Draws of a standardised noise value beyond the bound before it is set
+/// to the bound ([`NoiseModel::truncated`]).
+pub const NOISE_REDRAWS: u32 = 16;
 
 /// The noise law of a model (module docs): a rank-one variance profile
 /// over rows and columns and Gaussian or Student-t tails. The level
@@ -120,6 +148,8 @@ pub struct NoiseModel {
     col: Vec<f64>,
     dof: f64,
     tail_scale: f64,
+    bound: f64,
+    range: [f64; 2],
     inv_row: Vec<f64>,
     inv_col: Vec<f64>,
     sd_row: Vec<f64>,
@@ -129,19 +159,32 @@ pub struct NoiseModel {
 impl NoiseModel {
     /// The flat Gaussian law of an `m x n` model (variance `sigma^2` per
     /// entry): what files older than version 5 load with.
+    /// No support: the bound and the range are infinite.
     pub fn flat(rows: usize, cols: usize) -> NoiseModel {
-        Self::assemble(vec![1.0; rows], vec![1.0; cols], f64::INFINITY, 1.0)
+        Self::assemble(
+            vec![1.0; rows],
+            vec![1.0; cols],
+            f64::INFINITY,
+            1.0,
+            f64::INFINITY,
+            [f64::NEG_INFINITY, f64::INFINITY],
+        )
     }
 
     /// A noise law from its parts, checked: `row` (m values) and `col` (n
     /// values) finite, at least [`MIN_PROFILE`], each of mean 1 (to `1e-9`);
     /// `dof` above 2 or `f64::INFINITY` (Gaussian); `tail_scale` finite and
-    /// positive, and 1 for the Gaussian. Errors name the offending part.
+    /// positive, and 1 for the Gaussian; `bound` positive (`f64::INFINITY`:
+    /// none); `range` `[low, high]` with `low <= high`, neither NaN, `low`
+    /// below `+inf` and `high` above `-inf` (infinite ends: unbounded).
+    /// Errors name the offending part.
     pub fn from_parts(
         row: Vec<f64>,
         col: Vec<f64>,
         dof: f64,
         tail_scale: f64,
+        bound: f64,
+        range: [f64; 2],
     ) -> Result<NoiseModel> {
         for (what, p) in [("row", &row), ("column", &col)] {
             if p.is_empty() {
@@ -176,11 +219,31 @@ impl NoiseModel {
                 "noise: Gaussian noise has the tail scale {tail_scale}, not 1"
             )));
         }
-        Ok(Self::assemble(row, col, dof, tail_scale))
+        if bound.is_nan() || bound <= 0.0 {
+            return Err(Error::invalid(format!(
+                "noise: the bound {bound} is not positive"
+            )));
+        }
+        let [low, high] = range;
+        if !(low <= high && low < f64::INFINITY && high > f64::NEG_INFINITY) {
+            return Err(Error::invalid(format!(
+                "noise: the range [{low}, {high}] is empty or not a range"
+            )));
+        }
+        Ok(Self::assemble(row, col, dof, tail_scale, bound, range))
     }
 
-    fn assemble(row: Vec<f64>, col: Vec<f64>, dof: f64, tail_scale: f64) -> NoiseModel {
+    fn assemble(
+        row: Vec<f64>,
+        col: Vec<f64>,
+        dof: f64,
+        tail_scale: f64,
+        bound: f64,
+        range: [f64; 2],
+    ) -> NoiseModel {
         NoiseModel {
+            bound,
+            range,
             inv_row: row.iter().map(|x| 1.0 / x).collect(),
             inv_col: col.iter().map(|x| 1.0 / x).collect(),
             sd_row: row.iter().map(|x| x.sqrt()).collect(),
@@ -207,6 +270,48 @@ impl NoiseModel {
     /// The tail scale `tau^2` (1 for Gaussian tails).
     pub fn tail_scale(&self) -> f64 {
         self.tail_scale
+    }
+    /// The bound `z_max` of the standardised noise (`f64::INFINITY`: none).
+    pub fn bound(&self) -> f64 {
+        self.bound
+    }
+    /// The range `[x_min, x_max]` a drawn entry is censored to (infinite
+    /// ends: none).
+    pub fn range(&self) -> [f64; 2] {
+        self.range
+    }
+    /// `x` censored to the range.
+    #[inline]
+    pub fn censor(&self, x: f64) -> f64 {
+        x.clamp(self.range[0], self.range[1])
+    }
+    /// The standardised noise value `q` (variance 1 before truncation: `z`,
+    /// times `tau / sqrt(chi2_nu / nu)` for t tails) of entry `entry` of draw
+    /// `index`, truncated at the bound (module docs): while `|q|` exceeds it,
+    /// `q` is drawn again from the law, from
+    /// [`rng::redraw_stream`]`(redraw_seed ^ mix64(entry), index, attempt)`,
+    /// at most [`NOISE_REDRAWS`] times, then set to the bound with the last
+    /// draw's sign. `q` itself is returned when it is within the bound, so
+    /// the caller's streams advance the same whatever is drawn again.
+    #[inline]
+    pub fn truncated(&self, mut q: f64, redraw_seed: u64, index: u64, entry: u64) -> f64 {
+        let mut attempt = 0;
+        while q.abs() > self.bound {
+            attempt += 1;
+            if attempt > NOISE_REDRAWS {
+                return self.bound.copysign(q);
+            }
+            let mut again = rng::redraw_stream(redraw_seed ^ rng::mix64(entry), index, attempt);
+            let mut z = [0.0];
+            rng::fill_normal(&mut again, &mut z);
+            q = if self.is_gaussian() {
+                z[0]
+            } else {
+                z[0] * self.tail_scale.sqrt()
+                    / (rng::chi_square(&mut again, self.dof) / self.dof).sqrt()
+            };
+        }
+        q
     }
     /// True for Gaussian tails.
     pub fn is_gaussian(&self) -> bool {
@@ -270,6 +375,8 @@ impl NoiseModel {
         let mut resid = Residuals::new(u, v, mean, m, n);
         // Pass 1: S_ab and N_ab.
         let mut stats = vec![0.0; 2 * m * n];
+        // Local maxima of [x, -x, |z|] (module docs, step 3).
+        let mut support = [f64::NEG_INFINITY; 3];
         for i in 0..train.count() {
             let x = train.sample(i);
             let obs = observed_of(train, i, nan_is_missing);
@@ -277,6 +384,8 @@ impl NoiseModel {
             for b in 0..n {
                 for a in 0..m {
                     if obs.at(x, a, b) {
+                        support[0] = support[0].max(x[(a, b)]);
+                        support[1] = support[1].max(-x[(a, b)]);
                         let r = resid.at(a, b);
                         stats[a + b * m] += r * r;
                         stats[m * n + a + b * m] += 1.0;
@@ -288,7 +397,8 @@ impl NoiseModel {
         let (ss, counts) = stats.split_at(m * n);
         let total: f64 = ss.iter().sum();
         if !(total > 0.0 && total.is_finite() && noise_var > 0.0) {
-            return Ok(Self::flat(m, n));
+            max_in_place(reducer, &mut support)?;
+            return Ok(Self::flat(m, n).with_range(support));
         }
         let ((row, low_row), (col, low_col)) = fit_profile(ss, counts, m, n);
         // Entries scored for the tails: off the geometry at least once, and
@@ -322,11 +432,12 @@ impl NoiseModel {
                     if !(obs.at(x, a, b) && scored(a, b)) {
                         continue;
                     }
+                    let z = resid.at(a, b) * inv_sd[a + b * m];
+                    support[2] = support[2].max(z.abs());
                     k += 1;
                     if k % stride != 0 {
                         continue;
                     }
-                    let z = resid.at(a, b) * inv_sd[a + b * m];
                     let z2 = z * z;
                     acc[0] += 1.0;
                     acc[1] += z2;
@@ -338,7 +449,24 @@ impl NoiseModel {
         }
         reducer.sum_in_place(&mut acc)?;
         let (dof, tail_scale) = choose_tails(&acc);
-        Ok(Self::assemble(row, col, dof, tail_scale))
+        max_in_place(reducer, &mut support)?;
+        // No scored entry: no evidence for a bound.
+        let bound = if support[2] > 0.0 {
+            support[2]
+        } else {
+            f64::INFINITY
+        };
+        Ok(Self::assemble(row, col, dof, tail_scale, bound, [0.0; 2]).with_range(support))
+    }
+
+    /// The range `[-support[1], support[0]]` (no observed value: none).
+    fn with_range(mut self, support: [f64; 3]) -> NoiseModel {
+        self.range = if support[0] >= -support[1] {
+            [-support[1], support[0]]
+        } else {
+            [f64::NEG_INFINITY, f64::INFINITY]
+        };
+        self
     }
 }
 
@@ -534,25 +662,81 @@ mod tests {
         for b in 0..n {
             assert!((c[b] - gamma[b] / gm).abs() < 1e-9, "{c:?}");
         }
-        assert!(NoiseModel::from_parts(r, c, f64::INFINITY, 1.0).is_ok());
+        assert!(
+            NoiseModel::from_parts(r, c, f64::INFINITY, 1.0, f64::INFINITY, [0.0, 1.0]).is_ok()
+        );
     }
 
     #[test]
     fn parts_are_validated() {
         let ok = || (vec![0.5, 1.5], vec![1.0, 1.0, 1.0]);
         let (r, c) = ok();
-        assert!(NoiseModel::from_parts(r, c, 4.0, 0.3).is_ok());
+        assert!(NoiseModel::from_parts(r, c, 4.0, 0.3, f64::INFINITY, [0.0, 1.0]).is_ok());
         let (_, c) = ok();
-        assert!(NoiseModel::from_parts(vec![0.5, 1.4], c, 4.0, 0.3).is_err());
+        assert!(
+            NoiseModel::from_parts(vec![0.5, 1.4], c, 4.0, 0.3, f64::INFINITY, [0.0, 1.0]).is_err()
+        );
         let (_, c) = ok();
-        assert!(NoiseModel::from_parts(vec![0.0, 2.0], c, 4.0, 0.3).is_err());
+        assert!(
+            NoiseModel::from_parts(vec![0.0, 2.0], c, 4.0, 0.3, f64::INFINITY, [0.0, 1.0]).is_err()
+        );
         let (r, c) = ok();
-        assert!(NoiseModel::from_parts(r, c, 2.0, 0.3).is_err());
+        assert!(NoiseModel::from_parts(r, c, 2.0, 0.3, f64::INFINITY, [0.0, 1.0]).is_err());
         let (r, c) = ok();
-        assert!(NoiseModel::from_parts(r, c, f64::INFINITY, 0.3).is_err());
+        assert!(
+            NoiseModel::from_parts(r, c, f64::INFINITY, 0.3, f64::INFINITY, [0.0, 1.0]).is_err()
+        );
         let (r, c) = ok();
-        assert!(NoiseModel::from_parts(r, c, f64::NAN, 1.0).is_err());
+        assert!(NoiseModel::from_parts(r, c, f64::NAN, 1.0, f64::INFINITY, [0.0, 1.0]).is_err());
         let (r, _) = ok();
-        assert!(NoiseModel::from_parts(r, vec![f64::NAN, 1.0, 2.0], 4.0, 1.0).is_err());
+        assert!(NoiseModel::from_parts(
+            r,
+            vec![f64::NAN, 1.0, 2.0],
+            4.0,
+            1.0,
+            f64::INFINITY,
+            [0.0, 1.0]
+        )
+        .is_err());
+        for (bound, range, good) in [
+            (3.5, [-1.0, 2.0], true),
+            (f64::INFINITY, [f64::NEG_INFINITY, f64::INFINITY], true),
+            (3.5, [2.0, 2.0], true),
+            (0.0, [0.0, 1.0], false),
+            (f64::NAN, [0.0, 1.0], false),
+            (3.5, [1.0, 0.0], false),
+            (3.5, [f64::NAN, 1.0], false),
+            (3.5, [f64::INFINITY, f64::INFINITY], false),
+        ] {
+            let (r, c) = ok();
+            let got = NoiseModel::from_parts(r, c, 4.0, 0.5, bound, range);
+            assert_eq!(got.is_ok(), good, "{bound} {range:?}");
+        }
+    }
+
+    #[test]
+    fn truncated_noise_stays_within_the_bound_and_keeps_the_body() {
+        let law =
+            NoiseModel::from_parts(vec![1.0], vec![1.0], 3.0, 1.0 / 3.0, 2.5, [-1e9, 1e9]).unwrap();
+        let mut z = vec![0.0; 100_000];
+        rng::fill_normal(&mut rng::stream(5, 0), &mut z);
+        let mut tails = rng::stream(6, 0);
+        let mut beyond = 0;
+        for (e, zi) in z.iter().enumerate() {
+            let q = zi * (1.0f64 / 3.0).sqrt() / (rng::chi_square(&mut tails, 3.0) / 3.0).sqrt();
+            let t = law.truncated(q, 9, 0, e as u64);
+            assert!(t.abs() <= 2.5);
+            if q.abs() <= 2.5 {
+                assert_eq!(t.to_bits(), q.to_bits());
+            } else {
+                beyond += 1;
+                assert_eq!(t.to_bits(), law.truncated(q, 9, 0, e as u64).to_bits());
+            }
+        }
+        // P(|T_3| > 2.5 sqrt(3)) = 0.0227 for the unit-variance t3.
+        let p = beyond as f64 / z.len() as f64;
+        assert!((p - 0.0227).abs() < 0.002, "{p}");
+        assert_eq!(law.censor(-2e9), -1e9);
+        assert_eq!(law.censor(0.25), 0.25);
     }
 }

@@ -14,8 +14,23 @@
 //!   `n (n + 1) / 2` values (half the traffic), then mirrored;
 //! - [`column_mean`]: the mean `mu_j = (sum_i x_ij) / N` of the rows of
 //!   every participant, the column sums and the row count `N` in one
-//!   reduction of `d + 1` values.
+//!   reduction of `d + 1` values;
+//! - [`max_in_place`]: the exact largest value of a few slots over every
+//!   participant, through sums only (module docs below).
 //!
+//! # Maxima through sums
+//!
+//! A host's reducer only sums, yet a fit needs a few exact maxima (the range
+//! of the training data, the largest residual). Each `f64` maps to a `u64`
+//! key of the same order (`bits | 2^63` for a non-negative value, `!bits`
+//! for a negative one); the largest key is found one byte at a time, most
+//! significant first: in round `t` every participant adds 1 to bucket `d` of
+//! a slot when its key agrees with the bytes already fixed and its byte `t`
+//! is `d`, and the largest bucket with a nonzero sum is byte `t` of the
+//! maximum. Eight reductions of `256` values per slot; the result is exactly
+//! the largest local value, the same on every participant.
+//!
+//! [`max_in_place`]: crate::reduce::max_in_place
 //! [`Reducer`]: crate::reduce::Reducer
 //! [`sum_matrix`]: crate::reduce::sum_matrix
 //! [`sum_symmetric`]: crate::reduce::sum_symmetric
@@ -109,10 +124,133 @@ pub fn column_mean(x: MatRef<'_, f64>, reducer: &dyn Reducer) -> Result<(Vec<f64
     Ok((sums, n))
 }
 
+/// The order-preserving key of a non-NaN `f64` (module docs).
+fn order_key(x: f64) -> u64 {
+    let bits = x.to_bits();
+    if bits >> 63 == 0 {
+        bits | 1 << 63
+    } else {
+        !bits
+    }
+}
+
+/// The `f64` of an [`order_key`].
+fn from_order_key(key: u64) -> f64 {
+    f64::from_bits(if key >> 63 == 1 {
+        key & !(1 << 63)
+    } else {
+        !key
+    })
+}
+
+/// Replaces every value of `slots` (each participant's local maximum of that
+/// slot, `f64::NEG_INFINITY` for none) by its largest value over all
+/// participants, exactly (module docs, "Maxima through sums"). Eight
+/// reductions of `256 slots.len()` values; allocates that buffer. NaN is
+/// refused.
+pub fn max_in_place(reducer: &dyn Reducer, slots: &mut [f64]) -> Result<()> {
+    if slots.iter().any(|x| x.is_nan()) {
+        return Err(Error::internal("maximum reduction of a NaN"));
+    }
+    let keys: Vec<u64> = slots.iter().map(|&x| order_key(x)).collect();
+    let mut best = vec![0u64; slots.len()];
+    let mut counts = vec![0.0; 256 * slots.len()];
+    for round in 0..8 {
+        let shift = 56 - 8 * round;
+        // The bytes above `shift` fixed so far (all of them for the key).
+        let high = if round == 0 {
+            0
+        } else {
+            u64::MAX << (shift + 8)
+        };
+        counts.fill(0.0);
+        for (k, &key) in keys.iter().enumerate() {
+            if key & high == best[k] {
+                counts[256 * k + ((key >> shift) & 0xff) as usize] = 1.0;
+            }
+        }
+        reducer.sum_in_place(&mut counts)?;
+        for (k, b) in best.iter_mut().enumerate() {
+            let byte = (0..256)
+                .rev()
+                .find(|&d| counts[256 * k + d] > 0.0)
+                .ok_or_else(|| Error::internal("maximum reduction lost every participant"))?;
+            *b |= (byte as u64) << shift;
+        }
+    }
+    for (x, &b) in slots.iter_mut().zip(&best) {
+        *x = from_order_key(b);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    /// One participant's view of an allreduce among `parts` threads.
+    struct Shared {
+        acc: Mutex<Vec<f64>>,
+        barrier: std::sync::Barrier,
+    }
+
+    impl Reducer for Shared {
+        fn sum_in_place(&self, buf: &mut [f64]) -> Result<()> {
+            {
+                let mut acc = self.acc.lock().unwrap();
+                acc.resize(buf.len(), 0.0);
+                acc.iter_mut().zip(buf.iter()).for_each(|(a, b)| *a += b);
+            }
+            self.barrier.wait();
+            buf.copy_from_slice(&self.acc.lock().unwrap());
+            if self.barrier.wait().is_leader() {
+                self.acc.lock().unwrap().clear();
+            }
+            self.barrier.wait();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn maxima_through_sums_are_exact_across_participants() {
+        let locals: [[f64; 4]; 3] = [
+            [-3.5, 1e-300, f64::NEG_INFINITY, -0.0],
+            [-2.25, 7.0, f64::NEG_INFINITY, 0.0],
+            [-1e9, 7.000000000000001, 5.0, -1.0],
+        ];
+        let shared = Shared {
+            acc: Mutex::new(Vec::new()),
+            barrier: std::sync::Barrier::new(3),
+        };
+        let results: Vec<[f64; 4]> = std::thread::scope(|sc| {
+            let hs: Vec<_> = locals
+                .iter()
+                .map(|l| {
+                    let shared = &shared;
+                    sc.spawn(move || {
+                        let mut v = *l;
+                        max_in_place(shared, &mut v).unwrap();
+                        v
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &results {
+            assert_eq!(r[0], -2.25);
+            assert_eq!(r[1], 7.000000000000001);
+            assert_eq!(r[2], 5.0);
+            assert_eq!(r[3].to_bits(), 0.0f64.to_bits());
+        }
+        let mut one = [f64::NEG_INFINITY, -7.5, f64::INFINITY];
+        max_in_place(&LocalReducer, &mut one).unwrap();
+        assert_eq!(one, [f64::NEG_INFINITY, -7.5, f64::INFINITY]);
+        assert!(max_in_place(&LocalReducer, &mut [f64::NAN]).is_err());
+        for x in [-1e300, -1.0, -0.0, 0.0, 1e-310, 2.0, f64::MAX] {
+            assert_eq!(from_order_key(order_key(x)).to_bits(), x.to_bits());
+        }
+    }
 
     /// Two participants in one: doubles every sum and records the lengths.
     struct Twice(Mutex<Vec<usize>>);

@@ -1056,3 +1056,83 @@ fn observed_level_draws_depend_only_on_seed_and_index() {
     );
     assert_eq!((rep.min_level, rep.mean_level), (1.0, 1.0));
 }
+
+#[test]
+fn draws_stay_within_the_noise_bound_and_the_training_range() {
+    let (m, n, r, s, count) = (12, 10, 2, 2, 400);
+    let u0 = orthonormal(m, r, 30);
+    let v0 = orthonormal(n, s, 31);
+    let law = |z: &[f64]| vec![2.0 * z[0], 1.5 * z[1], z[2], 0.7 * z[3]];
+    let data = generate_with(count, &u0, &v0, &|_, _| 0.1, Some(3.0), 32, law);
+    let model = fit(
+        &data,
+        count,
+        m,
+        n,
+        r,
+        s,
+        FlowOptions {
+            core_model: CoreModelChoice::Gaussian,
+            ..FlowOptions::default()
+        },
+    );
+    let info = model.info();
+    let noise = model.noise();
+    assert!(noise.dof() <= 4.0, "{noise:?}");
+    // The range is the training data's, exactly.
+    let (lo, hi) = data
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(*x), b.max(*x))
+        });
+    assert_eq!([info.data_min, info.data_max], [lo, hi]);
+    assert_eq!(noise.range(), [lo, hi]);
+    // The bound is the largest standardised residual of 48,000: far in the
+    // tail of a unit-variance t3 (a few percent of it beyond 3), finite.
+    let bound = info.noise_bound;
+    assert!(bound.is_finite() && bound > 8.0, "{bound}");
+    assert_eq!(bound, noise.bound());
+    // One matrix with all entries but one observed: its core is pinned, so
+    // the missing entry's draws are its prediction plus the noise. 20,000
+    // unbounded t3 draws would pass the bound about 20,000 x 6e-5 = 1.2
+    // times at bound 10 (more at smaller bounds); none does here.
+    let held = generate_with(1, &u0, &v0, &|_, _| 0.1, None, 33, law);
+    let mut y = held.clone();
+    let e = 3 + 4 * n;
+    y[e] = f64::NAN;
+    let draws = 20_000;
+    let out = impute_repeated(&model, &y, None, 34, 0, draws);
+    let mut v: Vec<f64> = (0..draws).map(|j| out[j * m * n + e]).collect();
+    v.sort_by(f64::total_cmp);
+    let median = v[draws / 2];
+    let sd =
+        (model.core_prior().noise_var * noise.row_profile()[e / n] * noise.col_profile()[e % n])
+            .sqrt();
+    let widest = v
+        .iter()
+        .map(|x| (x - median).abs() / sd)
+        .fold(0.0, f64::max);
+    // The core's posterior adds a spread of a few percent of the noise's.
+    assert!(widest <= 1.05 * bound, "widest {widest} vs bound {bound}");
+    assert!(widest > 0.5 * bound.min(6.0), "widest {widest}");
+    // A matrix far outside the training data: its prediction is beyond the
+    // range, and the draws of its missing entries are censored to it.
+    let mut far: Vec<f64> = held.iter().map(|x| 50.0 * x).collect();
+    for k in (0..m * n).step_by(4) {
+        far[k] = f64::NAN;
+    }
+    let out = impute_repeated(&model, &far, None, 35, 0, 200);
+    let mut at_end = 0;
+    for j in 0..200 {
+        for k in 0..m * n {
+            let x = out[j * m * n + k];
+            if far[k].is_nan() {
+                assert!((lo..=hi).contains(&x), "draw {j} entry {k}: {x}");
+                at_end += (x == lo || x == hi) as usize;
+            } else {
+                assert_eq!(x.to_bits(), far[k].to_bits());
+            }
+        }
+    }
+    assert!(at_end > 0);
+}

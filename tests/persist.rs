@@ -128,7 +128,7 @@ fn a_future_version_is_refused_with_a_version_error() {
     assert!(err.message().contains("version"));
     // Version 1 (dense core prior and coordinate flow blocks) is no longer
     // read.
-    assert_eq!(coreflow::model::FORMAT_VERSION, 5);
+    assert_eq!(coreflow::model::FORMAT_VERSION, 6);
     bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
     let err = Model::from_bytes(&bytes).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Version);
@@ -308,11 +308,15 @@ fn the_noise_law_survives_save_and_load_and_is_validated() {
     assert_eq!(imputed(&back, &data), imputed(&model, &data));
     assert_eq!(back.to_bytes(), bytes);
 
-    // The NOIS section: tag, length, m + n profile values, dof, tail scale.
+    // The NOIS section: tag, length, m + n profile values, dof, tail scale,
+    // bound, range.
     let (m, n) = (40, 30);
     let at = bytes.windows(4).position(|w| w == b"NOIS").unwrap();
     let len = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().unwrap());
-    assert_eq!(len, 8 * (m + n + 2) as u64);
+    assert_eq!(len, 8 * (m + n + 5) as u64);
+    assert!(noise.bound().is_finite());
+    let [lo, hi] = noise.range();
+    assert!(lo.is_finite() && hi.is_finite() && lo < hi);
     let value = |k: usize| at + 12 + 8 * k;
     // Damaged values under a valid checksum are refused with clear errors.
     let patch = |k: usize, x: f64| {
@@ -332,6 +336,11 @@ fn the_noise_law_survives_save_and_load_and_is_validated() {
         (m + n, f64::NAN, "degrees of freedom"),
         (m + n + 1, 0.0, "tail scale"),
         (m + n + 1, f64::INFINITY, "tail scale"),
+        (m + n + 2, 0.0, "bound"),
+        (m + n + 2, f64::NAN, "bound"),
+        (m + n + 3, hi + 1.0, "range"),
+        (m + n + 4, f64::NAN, "range"),
+        (m + n + 4, f64::NEG_INFINITY, "range"),
     ] {
         let e = patch(k, x).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Format, "{e}");
@@ -347,6 +356,20 @@ fn the_noise_law_survives_save_and_load_and_is_validated() {
     b[body..].copy_from_slice(&crc.to_le_bytes());
     let e = Model::from_bytes(&b).unwrap_err();
     assert!(e.message().contains("NOIS"), "{e}");
+    // The same law as a version-5 file (no support): it loads with an
+    // infinite bound and range.
+    let mut b5 = bytes.clone();
+    b5.drain(value(m + n + 2)..value(m + n + 5));
+    b5[at + 4..at + 12].copy_from_slice(&(8 * (m + n + 2) as u64).to_le_bytes());
+    b5[8..12].copy_from_slice(&5u32.to_le_bytes());
+    let body = b5.len() - 4;
+    let crc = crc32(&b5[..body]);
+    b5[body..].copy_from_slice(&crc.to_le_bytes());
+    let v5 = Model::from_bytes(&b5).unwrap();
+    assert_eq!(v5.noise().bound(), f64::INFINITY);
+    assert_eq!(v5.noise().range(), [f64::NEG_INFINITY, f64::INFINITY]);
+    assert_eq!(v5.noise().dof(), noise.dof());
+    assert_eq!(v5.info().noise_bound, f64::INFINITY);
     // A version-5 file without the section is refused.
     let mut b = bytes.clone();
     b[at..at + 4].copy_from_slice(b"NOIZ");

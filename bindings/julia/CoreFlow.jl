@@ -217,6 +217,9 @@ struct ModelInfo
     noise_dof::Float64
     noise_tail_scale::Float64
     noise_profile_spread::Float64
+    noise_bound::Float64
+    data_min::Float64
+    data_max::Float64
 end
 
 # ---------------------------------------------------------------------------

@@ -769,8 +769,12 @@ pub unsafe extern "C" fn coreflow_model_from_bytes(
 /// over rows and columns fitted with the model: the observed entries are
 /// weighted by `1 / (rho_a gamma_b)`), then `U C V^T + Xbar` plus independent
 /// noise of that law on the missing entries: Gaussian, or Student-t with
-/// `noise_dof` degrees of freedom (`coreflow_model_info`). Observed entries
-/// are copied bitwise. A `partial` with `sample_stride = 0` repeats one matrix
+/// `noise_dof` degrees of freedom (`coreflow_model_info`), truncated at
+/// `noise_bound` standard deviations (the largest standardised training
+/// residual; a value beyond it is drawn again), and each drawn entry is
+/// censored to the training range `[data_min, data_max]`: a draw holds no
+/// value the training data do not support (files of format version 5 and
+/// older have neither bound). Observed entries are copied bitwise. A `partial` with `sample_stride = 0` repeats one matrix
 /// (many draws of the same matrix; it is conditioned once). Exact for the
 /// Gaussian and mixture core models; for the flow, importance resampling
 /// from the Gaussian fit of the cores (64 proposals per draw). `o` selects

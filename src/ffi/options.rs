@@ -470,6 +470,14 @@ pub struct coreflow_model_info {
     /// max / min over the entries of the noise variance profile
     /// rho_a gamma_b (1 for a flat profile).
     pub noise_profile_spread: f64,
+    /// Bound of the standardised noise of an imputation draw: the largest
+    /// standardised training residual (+infinity: none).
+    pub noise_bound: f64,
+    /// Smallest observed training value: drawn entries are censored to
+    /// [data_min, data_max] (-infinity: none).
+    pub data_min: f64,
+    /// Largest observed training value (+infinity: none).
+    pub data_max: f64,
 }
 
 /// Smallest `struct_size` accepted for `coreflow_model_info` (ABI v1).
@@ -535,6 +543,9 @@ pub(crate) unsafe fn write_model_info(
         noise_dof: info.noise_dof,
         noise_tail_scale: info.noise_tail_scale,
         noise_profile_spread: info.noise_profile_spread,
+        noise_bound: info.noise_bound,
+        data_min: info.data_min,
+        data_max: info.data_max,
     };
     let n = size.min(size_of::<coreflow_model_info>());
     std::ptr::copy_nonoverlapping(&full as *const _ as *const u8, out as *mut u8, n);

@@ -76,6 +76,13 @@
 //! with Student-t tails the chi-square variates come from
 //! `rng::stream(mix64(seed ^ TAIL_TAG), index)`, one per entry in the same
 //! order, also whether missing or not.
+//!
+//! Support: the standardised noise of a missing entry is truncated at the
+//! noise law's bound (a value beyond it is drawn again from
+//! `rng::redraw_stream(mix64(seed ^ REDRAW_TAG) ^ mix64(a + b m), index,
+//! attempt)`, which leaves the streams above aligned) and the drawn entry
+//! is censored to the training range ([`crate::noise`], "Support of a
+//! draw").
 
 use super::{check_workspace, core_row_mut, Model};
 use crate::batch::{MatrixBatch, MatrixBatchMut};
@@ -91,6 +98,8 @@ use faer::{Accum, MatMut, MatRef, Par};
 const NOISE_TAG: u64 = 0x696d_7075_7465_6e6f;
 /// Salt of the chi-square stream of Student-t noise.
 const TAIL_TAG: u64 = 0x7461_696c_735f_6e75;
+/// Salt of the redraws of noise beyond the bound.
+const REDRAW_TAG: u64 = 0x626f_756e_645f_6e7a;
 
 /// What [`Model::impute`] reports besides the draws.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -348,6 +357,7 @@ impl Model {
         // fail and `out` is untouched by a failed call.
         let noise_seed = rng::mix64(seed ^ NOISE_TAG);
         let tail_seed = rng::mix64(seed ^ TAIL_TAG);
+        let redraw_seed = rng::mix64(seed ^ REDRAW_TAG);
         let law = &self.noise;
         let (sd_row, sd_col) = (law.sd_row(), law.sd_col());
         let (dof, tau) = (law.dof(), law.tail_scale().sqrt());
@@ -377,7 +387,18 @@ impl Model {
                         if obs.at(y, a, b) {
                             full[(a, b)] = y[(a, b)];
                         } else {
-                            full[(a, b)] += amp * sd_row[a] * mix[a] * col[a];
+                            let q = mix[a] * col[a];
+                            // Within the bound: the product in its earlier
+                            // order, so files without a support keep their
+                            // draws bitwise.
+                            let e = if q.abs() <= law.bound() {
+                                amp * sd_row[a] * mix[a] * col[a]
+                            } else {
+                                let entry = (a + b * m) as u64;
+                                let index = first_index + j as u64;
+                                amp * sd_row[a] * law.truncated(q, redraw_seed, index, entry)
+                            };
+                            full[(a, b)] = law.censor(full[(a, b)] + e);
                         }
                     }
                 }

@@ -257,6 +257,15 @@ pub struct ModelInfo {
     /// `max / min` of the noise variance profile `rho_a gamma_b` over the
     /// entries (1 for a flat profile).
     pub noise_profile_spread: f64,
+    /// Bound of the standardised noise of a draw: the largest standardised
+    /// training residual (`f64::INFINITY`: none; [`crate::noise`], "Support
+    /// of a draw").
+    pub noise_bound: f64,
+    /// Smallest observed training value, the low end of the range a drawn
+    /// entry is censored to (`f64::NEG_INFINITY`: none).
+    pub data_min: f64,
+    /// Largest observed training value (`f64::INFINITY`: none).
+    pub data_max: f64,
     /// The fitted core model: `None` for a geometry-only model.
     pub core_model: Option<CoreModelKind>,
     /// Width of the hidden layers of the velocity network (0 without a flow).
@@ -321,6 +330,8 @@ fn set_noise_info(info: &mut ModelInfo, noise: &NoiseModel) {
     info.noise_dof = noise.dof();
     info.noise_tail_scale = noise.tail_scale();
     info.noise_profile_spread = noise.profile_spread();
+    info.noise_bound = noise.bound();
+    [info.data_min, info.data_max] = noise.range();
 }
 
 /// `U^T Xbar V` (sequential: loading starts no thread).
@@ -432,6 +443,9 @@ impl ModelInfo {
             noise_dof: f64::INFINITY,
             noise_tail_scale: 1.0,
             noise_profile_spread: 1.0,
+            noise_bound: f64::INFINITY,
+            data_min: f64::NEG_INFINITY,
+            data_max: f64::INFINITY,
             core_model: None,
             flow_hidden: 0,
             flow_layers: 0,

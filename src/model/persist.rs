@@ -39,6 +39,12 @@
 //! Files of versions 2 to 4 read with a flat profile and Gaussian tails,
 //! which reproduce their outputs bitwise.
 //!
+//! Version 6 appends to `NOIS` the support of a draw ([`crate::noise`],
+//! "Support of a draw"): the bound of the standardised noise (f64, positive,
+//! `+inf` for none) and the range of the training values (two f64, low <=
+//! high). Version-5 files read with no support (infinite bound and range),
+//! which reproduces their outputs bitwise.
+//!
 //! Version 1 (dense Cholesky factors and a flow block on core coordinates)
 //! is not read: its files are refused with `ErrorKind::Version`.
 //!
@@ -60,7 +66,7 @@ use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"COREFLOW";
 /// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// The oldest format version this build reads.
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
 /// The support radius given to the flow block of a version-2 file, which
@@ -266,6 +272,7 @@ pub fn to_bytes(model: &Model) -> Vec<u8> {
         w.f64s(nz.row_profile().iter().copied());
         w.f64s(nz.col_profile().iter().copied());
         w.f64s([nz.dof(), nz.tail_scale()]);
+        w.f64s([nz.bound(), nz.range()[0], nz.range()[1]]);
     });
     if let Some(core) = &model.core {
         w.section(b"CORE", |w| write_core(w, &core.to_parts()));
@@ -601,8 +608,13 @@ pub fn from_bytes(data: &[u8]) -> Result<Model> {
         // validated below.
         let dof = rn.f64()?;
         let tail_scale = rn.f64()?;
+        let (bound, range) = if version >= 6 {
+            (rn.f64()?, [rn.f64()?, rn.f64()?])
+        } else {
+            (f64::INFINITY, [f64::NEG_INFINITY, f64::INFINITY])
+        };
         rn.done()?;
-        NoiseModel::from_parts(row, col, dof, tail_scale)
+        NoiseModel::from_parts(row, col, dof, tail_scale, bound, range)
             .map_err(|e| format_err(format!("model data: NOIS: {}", e.message())))?
     } else {
         NoiseModel::flat(rows, cols)

@@ -327,6 +327,9 @@ class ModelInfo(Structure):
         ("noise_dof", c_double),
         ("noise_tail_scale", c_double),
         ("noise_profile_spread", c_double),
+        ("noise_bound", c_double),
+        ("data_min", c_double),
+        ("data_max", c_double),
     ]
 
 
