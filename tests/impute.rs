@@ -92,6 +92,15 @@ fn fit(
     Model::fit(&batch, &opts).unwrap()
 }
 
+/// [`fit`] with the Gaussian core model.
+fn fit_gaussian(data: &[f64], count: usize, m: usize, n: usize, r: usize, s: usize) -> Model {
+    let flow = FlowOptions {
+        core_model: CoreModelChoice::Gaussian,
+        ..FlowOptions::default()
+    };
+    fit(data, count, m, n, r, s, flow)
+}
+
 /// `count` draws of the single matrix `y` (mask, or NaN when `mask` is
 /// None) through a partial view of sample stride 0.
 fn impute_repeated(
@@ -796,18 +805,7 @@ fn draws_of_heteroscedastic_heavy_tailed_noise_cover_at_the_nominal_rate() {
     let law = |z: &[f64]| vec![2.0 * z[0] + 1.0, 1.5 * z[1], z[2] - z[0], 0.7 * z[3]];
     let sd = |a: usize, b: usize| 0.2 * (rho[a] * gamma[b]).sqrt();
     let data = generate_with(count, &u0, &v0, &sd, Some(4.0), 16, law);
-    let model = fit(
-        &data,
-        count,
-        m,
-        n,
-        r,
-        s,
-        FlowOptions {
-            core_model: CoreModelChoice::Gaussian,
-            ..FlowOptions::default()
-        },
-    );
+    let model = fit_gaussian(&data, count, m, n, r, s);
     let noise = model.noise();
     assert!(noise.dof().is_finite() && noise.dof() <= 6.0, "{noise:?}");
     let (tests, draws) = (40, 200);
@@ -920,18 +918,7 @@ fn the_observed_level_recovers_the_noise_level_of_each_matrix() {
     let law = |z: &[f64]| vec![2.0 * z[0] + 1.0, 1.5 * z[1], z[2] - z[0], 0.7 * z[3]];
     let sd = 0.2;
     let data = generate(count, &u0, &v0, sd, 26, law);
-    let model = fit(
-        &data,
-        count,
-        m,
-        n,
-        r,
-        s,
-        FlowOptions {
-            core_model: CoreModelChoice::Gaussian,
-            ..FlowOptions::default()
-        },
-    );
+    let model = fit_gaussian(&data, count, m, n, r, s);
     let sigma = model.info().noise_variance.sqrt();
     let (tests, draws) = (160, 200);
     let mut pick = rng::stream(27, 0);
@@ -1064,18 +1051,7 @@ fn draws_stay_within_the_noise_bound_and_the_training_range() {
     let v0 = orthonormal(n, s, 31);
     let law = |z: &[f64]| vec![2.0 * z[0], 1.5 * z[1], z[2], 0.7 * z[3]];
     let data = generate_with(count, &u0, &v0, &|_, _| 0.1, Some(3.0), 32, law);
-    let model = fit(
-        &data,
-        count,
-        m,
-        n,
-        r,
-        s,
-        FlowOptions {
-            core_model: CoreModelChoice::Gaussian,
-            ..FlowOptions::default()
-        },
-    );
+    let model = fit_gaussian(&data, count, m, n, r, s);
     let info = model.info();
     let noise = model.noise();
     assert!(noise.dof() <= 4.0, "{noise:?}");
