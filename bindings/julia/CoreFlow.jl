@@ -604,8 +604,9 @@ Multiple imputation: `out[:, :, i, k]` receives draw `k` of matrix
 of the size and layout of `x`, is nonzero, or the non-NaN entries when
 `mask` is `nothing`): the core from its posterior under the core model,
 then noise of the model's noise law (a variance profile over rows and columns,
-Gaussian or Student-t tails) on the missing entries; observed entries are
-copied bitwise. `out` has size `(m, n, N, ndraws)`. Draw `k` of matrix `i`
+Gaussian or Student-t tails, truncated at `noise_bound` standard deviations)
+on the missing entries, each censored to the training range
+`[data_min, data_max]` (`info(model)`); observed entries are copied bitwise. `out` has size `(m, n, N, ndraws)`. Draw `k` of matrix `i`
 is draw number `first_index + (i - 1) * ndraws + k - 1` of stream `seed`
 (`coreflow_impute` with a partial of sample stride 0 per matrix). `ws`: a
 `Workspace` with `OP_IMPUTE` for `ndraws` matrices and the same options.

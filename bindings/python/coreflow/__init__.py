@@ -885,7 +885,9 @@ class Model:
         entries are copied bitwise; missing ones get the core drawn from
         its posterior plus noise of the model's noise law (variance profile
         over rows and columns, Gaussian or Student-t tails; info()["noise_dof"],
-        info()["noise_profile_spread"]). Draw k of matrix i is
+        info()["noise_profile_spread"]), truncated at info()["noise_bound"]
+        standard deviations and censored to the training range
+        [info()["data_min"], info()["data_max"]]. Draw k of matrix i is
         draw number first_index + i * n_draws + k of stream `seed`
         (coreflow_impute with a partial of sample stride 0 per matrix).
         `options`: a SampleOptions (the flow's solver; None = defaults).
