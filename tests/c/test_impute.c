@@ -92,6 +92,20 @@ int main(void) {
     CHECK(spread, "draws do not spread (noise variance %g)", info.noise_variance);
     CHECK(centred, "draws are not centred on the MAP completion");
 
+    /* The support of a draw: the training range, exactly, and a finite
+       positive noise bound; every drawn entry within the range. */
+    double lo = x[0], hi = x[0];
+    for (size_t k = 0; k < N * M * NC; k++) {
+        lo = x[k] < lo ? x[k] : lo;
+        hi = x[k] > hi ? x[k] : hi;
+    }
+    CHECK(info.data_min == lo && info.data_max == hi, "range [%g, %g], training [%g, %g]", info.data_min,
+          info.data_max, lo, hi);
+    CHECK(isfinite(info.noise_bound) && info.noise_bound > 0, "noise bound %g", info.noise_bound);
+    int inside = 1;
+    for (size_t k = 0; k < K * M * NC; k++) inside &= draws[k] >= lo && draws[k] <= hi;
+    CHECK(inside, "a drawn entry outside the training range");
+
     /* 37 + 63 draws with first_index 0 and 37 give the same bits. */
     coreflow_matrices r37 = repeated, r63 = repeated;
     r37.count = 37;
