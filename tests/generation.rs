@@ -57,10 +57,11 @@ fn version_2_file_samples_as_before() {
     let len = model.info().rows * model.info().cols;
     let s = draw(&model, 3, 0, 256);
     // What the version-2 build drew. Not bits: the network is f32 and its
-    // products round differently with 256-bit and 512-bit vectors (the same
-    // build drew 2.4e-7 apart, relative, with AVX2 and with AVX-512), so
-    // only the same machine reproduces them bitwise; a change of law or of
-    // stream moves them by O(1).
+    // products round differently from one machine to another (the same build
+    // drew 2.4e-7 apart, relative, with AVX2 and with AVX-512, and a CRC of
+    // the bits taken on one AVX-512 machine failed on another), so only the
+    // same machine reproduces them bitwise; a change of law or of stream
+    // moves them by O(1).
     let reference: Vec<[f64; 4]> = std::fs::read_to_string(REFERENCE)
         .unwrap()
         .lines()
