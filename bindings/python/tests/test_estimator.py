@@ -390,7 +390,8 @@ class Installed(unittest.TestCase):
             # them for profiling: 25 MB, against 5.3 MB stripped).
             with open(bundled, "rb") as f:
                 image = f.read()
-            if image[:4] == b"\x7fELF":
+            # 64-bit little-endian ELF (EI_CLASS 2, EI_DATA 1): the layout read below.
+            if image[:6] == b"\x7fELF\x02\x01":
                 sections = elf_section_names(image)
                 self.assertIn(".text", sections)
                 self.assertEqual([s for s in sections if s.startswith(".debug")], [])
